@@ -1,0 +1,1 @@
+"""IceCube ("Neutrinos in Deep Ice" Kaggle layout): simulate, ingest, featurise, reconstruct, evaluate."""
