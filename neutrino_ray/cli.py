@@ -1,0 +1,178 @@
+"""``neutrino-ray``: one command line for every pipeline. Subcommands are thin wrappers.
+
+Every input and output is a URI (local path, file:// or s3://). S3 endpoint and credentials come
+from the standard AWS environment variables. Ray: connects to ``RAY_ADDRESS`` when set, else starts
+a local Ray.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from neutrino_ray import storage
+
+log = logging.getLogger("neutrino_ray")
+
+ENV_HELP = """environment:
+  RAY_ADDRESS                 connect to this Ray cluster (else start a local Ray)
+  AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL   S3 endpoint (MinIO, moto, ...)
+  AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION   S3 credentials and region
+  NEUTRINO_RAY_S3_RETRIES     attempts per S3 request, with exponential backoff (default 8)
+  NEUTRINO_RAY_PROGRESS=0     hide Ray Data progress bars
+"""
+
+
+def _positive(v: str) -> int:
+    n = int(v)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
+    return n
+
+
+def _non_negative(v: str) -> int:
+    n = int(v)
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {n}")
+    return n
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from neutrino_ray.icecube.features import DEFAULT_MAX_PULSES
+    from neutrino_ray.icecube.predict import DEFAULT_EVENTS_PER_TASK
+
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = argparse.ArgumentParser(prog="neutrino-ray", description=__doc__, epilog=ENV_HELP, formatter_class=fmt)
+    p.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sim = sub.add_parser("simulate", help="write simulated datasets in the real formats")
+    sim_sub = sim.add_subparsers(dest="detector", required=True, metavar="DETECTOR")
+    s = sim_sub.add_parser("icecube", formatter_class=fmt, epilog=ENV_HELP,
+                           help="Kaggle 'Neutrinos in Deep Ice' layout",
+                           description="Simulate IceCube events into OUT in the exact Kaggle layout "
+                                       "(train/ and test/ batch files, meta, truth, geometry).")
+    s.add_argument("out", metavar="OUT", help="output dataset URI")
+    s.add_argument("--events-per-batch", type=_positive, default=200_000, help="events per batch file (200000)")
+    s.add_argument("--train-batches", type=_non_negative, default=1, help="number of train batch files (1)")
+    s.add_argument("--test-batches", type=_non_negative, default=1, help="number of test batch files (1)")
+    s.add_argument("--seed", type=int, default=1, help="random seed; same seed, same files (1)")
+
+    ic = sub.add_parser("icecube", help="IceCube reconstruction pipelines")
+    ic_sub = ic.add_subparsers(dest="action", required=True, metavar="ACTION")
+    pr = ic_sub.add_parser("predict", formatter_class=fmt, epilog=ENV_HELP,
+                           help="batch inference → OUT/submission.csv",
+                           description="Score every event of a split with Ray Data and publish "
+                                       "OUT/submission.csv (event_id,azimuth,zenith) and OUT/_SUCCESS.json.")
+    pr.add_argument("data", metavar="DATA", help="Kaggle-layout dataset URI")
+    pr.add_argument("--split", choices=["train", "test"], default="test", help="split to score (test)")
+    pr.add_argument("--model", default="linefit", help="'linefit' (default)")
+    pr.add_argument("--out", required=True, help="output URI (a folder)")
+    pr.add_argument("--max-pulses", type=_positive, default=DEFAULT_MAX_PULSES,
+                    help=f"pulse cap per event: non-auxiliary first, then earliest ({DEFAULT_MAX_PULSES})")
+    pr.add_argument("--events-per-task", type=_positive, default=DEFAULT_EVENTS_PER_TASK,
+                    help=f"events per Ray Data read task, cut at row groups ({DEFAULT_EVENTS_PER_TASK})")
+
+    ev = ic_sub.add_parser("evaluate", formatter_class=fmt, epilog=ENV_HELP,
+                           help="score predictions: report.json + plots",
+                           description="Compare predictions with the split's truth (train meta, or "
+                                       "test_truth.parquet) and publish report.json and PNG plots to OUT.")
+    ev.add_argument("data", metavar="DATA", help="Kaggle-layout dataset URI")
+    ev.add_argument("--split", choices=["train", "test"], default="test", help="split (test)")
+    ev.add_argument("--predictions", required=True, help="submission URI (CSV or Parquet)")
+    ev.add_argument("--out", required=True, help="output URI (a folder)")
+
+    d = sub.add_parser("demo", formatter_class=fmt, help="simulate → LineFit predict → evaluate, locally",
+                       description="The main job on embedded defaults: simulate a small dataset, run LineFit "
+                                   "batch inference and evaluate it, printing where everything is.")
+    d.add_argument("--out", default="demo-output", help="output folder or URI (demo-output)")
+    d.add_argument("--events", type=_positive, default=20_000, help="events to simulate (20000)")
+    d.add_argument("--seed", type=int, default=7, help="random seed (7)")
+
+    b = sub.add_parser("bench", help="throughput benchmarks")
+    b_sub = b.add_subparsers(dest="detector", required=True, metavar="DETECTOR")
+    bi = b_sub.add_parser("icecube", formatter_class=fmt,
+                          help="events/s for read, featurise, LineFit and end-to-end predict",
+                          description="Generate (or reuse) N test events and time each stage.")
+    bi.add_argument("--events", type=_positive, default=200_000, help="events to benchmark (200000)")
+    bi.add_argument("--data", default="bench-data/icecube", help="dataset folder, reused if it matches "
+                                                                 "(bench-data/icecube)")
+    bi.add_argument("--seed", type=int, default=11, help="random seed for generation (11)")
+    return p
+
+
+def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    command = ["neutrino-ray", *argv]
+    if args.command == "simulate":
+        from neutrino_ray.icecube.simwrite import simulate_dataset
+
+        m = simulate_dataset(args.out, args.events_per_batch, args.train_batches, args.test_batches, args.seed,
+                             command=command)
+        print(f"simulated {m['events']} events into {args.out} "
+              f"({m['wall_seconds']:.1f} s, {m['simulate_events_per_second']:.0f} events/s)")
+    elif args.command == "icecube" and args.action == "predict":
+        from neutrino_ray.icecube.predict import SUBMISSION, predict
+
+        m = predict(args.data, args.split, args.model, args.out, args.max_pulses, args.events_per_task,
+                    command=command)
+        print(f"predicted {m['events']} events in {m['wall_seconds']:.1f} s "
+              f"({m['events_per_second']:.0f} events/s end to end) → {storage.join(args.out, SUBMISSION)}")
+    elif args.command == "icecube" and args.action == "evaluate":
+        from neutrino_ray.icecube.evaluate import REPORT, evaluate
+
+        r = evaluate(args.data, args.split, args.predictions, args.out, command=command)
+        print(f"mean angular error {r['mean_angular_error']:.4f} rad over {r['n_events']} events "
+              f"→ {storage.join(args.out, REPORT)}")
+    elif args.command == "demo":
+        from neutrino_ray.icecube.demo import demo
+
+        demo(args.out, args.events, args.seed)
+    elif args.command == "bench":
+        from neutrino_ray.icecube.bench import bench
+
+        bench(args.events, args.data, args.seed)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("neutrino_ray").setLevel(logging.WARNING if args.quiet else logging.INFO)
+    try:
+        return run(args, argv)
+    except KeyboardInterrupt:
+        print("neutrino-ray: interrupted; nothing partial was published", file=sys.stderr)
+        return 130
+    except Exception as e:
+        cause = user_error(e)
+        if cause is None:
+            raise
+        print(f"neutrino-ray: error: {cause}", file=sys.stderr)
+        return 2
+
+
+def user_error(exc: BaseException) -> BaseException | None:
+    """The bad-input or storage error behind an exception, unwrapping Ray's task errors."""
+    from neutrino_ray.icecube.data import DataError
+
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [exc]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, DataError | storage.StorageError | FileNotFoundError):
+            return e
+        stack += [e.__cause__, e.__context__, getattr(e, "cause", None)]
+    return None
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

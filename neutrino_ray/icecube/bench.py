@@ -1,0 +1,86 @@
+"""Throughput benchmark: read, featurise, LineFit (one core each) and end-to-end predict (Ray)."""
+
+from __future__ import annotations
+
+import math
+import resource
+import tempfile
+import time
+
+import numpy as np
+import pyarrow as pa
+
+from neutrino_ray import storage
+from neutrino_ray.icecube import data as icdata
+from neutrino_ray.icecube.features import DEFAULT_MAX_PULSES, featurise, features_from_table, positions_and_times
+from neutrino_ray.icecube.linefit import linefit
+from neutrino_ray.icecube.predict import DEFAULT_EVENTS_PER_TASK, predict
+from neutrino_ray.icecube.simwrite import simulate_dataset
+
+MAX_EVENTS_PER_BATCH = 200_000  # the Kaggle batch size
+
+
+def _dataset(events: int, data: str, seed: int) -> None:
+    n_batches = math.ceil(events / MAX_EVENTS_PER_BATCH)
+    per_batch = math.ceil(events / n_batches)
+    try:
+        m = storage.read_manifest(data)
+        if (m.get("kind"), m.get("events_per_batch"), m.get("test_batches"), m.get("seed")) == (
+                "icecube-simulate", per_batch, n_batches, seed):
+            print(f"reusing {data} ({per_batch * n_batches} test events)")
+            return
+    except (FileNotFoundError, storage.StorageError, ValueError):
+        pass
+    simulate_dataset(data, per_batch, train_batches=0, test_batches=n_batches, seed=seed)
+
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def bench(events: int, data: str, seed: int = 11) -> dict[str, float]:
+    """Print a table of events/s per stage and peak memory; return the figures."""
+    t0 = time.perf_counter()
+    _dataset(events, data, seed)
+    gen_s = time.perf_counter() - t0
+    meta = icdata.load_meta(data, "test")
+    geometry = icdata.load_geometry(data)
+    n = len(meta)
+    tasks = list(icdata.iter_split_tasks(data, "test", DEFAULT_EVENTS_PER_TASK, meta=meta))
+    t_read = t_feat = t_fit = 0.0
+    n_pulses = 0
+    for task in tasks:  # in this process, one core: stage costs without Ray
+        a = time.perf_counter()
+        ev = icdata.read_task_events(task, len(geometry))
+        b = time.perf_counter()
+        feats = featurise(ev, geometry, DEFAULT_MAX_PULSES)
+        c = time.perf_counter()
+        flat, offsets = features_from_table(feats)
+        xyz, t = positions_and_times(flat)
+        linefit(xyz, t, offsets)
+        d = time.perf_counter()
+        t_read, t_feat, t_fit = t_read + b - a, t_feat + c - b, t_fit + d - c
+        n_pulses += int(pa.compute.sum(pa.compute.list_value_length(ev.column("time"))).as_py())
+    single_rss = _peak_rss_mib()
+    with tempfile.TemporaryDirectory() as tmp:
+        m = predict(data, "test", "linefit", tmp)
+    e2e = m["events"] / m["wall_seconds"]
+    figures = {
+        "events": n, "pulses": n_pulses,
+        "read_events_per_s": n / t_read, "read_pulses_per_s": n_pulses / t_read,
+        "featurise_events_per_s": n / t_feat, "linefit_events_per_s": n / t_fit,
+        "predict_end_to_end_events_per_s": e2e, "predict_inference_events_per_s": m["inference_events_per_second"],
+        "driver_peak_rss_mib": max(single_rss, _peak_rss_mib()),
+    }
+    print(f"\nneutrino-ray bench icecube: {n} test events, {n_pulses} pulses "
+          f"(mean {n_pulses / n:.0f}/event), data {data} (prepared in {gen_s:.0f} s)")
+    print(f"{'stage':<36}{'events/s':>12}  notes")
+    print(f"{'read (parquet decode + checks)':<36}{figures['read_events_per_s']:>12,.0f}  "
+          f"{figures['read_pulses_per_s'] / 1e6:.1f} M pulses/s, 1 core")
+    print(f"{'featurise (cap ' + str(DEFAULT_MAX_PULSES) + ', geometry join)':<36}"
+          f"{figures['featurise_events_per_s']:>12,.0f}  1 core")
+    print(f"{'LineFit':<36}{figures['linefit_events_per_s']:>12,.0f}  1 core")
+    print(f"{'predict end to end (Ray Data)':<36}{e2e:>12,.0f}  all cores, parquet → submission.csv, "
+          f"{m['wall_seconds']:.1f} s incl. Ray start")
+    print(f"peak RSS of this process: {figures['driver_peak_rss_mib']:.0f} MiB")
+    return {k: float(v) for k, v in figures.items() if np.isscalar(v)}

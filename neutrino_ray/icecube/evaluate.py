@@ -1,0 +1,137 @@
+"""Score a submission against the truth: the competition metric, breakdowns and plots."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+from neutrino_ray import storage
+from neutrino_ray.icecube import data as icdata
+from neutrino_ray.icecube.metrics import angular_distance, angular_dist_score, summarise
+
+log = logging.getLogger("neutrino_ray")
+
+REPORT = "report.json"
+
+
+def read_predictions(uri: str) -> pa.Table:
+    """A submission (CSV or Parquet) with event_id, azimuth, zenith; validated."""
+    reader = storage.read_parquet if uri.endswith(".parquet") else storage.read_csv
+    try:
+        t = reader(uri)
+    except FileNotFoundError as e:
+        raise icdata.DataError(f"{uri}: predictions not found") from e
+    missing = {"event_id", "azimuth", "zenith"} - set(t.column_names)
+    if missing:
+        raise icdata.DataError(f"{uri}: missing columns {sorted(missing)}")
+    t = t.select(["event_id", "azimuth", "zenith"]).cast(
+        pa.schema([("event_id", pa.int64()), ("azimuth", pa.float64()), ("zenith", pa.float64())]))
+    az, zen = t.column("azimuth").to_numpy(), t.column("zenith").to_numpy()
+    bad = np.flatnonzero(~np.isfinite(az) | ~np.isfinite(zen))
+    if len(bad):
+        raise icdata.DataError(f"{uri}: event_id {t.column('event_id')[int(bad[0])].as_py()} has a non-finite "
+                               f"prediction ({len(bad)} such rows)")
+    return t.sort_by("event_id")
+
+
+def _bins(values: np.ndarray, errors: np.ndarray, edges: np.ndarray, label: str) -> list[dict[str, Any]]:
+    idx = np.digitize(values, edges) - 1
+    out = []
+    for b in range(len(edges) - 1):  # a handful of bins, not events
+        sel = idx == b
+        if sel.any():
+            out.append({label: [float(edges[b]), float(edges[b + 1])], **summarise(errors[sel])})
+    return out
+
+
+def evaluate(data: str, split: str, predictions: str, out: str,
+             command: list[str] | None = None) -> dict[str, Any]:
+    """Compare predictions with the split's truth; publish report.json and PNG plots atomically."""
+    truth = icdata.split_truth(data, split).sort_by("event_id")
+    pred = read_predictions(predictions)
+    t_ids, p_ids = truth.column("event_id").to_numpy(), pred.column("event_id").to_numpy()
+    if len(np.unique(p_ids)) != len(p_ids):
+        raise icdata.DataError(f"{predictions}: duplicate event_id rows")
+    if not np.array_equal(t_ids, p_ids):
+        missing, extra = np.setdiff1d(t_ids, p_ids), np.setdiff1d(p_ids, t_ids)
+        raise icdata.DataError(f"{predictions}: event ids differ from the {split} split: {len(missing)} missing "
+                               f"(e.g. {missing[:3].tolist()}), {len(extra)} unknown (e.g. {extra[:3].tolist()})")
+    az_t, zen_t = truth.column("azimuth").to_numpy(), truth.column("zenith").to_numpy()
+    az_p, zen_p = pred.column("azimuth").to_numpy(), pred.column("zenith").to_numpy()
+    err = angular_distance(az_t, zen_t, az_p, zen_p)
+    meta = icdata.load_meta(data, split).sort_by("event_id")
+    n_pulses = (meta.column("last_pulse_index").to_numpy() - meta.column("first_pulse_index").to_numpy() + 1)
+    report: dict[str, Any] = {
+        "split": split, "predictions": predictions,
+        "mean_angular_error": angular_dist_score(az_t, zen_t, az_p, zen_p),
+        **{k: v for k, v in summarise(err).items() if k != "mean_angular_error"},
+        "by_n_pulses": _bins(n_pulses, err, np.array([1, 16, 32, 64, 128, 256, 512, 1024, 1e9]), "n_pulses"),
+        "by_true_zenith": _bins(zen_t, err, np.linspace(0, np.pi, 7), "zenith"),
+    }
+    energy = truth.column("energy").to_numpy() if "energy" in truth.column_names else None
+    if energy is not None:
+        edges = 10.0 ** np.arange(np.floor(np.log10(energy.min())), np.ceil(np.log10(energy.max())) + 0.5, 0.5)
+        report["by_energy_gev"] = _bins(energy, err, edges, "energy_gev")
+    if "topology" in truth.column_names:
+        topo = np.asarray(truth.column("topology").to_pylist())
+        report["by_topology"] = {str(k): summarise(err[topo == k]) for k in np.unique(topo)}
+    with storage.Output(out, command=command, inputs=[data, predictions]) as output:
+        output.write(REPORT, json.dumps(report, indent=2).encode())
+        for name, png in _plots(err, zen_t, zen_p, energy, n_pulses).items():
+            output.write(name, png)
+        output.commit(kind="icecube-evaluate", rows={REPORT: len(err)}, events=len(err),
+                      mean_angular_error=report["mean_angular_error"])
+    log.info("mean angular error %.4f rad over %d events (median %.4f, 68%% %.4f); report at %s",
+             report["mean_angular_error"], len(err), report["median_angular_error"], report["containment_68"],
+             storage.join(out, REPORT))
+    return report
+
+
+def _plots(err: np.ndarray, zen_t: np.ndarray, zen_p: np.ndarray, energy: np.ndarray | None,
+           n_pulses: np.ndarray) -> dict[str, bytes]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def png(fig: Any) -> bytes:
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        return buf.getvalue()
+
+    out = {}
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.hist(err, bins=90, range=(0, np.pi), color="tab:blue")
+    ax.axvline(err.mean(), color="k", ls="--", label=f"mean {err.mean():.3f} rad")
+    ax.axvline(np.median(err), color="tab:red", ls=":", label=f"median {np.median(err):.3f} rad")
+    ax.set(xlabel="angular error (rad)", ylabel="events", title="Angular error")
+    ax.legend()
+    out["error_histogram.png"] = png(fig)
+
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    h = ax.hist2d(zen_t, zen_p, bins=60, range=[[0, np.pi], [0, np.pi]], cmap="viridis")
+    fig.colorbar(h[3], ax=ax, label="events")
+    ax.plot([0, np.pi], [0, np.pi], "w--", lw=1)
+    ax.set(xlabel="true zenith (rad)", ylabel="predicted zenith (rad)", title="Zenith: predicted vs true")
+    out["zenith_pred_vs_true.png"] = png(fig)
+
+    x, label, name = ((energy, "true energy (GeV)", "error_vs_energy.png") if energy is not None
+                      else (n_pulses.astype(float), "pulses per event", "error_vs_n_pulses.png"))
+    edges = np.logspace(np.log10(max(x.min(), 1e-3)), np.log10(x.max()) + 1e-9, 16)
+    idx = np.clip(np.digitize(x, edges) - 1, 0, len(edges) - 2)
+    counts = np.bincount(idx, minlength=len(edges) - 1)
+    mean = np.bincount(idx, err, minlength=len(edges) - 1) / np.maximum(counts, 1)
+    centers = np.sqrt(edges[1:] * edges[:-1])
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(centers[counts > 0], mean[counts > 0], "o-")
+    ax.set(xscale="log", xlabel=label, ylabel="mean angular error (rad)", title=f"Error vs {label.split(' (')[0]}")
+    ax.grid(alpha=0.3)
+    out[name] = png(fig)
+    return out

@@ -1,0 +1,112 @@
+"""Write simulated events in the exact Kaggle layout, one Ray task per batch file, published atomically."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import ray
+
+from neutrino_ray import runtime, storage
+from neutrino_ray.icecube.geometry import icecube86
+
+log = logging.getLogger("neutrino_ray")
+
+ROW_GROUP_ROWS = 250_000
+ID_SPAN_PER_EVENT = 4  # each batch owns event ids [first, first + 4 * events_per_batch)
+
+# pandas metadata so that pandas restores event_id as the index, as in the Kaggle files.
+_PANDAS_META = {
+    "index_columns": ["event_id"], "column_indexes": [], "creator": {"library": "pyarrow"},
+    "pandas_version": "2.2.0",
+    "columns": [
+        {"name": n, "field_name": n, "pandas_type": p, "numpy_type": t, "metadata": None}
+        for n, p, t in [("sensor_id", "int16", "int16"), ("time", "int64", "int64"),
+                        ("charge", "float64", "float64"), ("auxiliary", "bool", "bool"),
+                        ("event_id", "int64", "int64")]
+    ],
+}
+PULSE_SCHEMA = pa.schema(
+    [("sensor_id", pa.int16()), ("time", pa.int64()), ("charge", pa.float64()), ("auxiliary", pa.bool_()),
+     ("event_id", pa.int64())],
+    metadata={b"pandas": json.dumps(_PANDAS_META).encode()},
+)
+
+
+def batch_seed(seed: int, batch_id: int) -> int:
+    """Independent, reproducible stream per batch."""
+    return int(np.random.SeedSequence([seed, batch_id]).generate_state(1, np.uint64)[0])
+
+
+def meta_from_pulses(batch_id: int, event_id: np.ndarray) -> pa.Table:
+    """Meta rows (batch_id, event_id, first/last_pulse_index inclusive) from a sorted event_id column."""
+    starts = np.flatnonzero(np.r_[True, event_id[1:] != event_id[:-1]])
+    ends = np.r_[starts[1:], len(event_id)] - 1
+    return pa.table({
+        "batch_id": np.full(len(starts), batch_id, dtype=np.int64),
+        "event_id": event_id[starts].astype(np.int64),
+        "first_pulse_index": starts.astype(np.int64),
+        "last_pulse_index": ends.astype(np.int64),
+    })
+
+
+@ray.remote
+def _simulate_and_write(staged_uri: str, seed: int, batch_id: int, n_events: int) -> tuple[pa.Table, pa.Table]:
+    from neutrino_ray.icecube.simulate import simulate_batch
+
+    first_id = (batch_id - 1) * ID_SPAN_PER_EVENT * n_events
+    sim = simulate_batch(batch_seed(seed, batch_id), n_events, first_id)
+    p = sim.pulses
+    table = pa.table([p.column(c).cast(PULSE_SCHEMA.field(c).type) for c in PULSE_SCHEMA.names],
+                     schema=PULSE_SCHEMA)
+    storage.write_bytes(staged_uri, storage.parquet_bytes(table, row_group_size=ROW_GROUP_ROWS,
+                                                          compression="snappy"))
+    meta = meta_from_pulses(batch_id, p.column("event_id").to_numpy())
+    return meta, sim.truth
+
+
+def simulate_dataset(out: str, events_per_batch: int, train_batches: int, test_batches: int, seed: int,
+                     command: list[str] | None = None) -> dict[str, Any]:
+    """Simulate ``train_batches + test_batches`` batch files into ``out`` in the Kaggle layout."""
+    if events_per_batch < 1 or train_batches < 0 or test_batches < 0 or train_batches + test_batches < 1:
+        raise ValueError("need events_per_batch >= 1 and at least one train or test batch")
+    runtime.init_ray()
+    start = time.perf_counter()
+    with storage.Output(out, command=command) as output:
+        splits = {"train": range(1, train_batches + 1),
+                  "test": range(train_batches + 1, train_batches + test_batches + 1)}
+        refs = {split: [_simulate_and_write.remote(output.staged(f"{split}/batch_{b}.parquet"), seed, b,
+                                                   events_per_batch) for b in ids]
+                for split, ids in splits.items()}
+        results = {split: ray.get(r) for split, r in refs.items()}
+        rows: dict[str, int] = {}
+        for split, res in results.items():
+            if not res:
+                continue
+            meta = pa.concat_tables([m for m, _ in res])
+            truth = pa.concat_tables([t for _, t in res])
+            if split == "train":
+                angles = truth.select(["azimuth", "zenith"])
+                meta = meta.append_column("azimuth", angles.column(0)).append_column("zenith", angles.column(1))
+            else:
+                output.write("test_truth.parquet", storage.parquet_bytes(truth))
+                zeros = pa.array(np.zeros(len(meta)))
+                sample = pa.table({"event_id": meta.column("event_id"), "azimuth": zeros, "zenith": zeros})
+                output.write("sample_submission.parquet", storage.parquet_bytes(sample))
+            output.write(f"{split}_meta.parquet", storage.parquet_bytes(meta))
+            rows[f"{split}_meta.parquet"] = len(meta)
+            rows[f"{split}_pulses"] = int(sum(int(m.column("last_pulse_index")[-1].as_py()) + 1
+                                              for m, _ in res))
+        output.write("sensor_geometry.csv", storage.csv_bytes(icecube86().to_table()))
+        n_events = events_per_batch * (train_batches + test_batches)
+        wall = time.perf_counter() - start
+        manifest = output.commit(kind="icecube-simulate", seed=seed, events_per_batch=events_per_batch,
+                                 train_batches=train_batches, test_batches=test_batches, rows=rows,
+                                 events=n_events, simulate_events_per_second=round(n_events / wall, 1))
+    log.info("simulated %d events (%d train + %d test batches) in %.1f s (%.0f events/s) into %s",
+             n_events, train_batches, test_batches, wall, n_events / wall, out)
+    return manifest

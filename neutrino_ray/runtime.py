@@ -1,0 +1,36 @@
+"""The one Ray runtime helper: connect to ``RAY_ADDRESS`` when set, else start a local Ray."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import ray
+
+log = logging.getLogger("neutrino_ray")
+
+
+def init_ray(num_cpus: int | None = None, **kwargs: Any) -> dict[str, Any]:
+    """Connect to the cluster named by ``RAY_ADDRESS`` or start a local one; idempotent.
+
+    Workers of a local Ray inherit this process's environment (S3 endpoint and credentials); a
+    cluster's workers read theirs from their own pods, so no secret travels in a task.
+    Returns the cluster resources so callers can size their work.
+    """
+    if not ray.is_initialized():
+        address = os.environ.get("RAY_ADDRESS")
+        logging.getLogger("ray").setLevel(logging.WARNING)
+        if address:
+            ray.init(address=address, log_to_driver=True, **kwargs)
+        else:
+            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True, **kwargs)
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = os.environ.get("NEUTRINO_RAY_PROGRESS", "1") != "0"
+        ctx.print_on_execution_start = False
+    return dict(ray.cluster_resources())
+
+
+def cpu_count() -> int:
+    """CPUs in the Ray cluster (at least 1)."""
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))

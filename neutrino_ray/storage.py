@@ -1,0 +1,303 @@
+"""One storage layer for every input and output: local paths, ``file://`` and ``s3://`` URIs.
+
+S3 endpoint and credentials come only from the standard AWS environment (``AWS_ENDPOINT_URL_S3`` /
+``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION``), so MinIO works
+unchanged. Only URIs travel to Ray workers; each process builds its own filesystem from its own
+environment, so no secret is ever pickled into a task.
+
+Outputs are published atomically with :class:`Output`: files are written under a staging prefix,
+moved to their final keys only when everything succeeded (a per-object rename locally, a
+server-side copy on S3 — a reader sees the old object or the new one, never a partial one), and a
+``_SUCCESS.json`` manifest is written last.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+from pathlib import Path
+from typing import IO, Any
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+import neutrino_ray
+
+SUCCESS = "_SUCCESS.json"
+STAGING_PREFIX = "_staging-"
+
+
+class StorageError(RuntimeError):
+    """An input or output URI could not be used; the message names the URI."""
+
+
+def is_s3(uri: str) -> bool:
+    return uri.startswith(("s3://", "s3a://"))
+
+
+def _local_path(uri: str) -> str:
+    if uri.startswith("file://"):
+        return uri[len("file://"):]
+    if "://" in uri:
+        raise StorageError(f"{uri}: unsupported URI scheme (use a local path, file:// or s3://)")
+    return uri
+
+
+def join(uri: str, *parts: str) -> str:
+    """Join path parts onto a URI with '/'."""
+    out = uri.rstrip("/")
+    for p in parts:
+        out = f"{out}/{p.strip('/')}"
+    return out
+
+
+def s3_endpoint() -> str | None:
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+@lru_cache(maxsize=4)
+def _s3fs(endpoint: str | None, region: str | None) -> Any:
+    import s3fs
+
+    client_kwargs: dict[str, Any] = {}
+    if endpoint:
+        client_kwargs["endpoint_url"] = endpoint
+    if region:
+        client_kwargs["region_name"] = region
+    # botocore's standard retry mode backs off exponentially on throttling and transient 5xx errors.
+    config_kwargs = {"retries": {"max_attempts": int(os.environ.get("NEUTRINO_RAY_S3_RETRIES", "8")),
+                                 "mode": "standard"},
+                     "connect_timeout": 10, "read_timeout": 60}
+    return s3fs.S3FileSystem(client_kwargs=client_kwargs, config_kwargs=config_kwargs,
+                             use_listings_cache=False, skip_instance_cache=True)
+
+
+def s3() -> Any:
+    """The process's S3 filesystem, built from this process's environment."""
+    return _s3fs(s3_endpoint(), os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"))
+
+
+def _s3_key(uri: str) -> str:
+    return uri.split("://", 1)[1]
+
+
+@contextmanager
+def _errors(uri: str, action: str) -> Iterator[None]:
+    """Re-raise storage failures as StorageError naming the URI (never the credentials)."""
+    try:
+        yield
+    except (StorageError, FileNotFoundError):
+        raise
+    except PermissionError as e:
+        raise StorageError(f"{uri}: permission denied while trying to {action} ({e})") from e
+    except OSError as e:
+        raise StorageError(f"{uri}: cannot {action}: {e}") from e
+    except Exception as e:  # botocore/aiohttp errors that s3fs does not translate
+        name = type(e).__name__
+        if name in {"ClientError", "NoCredentialsError", "EndpointConnectionError", "ClientConnectorError",
+                    "ConnectTimeoutError", "ReadTimeoutError", "ServerDisconnectedError"}:
+            raise StorageError(f"{uri}: cannot {action}: {name}: {e}") from e
+        raise
+
+
+def exists(uri: str) -> bool:
+    if is_s3(uri):
+        with _errors(uri, "check existence"):
+            return bool(s3().exists(_s3_key(uri)))
+    return os.path.exists(_local_path(uri))
+
+
+def require(uri: str, what: str = "input") -> None:
+    """Fail early, naming the URI, when an input does not exist."""
+    if not exists(uri):
+        raise StorageError(f"{uri}: {what} not found")
+
+
+def listdir(uri: str) -> list[str]:
+    """Full URIs of the entries directly under ``uri`` (sorted)."""
+    if is_s3(uri):
+        with _errors(uri, "list"):
+            scheme = uri.split("://", 1)[0]
+            return sorted(f"{scheme}://{p}" for p in s3().ls(_s3_key(uri), detail=False, refresh=True))
+    path = _local_path(uri)
+    if not os.path.isdir(path):
+        return []
+    prefix = "file://" if uri.startswith("file://") else ""
+    return sorted(prefix + os.path.join(path, n) for n in os.listdir(path))
+
+
+@contextmanager
+def open_input(uri: str) -> Iterator[IO[bytes]]:
+    """A seekable binary file object for reading."""
+    if is_s3(uri):
+        with _errors(uri, "read"):
+            if not s3().exists(_s3_key(uri)):
+                raise FileNotFoundError(f"{uri}: not found")
+            f = s3().open(_s3_key(uri), "rb", block_size=8 * 2**20, cache_type="readahead")
+        try:
+            yield f
+        finally:
+            f.close()
+    else:
+        path = _local_path(uri)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{uri}: not found")
+        with open(path, "rb") as f:
+            yield f
+
+
+def read_bytes(uri: str) -> bytes:
+    with open_input(uri) as f, _errors(uri, "read"):
+        return f.read()
+
+
+def read_parquet(uri: str, columns: list[str] | None = None) -> pa.Table:
+    """Read a whole Parquet file; a corrupt or truncated file raises StorageError naming it."""
+    with open_input(uri) as f:
+        try:
+            return pq.read_table(f, columns=columns)
+        except (pa.ArrowInvalid, OSError) as e:
+            raise StorageError(f"{uri}: not a readable Parquet file: {e}") from e
+
+
+def read_csv(uri: str) -> pa.Table:
+    with open_input(uri) as f:
+        try:
+            return pacsv.read_csv(f)
+        except pa.ArrowInvalid as e:
+            raise StorageError(f"{uri}: not a readable CSV file: {e}") from e
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Write one object; locally via a temporary file and rename so it is never seen half-written."""
+    if is_s3(uri):
+        with _errors(uri, "write"):
+            s3().pipe_file(_s3_key(uri), data)
+        return
+    path = Path(_local_path(uri))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def parquet_bytes(table: pa.Table, **kwargs: Any) -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(table, buf, **kwargs)
+    return buf.getvalue()
+
+
+def csv_bytes(table: pa.Table) -> bytes:
+    buf = io.BytesIO()
+    pacsv.write_csv(table, buf, write_options=pacsv.WriteOptions(quoting_style="none"))
+    return buf.getvalue()
+
+
+def remove(uri: str, recursive: bool = False) -> None:
+    if is_s3(uri):
+        with _errors(uri, "delete"):
+            if s3().exists(_s3_key(uri)):
+                s3().rm(_s3_key(uri), recursive=recursive)
+        return
+    path = _local_path(uri)
+    if os.path.isdir(path) and recursive:
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.exists(path):
+        os.remove(path)
+
+
+def _move(src: str, dst: str) -> None:
+    if is_s3(src):
+        with _errors(dst, "publish"):
+            s3().copy(_s3_key(src), _s3_key(dst))
+        return
+    d = Path(_local_path(dst))
+    d.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(_local_path(src), d)
+
+
+def code_version() -> str:
+    """Package version plus the git commit when run from a checkout."""
+    here = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "-C", str(here), "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return f"{neutrino_ray.__version__}+g{sha}{'.dirty' if dirty else ''}"
+    except (OSError, subprocess.SubprocessError):
+        return neutrino_ray.__version__
+
+
+class Output:
+    """An output folder published atomically.
+
+    Writers (on the driver or on Ray workers) write to :meth:`staged` URIs; :meth:`commit` moves every
+    staged file to its final key and then writes ``_SUCCESS.json``. Any previous ``_SUCCESS.json`` is
+    removed when the output is opened, so a reader never pairs an old manifest with new files.
+    """
+
+    def __init__(self, uri: str, *, command: list[str] | None = None, inputs: list[str] | None = None):
+        self.uri = uri.rstrip("/")
+        self.staging = join(self.uri, f"{STAGING_PREFIX}{uuid.uuid4().hex[:12]}")
+        self.command = command if command is not None else sys.argv
+        self.inputs = inputs or []
+        self.started = time.time()
+        self._files: list[str] = []
+
+    def __enter__(self) -> Output:
+        remove(join(self.uri, SUCCESS))
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        remove(self.staging, recursive=True)
+
+    def staged(self, relpath: str) -> str:
+        """URI to write ``relpath`` to before commit; safe to call from any process."""
+        if relpath not in self._files:
+            self._files.append(relpath)
+        return join(self.staging, relpath)
+
+    def write(self, relpath: str, data: bytes) -> None:
+        write_bytes(self.staged(relpath), data)
+
+    def commit(self, **manifest: Any) -> dict[str, Any]:
+        """Publish every staged file, then the manifest (row counts, inputs, command, timing)."""
+        for rel in self._files:
+            src = join(self.staging, rel)
+            if not exists(src):
+                raise StorageError(f"{src}: staged output missing at commit; nothing was published")
+        for rel in self._files:
+            _move(join(self.staging, rel), join(self.uri, rel))
+        wall = time.time() - self.started
+        doc = {
+            "output": self.uri,
+            "files": sorted(self._files),
+            "inputs": self.inputs,
+            "command": self.command,
+            "code_version": code_version(),
+            "wall_seconds": round(wall, 3),
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            **manifest,
+        }
+        if "events" in manifest and wall > 0:
+            doc.setdefault("events_per_second", round(manifest["events"] / wall, 1))
+        write_bytes(join(self.uri, SUCCESS), json.dumps(doc, indent=2, default=str).encode())
+        return doc
+
+
+def read_manifest(uri: str) -> dict[str, Any]:
+    return json.loads(read_bytes(join(uri, SUCCESS)))
