@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 from collections.abc import Sequence
 
@@ -169,6 +170,12 @@ def user_error(exc: BaseException) -> BaseException | None:
         seen.add(id(e))
         if isinstance(e, DataError | storage.StorageError | FileNotFoundError):
             return e
+        # Ray ships a task's exception chain as text: recover our own error's message from it.
+        found = re.findall(r"^neutrino_ray\.[\w.]*?(DataError|StorageError): (.+)$",
+                           f"{getattr(e, 'traceback_str', '')}\n{e}", flags=re.M)
+        if found:
+            kind, message = found[-1]
+            return (DataError if kind == "DataError" else storage.StorageError)(message)
         stack += [e.__cause__, e.__context__, getattr(e, "cause", None)]
     return None
 

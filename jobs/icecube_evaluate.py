@@ -1,0 +1,17 @@
+"""Ray job entrypoint: Score a submission → report.json + plots.
+
+    ray job submit --address http://127.0.0.1:8265 --working-dir . -- python jobs/icecube_evaluate.py --help
+
+Arguments are those of `neutrino-ray icecube evaluate`. Connects to the cluster through RAY_ADDRESS, which
+`ray job submit` sets for the driver.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the working dir, when not installed
+
+from neutrino_ray.cli import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main(["icecube", "evaluate", *sys.argv[1:]]))

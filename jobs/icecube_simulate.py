@@ -1,0 +1,17 @@
+"""Ray job entrypoint: Simulate a Kaggle-layout IceCube dataset.
+
+    ray job submit --address http://127.0.0.1:8265 --working-dir . -- python jobs/icecube_simulate.py --help
+
+Arguments are those of `neutrino-ray simulate icecube`. Connects to the cluster through RAY_ADDRESS, which
+`ray job submit` sets for the driver.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the working dir, when not installed
+
+from neutrino_ray.cli import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main(["simulate", "icecube", *sys.argv[1:]]))
