@@ -1,23 +1,74 @@
-"""Shared fixtures: one local Ray for the in-process tests."""
+"""Shared fixtures: an S3 (moto) server on 127.0.0.1 and one local Ray for in-process tests.
+
+The S3 endpoint and test credentials are put in the environment before anything starts Ray, so local
+Ray workers inherit them exactly as cluster workers would read them from their pods.
+"""
 
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
 import sys
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-os.environ.setdefault("NEUTRINO_RAY_PROGRESS", "0")
-os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+S3_PORT = free_port()
+S3_ENDPOINT = f"http://127.0.0.1:{S3_PORT}"
+os.environ.update({
+    "AWS_ENDPOINT_URL": S3_ENDPOINT, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing-secret",
+    "AWS_REGION": "us-east-1", "NEUTRINO_RAY_S3_RETRIES": "3", "NEUTRINO_RAY_PROGRESS": "0",
+})
+for var in ("AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_SESSION_TOKEN", "RAY_ADDRESS"):
+    os.environ.pop(var, None)
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[str]:
+    """A moto S3 server on 127.0.0.1 for the whole session; yields its endpoint URL."""
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(S3_PORT)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(S3_ENDPOINT, timeout=1)
+            break
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                pytest.fail("moto S3 server did not start within 30 s")
+            time.sleep(0.2)
+    yield S3_ENDPOINT
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture
+def bucket(s3_server: str, request: pytest.FixtureRequest) -> str:
+    """A fresh bucket per test; yields 's3://name'."""
+    import boto3
+
+    name = "nr-" + request.node.name.lower().replace("_", "-")[:40].strip("-") + f"-{os.getpid()}"
+    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=name)
+    return f"s3://{name}"
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _local_ray() -> Iterator[None]:
     """Tests that call Ray share one local instance (started lazily by neutrino_ray.runtime)."""
-    os.environ.pop("RAY_ADDRESS", None)
     yield
     import ray
 

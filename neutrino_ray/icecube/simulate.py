@@ -69,6 +69,9 @@ CASCADE_Z = (-600.0, 600.0)  # m
 # with L_att = sqrt(L_abs * L_scat / 3) (diffusion length) from the depth-dependent ice.
 K_CASCADE = 0.25  # pe m / GeV
 K_TRACK = 4.0  # pe m^0.5
+# Cascades emit most light forward (Cherenkov cone of the shower particles), partly kept after
+# scattering: angular factor 1 + CASCADE_FORWARD cos(angle to the shower axis), averaging to 1.
+CASCADE_FORWARD = 0.5
 MIN_DISTANCE = 3.0  # m, regularises the 1/d laws next to a DOM
 HQE_EFFICIENCY = 1.35  # DeepCore high-quantum-efficiency DOMs (strings 79-86, DOMs 11-60)
 MU_PRUNE = 5.0e-3  # pe: DOMs whose expected light is surely below this are never evaluated
@@ -269,11 +272,11 @@ class _Sources:
 
 def _reach(brightness: np.ndarray, power: float, att_len: float) -> np.ndarray:
     """Largest d with brightness * HQE * exp(-d/L) / d^power >= MU_PRUNE (fixed-point iteration)."""
-    ln_b = np.log(np.maximum(brightness * HQE_EFFICIENCY / MU_PRUNE, 1.0))
+    ln_b = np.log(np.maximum(brightness * HQE_EFFICIENCY * (1 + CASCADE_FORWARD) / MU_PRUNE, 1.0))
     d = np.full(len(brightness), 50.0)
     for _ in range(6):  # converges fast: d = L (ln B - p ln d)
         d = np.maximum(att_len * (ln_b - power * np.log(np.maximum(d, MIN_DISTANCE))), MIN_DISTANCE)
-    return d * 1.05 + 5.0
+    return d * 1.05 + 5.0  # margin: HQE, forward emission (1 + CASCADE_FORWARD <= 1.5 ~ e^0.4)
 
 
 def _sources(ev: _Events, det: _Detector) -> _Sources:
@@ -347,14 +350,15 @@ def _dom_light(src: _Sources, det: _Detector) -> _DomLight:
     r = det.xyz[sensor]
     w = r - src.p0[s]
     trk = src.is_track[s]
-    sp = np.where(trk, np.einsum("ij,ij->i", w, src.u[s]), 0.0)  # projection on the track
+    proj = np.einsum("ij,ij->i", w, src.u[s])  # along the direction of travel
+    sp = np.where(trk, proj, 0.0)  # projection on the track (point sources: 0)
     rho = np.sqrt(np.maximum(np.einsum("ij,ij->i", w, w) - sp * sp, 0.0))
     # Emission point: where the Cherenkov cone through the DOM meets the track, clamped to the
     # part of the track where the muon exists. For point sources s_e = 0 and d = |w|.
     s_e = np.clip(sp - rho / TAN_TC, src.s_start[s], src.s_end[s])
     d = np.sqrt(rho * rho + (sp - s_e) ** 2)
     keep = d < src.reach[s]
-    s, sensor, d, s_e, trk = s[keep], sensor[keep], d[keep], s_e[keep], trk[keep]
+    s, sensor, d, s_e, trk, proj = s[keep], sensor[keep], d[keep], s_e[keep], trk[keep], proj[keep]
     z_dom = det.xyz[sensor, 2]
     z_emit = src.p0[s, 2] + s_e * src.u[s, 2]
     # Ice along the path: Simpson average of the attenuation coefficient at emission, midpoint, DOM.
@@ -363,7 +367,7 @@ def _dom_light(src: _Sources, det: _Detector) -> _DomLight:
     scat = (ice_e[:, 1] + ice_d[:, 1]) * 0.5
     absn = (ice_e[:, 2] + ice_d[:, 2]) * 0.5
     dd = np.maximum(d, MIN_DISTANCE)
-    geom = np.where(trk, np.sqrt(dd), dd)
+    geom = np.where(trk, np.sqrt(dd), dd / (1.0 + CASCADE_FORWARD * proj / dd))
     mu = src.brightness[s] * det.efficiency[sensor] * np.exp(-d * inv_att) / geom
     return _DomLight(
         event=src.event[s], sensor=sensor, distance=d,

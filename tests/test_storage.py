@@ -1,0 +1,74 @@
+"""The storage layer: URIs, atomic publication, S3 through the standard AWS environment."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from neutrino_ray import storage
+
+
+@pytest.mark.parametrize("scheme", ["", "file://"])
+def test_local_output_publishes_atomically(tmp_path: Path, scheme: str) -> None:
+    uri = scheme + str(tmp_path / "out")
+    with storage.Output(uri, command=["x"], inputs=["in"]) as out:
+        out.write("a/b.csv", b"1,2\n")
+        assert not (tmp_path / "out/a/b.csv").exists()  # staged only
+        m = out.commit(events=10)
+    assert (tmp_path / "out/a/b.csv").read_bytes() == b"1,2\n"
+    doc = json.loads((tmp_path / "out/_SUCCESS.json").read_text())
+    assert doc["files"] == ["a/b.csv"] and doc["events"] == 10 and doc == m
+    assert doc["command"] == ["x"] and doc["inputs"] == ["in"] and "code_version" in doc
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["_SUCCESS.json", "a"]
+
+
+def test_crash_leaves_nothing_and_keeps_old_output(tmp_path: Path) -> None:
+    uri = str(tmp_path / "out")
+    with storage.Output(uri) as out:
+        out.write("s.csv", b"old")
+        out.commit()
+    with pytest.raises(RuntimeError), storage.Output(uri) as out:
+        out.write("s.csv", b"new-partial")
+        raise RuntimeError("worker died")
+    assert (tmp_path / "out/s.csv").read_bytes() == b"old"  # never a partial file at the final key
+    assert not (tmp_path / "out/_SUCCESS.json").exists()  # the old manifest no longer vouches for it
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["s.csv"]
+
+
+def test_unsupported_scheme_and_missing_input(tmp_path: Path) -> None:
+    with pytest.raises(storage.StorageError, match="gs://b/x: unsupported URI scheme"):
+        storage.exists("gs://b/x")
+    with pytest.raises(FileNotFoundError, match="nope"):
+        storage.read_bytes(str(tmp_path / "nope"))
+
+
+def test_s3_round_trip_and_publish(bucket: str) -> None:
+    t = pa.table({"a": [1, 2, 3]})
+    storage.write_bytes(f"{bucket}/in/t.parquet", storage.parquet_bytes(t))
+    assert storage.read_parquet(f"{bucket}/in/t.parquet").equals(t)
+    assert storage.listdir(f"{bucket}/in") == [f"{bucket}/in/t.parquet"]
+    with storage.Output(f"{bucket}/out") as out:
+        out.write("sub.csv", b"x\n")
+        assert not storage.exists(f"{bucket}/out/sub.csv")
+        out.commit()
+    assert storage.read_bytes(f"{bucket}/out/sub.csv") == b"x\n"
+    assert storage.read_manifest(f"{bucket}/out")["files"] == ["sub.csv"]
+    assert [u.rsplit("/", 1)[1] for u in storage.listdir(f"{bucket}/out")] == ["_SUCCESS.json", "sub.csv"]
+
+
+def test_s3_filesystem_pickles_without_secret(s3_server: str) -> None:
+    assert b"testing-secret" not in pickle.dumps(storage.s3())
+
+
+def test_s3_errors_name_the_uri(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises((storage.StorageError, FileNotFoundError), match="s3://no-such-bucket/x"):
+        storage.read_bytes("s3://no-such-bucket/x")
+    # Unreachable endpoint: a clear error naming the URI, after bounded retries.
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("NEUTRINO_RAY_S3_RETRIES", "1")
+    with pytest.raises(storage.StorageError, match="s3://b/k"):
+        storage.write_bytes("s3://b/k", b"1")
