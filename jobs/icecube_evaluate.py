@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the working dir, when not installed
 
-from neutrino_ray.cli import main  # noqa: E402
+from neutrino_ray.cli import main
 
 if __name__ == "__main__":
     sys.exit(main(["icecube", "evaluate", *sys.argv[1:]]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +12,8 @@ import pytest
 from neutrino_ray.icecube.features import (
     DEFAULT_MAX_PULSES,
     N_FEATURES,
-    featurise,
     features_from_table,
+    featurise,
     positions_and_times,
     select_pulses,
 )
@@ -188,7 +189,7 @@ def test_featurise_equals_slow_reference() -> None:
     # positions_and_times undoes the scaling (float32 features: ~0.01 ns, ~0.1 mm).
     kept_times = np.concatenate([time[lo + np.array(_slow_select(time[lo:hi].tolist(), aux[lo:hi].tolist(),
                                                                   DEFAULT_MAX_PULSES))]
-                                 for lo, hi in zip(offsets[:-1], offsets[1:])])
+                                 for lo, hi in itertools.pairwise(offsets)])
     xyz, t = positions_and_times(flat)
     np.testing.assert_allclose(t, kept_times, atol=0.01)
     np.testing.assert_allclose(np.abs(xyz).max(), 600, atol=150)
@@ -198,3 +199,18 @@ def test_select_pulses_without_cap_is_identity() -> None:
     offsets = np.array([0, 3, 5])
     keep, new = select_pulses(offsets, np.arange(5), np.zeros(5, bool), 256)
     assert keep.tolist() == [0, 1, 2, 3, 4] and new.tolist() == [0, 3, 5]
+
+
+def test_select_pulses_unsorted_times_follow_the_rule() -> None:
+    """Pulses not in time order inside an event still get 'non-auxiliary first, then earliest'."""
+    rng = np.random.default_rng(9)
+    counts = np.array([300, 5, 600])
+    offsets = np.r_[0, np.cumsum(counts)]
+    time = rng.permutation(np.arange(counts.sum()))
+    aux = rng.random(counts.sum()) < 0.5
+    keep, new = select_pulses(offsets, time, aux, 256)
+    assert new.tolist() == [0, 256, 261, 517]
+    for e in range(3):
+        lo, hi = offsets[e], offsets[e + 1]
+        want = lo + np.array(_slow_select(time[lo:hi].tolist(), aux[lo:hi].tolist(), 256))
+        assert keep[new[e]:new[e + 1]].tolist() == want.tolist()

@@ -15,7 +15,7 @@ from kaggle import random_events, write_batch, write_dataset
 from neutrino_ray import storage
 from neutrino_ray.cli import main
 from neutrino_ray.icecube import data as icdata
-from neutrino_ray.icecube.features import featurise, features_from_table, positions_and_times
+from neutrino_ray.icecube.features import features_from_table, featurise, positions_and_times
 from neutrino_ray.icecube.geometry import icecube86
 from neutrino_ray.icecube.linefit import linefit
 from neutrino_ray.icecube.predict import predict

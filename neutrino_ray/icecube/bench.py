@@ -12,7 +12,7 @@ import pyarrow as pa
 
 from neutrino_ray import storage
 from neutrino_ray.icecube import data as icdata
-from neutrino_ray.icecube.features import DEFAULT_MAX_PULSES, featurise, features_from_table, positions_and_times
+from neutrino_ray.icecube.features import DEFAULT_MAX_PULSES, features_from_table, featurise, positions_and_times
 from neutrino_ray.icecube.linefit import linefit
 from neutrino_ray.icecube.predict import DEFAULT_EVENTS_PER_TASK, predict
 from neutrino_ray.icecube.simwrite import simulate_dataset

@@ -179,8 +179,6 @@ def read_task_events(task: ReadTask, n_sensors: int) -> pa.Table:
     counts = last - first + 1
     offsets = np.zeros(len(counts) + 1, dtype=np.int64)
     np.cumsum(counts, out=offsets[1:])
-    contiguous = len(first) == 0 or (first[0] == 0 and np.array_equal(first[1:], last[:-1] + 1)
-                                     and last[-1] == pulses.num_rows - 1)
     all_ids = pulses.column("event_id").to_numpy()
     if len(first) and (first.min() < 0 or last.max() >= len(all_ids)):
         raise DataError(f"{uri}: meta pulse ranges fall outside the rows read for batch {task.batch_id}")
@@ -192,32 +190,46 @@ def read_task_events(task: ReadTask, n_sensors: int) -> pa.Table:
             k = int(bad[0])
             raise DataError(f"{uri}: meta range rows {int(task.first[k])}..{int(task.last[k])} of event_id "
                             f"{int(task.event_id[k])} does not cover all of its pulses")
-    if not contiguous:  # meta skips some rows: gather each event's range
+    if len(first) == 0 or np.array_equal(first[1:], last[:-1] + 1):  # the usual case: one run of rows
+        lo = int(first[0]) if len(first) else 0
+        pulses = pulses.slice(lo, int(offsets[-1]))
+        event_of_row = all_ids[lo:lo + int(offsets[-1])]
+    else:  # meta skips some rows: gather each event's range
         rows = np.repeat(first - offsets[:-1], counts) + np.arange(offsets[-1])
         pulses = pulses.take(pa.array(rows))
-    cols = {c: pulses.column(c).combine_chunks() for c in PULSE_TYPES}
-    event_of_row = cols["event_id"].to_numpy()
-    expected = np.repeat(task.event_id, counts)
-    bad = np.flatnonzero(event_of_row != expected)
-    if len(bad):
-        i = int(bad[0])
+        event_of_row = all_ids[rows]
+    # Every row of a range carries the range's event id: right id at each start, no change inside.
+    starts = offsets[:-1]
+    changes = np.flatnonzero(event_of_row[1:] != event_of_row[:-1]) + 1
+    inner = changes[np.isin(changes, starts, assume_unique=True, invert=True)]
+    wrong = np.flatnonzero(event_of_row[starts] != task.event_id) if len(starts) else starts
+    if len(wrong) or len(inner):
+        i = int(starts[wrong[0]]) if len(wrong) else int(inner[0])
         k = int(np.searchsorted(offsets, i, side="right") - 1)
         raise DataError(f"{uri}: meta says pulse row {int(task.first[k] + i - offsets[k])} belongs to "
-                        f"event_id {int(expected[i])}, but the file has event_id {int(event_of_row[i])} there")
-    # Each meta range must hold the whole event: the rows just outside it belong to other events.
-    sensor = cols["sensor_id"].cast(pa.int16()).to_numpy()
+                        f"event_id {int(task.event_id[k])}, but the file has event_id {int(event_of_row[i])} "
+                        f"there")
+    cols = {c: pulses.column(c).combine_chunks() for c in PULSE_COLUMNS}
+    for name, col in cols.items():
+        if col.null_count:
+            i = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
+            raise DataError(f"{uri}: event_id {int(event_of_row[i])} has a null {name}")
+    sensor = cols["sensor_id"].to_numpy()
     bad = np.flatnonzero((sensor < 0) | (sensor >= n_sensors))
     if len(bad):
         i = int(bad[0])
         raise DataError(f"{uri}: event_id {int(event_of_row[i])} has sensor_id {int(sensor[i])} outside the "
                         f"geometry (0..{n_sensors - 1}); {len(bad)} such pulses in this file chunk")
     for name in ("time", "charge"):
-        values = cols[name].cast(pa.float64()).to_numpy(zero_copy_only=False)
-        bad = np.flatnonzero(~np.isfinite(values) | (values <= 0 if name == "charge" else False))
-        if len(bad) or cols[name].null_count:
-            i = int(bad[0]) if len(bad) else int(np.flatnonzero(cols[name].is_null().to_numpy(False))[0])
+        col = cols[name]
+        if pa.types.is_integer(col.type) and not col.null_count:
+            continue  # integers are always finite
+        values = col.cast(pa.float64()).to_numpy(zero_copy_only=False)
+        bad = np.flatnonzero(~np.isfinite(values) | ((values <= 0) if name == "charge" else False))
+        if len(bad):
+            i = int(bad[0])
             raise DataError(f"{uri}: event_id {int(event_of_row[i])} has an invalid {name} "
-                            f"({cols[name][i].as_py()!r}); {name} must be finite"
+                            f"({col[i].as_py()!r}); {name} must be finite"
                             f"{' and positive' if name == 'charge' else ''}")
     list_off = pa.array(offsets.astype(np.int32))
     return pa.table({

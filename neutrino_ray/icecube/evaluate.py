@@ -9,11 +9,10 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.csv as pacsv
 
 from neutrino_ray import storage
 from neutrino_ray.icecube import data as icdata
-from neutrino_ray.icecube.metrics import angular_distance, angular_dist_score, summarise
+from neutrino_ray.icecube.metrics import angular_dist_score, angular_distance, summarise
 
 log = logging.getLogger("neutrino_ray")
 

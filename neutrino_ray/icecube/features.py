@@ -46,16 +46,45 @@ def select_pulses(offsets: np.ndarray, time: np.ndarray, auxiliary: np.ndarray,
     their original (time) order. Returns (flat indices of the kept pulses, new offsets).
     """
     counts = np.diff(offsets)
-    if len(counts) == 0 or counts.max(initial=0) <= max_pulses:
-        return np.arange(offsets[-1]), offsets.copy()
-    ev = event_index(offsets)
-    order = np.lexsort((time, auxiliary, ev))  # by event, then non-auxiliary first, then time
-    rank = np.arange(len(order)) - offsets[ev[order]]
-    keep = np.sort(order[rank < max_pulses])
     new_counts = np.minimum(counts, max_pulses)
     new_offsets = np.zeros(len(counts) + 1, dtype=np.int64)
     np.cumsum(new_counts, out=new_offsets[1:])
-    return keep, new_offsets
+    big = counts > max_pulses
+    if not big.any():
+        return np.arange(offsets[-1]), new_offsets
+    # Only pulses of events over the cap need ranking; everything else is kept.
+    in_big = np.repeat(big, counts)
+    sub = np.flatnonzero(in_big)
+    sub_counts = counts[big]
+    sub_off = np.zeros(len(sub_counts) + 1, dtype=np.int64)
+    np.cumsum(sub_counts, out=sub_off[1:])
+    keep = ~in_big
+    keep[sub[_keep_in_capped_events(sub_off, sub_counts, time[sub], auxiliary[sub].astype(bool),
+                                    max_pulses)]] = True
+    return np.flatnonzero(keep), new_offsets
+
+
+def _keep_in_capped_events(offsets: np.ndarray, counts: np.ndarray, time: np.ndarray, aux: np.ndarray,
+                           cap: int) -> np.ndarray:
+    """Boolean mask of kept pulses for events that all exceed the cap."""
+    starts = np.zeros(len(time), dtype=bool)
+    starts[offsets[:-1]] = True
+    if (np.diff(time) < 0)[~starts[1:]].any():  # not time-ordered within events: sort explicitly
+        ev = np.repeat(np.arange(len(counts)), counts)
+        order = np.lexsort((time, aux, ev))  # by event, then non-auxiliary first, then time
+        rank = np.empty(len(order), dtype=np.int64)
+        rank[order] = np.arange(len(order)) - offsets[ev[order]]
+        return rank < cap
+    # Kaggle order (event, time): ranks are running counts, no sort needed.
+    clean = ~aux
+    c_incl = np.cumsum(clean, dtype=np.int64)
+    c_excl = c_incl - clean  # clean pulses before this one (whole array)
+    clean_before = np.repeat(c_excl[offsets[:-1]], counts)  # clean pulses before the event
+    n_clean = np.repeat(c_incl[offsets[1:] - 1] - c_excl[offsets[:-1]], counts)
+    clean_rank = c_excl - clean_before  # rank among the event's clean pulses
+    pos = np.arange(len(time)) - np.repeat(offsets[:-1], counts)
+    aux_rank = pos - clean_rank  # rank among the event's auxiliary pulses
+    return np.where(clean, clean_rank < cap, aux_rank < cap - n_clean)
 
 
 def pulse_features(xyz: np.ndarray, time: np.ndarray, charge: np.ndarray, auxiliary: np.ndarray) -> np.ndarray:

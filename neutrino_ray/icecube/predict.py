@@ -19,7 +19,7 @@ import ray
 
 from neutrino_ray import runtime, storage
 from neutrino_ray.icecube import data as icdata
-from neutrino_ray.icecube.features import DEFAULT_MAX_PULSES, featurise, features_from_table, positions_and_times
+from neutrino_ray.icecube.features import DEFAULT_MAX_PULSES, features_from_table, featurise, positions_and_times
 from neutrino_ray.icecube.linefit import linefit
 
 log = logging.getLogger("neutrino_ray")

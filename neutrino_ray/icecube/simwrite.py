@@ -1,4 +1,8 @@
-"""Write simulated events in the exact Kaggle layout, one Ray task per batch file, published atomically."""
+"""Write simulated events in the exact Kaggle layout, published atomically.
+
+Each batch file is simulated in parts of 10,000 events as parallel Ray tasks, then one task per batch
+concatenates its parts and writes the file.
+"""
 
 from __future__ import annotations
 
@@ -37,9 +41,12 @@ PULSE_SCHEMA = pa.schema(
 )
 
 
-def batch_seed(seed: int, batch_id: int) -> int:
-    """Independent, reproducible stream per batch."""
-    return int(np.random.SeedSequence([seed, batch_id]).generate_state(1, np.uint64)[0])
+EVENTS_PER_PART = 10_000  # a batch is simulated in parts of this size, in parallel; fixed for determinism
+
+
+def part_seed(seed: int, batch_id: int, part: int) -> int:
+    """Independent, reproducible stream per (batch, part)."""
+    return int(np.random.SeedSequence([seed, batch_id, part]).generate_state(1, np.uint64)[0])
 
 
 def meta_from_pulses(batch_id: int, event_id: np.ndarray) -> pa.Table:
@@ -55,18 +62,34 @@ def meta_from_pulses(batch_id: int, event_id: np.ndarray) -> pa.Table:
 
 
 @ray.remote
-def _simulate_and_write(staged_uri: str, seed: int, batch_id: int, n_events: int) -> tuple[pa.Table, pa.Table]:
+def _simulate_part(seed: int, batch_id: int, part: int, n_events: int, first_id: int) -> Any:
     from neutrino_ray.icecube.simulate import simulate_batch
 
-    first_id = (batch_id - 1) * ID_SPAN_PER_EVENT * n_events
-    sim = simulate_batch(batch_seed(seed, batch_id), n_events, first_id)
-    p = sim.pulses
+    return simulate_batch(part_seed(seed, batch_id, part), n_events, first_id)
+
+
+@ray.remote
+def _write_batch(staged_uri: str, batch_id: int, *parts: Any) -> tuple[pa.Table, pa.Table]:
+    """Concatenate a batch's parts (ids increase part by part), write the file, return meta and truth."""
+    p = pa.concat_tables([part.pulses for part in parts])
+    truth = pa.concat_tables([part.truth for part in parts])
     table = pa.table([p.column(c).cast(PULSE_SCHEMA.field(c).type) for c in PULSE_SCHEMA.names],
                      schema=PULSE_SCHEMA)
     storage.write_bytes(staged_uri, storage.parquet_bytes(table, row_group_size=ROW_GROUP_ROWS,
                                                           compression="snappy"))
     meta = meta_from_pulses(batch_id, p.column("event_id").to_numpy())
-    return meta, sim.truth
+    if not np.array_equal(meta.column("event_id").to_numpy(), truth.column("event_id").to_numpy()):
+        raise RuntimeError(f"batch {batch_id}: simulated truth and pulses disagree on event ids")
+    return meta, truth
+
+
+def _batch_refs(staged_uri: str, seed: int, batch_id: int, n_events: int) -> Any:
+    first_id = (batch_id - 1) * ID_SPAN_PER_EVENT * n_events
+    parts = []
+    for part, lo in enumerate(range(0, n_events, EVENTS_PER_PART)):
+        n = min(EVENTS_PER_PART, n_events - lo)
+        parts.append(_simulate_part.remote(seed, batch_id, part, n, first_id + ID_SPAN_PER_EVENT * lo))
+    return _write_batch.remote(staged_uri, batch_id, *parts)
 
 
 def simulate_dataset(out: str, events_per_batch: int, train_batches: int, test_batches: int, seed: int,
@@ -79,8 +102,8 @@ def simulate_dataset(out: str, events_per_batch: int, train_batches: int, test_b
     with storage.Output(out, command=command) as output:
         splits = {"train": range(1, train_batches + 1),
                   "test": range(train_batches + 1, train_batches + test_batches + 1)}
-        refs = {split: [_simulate_and_write.remote(output.staged(f"{split}/batch_{b}.parquet"), seed, b,
-                                                   events_per_batch) for b in ids]
+        refs = {split: [_batch_refs(output.staged(f"{split}/batch_{b}.parquet"), seed, b, events_per_batch)
+                        for b in ids]
                 for split, ids in splits.items()}
         results = {split: ray.get(r) for split, r in refs.items()}
         rows: dict[str, int] = {}

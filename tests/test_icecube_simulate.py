@@ -1,0 +1,274 @@
+"""Tests of the IceCube event simulator: Kaggle layout, DAQ logic against slow reference code,
+physics sanity (causality) and calibration against the published Kaggle figures."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from neutrino_ray.icecube import simulate as sim
+from neutrino_ray.icecube.features import select_pulses
+from neutrino_ray.icecube.geometry import N_SENSORS, icecube86
+from neutrino_ray.icecube.linefit import linefit
+from neutrino_ray.icecube.metrics import angular_distance
+
+PULSE_SCHEMA = pa.schema([
+    ("event_id", pa.int64()), ("sensor_id", pa.int16()), ("time", pa.int64()),
+    ("charge", pa.float64()), ("auxiliary", pa.bool_()),
+])
+TRUTH_TYPES = {
+    "event_id": pa.int64(), "azimuth": pa.float64(), "zenith": pa.float64(), "energy": pa.float64(),
+    "topology": pa.string(), "interaction": pa.string(), "vertex_x": pa.float64(),
+    "vertex_y": pa.float64(), "vertex_z": pa.float64(), "n_pulses": pa.int64(),
+}
+
+
+@pytest.fixture(scope="module")
+def small():
+    return sim.simulate_batch(seed=123, n_events=300, first_event_id=1_000)
+
+
+@pytest.fixture(scope="module")
+def calibration():
+    return sim.simulate_batch(seed=2024, n_events=3000, first_event_id=0)
+
+
+def _np(table: pa.Table, col: str) -> np.ndarray:
+    return table.column(col).to_numpy()
+
+
+# ---------------------------------------------------------------------------------------------
+# Layout
+def test_pulse_schema_exact(small):
+    assert small.pulses.schema.equals(PULSE_SCHEMA)
+
+
+def test_truth_schema(small):
+    for name, typ in TRUTH_TYPES.items():
+        assert small.truth.schema.field(name).type == typ, name
+    assert small.truth.num_rows == 300
+
+
+def test_event_ids_sorted_unique_in_range(small):
+    ids = _np(small.truth, "event_id")
+    assert np.all(np.diff(ids) > 0)
+    assert ids[0] >= 1_000 and ids[-1] < 1_000 + 4 * 300
+    assert np.any(np.diff(ids) > 1), "ids should not be contiguous"
+    pulse_ids = _np(small.pulses, "event_id")
+    assert np.array_equal(np.unique(pulse_ids), ids)
+
+
+def test_pulses_sorted_by_event_then_time_then_sensor(small):
+    e, t, s = _np(small.pulses, "event_id"), _np(small.pulses, "time"), _np(small.pulses, "sensor_id")
+    order = np.lexsort((s, t, e))
+    assert np.array_equal(order, np.arange(len(e)))
+
+
+def test_value_ranges(small):
+    p, tr = small.pulses, small.truth
+    assert _np(p, "time").min() >= 0
+    s = _np(p, "sensor_id")
+    assert s.min() >= 0 and s.max() < N_SENSORS == 5160
+    q = _np(p, "charge")
+    assert q.min() >= sim.SPE_THRESHOLD - sim.CHARGE_QUANTUM / 2
+    az, zen = _np(tr, "azimuth"), _np(tr, "zenith")
+    assert np.all((az >= 0) & (az < 2 * np.pi)) and np.all((zen >= 0) & (zen <= np.pi))
+    e = _np(tr, "energy")
+    assert np.all((e >= sim.E_MIN) & (e <= sim.E_MAX))
+    assert set(tr.column("topology").to_pylist()) <= {"track", "cascade"}
+    assert set(tr.column("interaction").to_pylist()) <= set(sim.INTERACTIONS)
+    topo = np.array(tr.column("topology").to_pylist())
+    inter = np.array(tr.column("interaction").to_pylist())
+    assert np.array_equal(topo == "track", inter == "numu_cc")
+
+
+def test_n_pulses_matches(small):
+    counts = np.unique(_np(small.pulses, "event_id"), return_counts=True)[1]
+    assert np.array_equal(counts, _np(small.truth, "n_pulses"))
+    assert np.array_equal(
+        _np(small.truth, "n_hlc_pulses"),
+        np.bincount(np.searchsorted(_np(small.truth, "event_id"), _np(small.pulses, "event_id")),
+                    weights=~_np(small.pulses, "auxiliary").astype(bool)).astype(np.int64),
+    )
+
+
+def test_light_is_around_10_us(small):
+    t = _np(small.pulses, "time")
+    assert 8_000 < np.median(t) < 14_000
+    assert 4_000 < np.quantile(t, 0.01) and np.quantile(t, 0.99) < 30_000
+
+
+def test_zero_and_one_events():
+    b0 = sim.simulate_batch(1, 0, 10)
+    assert b0.pulses.num_rows == 0 and b0.truth.num_rows == 0
+    assert b0.pulses.schema.equals(PULSE_SCHEMA)
+    b1 = sim.simulate_batch(1, 1, 10)
+    assert b1.truth.num_rows == 1 and 10 <= b1.truth.column("event_id")[0].as_py() < 14
+
+
+# ---------------------------------------------------------------------------------------------
+# Determinism
+def test_deterministic_per_seed():
+    a = sim.simulate_batch(7, 50, 0)
+    b = sim.simulate_batch(7, 50, 0)
+    c = sim.simulate_batch(8, 50, 0)
+    assert a.pulses.equals(b.pulses) and a.truth.equals(b.truth)
+    assert not a.truth.equals(c.truth)
+
+
+# ---------------------------------------------------------------------------------------------
+# DAQ logic against slow, obvious reference code
+def _slow_hlc(event, sensor, t):
+    hits = defaultdict(list)
+    for e, s, ti in zip(event, sensor, t, strict=True):
+        hits[(e, s)].append(ti)
+    out = []
+    for e, s, ti in zip(event, sensor, t, strict=True):
+        dom = s % 60 + 1
+        found = False
+        for step in (-1, 1):
+            if 1 <= dom + step <= 60:
+                found = found or any(abs(t2 - ti) <= 1000 for t2 in hits.get((e, s + step), ()))
+        out.append(found)
+    return np.array(out)
+
+
+def test_auxiliary_flag_matches_reference(small):
+    p = small.pulses.slice(0, 20_000)
+    e = p.column("event_id").to_pylist()
+    s = p.column("sensor_id").to_pylist()
+    t = p.column("time").to_pylist()
+    hlc = _slow_hlc(e, s, t)
+    aux = np.array(p.column("auxiliary").to_pylist())
+    assert np.array_equal(aux, ~hlc)
+    assert 0.05 < aux.mean() < 0.95  # both kinds occur
+
+
+def test_every_event_passes_smt8(small):
+    e, t = _np(small.pulses, "event_id"), _np(small.pulses, "time")
+    hlc = ~_np(small.pulses, "auxiliary").astype(bool)
+    for eid in _np(small.truth, "event_id"):
+        th = np.sort(t[(e == eid) & hlc])
+        ok = any(th[i + 7] - th[i] <= 5000 for i in range(len(th) - 7))
+        assert ok, f"event {eid} does not satisfy 8 HLC hits within 5 us"
+
+
+def test_vectorised_trigger_agrees_with_loop():
+    rng = np.random.default_rng(0)
+    n = 40
+    e = rng.integers(0, n, 3000)
+    t = rng.integers(0, 60_000, 3000)
+    hlc = rng.random(3000) < 0.6
+    start, end = sim.trigger_windows(e, t, hlc, n)
+    for k in range(n):
+        th = np.sort(t[(e == k) & hlc])
+        runs = [i for i in range(len(th) - 7) if th[i + 7] - th[i] <= 5000]
+        if runs:
+            assert start[k] == th[runs[0]] and end[k] == max(th[i + 7] for i in runs)
+        else:
+            assert start[k] == -1
+
+
+def test_absurd_trigger_efficiency_raises(monkeypatch):
+    monkeypatch.setattr(sim, "E_MIN", 1.0)
+    monkeypatch.setattr(sim, "E_MAX", 1.0001)  # 1 GeV neutrinos never make 8 HLC hits
+    with pytest.raises(RuntimeError, match="efficiency"):
+        sim.simulate_batch(0, 10, 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Physics sanity
+def test_signal_respects_causality():
+    """No signal photon arrives before light could: for tracks the earliest time from any point of
+    the muon's line (moving at c from the vertex) travelling at c/n_group, for cascades the straight
+    path from the vertex. Only the PMT jitter may make a pulse slightly early."""
+    rng = np.random.default_rng(5)
+    det = sim._detector()
+    ev = sim._sample_events(rng, 3000)
+    e, sensor, t, _ = sim._signal_pulses(rng, ev, det)
+    assert len(t) > 1000
+    r = icecube86().xyz[sensor]
+    w = r - ev.vertex[e]
+    along = np.einsum("ij,ij->i", w, ev.u[e])
+    dist = np.linalg.norm(w, axis=1)
+    rho = np.sqrt(np.maximum(dist**2 - along**2, 0.0))
+    c = sim.C_VACUUM
+    t_track = ev.vertex_time[e] + (along + rho * np.sqrt(sim.N_GROUP**2 - 1.0)) / c
+    t_point = ev.vertex_time[e] + dist * sim.N_GROUP / c
+    earliest = np.where(ev.is_track[e], t_track, t_point)
+    early = earliest - t
+    assert early.max() <= sim.PMT_JITTER_MAX + 1e-6
+    # ... and most light is not much delayed either (scattering delays of order 100 ns).
+    assert np.median(-early) < 500.0
+    assert ev.is_track[e].any() and (~ev.is_track[e]).any()
+
+
+def test_track_light_follows_the_muon():
+    """First-photon times on DOMs close to a through-going muon grow along its direction of travel."""
+    rng = np.random.default_rng(9)
+    det = sim._detector()
+    ev = sim._sample_events(rng, 600)
+    e, sensor, t, _ = sim._signal_pulses(rng, ev, det)
+    r = icecube86().xyz[sensor]
+    w = r - ev.p0[e]
+    along = np.einsum("ij,ij->i", w, ev.u[e])
+    rho = np.sqrt(np.maximum(np.einsum("ij,ij->i", w, w) - along**2, 0.0))
+    corr = []
+    through = ev.is_track & (ev.s_start < -600) & (ev.s_end > 600)
+    for k in np.flatnonzero(through):
+        m = (e == k) & (rho < 60)
+        if len(np.unique(sensor[m])) < 15:
+            continue
+        first = np.full(N_SENSORS, np.inf)
+        np.minimum.at(first, sensor[m], t[m])
+        doms = np.unique(sensor[m])
+        a = (icecube86().xyz[doms] - ev.p0[k]) @ ev.u[k]
+        corr.append(np.corrcoef(a, first[doms])[0, 1])
+    # Single photons can be delayed by ~1 us in the dust layer, so individual events scatter.
+    assert len(corr) >= 5 and np.median(corr) > 0.9 and min(corr) > 0.5
+
+
+# ---------------------------------------------------------------------------------------------
+# Calibration against the Kaggle data (median 63 / mean 164 pulses, LineFit 1.21 rad)
+def _linefit_error(batch: sim.SimulatedBatch) -> float:
+    p = batch.pulses
+    eid = _np(p, "event_id")
+    starts = np.flatnonzero(np.r_[True, eid[1:] != eid[:-1]])
+    offsets = np.r_[starts, len(eid)].astype(np.int64)
+    t = _np(p, "time").astype(np.float64)
+    keep, new_offsets = select_pulses(offsets, t, _np(p, "auxiliary").astype(bool), 256)
+    xyz = icecube86().xyz[_np(p, "sensor_id")[keep]]
+    az, zen, _ = linefit(xyz, t[keep], new_offsets)
+    tr = batch.truth
+    return float(np.mean(angular_distance(_np(tr, "azimuth"), _np(tr, "zenith"), az, zen)))
+
+
+def test_pulse_count_calibration(calibration):
+    n = _np(calibration.truth, "n_pulses")
+    assert 40 <= np.median(n) <= 90
+    assert 100 <= n.mean() <= 250
+    assert n.max() > 1000  # a long tail
+
+
+def test_linefit_calibration(calibration):
+    assert 1.00 <= _linefit_error(calibration) <= 1.35
+
+
+def test_mix_of_topologies(calibration):
+    topo = np.array(calibration.truth.column("topology").to_pylist())
+    assert 0.5 < (topo == "track").mean() < 0.95
+
+
+@pytest.mark.slow
+def test_speed_and_full_calibration():
+    t0 = time.perf_counter()
+    batch = sim.simulate_batch(99, 20_000, 0)
+    rate = 20_000 / (time.perf_counter() - t0)
+    assert rate >= 800, f"{rate:.0f} events/s"
+    n = _np(batch.truth, "n_pulses")
+    assert 40 <= np.median(n) <= 90 and 100 <= n.mean() <= 250
+    assert 1.00 <= _linefit_error(batch) <= 1.35
