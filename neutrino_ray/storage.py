@@ -201,8 +201,12 @@ def parquet_bytes(table: pa.Table, **kwargs: Any) -> bytes:
 
 
 def csv_bytes(table: pa.Table) -> bytes:
+    """Plain CSV as pandas writes it: unquoted header and values, full float precision."""
+    if any(c in name for name in table.column_names for c in ',"\n'):
+        raise ValueError(f"column names must not need quoting: {table.column_names}")
     buf = io.BytesIO()
-    pacsv.write_csv(table, buf, write_options=pacsv.WriteOptions(quoting_style="none"))
+    buf.write((",".join(table.column_names) + "\n").encode())
+    pacsv.write_csv(table, buf, write_options=pacsv.WriteOptions(include_header=False, quoting_style="none"))
     return buf.getvalue()
 
 
@@ -250,12 +254,13 @@ class Output:
     removed when the output is opened, so a reader never pairs an old manifest with new files.
     """
 
-    def __init__(self, uri: str, *, command: list[str] | None = None, inputs: list[str] | None = None):
+    def __init__(self, uri: str, *, command: list[str] | None = None, inputs: list[str] | None = None,
+                 started: float | None = None):
         self.uri = uri.rstrip("/")
         self.staging = join(self.uri, f"{STAGING_PREFIX}{uuid.uuid4().hex[:12]}")
         self.command = command if command is not None else sys.argv
         self.inputs = inputs or []
-        self.started = time.time()
+        self.started = time.time() if started is None else started  # wall time counts from here
         self._files: list[str] = []
 
     def __enter__(self) -> Output:

@@ -60,6 +60,7 @@ def test_predict_local_matches_in_process_linefit(tmp_path: Path) -> None:
     root = write_dataset(tmp_path / "d", batches, row_group_size=5_000)
     out = tmp_path / "out"
     m = predict(str(root), "test", "linefit", str(out), events_per_task=50)
+    assert (out / "submission.csv").read_text().splitlines()[0] == "event_id,azimuth,zenith"
     sub = pacsv.read_csv(out / "submission.csv")
     assert sub.column_names == ["event_id", "azimuth", "zenith"]
     ids = sub.column("event_id").to_numpy()

@@ -72,3 +72,14 @@ def test_s3_errors_name_the_uri(s3_server: str, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("NEUTRINO_RAY_S3_RETRIES", "1")
     with pytest.raises(storage.StorageError, match="s3://b/k"):
         storage.write_bytes("s3://b/k", b"1")
+
+
+def test_cli_unreachable_s3_names_the_uri(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from neutrino_ray.cli import main
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("NEUTRINO_RAY_S3_RETRIES", "1")
+    code = main(["-q", "icecube", "predict", "s3://bucket/data", "--out", "s3://bucket/out"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "s3://bucket/data/test_meta.parquet" in err and "testing-secret" not in err

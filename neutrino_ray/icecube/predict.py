@@ -130,8 +130,9 @@ def check_complete(result: pa.Table, meta: pa.Table, data: str, split: str) -> N
 def predict(data: str, split: str, model: str, out: str, max_pulses: int = DEFAULT_MAX_PULSES,
             events_per_task: int = DEFAULT_EVENTS_PER_TASK, command: list[str] | None = None) -> dict[str, Any]:
     """Score a split and publish ``OUT/submission.csv`` plus ``_SUCCESS.json`` atomically."""
-    with storage.Output(out, command=command, inputs=[data]) as output:
-        res = run_inference(data, split, model, max_pulses, events_per_task)
+    started = time.time()
+    res = run_inference(data, split, model, max_pulses, events_per_task)  # inputs fail before outputs are touched
+    with storage.Output(out, command=command, inputs=[data], started=started) as output:
         output.write(SUBMISSION, storage.csv_bytes(res.submission))
         manifest = output.commit(
             kind="icecube-predict", split=split, model=model, max_pulses=max_pulses,
