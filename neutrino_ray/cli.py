@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from neutrino_ray import storage
+from neutrino_ray.errors import InputError
 
 log = logging.getLogger("neutrino_ray")
 
@@ -47,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     fmt = argparse.RawDescriptionHelpFormatter
     p = argparse.ArgumentParser(prog="neutrino-ray", description=__doc__, epilog=ENV_HELP, formatter_class=fmt)
-    p.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="log warnings and errors only (no Ray Data progress); results are still printed")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     sim = sub.add_parser("simulate", help="write simulated datasets in the real formats")
@@ -144,6 +146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("neutrino_ray").setLevel(logging.WARNING if args.quiet else logging.INFO)
+    if args.quiet:
+        os.environ["NEUTRINO_RAY_PROGRESS"] = "0"
     try:
         return run(args, argv)
     except KeyboardInterrupt:
@@ -159,8 +163,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def user_error(exc: BaseException) -> BaseException | None:
     """The bad-input or storage error behind an exception, unwrapping Ray's task errors."""
-    from neutrino_ray.icecube.data import DataError
-
     seen: set[int] = set()
     stack: list[BaseException | None] = [exc]
     while stack:
@@ -168,14 +170,14 @@ def user_error(exc: BaseException) -> BaseException | None:
         if e is None or id(e) in seen:
             continue
         seen.add(id(e))
-        if isinstance(e, DataError | storage.StorageError | FileNotFoundError):
+        if isinstance(e, InputError | storage.StorageError | FileNotFoundError):
             return e
         # Ray ships a task's exception chain as text: recover our own error's message from it.
-        found = re.findall(r"^neutrino_ray\.[\w.]*?(DataError|StorageError): (.+)$",
+        found = re.findall(r"^neutrino_ray\.[\w.]*?(\w+Error): (.+)$",
                            f"{getattr(e, 'traceback_str', '')}\n{e}", flags=re.M)
         if found:
             kind, message = found[-1]
-            return (DataError if kind == "DataError" else storage.StorageError)(message)
+            return (storage.StorageError if kind == "StorageError" else InputError)(message)
         stack += [e.__cause__, e.__context__, getattr(e, "cause", None)]
     return None
 

@@ -190,3 +190,29 @@ def test_write_batch_helper_layout(tmp_path: Path) -> None:
     write_batch(tmp_path / "b.parquet", random_events(np.random.default_rng(0), 3))
     df = pd.read_parquet(tmp_path / "b.parquet")
     assert df.index.name == "event_id" and list(df.columns) == ["sensor_id", "time", "charge", "auxiliary"]
+
+
+def test_evaluate_scores_with_the_competition_metric(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = _dataset(tmp_path)
+    truth = pq.read_table(root / "test_truth.parquet")
+    rng = np.random.default_rng(1)
+    pred = pa.table({"event_id": truth.column("event_id"),
+                     "azimuth": rng.uniform(0, 2 * np.pi, len(truth)), "zenith": rng.uniform(0, np.pi, len(truth))})
+    pacsv.write_csv(pred, tmp_path / "pred.csv")
+    assert main(["-q", "icecube", "evaluate", str(root), "--predictions", str(tmp_path / "pred.csv"),
+                 "--out", str(tmp_path / "ev")]) == 0
+    report = json.loads((tmp_path / "ev/report.json").read_text())
+    from neutrino_ray.icecube.metrics import angular_dist_score
+
+    want = angular_dist_score(truth.column("azimuth").to_numpy(), truth.column("zenith").to_numpy(),
+                              pred.column("azimuth").to_numpy(), pred.column("zenith").to_numpy())
+    assert report["mean_angular_error"] == pytest.approx(want, rel=1e-12)
+    assert report["n_events"] == 50 and "containment_68" in report and report["by_n_pulses"]
+    # Missing, duplicated or non-finite predictions are refused, and nothing is published.
+    for bad in (pred.slice(1), pa.concat_tables([pred, pred.slice(0, 1)]),
+                pred.set_column(1, "azimuth", pa.array(np.r_[np.nan, pred.column("azimuth").to_numpy()[1:]]))):
+        pacsv.write_csv(bad, tmp_path / "bad.csv")
+        code = main(["-q", "icecube", "evaluate", str(root), "--predictions", str(tmp_path / "bad.csv"),
+                     "--out", str(tmp_path / "ev-bad")])
+        assert code == 2 and "bad.csv" in capsys.readouterr().err
+        assert not (tmp_path / "ev-bad/report.json").exists()

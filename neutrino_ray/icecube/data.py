@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from neutrino_ray import storage
+from neutrino_ray.errors import InputError
 from neutrino_ray.icecube.features import PULSE_COLUMNS
 
 SPLITS = ("train", "test")
@@ -29,8 +30,8 @@ PULSE_TYPES = {"event_id": pa.int64(), "sensor_id": pa.int16(), "time": pa.int64
                "charge": pa.float64(), "auxiliary": pa.bool_()}
 
 
-class DataError(ValueError):
-    """Bad input data; the message names the file, the event or row, and the problem."""
+class DataError(InputError):
+    """Bad IceCube input data; the message names the file, the event or row, and the problem."""
 
 
 def meta_uri(data: str, split: str) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,7 @@ import pyarrow as pa
 import ray
 
 from neutrino_ray import runtime, storage
+from neutrino_ray.errors import InputError
 from neutrino_ray.icecube import data as icdata
 from neutrino_ray.icecube.features import DEFAULT_MAX_PULSES, features_from_table, featurise, positions_and_times
 from neutrino_ray.icecube.linefit import linefit
@@ -26,6 +28,7 @@ log = logging.getLogger("neutrino_ray")
 
 DEFAULT_EVENTS_PER_TASK = 20_000
 SUBMISSION = "submission.csv"
+MODELS = ("linefit",)
 
 
 def _tasks_table(tasks: list[icdata.ReadTask]) -> list[pa.Table]:
@@ -79,19 +82,19 @@ def build_dataset(data: str, split: str, meta: pa.Table, geometry: np.ndarray, m
     tasks = list(icdata.iter_split_tasks(data, split, events_per_task, meta=meta))
     if not tasks:
         raise icdata.DataError(f"{icdata.meta_uri(data, split)}: no events in split {split!r}")
-    ds = ray.data.from_arrow(_tasks_table(tasks))
-    ds = ds.map_batches(read_block, batch_format="pyarrow", batch_size=1, zero_copy_batch=True,
-                        fn_kwargs={"n_sensors": len(geometry)})
-    ds = ds.map_batches(featurise_block, batch_format="pyarrow", batch_size=None, zero_copy_batch=True,
-                        fn_kwargs={"geometry": geometry, "max_pulses": max_pulses})
-    if model != "linefit":
-        raise ValueError(f"unknown model {model!r}: expected 'linefit'")
+    ds: ray.data.Dataset = ray.data.from_arrow(_tasks_table(tasks))
+    ds = ds.map_batches(partial(read_block, n_sensors=len(geometry)), batch_format="pyarrow", batch_size=1,
+                        zero_copy_batch=True)
+    ds = ds.map_batches(partial(featurise_block, geometry=geometry, max_pulses=max_pulses),
+                        batch_format="pyarrow", batch_size=None, zero_copy_batch=True)
     return ds.map_batches(linefit_block, batch_format="pyarrow", batch_size=None, zero_copy_batch=True)
 
 
 def run_inference(data: str, split: str, model: str = "linefit", max_pulses: int = DEFAULT_MAX_PULSES,
                   events_per_task: int = DEFAULT_EVENTS_PER_TASK) -> PredictResult:
     """Score every event of the split; returns the sorted, checked submission table."""
+    if model not in MODELS:
+        raise InputError(f"unknown model {model!r}: expected one of {MODELS}")
     runtime.init_ray()
     start = time.perf_counter()
     meta = icdata.load_meta(data, split)

@@ -16,6 +16,7 @@ import pyarrow as pa
 import ray
 
 from neutrino_ray import runtime, storage
+from neutrino_ray.errors import InputError
 from neutrino_ray.icecube.geometry import icecube86
 
 log = logging.getLogger("neutrino_ray")
@@ -96,7 +97,7 @@ def simulate_dataset(out: str, events_per_batch: int, train_batches: int, test_b
                      command: list[str] | None = None) -> dict[str, Any]:
     """Simulate ``train_batches + test_batches`` batch files into ``out`` in the Kaggle layout."""
     if events_per_batch < 1 or train_batches < 0 or test_batches < 0 or train_batches + test_batches < 1:
-        raise ValueError("need events_per_batch >= 1 and at least one train or test batch")
+        raise InputError("need events_per_batch >= 1 and at least one train or test batch")
     runtime.init_ray()
     start = time.perf_counter()
     with storage.Output(out, command=command) as output:

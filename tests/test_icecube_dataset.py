@@ -1,0 +1,111 @@
+"""`neutrino-ray simulate icecube`: the exact Kaggle layout, dtypes, meta consistency, determinism, demo."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+
+from neutrino_ray.cli import main
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("sim") / "icecube"
+    assert main(["-q", "simulate", "icecube", str(out), "--events-per-batch", "600", "--train-batches", "2",
+                 "--test-batches", "2", "--seed", "5"]) == 0
+    return out
+
+
+def test_layout(dataset: Path) -> None:
+    files = sorted(str(p.relative_to(dataset)) for p in dataset.rglob("*") if p.is_file())
+    assert files == ["_SUCCESS.json", "sample_submission.parquet", "sensor_geometry.csv", "test/batch_3.parquet",
+                     "test/batch_4.parquet", "test_meta.parquet", "test_truth.parquet", "train/batch_1.parquet",
+                     "train/batch_2.parquet", "train_meta.parquet"]
+    manifest = json.loads((dataset / "_SUCCESS.json").read_text())
+    assert manifest["events"] == 2400 and manifest["rows"]["test_meta.parquet"] == 1200
+
+
+def test_exact_dtypes(dataset: Path) -> None:
+    pd = pytest.importorskip("pandas")
+    df = pd.read_parquet(dataset / "train/batch_1.parquet")
+    assert df.index.name == "event_id" and str(df.index.dtype) == "int64"
+    assert {c: str(t) for c, t in df.dtypes.items()} == {
+        "sensor_id": "int16", "time": "int64", "charge": "float64", "auxiliary": "bool"}
+    train = pq.read_table(dataset / "train_meta.parquet").schema
+    assert [(f.name, str(f.type)) for f in train] == [
+        ("batch_id", "int64"), ("event_id", "int64"), ("first_pulse_index", "int64"),
+        ("last_pulse_index", "int64"), ("azimuth", "double"), ("zenith", "double")]
+    test = pq.read_table(dataset / "test_meta.parquet").schema
+    assert test.names == ["batch_id", "event_id", "first_pulse_index", "last_pulse_index"]  # no truth, as on Kaggle
+    geo = pacsv.read_csv(dataset / "sensor_geometry.csv")
+    assert geo.column_names == ["sensor_id", "x", "y", "z"] and len(geo) == 5160
+    assert (dataset / "sensor_geometry.csv").read_text().startswith("sensor_id,x,y,z\n")
+    sample = pq.read_table(dataset / "sample_submission.parquet")
+    assert sample.column_names == ["event_id", "azimuth", "zenith"] and len(sample) == 1200
+
+
+def test_meta_matches_pulse_rows(dataset: Path) -> None:
+    all_ids = []
+    for split, batches in (("train", (1, 2)), ("test", (3, 4))):
+        meta = pq.read_table(dataset / f"{split}_meta.parquet").to_pandas()
+        for b in batches:
+            pulses = pq.read_table(dataset / split / f"batch_{b}.parquet")
+            ev = pulses.column("event_id").to_numpy()
+            t = pulses.column("time").to_numpy()
+            m = meta[meta.batch_id == b]
+            assert m.first_pulse_index.iloc[0] == 0 and m.last_pulse_index.iloc[-1] == len(ev) - 1
+            assert (m.first_pulse_index.to_numpy()[1:] == m.last_pulse_index.to_numpy()[:-1] + 1).all()
+            assert (ev[m.first_pulse_index] == m.event_id).all() and (ev[m.last_pulse_index] == m.event_id).all()
+            assert (np.diff(ev) >= 0).all()
+            same = np.diff(ev) == 0
+            assert (np.diff(t)[same] >= 0).all()  # sorted by event_id then time
+            all_ids.append(m.event_id.to_numpy())
+        if split == "train":
+            assert ((meta.azimuth >= 0) & (meta.azimuth < 2 * np.pi)).all()
+            assert ((meta.zenith >= 0) & (meta.zenith <= np.pi)).all()
+    ids = np.concatenate(all_ids)
+    assert len(np.unique(ids)) == len(ids) == 2400  # unique across all batches
+    truth = pq.read_table(dataset / "test_truth.parquet")
+    assert {"event_id", "azimuth", "zenith", "energy", "topology"} <= set(truth.column_names)
+    assert np.array_equal(truth.column("event_id").to_numpy(),
+                          pq.read_table(dataset / "test_meta.parquet").column("event_id").to_numpy())
+
+
+def test_deterministic_for_a_seed(dataset: Path, tmp_path: Path) -> None:
+    again = tmp_path / "again"
+    assert main(["-q", "simulate", "icecube", str(again), "--events-per-batch", "600", "--train-batches", "2",
+                 "--test-batches", "2", "--seed", "5"]) == 0
+    for rel in ("train/batch_2.parquet", "test/batch_3.parquet", "train_meta.parquet", "test_truth.parquet"):
+        assert pq.read_table(again / rel).equals(pq.read_table(dataset / rel)), rel
+    other = tmp_path / "other"
+    assert main(["-q", "simulate", "icecube", str(other), "--events-per-batch", "600", "--train-batches", "0",
+                 "--test-batches", "1", "--seed", "6"]) == 0
+    assert not pq.read_table(other / "test_truth.parquet").column("azimuth").equals(
+        pq.read_table(dataset / "test_truth.parquet").slice(0, 600).column("azimuth"))
+
+
+def test_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["-q", "demo", "--out", str(tmp_path / "demo"), "--events", "2500"]) == 0
+    out = capsys.readouterr().out
+    assert "LineFit mean angular error on the test split" in out
+    report = json.loads((tmp_path / "demo/evaluation/report.json").read_text())
+    assert report["n_events"] == 500
+    assert 0.8 < report["mean_angular_error"] < 1.6
+    for name in ("error_histogram.png", "zenith_pred_vs_true.png", "error_vs_energy.png"):
+        assert (tmp_path / "demo/evaluation" / name).read_bytes()[:4] == b"\x89PNG"
+    assert {"by_energy_gev", "by_n_pulses", "by_topology"} <= set(report)
+
+
+def test_simulate_rejects_bad_arguments(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit):
+        main(["simulate", "icecube", str(tmp_path / "x"), "--events-per-batch", "0"])
+    with pytest.raises(ValueError):
+        from neutrino_ray.icecube.simwrite import simulate_dataset
+
+        simulate_dataset(str(tmp_path / "y"), 10, 0, 0, 1)
+    assert not (tmp_path / "y").exists() or not list((tmp_path / "y").iterdir())
