@@ -29,6 +29,6 @@ Ray cluster up: head + $n_workers worker node(s) on 127.0.0.1.
   submit:  RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=$RAY_AUTH_TOKEN_PATH \\
            ray job submit --address http://127.0.0.1:$dash_port --working-dir . -- \\
            python jobs/icecube_predict.py DATA --split test --out OUT
-  in-process: RAY_ADDRESS=127.0.0.1:$gcs_port neutrino-ray icecube predict DATA --out OUT
+  in-process: RAY_AUTH_MODE=token RAY_ADDRESS=127.0.0.1:$gcs_port neutrino-ray icecube predict DATA --out OUT
   stop:    cluster/local-down.sh
 MSG

@@ -162,10 +162,18 @@ def read_bytes(uri: str) -> bytes:
 
 
 def read_parquet(uri: str, columns: list[str] | None = None) -> pa.Table:
-    """Read a whole Parquet file; a corrupt or truncated file raises StorageError naming it."""
+    """Read a Parquet file (only ``columns`` when given, all of which must exist).
+
+    A corrupt or truncated file raises StorageError naming it; missing columns raise KeyError.
+    """
     with open_input(uri) as f:
         try:
-            return pq.read_table(f, columns=columns)
+            pf = pq.ParquetFile(f)
+            if columns is not None:
+                missing = [c for c in columns if c not in pf.schema_arrow.names]
+                if missing:
+                    raise KeyError(f"{uri}: missing columns {missing} (has {pf.schema_arrow.names})")
+            return pf.read(columns=columns)
         except (pa.ArrowInvalid, OSError) as e:
             raise StorageError(f"{uri}: not a readable Parquet file: {e}") from e
 
@@ -262,8 +270,13 @@ class Output:
         self.inputs = inputs or []
         self.started = time.time() if started is None else started  # wall time counts from here
         self._files: list[str] = []
+        self._previous: list[str] = []
 
     def __enter__(self) -> Output:
+        try:  # files of the previous publication, removed at commit if this one does not rewrite them
+            self._previous = list(read_manifest(self.uri).get("files", []))
+        except (FileNotFoundError, ValueError, StorageError):
+            self._previous = []
         remove(join(self.uri, SUCCESS))
         return self
 
@@ -287,6 +300,8 @@ class Output:
                 raise StorageError(f"{src}: staged output missing at commit; nothing was published")
         for rel in self._files:
             _move(join(self.staging, rel), join(self.uri, rel))
+        for rel in sorted(set(self._previous) - set(self._files)):
+            remove(join(self.uri, rel))
         wall = time.time() - self.started
         doc = {
             "output": self.uri,

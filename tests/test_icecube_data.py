@@ -147,6 +147,14 @@ def test_meta_points_outside_file(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert code == 2 and "batch_1.parquet" in err and "rows" in err
 
 
+def test_meta_missing_column(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = _dataset(tmp_path)
+    pq.write_table(pq.read_table(root / "test_meta.parquet").drop_columns(["last_pulse_index"]),
+                   root / "test_meta.parquet")
+    code, err = _run_predict(root, tmp_path / "out", capsys)
+    assert code == 2 and "test_meta.parquet" in err and "last_pulse_index" in err
+
+
 def test_missing_split_and_missing_batch(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = _dataset(tmp_path)
     code = main(["-q", "icecube", "predict", str(root), "--split", "train", "--out", str(tmp_path / "o")])
@@ -177,7 +185,7 @@ def test_duplicate_event_ids_and_nan_charge(tmp_path: Path, capsys: pytest.Captu
 def test_republish_overwrites_cleanly(tmp_path: Path) -> None:
     root = _dataset(tmp_path)
     out = tmp_path / "out"
-    predict(str(root), "test", "linefit", str(out))
+    predict(f"file://{root}", "test", "linefit", f"file://{out}")
     first = (out / "submission.csv").read_bytes()
     predict(str(root), "test", "linefit", str(out))
     assert (out / "submission.csv").read_bytes() == first

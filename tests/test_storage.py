@@ -83,3 +83,16 @@ def test_cli_unreachable_s3_names_the_uri(monkeypatch: pytest.MonkeyPatch, capsy
     err = capsys.readouterr().err
     assert code == 2
     assert "s3://bucket/data/test_meta.parquet" in err and "testing-secret" not in err
+
+
+def test_republish_removes_files_the_new_output_does_not_have(tmp_path: Path) -> None:
+    uri = str(tmp_path / "out")
+    with storage.Output(uri) as out:
+        out.write("test/batch_4.parquet", b"old")
+        out.write("test/batch_3.parquet", b"old")
+        out.commit()
+    with storage.Output(uri) as out:
+        out.write("test/batch_3.parquet", b"new")
+        out.commit()
+    assert sorted(p.name for p in (tmp_path / "out/test").iterdir()) == ["batch_3.parquet"]
+    assert (tmp_path / "out/test/batch_3.parquet").read_bytes() == b"new"

@@ -71,15 +71,13 @@ def load_meta(data: str, split: str, with_truth: bool = False) -> pa.Table:
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; expected one of {SPLITS}")
     uri = meta_uri(data, split)
+    cols = list(META_COLUMNS) + (["azimuth", "zenith"] if with_truth else [])
     try:
-        t = storage.read_parquet(uri)
+        t = storage.read_parquet(uri, columns=cols)
     except FileNotFoundError as e:
         raise DataError(f"{uri}: meta for split {split!r} not found (is {data} a Kaggle-layout dataset?)") from e
-    cols = list(META_COLUMNS) + (["azimuth", "zenith"] if with_truth else [])
-    missing = [c for c in cols if c not in t.column_names]
-    if missing:
-        raise DataError(f"{uri}: missing columns {missing}")
-    t = t.select(cols)
+    except KeyError as e:
+        raise DataError(str(e.args[0])) from e
     for c in META_COLUMNS:
         if not pa.types.is_integer(t.schema.field(c).type):
             raise DataError(f"{uri}: column {c} must be integer, found {t.schema.field(c).type}")
