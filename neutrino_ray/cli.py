@@ -64,6 +64,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--test-batches", type=_non_negative, default=1, help="number of test batch files (1)")
     s.add_argument("--seed", type=int, default=1, help="random seed; same seed, same files (1)")
 
+    k = sim_sub.add_parser("km3net", formatter_class=fmt, epilog=ENV_HELP,
+                           help="KM3NeT/ORCA per-event reconstruction features (HDF5)",
+                           description="Simulate KM3NeT/ORCA-like reconstruction features with truth into "
+                                       "OUT/km3net_{i}.h5 (group /events, one dataset per column).")
+    k.add_argument("out", metavar="OUT", help="output folder URI")
+    k.add_argument("--events", type=_positive, default=200_000, help="number of events (200000)")
+    k.add_argument("--files", type=_positive, default=4, help="number of HDF5 files (4)")
+    k.add_argument("--seed", type=int, default=1, help="random seed (1)")
+
     ic = sub.add_parser("icecube", help="IceCube reconstruction pipelines")
     ic_sub = ic.add_subparsers(dest="action", required=True, metavar="ACTION")
     pr = ic_sub.add_parser("predict", formatter_class=fmt, epilog=ENV_HELP,
@@ -88,6 +97,45 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--predictions", required=True, help="submission URI (CSV or Parquet)")
     ev.add_argument("--out", required=True, help="output URI (a folder)")
 
+    km = sub.add_parser("km3net", help="KM3NeT track/shower classification (scikit-learn on Ray)")
+    km_sub = km.add_subparsers(dest="action", required=True, metavar="ACTION")
+    data_help = "feature data URI: a .h5/.parquet/.root file or a folder/prefix of them"
+    kt = km_sub.add_parser("train", formatter_class=fmt, epilog=ENV_HELP, help="tune, refit and save a classifier",
+                           description="Cross-validated hyperparameter search (each trial a Ray task), refit of the "
+                                       "best pipeline, analysis of a held-out split, and the model saved to OUT "
+                                       "(model.pkl, metadata.json, cv_results.json, analysis/).")
+    kt.add_argument("data", metavar="DATA", help=data_help)
+    kt.add_argument("--model", required=True, choices=["linear-svc", "svc", "random-forest", "hist-gb"],
+                    help="classifier")
+    kt.add_argument("--out", required=True, help="model output URI (a folder)")
+    kt.add_argument("--workers", type=_positive, default=2, help="Ray tasks running trials at once (2)")
+    kt.add_argument("--search", choices=["grid", "random"], default="grid",
+                    help="grid: the model's small grid; random: --n-iter draws from a wider space (grid)")
+    kt.add_argument("--n-iter", type=_positive, default=8, help="candidates for --search random (8)")
+    kt.add_argument("--cv", type=_positive, default=3, help="cross-validation folds (3)")
+    kt.add_argument("--balance", choices=["undersample", "weights", "none"], default="undersample",
+                    help="equalise (particle type, is_cc) groups in training: undersample or sample weights")
+    kt.add_argument("--test-fraction", type=float, default=0.25, help="held-out fraction, never tuned on (0.25)")
+    kt.add_argument("--max-train-events", type=_non_negative, default=20_000,
+                    help="cap on training events after balancing, 0 = no cap (20000; kernel SVMs scale as n^2)")
+    kt.add_argument("--seed", type=int, default=42, help="seed for split, balancing, folds and models (42)")
+    kt.add_argument("--skip-bad", action="store_true", help="drop (and count) events with non-finite features")
+    kp = km_sub.add_parser("predict", formatter_class=fmt, epilog=ENV_HELP, help="score events → Parquet",
+                           description="Per-event P(shower) and class for every event under DATA, written "
+                                       "atomically to OUT/predictions.parquet.")
+    kp.add_argument("data", metavar="DATA", help=data_help)
+    kp.add_argument("--model", required=True, help="trained model URI (the OUT of km3net train)")
+    kp.add_argument("--out", required=True, help="output URI (a folder)")
+    kp.add_argument("--skip-bad", action="store_true", help="drop (and count) events with non-finite features")
+    ke = km_sub.add_parser("evaluate", formatter_class=fmt, epilog=ENV_HELP, help="analysis plots + report.json",
+                           description="Accuracy, ROC/AUC, confusion matrix, efficiency vs energy, feature "
+                                       "importance, track-start density and likelihood plots on labelled DATA.")
+    ke.add_argument("data", metavar="DATA", help=data_help)
+    ke.add_argument("--model", required=True, help="trained model URI")
+    ke.add_argument("--out", required=True, help="output URI (a folder)")
+    ke.add_argument("--energy-cut", type=float, default=None, help="GeV: likelihood plots only above this true energy")
+    ke.add_argument("--skip-bad", action="store_true", help="drop (and count) events with non-finite features")
+
     d = sub.add_parser("demo", formatter_class=fmt, help="simulate → LineFit predict → evaluate, locally",
                        description="The main job on embedded defaults: simulate a small dataset, run LineFit "
                                    "batch inference and evaluate it, printing where everything is.")
@@ -109,7 +157,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     command = ["neutrino-ray", *argv]
-    if args.command == "simulate":
+    if args.command == "simulate" and args.detector == "km3net":
+        from neutrino_ray.km3net.simwrite import simulate_dataset as simulate_km3net
+
+        m = simulate_km3net(args.out, args.events, args.files, args.seed, command=command)
+        print(f"simulated {m['events']} KM3NeT events into {args.out} ({m['wall_seconds']:.1f} s)")
+    elif args.command == "km3net":
+        return run_km3net(args, command)
+    elif args.command == "simulate":
         from neutrino_ray.icecube.simwrite import simulate_dataset
 
         m = simulate_dataset(args.out, args.events_per_batch, args.train_batches, args.test_batches, args.seed,
@@ -137,6 +192,32 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         from neutrino_ray.icecube.bench import bench
 
         bench(args.events, args.data, args.seed)
+    return 0
+
+
+def run_km3net(args: argparse.Namespace, command: list[str]) -> int:
+    if args.action == "train":
+        from neutrino_ray.km3net.train import train
+
+        m = train(args.data, args.model, args.out, args.workers, args.search, args.n_iter, args.cv, args.balance,
+                  args.test_fraction, args.seed, args.max_train_events or None, args.skip_bad, command=command)
+        t = m["test_metrics"]
+        print(f"{args.model}: test accuracy {t['accuracy']:.4f}, AUC {t['roc_auc']:.4f} on {t['n_events']} held-out "
+              f"events; tuning {m['timing']['tune_seconds']:.1f} s on {args.workers} workers → {args.out}")
+    elif args.action == "predict":
+        from neutrino_ray.km3net.predict import PREDICTIONS
+        from neutrino_ray.km3net.predict import predict as km3net_predict
+
+        m = km3net_predict(args.data, args.model, args.out, args.skip_bad, command=command)
+        acc = f", accuracy {m['accuracy']:.4f}" if "accuracy" in m else ""
+        print(f"scored {m['events']} events{acc} → {storage.join(args.out, PREDICTIONS)}")
+    elif args.action == "evaluate":
+        from neutrino_ray.km3net.evaluate import evaluate as km3net_evaluate
+
+        r = km3net_evaluate(args.data, args.model, args.out, args.energy_cut, args.skip_bad, command=command)
+        s = r["summary"]
+        auc = f"{s['roc_auc']:.4f}" if s["roc_auc"] is not None else "n/a"
+        print(f"accuracy {s['accuracy']:.4f}, AUC {auc} on {s['n_events']} events → {args.out}")
     return 0
 
 

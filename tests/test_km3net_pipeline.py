@@ -1,0 +1,156 @@
+"""KM3NeT train/predict/evaluate on small hand-made tables: leakage, balancing, models, S3, refusals, bad input."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from neutrino_ray import storage
+from neutrino_ray.cli import main
+from neutrino_ray.errors import InputError
+from neutrino_ray.km3net import features, models
+from neutrino_ray.km3net.predict import load_model
+from neutrino_ray.km3net.train import split_and_balance, train
+
+
+def make_table(n: int, seed: int = 0, numu_cc_fraction: float = 0.5) -> pa.Table:
+    """Events whose features carry a noisy track/shower signal; four (pdgid, is_cc) groups of unequal size."""
+    rng = np.random.default_rng(seed)
+    pdg = np.where(rng.random(n) < numu_cc_fraction, 14, 12) * rng.choice([-1, 1], n)
+    is_cc = np.where(np.abs(pdg) == 14, rng.random(n) < 0.85, rng.random(n) < 0.6)
+    shower = features.label(pdg, is_cc)
+    cols: dict[str, object] = {"event_id": np.arange(n, dtype=np.int64)}
+    for i, f in enumerate(features.FEATURES):
+        signal = (0.0 if i % 3 else 1.2) * np.where(shower, -1.0, 1.0)
+        cols[f] = rng.normal(signal, 1.0, n) * (1 + i)
+    cols.update(pdgid=pdg.astype(np.int64), is_cc=is_cc, bjorkeny=rng.random(n), energy=10 ** rng.uniform(0, 2, n))
+    return pa.table(cols)
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    path = tmp_path / "features.parquet"
+    pq.write_table(make_table(1200), path)
+    return path
+
+
+def test_label_definition() -> None:
+    pdg = np.array([14, -14, 14, 12, -12, 16, 14])
+    cc = np.array([True, True, False, True, False, True, True])
+    assert features.label(pdg, cc).tolist() == [False, False, True, True, True, True, False]
+
+
+def test_balancing_equalises_groups() -> None:
+    groups = models.balance_groups(np.array([14] * 50 + [12] * 20 + [14] * 10), np.array([1] * 70 + [0] * 10, bool))
+    keep = models.undersample(groups, seed=1)
+    _, counts = np.unique(groups[keep], return_counts=True)
+    assert counts.tolist() == [10, 10, 10]
+    w = models.group_weights(groups)
+    assert np.allclose([w[groups == g].sum() for g in np.unique(groups)], len(groups) / 3)
+
+
+def test_no_leakage_scaler_sees_training_rows_only(tmp_path: Path) -> None:
+    table = make_table(1500, seed=1)
+    # Make the held-out rows unmistakable: if the scaler ever saw them, its mean would move by ~1e5.
+    train_idx, test_idx, _ = split_and_balance(table, 0.25, "undersample", 42, None)
+    x = table.column("n_hits").to_numpy().copy()
+    x[test_idx] += 1e6
+    table = table.set_column(table.schema.get_field_index("n_hits"), "n_hits", pa.array(x))
+    pq.write_table(table, tmp_path / "t.parquet")
+    train(str(tmp_path / "t.parquet"), "hist-gb", str(tmp_path / "m"), workers=2, cv=2, max_train_events=None)
+    model, meta = load_model(str(tmp_path / "m"))
+    scaler = model.named_steps["scale"]
+    assert scaler.n_samples_seen_ == len(train_idx) == meta["n_train"]
+    np.testing.assert_allclose(scaler.mean_[0], x[train_idx].mean())
+    assert abs(scaler.mean_[0]) < 1e3
+
+
+@pytest.mark.parametrize("name", models.MODELS)
+def test_each_model_trains_and_beats_chance(data: Path, tmp_path: Path, name: str) -> None:
+    out = tmp_path / name
+    assert main(["-q", "km3net", "train", str(data), "--model", name, "--out", str(out), "--workers", "2",
+                 "--cv", "2", "--search", "random", "--n-iter", "2"]) == 0
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["features"] == list(features.FEATURES) and meta["label_definition"] == features.LABEL_DEFINITION
+    assert meta["test_metrics"]["roc_auc"] > 0.8 and meta["versions"]["scikit-learn"]
+    assert len(json.loads((out / "cv_results.json").read_text())) == 2
+    for png in ("roc.png", "confusion_matrix.png", "efficiency_vs_energy.png", "feature_importance.png",
+                "track_start_density.png", "likelihood_scatter.png", "likelihood_hist2d.png"):
+        assert (out / "analysis" / png).read_bytes()[:4] == b"\x89PNG", png
+    if name == "linear-svc":
+        assert (out / "analysis/linear_svc_coefficients.png").exists()
+    model, _ = load_model(str(out))
+    p = models.shower_probability(model, features.feature_matrix(make_table(50, seed=9)))
+    assert ((p >= 0) & (p <= 1)).all()
+
+
+def test_save_load_predict_evaluate_through_s3(bucket: str, tmp_path: Path) -> None:
+    storage.write_bytes(f"{bucket}/km3net/a.parquet", storage.parquet_bytes(make_table(800, seed=2)))
+    storage.write_bytes(f"{bucket}/km3net/b.parquet", storage.parquet_bytes(make_table(300, seed=3)))
+    assert main(["-q", "km3net", "train", f"{bucket}/km3net", "--model", "random-forest", "--out",
+                 f"{bucket}/model", "--cv", "2"]) == 0
+    model, meta = load_model(f"{bucket}/model")
+    assert meta["n_events"] == 1100
+    assert main(["-q", "km3net", "predict", f"{bucket}/km3net", "--model", f"{bucket}/model", "--out",
+                 f"{bucket}/pred"]) == 0
+    with storage.open_input(f"{bucket}/pred/predictions.parquet") as f:
+        pred = pq.read_table(f)
+    assert len(pred) == 1100 and set(pred.column("source").to_pylist()) == {"a.parquet", "b.parquet"}
+    assert {"event_id", "p_shower", "is_shower_pred", "is_shower"} <= set(pred.column_names)
+    assert storage.read_manifest(f"{bucket}/pred")["accuracy"] > 0.7
+    assert main(["-q", "km3net", "evaluate", f"{bucket}/km3net/b.parquet", "--model", f"{bucket}/model", "--out",
+                 f"{bucket}/eval", "--energy-cut", "10"]) == 0
+    report = json.loads(storage.read_bytes(f"{bucket}/eval/report.json"))
+    assert report["summary"]["n_events"] == 300 and report["energy_cut_gev"] == 10
+
+
+def test_feature_mismatch_is_refused_before_work(data: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "m"
+    train(str(data), "linear-svc", str(out), workers=1, cv=2)
+    meta = json.loads((out / "metadata.json").read_text())
+    meta["features"] = meta["features"][:-1] + ["some_old_feature"]
+    (out / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(InputError, match="different feature list.*some_old_feature"):
+        load_model(str(out))
+    code = main(["-q", "km3net", "predict", str(data), "--model", str(out), "--out", str(tmp_path / "p")])
+    assert code == 2 and "some_old_feature" in capsys.readouterr().err
+    assert not (tmp_path / "p").exists()
+    code = main(["-q", "km3net", "predict", str(data), "--model", str(tmp_path / "nothing"), "--out",
+                 str(tmp_path / "p")])
+    assert code == 2 and "no trained model here" in capsys.readouterr().err
+
+
+def test_bad_input_missing_columns_and_non_finite(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    t = make_table(300)
+    pq.write_table(t.drop_columns(["gandalf_beta0"]), tmp_path / "missing.parquet")
+    code = main(["-q", "km3net", "train", str(tmp_path / "missing.parquet"), "--model", "hist-gb", "--out",
+                 str(tmp_path / "m")])
+    err = capsys.readouterr().err
+    assert code == 2 and "missing.parquet" in err and "gandalf_beta0" in err
+    x = t.column("track_length").to_numpy().copy()
+    x[[7, 8]] = [np.nan, np.inf]
+    bad = t.set_column(t.schema.get_field_index("track_length"), "track_length", pa.array(x))
+    pq.write_table(bad, tmp_path / "nan.parquet")
+    code = main(["-q", "km3net", "train", str(tmp_path / "nan.parquet"), "--model", "hist-gb", "--out",
+                 str(tmp_path / "m")])
+    err = capsys.readouterr().err
+    assert code == 2 and "nan.parquet" in err and "row 7" in err and "track_length" in err
+    assert not (tmp_path / "m").exists()
+    # --skip-bad drops exactly those rows and says so in the artefact.
+    assert main(["-q", "km3net", "train", str(tmp_path / "nan.parquet"), "--model", "hist-gb", "--out",
+                 str(tmp_path / "m"), "--skip-bad", "--cv", "2"]) == 0
+    meta = json.loads((tmp_path / "m/metadata.json").read_text())
+    assert meta["skipped_events"] == 2 and meta["n_events"] == 298
+
+
+def test_model_artefact_is_a_plain_pickle(data: Path, tmp_path: Path) -> None:
+    train(str(data), "hist-gb", str(tmp_path / "m"), workers=1, cv=2)
+    model = pickle.loads((tmp_path / "m/model.pkl").read_bytes())
+    assert hasattr(model, "predict_proba")
