@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 from typing import Any
@@ -13,6 +12,7 @@ import pyarrow as pa
 from neutrino_ray import storage
 from neutrino_ray.icecube import data as icdata
 from neutrino_ray.icecube.metrics import angular_dist_score, angular_distance, summarise
+from neutrino_ray.plotting import png, pyplot
 
 log = logging.getLogger("neutrino_ray")
 
@@ -94,17 +94,7 @@ def evaluate(data: str, split: str, predictions: str, out: str,
 
 def _plots(err: np.ndarray, zen_t: np.ndarray, zen_p: np.ndarray, energy: np.ndarray | None,
            n_pulses: np.ndarray) -> dict[str, bytes]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    def png(fig: Any) -> bytes:
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-        plt.close(fig)
-        return buf.getvalue()
-
+    plt = pyplot()
     out = {}
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.hist(err, bins=90, range=(0, np.pi), color="tab:blue")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import time
@@ -17,6 +16,7 @@ from neutrino_ray import storage
 from neutrino_ray.errors import InputError
 from neutrino_ray.km3net import features, models
 from neutrino_ray.km3net.data import load_table
+from neutrino_ray.plotting import png, pyplot
 
 log = logging.getLogger("neutrino_ray")
 
@@ -84,17 +84,7 @@ def analyse(model: Any, model_name: str, table: pa.Table, energy_cut: float | No
 
 def _plots(report: dict[str, Any], table: pa.Table, truth: np.ndarray, p: np.ndarray, sel: np.ndarray,
            energy_cut: float | None) -> dict[str, bytes]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    def png(fig: Any) -> bytes:
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-        plt.close(fig)
-        return buf.getvalue()
-
+    plt = pyplot()
     out: dict[str, bytes] = {}
     name = report["model"]
     if report["summary"]["roc_auc"] is not None:

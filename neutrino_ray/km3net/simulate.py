@@ -91,8 +91,8 @@ LOGL_NOISE = 2.0  # × sqrt(hits)
 CHI2_NDF = 12  # degrees of freedom of the JEnergy fit
 CHI2_SHOWER_EXCESS = 1.0  # reduced chi2 excess of the track energy fit for a shower-like event
 ENERGY_RES_0, ENERGY_RES_1 = 0.22, 0.25  # sigma(ln E_reco) = RES_0 + RES_1 / sqrt(visible GeV)
-FAKE_TRACK_LENGTH = (2.0, 3.0)  # m, Gamma(shape, scale): the length a fit finds in a point-like shower
-LENGTH_SIGMA_0, LENGTH_SIGMA_1 = 0.25, 0.45  # log-normal smearing of the seen muon length: 0 + 1 / sqrt(GeV)
+FAKE_TRACK_LENGTH = (1.5, 6.0)  # m, Gamma(shape, scale): the length a fit finds in a point-like shower
+LENGTH_SIGMA_0, LENGTH_SIGMA_1 = 0.25, 0.8  # log-normal smearing of the seen muon length: 0 + 1 / sqrt(GeV)
 TRACK_LENGTH_SIGMA = 0.15  # further log-normal resolution of the reported track length
 POS_RES_0, POS_RES_1 = 1.5, 5.0  # m, sigma(position) = RES_0 + RES_1 / sqrt(visible GeV) per axis
 TIME_RES = 3.0  # ns, vertex time resolution
