@@ -51,9 +51,9 @@ def read_file(uri: str) -> pa.Table:
             with tempfile.NamedTemporaryFile(suffix=".root") as tmp:
                 tmp.write(storage.read_bytes(uri))
                 tmp.flush()
-                table = read_offline(tmp.name, uri)
+                table = read_offline(tmp.name, uri, require_truth=False)
         else:
-            table = read_offline(uri.removeprefix("file://"), uri)
+            table = read_offline(uri.removeprefix("file://"), uri, require_truth=False)
     else:
         raise InputError(f"{uri}: unsupported file type (expected one of {EXTENSIONS})")
     return table.append_column(features.SOURCE, pa.array([os.path.basename(uri)] * len(table), pa.string()))
