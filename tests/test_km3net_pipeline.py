@@ -46,13 +46,25 @@ def test_label_definition() -> None:
     assert features.label(pdg, cc).tolist() == [False, False, True, True, True, True, False]
 
 
-def test_balancing_equalises_groups() -> None:
-    groups = models.balance_groups(np.array([14] * 50 + [12] * 20 + [14] * 10), np.array([1] * 70 + [0] * 10, bool))
-    keep = models.undersample(groups, seed=1)
-    _, counts = np.unique(groups[keep], return_counts=True)
-    assert counts.tolist() == [10, 10, 10]
-    w = models.group_weights(groups)
-    assert np.allclose([w[groups == g].sum() for g in np.unique(groups)], len(groups) / 3)
+def test_balancing_equalises_tracks_and_showers() -> None:
+    pdg = np.array([14] * 50 + [12] * 20 + [14] * 10)
+    cc = np.array([1] * 70 + [0] * 10, bool)
+    y = features.label(pdg, cc)  # 50 tracks; 30 showers (20 ν_e CC + 10 ν_μ NC)
+    keep = models.undersample(y, seed=1)
+    assert np.bincount(y[keep].astype(int)).tolist() == [30, 30]
+    assert sorted(keep.tolist()) == keep.tolist() and set(np.flatnonzero(y)) <= set(keep.tolist())
+    w = models.balanced_weights(y)
+    assert np.isclose(w[y].sum(), w[~y].sum()) and np.isclose(w.mean(), 1.0)
+    assert models.interaction_groups(pdg, cc)[[0, 50, 70]].tolist() == [29, 25, 28]
+    # In training: equal classes among the training rows, the held-out split untouched and stratified.
+    table = make_table(2000, seed=4, numu_cc_fraction=0.7)
+    train_idx, test_idx, w = split_and_balance(table, 0.25, "undersample", 1, None)
+    lab = features.label(table.column("pdgid").to_numpy(), table.column("is_cc").to_numpy())
+    assert w is None and lab[train_idx].mean() == 0.5 and len(test_idx) == 500
+    assert not set(train_idx) & set(test_idx)
+    rows, _, w = split_and_balance(table, 0.25, "weights", 1, None)
+    assert w is not None and len(rows) == 1500 and lab[rows].mean() < 0.45  # all rows kept, showers rarer
+    assert np.isclose(w[lab[rows]].sum(), w[~lab[rows]].sum())
 
 
 def test_no_leakage_scaler_sees_training_rows_only(tmp_path: Path) -> None:
@@ -95,7 +107,7 @@ def test_save_load_predict_evaluate_through_s3(bucket: str, tmp_path: Path) -> N
     storage.write_bytes(f"{bucket}/km3net/b.parquet", storage.parquet_bytes(make_table(300, seed=3)))
     assert main(["-q", "km3net", "train", f"{bucket}/km3net", "--model", "random-forest", "--out",
                  f"{bucket}/model", "--cv", "2"]) == 0
-    model, meta = load_model(f"{bucket}/model")
+    _, meta = load_model(f"{bucket}/model")
     assert meta["n_events"] == 1100
     assert main(["-q", "km3net", "predict", f"{bucket}/km3net", "--model", f"{bucket}/model", "--out",
                  f"{bucket}/pred"]) == 0
@@ -115,9 +127,9 @@ def test_feature_mismatch_is_refused_before_work(data: Path, tmp_path: Path,
     out = tmp_path / "m"
     train(str(data), "linear-svc", str(out), workers=1, cv=2)
     meta = json.loads((out / "metadata.json").read_text())
-    meta["features"] = meta["features"][:-1] + ["some_old_feature"]
+    meta["features"] = [*meta["features"][:-1], "some_old_feature"]
     (out / "metadata.json").write_text(json.dumps(meta))
-    with pytest.raises(InputError, match="different feature list.*some_old_feature"):
+    with pytest.raises(InputError, match=r"different feature list.*some_old_feature"):
         load_model(str(out))
     code = main(["-q", "km3net", "predict", str(data), "--model", str(out), "--out", str(tmp_path / "p")])
     assert code == 2 and "some_old_feature" in capsys.readouterr().err

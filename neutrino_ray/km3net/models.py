@@ -83,13 +83,17 @@ def shower_probability(model: Any, x: np.ndarray) -> np.ndarray:
     return proba[:, list(model.classes_).index(True)]
 
 
-def balance_groups(pdgid: np.ndarray, is_cc: np.ndarray) -> np.ndarray:
-    """Group code per event: (|pdgid|, is_cc), the categories the balancing equalises."""
+def interaction_groups(pdgid: np.ndarray, is_cc: np.ndarray) -> np.ndarray:
+    """Group code per event, |pdgid| * 2 + is_cc: the (particle type, is_cc) categories that define the label.
+
+    The split is stratified by these groups; balancing equalises the label they define (tracks =
+    ν_μ CC, showers = the rest) and keeps the groups' natural shares inside each class.
+    """
     return np.abs(pdgid) * 2 + is_cc.astype(np.int64)
 
 
 def undersample(groups: np.ndarray, seed: int) -> np.ndarray:
-    """Indices (sorted) keeping an equal number of events from every group: the smallest group's size."""
+    """Indices (sorted) keeping an equal number of events of every key: the rarest key's count."""
     rng = np.random.default_rng(seed)
     codes, counts = np.unique(groups, return_counts=True)
     n = counts.min()
@@ -97,8 +101,8 @@ def undersample(groups: np.ndarray, seed: int) -> np.ndarray:
     return np.sort(np.concatenate(keep))
 
 
-def group_weights(groups: np.ndarray) -> np.ndarray:
-    """Sample weights making every group's total weight equal (mean weight 1)."""
+def balanced_weights(groups: np.ndarray) -> np.ndarray:
+    """Sample weights making every key's total weight equal (mean weight 1)."""
     codes, inverse, counts = np.unique(groups, return_inverse=True, return_counts=True)
     w = (len(groups) / (len(codes) * counts))[inverse]
     return w.astype(np.float64)

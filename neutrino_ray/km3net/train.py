@@ -112,24 +112,34 @@ def split_and_balance(table: pa.Table, test_fraction: float, balance: str, seed:
                       max_train_events: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """(train row indices, test row indices, training sample weights or None).
 
-    The split is stratified by (particle type, is_cc) and fixed by the seed; balancing touches
-    training rows only.
+    The split is stratified by (particle type, is_cc) and fixed by the seed; balancing (equal tracks
+    and showers) touches training rows only.
     """
     pdg = table.column("pdgid").to_numpy()
     cc = table.column("is_cc").to_numpy(zero_copy_only=False)
-    groups = models.balance_groups(pdg, cc)
+    groups = models.interaction_groups(pdg, cc)
+    y = features.label(pdg, cc)
     idx = np.arange(len(table))
     _, counts = np.unique(groups, return_counts=True)
     strat = groups if counts.min() >= 2 else None
     train_idx, test_idx = train_test_split(idx, test_size=test_fraction, random_state=seed, stratify=strat)
     train_idx = np.sort(train_idx)
     if balance == "undersample":
-        train_idx = train_idx[models.undersample(groups[train_idx], seed)]
+        train_idx = train_idx[models.undersample(y[train_idx], seed)]
     if max_train_events and len(train_idx) > max_train_events:
         rng = np.random.default_rng(seed)
         train_idx = np.sort(rng.choice(train_idx, max_train_events, replace=False))
-    weights = models.group_weights(groups[train_idx]) if balance == "weights" else None
+    weights = models.balanced_weights(y[train_idx]) if balance == "weights" else None
     return train_idx, np.sort(test_idx), weights
+
+
+def _group_counts(table: pa.Table, rows: np.ndarray) -> dict[str, int]:
+    """Training events per (|pdgid|, is_cc), e.g. {"14_cc": 7000, "12_nc": 900}."""
+    pdg = np.abs(table.column("pdgid").to_numpy()[rows])
+    cc = table.column("is_cc").to_numpy(zero_copy_only=False)[rows]
+    keys, counts = np.unique([f"{p}_{'cc' if c else 'nc'}" for p, c in zip(pdg, cc, strict=True)],
+                             return_counts=True)
+    return {str(k): int(n) for k, n in zip(keys, counts, strict=True)}
 
 
 def train(data: str, model: str, out: str, workers: int = 1, search: str = "grid", n_iter: int = 8, cv: int = 3,
@@ -170,7 +180,8 @@ def train(data: str, model: str, out: str, workers: int = 1, search: str = "grid
         "label": features.LABEL, "label_definition": features.LABEL_DEFINITION,
         "balance": balance, "seed": seed, "cv_folds": cv, "search": search, "n_candidates": len(cands),
         "data": data, "n_events": len(table), "n_train": len(train_idx), "n_test": len(test_idx),
-        "skipped_events": skipped, "cv_best": best, "test_metrics": analysis["summary"],
+        "skipped_events": skipped,
+        "train_groups": _group_counts(table, train_idx), "cv_best": best, "test_metrics": analysis["summary"],
         "timing": {"workers": workers, "tune_seconds": round(tune_s, 2), "refit_seconds": round(refit_s, 2)},
         "versions": {"neutrino_ray": neutrino_ray.__version__, "scikit-learn": sklearn.__version__,
                      "numpy": np.__version__, "python": platform.python_version()},
