@@ -166,3 +166,15 @@ def test_model_artefact_is_a_plain_pickle(data: Path, tmp_path: Path) -> None:
     train(str(data), "hist-gb", str(tmp_path / "m"), workers=1, cv=2)
     model = pickle.loads((tmp_path / "m/model.pkl").read_bytes())
     assert hasattr(model, "predict_proba")
+
+
+def test_real_offline_file_from_s3_scores_30_events(bucket: str, data: Path, tmp_path: Path) -> None:
+    real = pytest.importorskip("neutrino_ray.km3net.real")
+    pytest.importorskip("km3net_testdata", reason="km3net-testdata is not installed: no sample offline file")
+    storage.write_bytes(f"{bucket}/real/sample.root", Path(real.sample_file()).read_bytes())
+    train(str(data), "hist-gb", str(tmp_path / "m"), workers=1, cv=2)
+    assert main(["-q", "km3net", "predict", f"{bucket}/real/sample.root", "--model", str(tmp_path / "m"),
+                 "--out", f"{bucket}/real-pred"]) == 0
+    with storage.open_input(f"{bucket}/real-pred/predictions.parquet") as f:
+        pred = pq.read_table(f)
+    assert len(pred) == 30 and int(np.sum(pred.column("is_shower").to_numpy(zero_copy_only=False))) == 16

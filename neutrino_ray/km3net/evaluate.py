@@ -117,6 +117,8 @@ def _plots(report: dict[str, Any], table: pa.Table, truth: np.ndarray, p: np.nda
     ax.plot(centers, [b["shower_contamination"] for b in bins], "s-", label="shower contamination (called track)")
     ax.set(xscale="log", xlabel="true neutrino energy (GeV)", ylabel="fraction", ylim=(0, 1),
            title=f"Track classification vs energy ({name})")
+    ax.set_xticks([1, 2, 5, 10, 20, 50, 100], labels=["1", "2", "5", "10", "20", "50", "100"])
+    ax.minorticks_off()
     ax.grid(alpha=0.3)
     ax.legend()
     out["efficiency_vs_energy.png"] = png(fig)
