@@ -89,3 +89,16 @@ def test_job_submit_simulate_predict_on_s3(ray_head: str, bucket: str) -> None:
     assert bad.returncode != 0
     assert "batch_3.parquet" in bad.stdout + bad.stderr
     assert not storage.exists(f"{bucket}/bad/submission.csv")
+
+
+def test_job_submit_km3net_train_predict_on_s3(ray_head: str, bucket: str) -> None:
+    data, model, pred = f"{bucket}/km3net", f"{bucket}/km3net-model", f"{bucket}/km3net-pred"
+    sim = _submit(ray_head, "km3net_simulate.py", data, "--events", "3000", "--files", "2", "--seed", "2")
+    assert sim.returncode == 0, sim.stdout[-3000:] + sim.stderr[-3000:]
+    tr = _submit(ray_head, "km3net_train.py", data, "--model", "hist-gb", "--out", model, "--workers", "2", "--cv", "2")
+    assert tr.returncode == 0, tr.stdout[-3000:] + tr.stderr[-3000:]
+    assert "trial 8/8" in tr.stdout + tr.stderr  # 4 candidates x 2 folds, each reported in the job log
+    pr = _submit(ray_head, "km3net_predict.py", data, "--model", model, "--out", pred)
+    assert pr.returncode == 0, pr.stdout[-3000:] + pr.stderr[-3000:]
+    manifest = storage.read_manifest(pred)
+    assert manifest["rows"]["predictions.parquet"] == 3000 and manifest["accuracy"] > 0.6
