@@ -302,6 +302,10 @@ class Output:
             _move(join(self.staging, rel), join(self.uri, rel))
         for rel in sorted(set(self._previous) - set(self._files)):
             remove(join(self.uri, rel))
+        for leftover in listdir(self.uri):  # staging folders of runs that were killed before cleaning up
+            name = leftover.rstrip("/").rsplit("/", 1)[-1]
+            if name.startswith(STAGING_PREFIX) and leftover.rstrip("/") != self.staging:
+                remove(leftover, recursive=True)
         wall = time.time() - self.started
         doc = {
             "output": self.uri,

@@ -96,3 +96,33 @@ def test_republish_removes_files_the_new_output_does_not_have(tmp_path: Path) ->
         out.commit()
     assert sorted(p.name for p in (tmp_path / "out/test").iterdir()) == ["batch_3.parquet"]
     assert (tmp_path / "out/test/batch_3.parquet").read_bytes() == b"new"
+
+
+def test_killed_run_publishes_nothing_and_rerun_cleans_up(tmp_path: Path) -> None:
+    """SIGKILL in the middle of a simulation: no final file, no manifest; the re-run publishes cleanly."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "sim"
+    cmd = [sys.executable, "-m", "neutrino_ray.cli", "-q", "simulate", "icecube", str(out),
+           "--events-per-batch", "30000", "--train-batches", "2", "--test-batches", "0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(out.glob(f"{storage.STAGING_PREFIX}*/train/*.parquet")):  # a batch file is staged
+            assert proc.poll() is None, "the simulation ended before it could be interrupted"
+            assert time.monotonic() < deadline, "no staged file within 120 s"
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert not (out / "train").exists() and not (out / "_SUCCESS.json").exists()
+    assert list(out.glob(f"{storage.STAGING_PREFIX}*"))  # the killed run's staging folder is left behind
+    subprocess.run([*cmd[:-6], "--events-per-batch", "300", "--train-batches", "1", "--test-batches", "1"],
+                   check=True, timeout=300, capture_output=True)
+    assert sorted(p.name for p in out.iterdir()) == ["_SUCCESS.json", "sample_submission.parquet",
+                                                     "sensor_geometry.csv", "test", "test_meta.parquet",
+                                                     "test_truth.parquet", "train", "train_meta.parquet"]

@@ -278,7 +278,7 @@ def simulate_events(seed: int, n_events: int, first_event_id: int = 0) -> pa.Tab
     for start in range(0, n_events, CHUNK):
         truth = _truth(rng, min(CHUNK, n_events - start))
         parts.append({**_reconstruct(rng, truth), **{k: truth[k] for k in ("pdgid", "is_cc", "bjorkeny", "energy")}})
-    columns = {"event_id": np.arange(first_event_id, first_event_id + n_events, dtype=np.int64)}
+    columns: dict[str, np.ndarray] = {"event_id": np.arange(first_event_id, first_event_id + n_events, dtype=np.int64)}
     for field in SCHEMA:
         if field.name != "event_id":
             values = [p[field.name] for p in parts]
