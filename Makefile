@@ -32,6 +32,7 @@ test-slow: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy neutrino_ray
 
 bench: $(STAMP)
 	$(BIN)/neutrino-ray bench icecube --events 200000
