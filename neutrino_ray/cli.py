@@ -47,7 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
     from neutrino_ray.icecube.predict import DEFAULT_EVENTS_PER_TASK
 
     fmt = argparse.RawDescriptionHelpFormatter
-    p = argparse.ArgumentParser(prog="neutrino-ray", description=__doc__, epilog=ENV_HELP, formatter_class=fmt)
+    p = argparse.ArgumentParser(
+        prog="neutrino-ray", epilog=ENV_HELP, formatter_class=fmt,
+        description="Distributed machine learning for neutrino-telescope events on Ray.\n\n"
+                    "Every input and output is a URI (local path, file:// or s3://); outputs are published\n"
+                    "atomically with a _SUCCESS.json manifest. Connects to RAY_ADDRESS when set, else starts\n"
+                    "a local Ray.")
     p.add_argument("-q", "--quiet", action="store_true",
                    help="log warnings and errors only (no Ray Data progress); results are still printed")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
