@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from neutrino_ray import storage
@@ -262,6 +261,3 @@ def split_truth(data: str, split: str) -> pa.Table:
         raise DataError(f"{uri}: no truth for split {split!r} (the real Kaggle test set has none)") from e
     return t
 
-
-def table_event_ids(t: pa.Table) -> np.ndarray:
-    return pc.cast(t.column("event_id"), pa.int64()).to_numpy()

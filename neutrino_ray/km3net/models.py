@@ -73,9 +73,6 @@ class PlattScaled:
     def predict(self, x: np.ndarray) -> np.ndarray:
         return self.pipeline.predict(x)
 
-    def fit(self, x: np.ndarray, y: np.ndarray) -> PlattScaled:  # for sklearn tools that refit
-        raise NotImplementedError("PlattScaled is built by neutrino_ray.km3net.train, not refitted")
-
 
 def shower_probability(model: Any, x: np.ndarray) -> np.ndarray:
     """P(is_shower) for each row, from any fitted model here."""
