@@ -75,7 +75,7 @@ def analyse(model: Any, model_name: str, table: pa.Table, energy_cut: float | No
              for f, m, s in zip(features.FEATURES, imp.importances_mean, imp.importances_std, strict=True)),
             key=lambda r: -r["mean"])
     if model_name == "linear-svc":
-        coef = model.pipeline.named_steps["clf"].coef_.ravel()
+        coef = model.pipeline_.named_steps["clf"].coef_.ravel()
         report["linear_svc_coefficients"] = dict(zip(features.FEATURES, map(float, coef), strict=True))
     sel = energy >= energy_cut if energy_cut else np.ones(len(table), bool)
     report["energy_cut_gev"] = energy_cut

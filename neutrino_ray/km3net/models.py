@@ -1,7 +1,7 @@
 """scikit-learn pipelines for track/shower classification, their search spaces, and class balancing.
 
 Scaling always lives inside the pipeline, so it is fitted on training folds only. SVMs get
-probabilities from a Platt sigmoid fitted on cross-validated decision values (:class:`PlattScaled`).
+probabilities from a Platt sigmoid fitted on out-of-fold decision values (:class:`PlattScaled`).
 """
 
 from __future__ import annotations
@@ -10,8 +10,10 @@ from typing import Any
 
 import numpy as np
 from scipy.stats import loguniform, randint, uniform
+from sklearn.base import clone
 from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC, LinearSVC
@@ -57,21 +59,45 @@ def needs_platt(name: str) -> bool:
 
 
 class PlattScaled:
-    """A fitted decision-function pipeline plus a sigmoid mapping its scores to P(shower)."""
+    """An SVM pipeline plus a sigmoid mapping its decision values to P(shower).
 
-    def __init__(self, pipeline: Pipeline, sigmoid: LogisticRegression):
+    ``fit`` fits the sigmoid on out-of-fold decision values (``cv`` stratified folds), then the
+    pipeline on all rows, so the probabilities are not fitted on the scores they are applied to.
+    """
+
+    def __init__(self, pipeline: Pipeline, cv: int = 3, seed: int = 0):
         self.pipeline = pipeline
-        self.sigmoid = sigmoid
-        self.classes_ = pipeline.classes_
+        self.cv = cv
+        self.seed = seed
+
+    def fit(self, x: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None) -> PlattScaled:
+        oof = np.empty(len(y))
+        for tr, va in StratifiedKFold(self.cv, shuffle=True, random_state=self.seed).split(x, y):
+            w = None if sample_weight is None else sample_weight[tr]
+            part = fit_weighted(clone(self.pipeline), x[tr], y[tr], w)
+            oof[va] = part.decision_function(x[va])
+        self.sigmoid_ = LogisticRegression().fit(oof.reshape(-1, 1), y, sample_weight=sample_weight)
+        self.pipeline_ = fit_weighted(clone(self.pipeline), x, y, sample_weight)
+        self.classes_ = self.pipeline_.classes_
+        return self
 
     def decision_function(self, x: np.ndarray) -> np.ndarray:
-        return self.pipeline.decision_function(x)
+        return self.pipeline_.decision_function(x)
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
-        return self.sigmoid.predict_proba(self.decision_function(x).reshape(-1, 1))
+        return self.sigmoid_.predict_proba(self.decision_function(x).reshape(-1, 1))
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        return self.pipeline.predict(x)
+        return self.pipeline_.predict(x)
+
+
+def fit_weighted(model: Any, x: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None) -> Any:
+    """Fit a pipeline (weights go to its classifier step) or a PlattScaled model."""
+    if sample_weight is None:
+        return model.fit(x, y)
+    if isinstance(model, PlattScaled):
+        return model.fit(x, y, sample_weight=sample_weight)
+    return model.fit(x, y, clf__sample_weight=sample_weight)
 
 
 def shower_probability(model: Any, x: np.ndarray) -> np.ndarray:

@@ -19,7 +19,6 @@ import numpy as np
 import pyarrow as pa
 import ray
 import sklearn
-from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, roc_auc_score
 from sklearn.model_selection import ParameterGrid, ParameterSampler, StratifiedKFold, train_test_split
 
@@ -43,8 +42,7 @@ def _scores(model: Any, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.nd
 
 
 def fit(name: str, params: dict[str, Any], x: np.ndarray, y: np.ndarray, w: np.ndarray | None, seed: int) -> Any:
-    pipe = models.make_pipeline(name, seed, params)
-    return pipe.fit(x, y) if w is None else pipe.fit(x, y, clf__sample_weight=w)
+    return models.fit_weighted(models.make_pipeline(name, seed, params), x, y, w)
 
 
 @ray.remote(num_cpus=1)
@@ -98,14 +96,9 @@ def search_cv(name: str, cands: list[dict[str, Any]], x: np.ndarray, y: np.ndarr
 def refit(name: str, params: dict[str, Any], x: np.ndarray, y: np.ndarray, w: np.ndarray | None, cv: int,
           seed: int) -> Any:
     """The best pipeline on all training rows; SVMs also get a Platt sigmoid from out-of-fold scores."""
-    model = fit(name, params, x, y, w, seed)
-    if not models.needs_platt(name):
-        return model
-    oof = np.empty(len(y))
-    for tr, va in StratifiedKFold(cv, shuffle=True, random_state=seed + 1).split(x, y):
-        oof[va] = fit(name, params, x[tr], y[tr], None if w is None else w[tr], seed).decision_function(x[va])
-    sigmoid = LogisticRegression().fit(oof.reshape(-1, 1), y, sample_weight=w)
-    return models.PlattScaled(model, sigmoid)
+    pipe = models.make_pipeline(name, seed, params)
+    model = models.PlattScaled(pipe, cv, seed + 1) if models.needs_platt(name) else pipe
+    return models.fit_weighted(model, x, y, w)
 
 
 def split_and_balance(table: pa.Table, test_fraction: float, balance: str, seed: int,
