@@ -224,3 +224,28 @@ def test_evaluate_scores_with_the_competition_metric(tmp_path: Path, capsys: pyt
                      "--out", str(tmp_path / "ev-bad")])
         assert code == 2 and "bad.csv" in capsys.readouterr().err
         assert not (tmp_path / "ev-bad/report.json").exists()
+
+
+def test_pandas_written_kaggle_files_are_read(tmp_path: Path) -> None:
+    """Files written the way the competition's were (pandas, event_id as the index, int32 meta) work as is."""
+    pd = pytest.importorskip("pandas")
+    rng = np.random.default_rng(12)
+    root = tmp_path / "kaggle"
+    (root / "test").mkdir(parents=True)
+    metas = []
+    for b in (661, 662):
+        p = random_events(rng, 120, b * 1000)
+        df = pd.DataFrame({k: v for k, v in p.items()}).set_index("event_id")
+        df.to_parquet(root / "test" / f"batch_{b}.parquet")
+        ev = p["event_id"]
+        starts = np.flatnonzero(np.r_[True, ev[1:] != ev[:-1]])
+        metas.append(pd.DataFrame({"batch_id": np.int32(b), "event_id": ev[starts].astype(np.int32),
+                                   "first_pulse_index": starts.astype(np.int32),
+                                   "last_pulse_index": (np.r_[starts[1:], len(ev)] - 1).astype(np.int32)}))
+    pd.concat(metas).to_parquet(root / "test_meta.parquet", index=False)
+    pd.DataFrame({"sensor_id": np.arange(5160), "x": icecube86().x, "y": icecube86().y,
+                  "z": icecube86().z}).to_csv(root / "sensor_geometry.csv", index=False)
+    predict(str(root), "test", "linefit", str(tmp_path / "out"))
+    sub = pd.read_csv(tmp_path / "out/submission.csv")
+    assert list(sub.columns) == ["event_id", "azimuth", "zenith"] and len(sub) == 240
+    assert sub.event_id.is_monotonic_increasing and np.isfinite(sub[["azimuth", "zenith"]]).all().all()
