@@ -141,9 +141,10 @@ def open_input(uri: str) -> Iterator[IO[bytes]]:
     """A seekable binary file object for reading."""
     if is_s3(uri):
         with _errors(uri, "read"):
-            if not s3().exists(_s3_key(uri)):
-                raise FileNotFoundError(f"{uri}: not found")
-            f = s3().open(_s3_key(uri), "rb", block_size=8 * 2**20, cache_type="readahead")
+            try:  # opening fetches the object's metadata: one request, no separate existence check
+                f = s3().open(_s3_key(uri), "rb", block_size=8 * 2**20, cache_type="readahead")
+            except FileNotFoundError as e:
+                raise FileNotFoundError(f"{uri}: not found") from e
         try:
             yield f
         finally:

@@ -95,10 +95,10 @@ def run_inference(data: str, split: str, model: str = "linefit", max_pulses: int
     """Score every event of the split; returns the sorted, checked submission table."""
     if model not in MODELS:
         raise InputError(f"unknown model {model!r}: expected one of {MODELS}")
-    runtime.init_ray()
     start = time.perf_counter()
-    meta = icdata.load_meta(data, split)
+    meta = icdata.load_meta(data, split)  # bad or unreachable inputs fail before Ray starts
     geometry = icdata.load_geometry(data)
+    runtime.init_ray()
     ds = build_dataset(data, split, meta, geometry, model, max_pulses, events_per_task)
     parts = [b for b in ds.iter_batches(batch_format="pyarrow", batch_size=None)]
     result = pa.concat_tables(parts) if parts else None

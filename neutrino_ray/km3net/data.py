@@ -59,19 +59,25 @@ def read_file(uri: str) -> pa.Table:
     return table.append_column(features.SOURCE, pa.array([os.path.basename(uri)] * len(table), pa.string()))
 
 
-@ray.remote
-def _read_and_validate(uri: str, need_truth: bool, skip_bad: bool) -> tuple[pa.Table, int]:
-    return features.validate(read_file(uri), uri, need_truth=need_truth, skip_bad=skip_bad)
+def read_validated(uri: str, need_truth: bool | None, skip_bad: bool) -> tuple[pa.Table, int]:
+    """One file, validated; ``need_truth=None`` keeps truth columns only when the file has them all."""
+    raw = read_file(uri)
+    if need_truth is None:
+        need_truth = all(c in raw.column_names for c in features.TRUTH)
+    return features.validate(raw, uri, need_truth=need_truth, skip_bad=skip_bad)
+
+
+_read_validated_task = ray.remote(read_validated)
 
 
 def load_table(uri: str, need_truth: bool = True, skip_bad: bool = False) -> tuple[pa.Table, int]:
     """All events under ``uri``, validated; returns (table, rows skipped by ``skip_bad``)."""
     files = list_inputs(uri)
     if len(files) == 1:
-        parts = [features.validate(read_file(files[0]), files[0], need_truth, skip_bad)]
+        parts = [read_validated(files[0], need_truth, skip_bad)]
     else:
         runtime.init_ray()
-        parts = ray.get([_read_and_validate.remote(f, need_truth, skip_bad) for f in files])
+        parts = ray.get([_read_validated_task.remote(f, need_truth, skip_bad) for f in files])
     table = pa.concat_tables([t for t, _ in parts])
     skipped = sum(n for _, n in parts)
     if skipped:

@@ -15,7 +15,7 @@ import ray
 from neutrino_ray import runtime, storage
 from neutrino_ray.errors import InputError
 from neutrino_ray.km3net import features, models
-from neutrino_ray.km3net.data import list_inputs, read_file
+from neutrino_ray.km3net.data import list_inputs, read_validated
 from neutrino_ray.km3net.train import FORMAT, METADATA_FILE, MODEL_FILE
 
 log = logging.getLogger("neutrino_ray")
@@ -63,9 +63,7 @@ def score_table(model: Any, table: pa.Table) -> pa.Table:
 
 @ray.remote
 def _score_file(model_ref: Any, uri: str, skip_bad: bool) -> tuple[pa.Table, int]:
-    raw = read_file(uri)
-    table, skipped = features.validate(raw, uri, need_truth=all(c in raw.column_names for c in features.TRUTH),
-                                       skip_bad=skip_bad)
+    table, skipped = read_validated(uri, need_truth=None, skip_bad=skip_bad)
     return score_table(model_ref, table), skipped
 
 
