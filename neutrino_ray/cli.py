@@ -42,9 +42,23 @@ def _non_negative(v: str) -> int:
     return n
 
 
+def _positive_float(v: str) -> float:
+    x = float(v)
+    if not x > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {v}")
+    return x
+
+
+def _non_negative_float(v: str) -> float:
+    x = float(v)
+    if not x >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+    return x
+
+
 def build_parser() -> argparse.ArgumentParser:
     from neutrino_ray.icecube.features import DEFAULT_MAX_PULSES
-    from neutrino_ray.icecube.predict import DEFAULT_EVENTS_PER_TASK
+    from neutrino_ray.icecube.predict import DEFAULT_BATCH_SIZE, DEFAULT_EVENTS_PER_TASK, GNN_EVENTS_PER_TASK
 
     fmt = argparse.RawDescriptionHelpFormatter
     p = argparse.ArgumentParser(
@@ -80,18 +94,66 @@ def build_parser() -> argparse.ArgumentParser:
 
     ic = sub.add_parser("icecube", help="IceCube reconstruction pipelines")
     ic_sub = ic.add_subparsers(dest="action", required=True, metavar="ACTION")
+    tr = ic_sub.add_parser("train", formatter_class=fmt, epilog=ENV_HELP,
+                           help="train a DynEdge-class direction GNN with Ray Train → OUT/model",
+                           description="Data-parallel training (Ray Train, DDP: gloo on CPUs, NCCL + bf16 on GPUs) of "
+                                       "a direction GNN on DATA's train split, streamed through Ray Data. Checkpoints "
+                                       "go to OUT/train (re-running with the same OUT resumes); the final model is "
+                                       "published to OUT/model (model.pt, config.json, metrics.json, "
+                                       "learning_curve.png) for 'icecube predict --model OUT/model'.")
+    tr.add_argument("data", metavar="DATA", help="Kaggle-layout dataset URI (its train split and meta are used)")
+    tr.add_argument("--out", required=True, help="output URI (a folder): checkpoints in OUT/train, model in OUT/model")
+    tr.add_argument("--model", choices=["small", "dynedge"], default="small",
+                    help="architecture: 'small' (~0.1M parameters, CPU-friendly) or 'dynedge' (GraphNeT's "
+                         "competition benchmark shape, 1.35M parameters) (small)")
+    tr.add_argument("--workers", type=_positive, default=1, help="data-parallel training workers (1)")
+    tr.add_argument("--gpus-per-worker", type=_non_negative_float, default=0.0,
+                    help="GPUs per worker; > 0 trains on GPUs with NCCL and bf16 autocast (0: CPUs, gloo)")
+    tr.add_argument("--cpus-per-worker", type=_positive_float, default=None,
+                    help="CPUs per worker (default: 1 with GPUs; else an equal share of the cluster's CPUs)")
+    tr.add_argument("--max-minutes", type=_positive_float, default=None,
+                    help="training time budget in minutes, counted across restarts and resumes (none)")
+    tr.add_argument("--epochs", type=_positive, default=10, help="passes over the training events (10)")
+    tr.add_argument("--batch-size", type=_positive, default=128, help="events per batch per worker (128)")
+    tr.add_argument("--lr", type=_positive_float, default=1e-3,
+                    help="peak learning rate of AdamW; warm-up, then cosine decay over the epochs or the "
+                         "time budget, whichever ends first (0.001)")
+    tr.add_argument("--loss", choices=["vmf", "vmf+angle"], default="vmf",
+                    help="von Mises-Fisher negative log-likelihood, optionally plus the angular distance (vmf)")
+    tr.add_argument("--max-pulses", type=_positive, default=DEFAULT_MAX_PULSES,
+                    help=f"pulse cap per event, stored with the model and used again by predict ({DEFAULT_MAX_PULSES})")
+    tr.add_argument("--val-events", type=_positive, default=5_000,
+                    help="held-out validation slice: the last N events of the train split (5000)")
+    tr.add_argument("--checkpoint-minutes", type=_positive_float, default=5.0,
+                    help="validate and checkpoint at every epoch end and at least this often (5)")
+    tr.add_argument("--max-failures", type=_non_negative, default=3,
+                    help="worker failures to recover from the latest checkpoint (3)")
+    tr.add_argument("--seed", type=int, default=0, help="seed for weights and shuffling (0)")
+
     pr = ic_sub.add_parser("predict", formatter_class=fmt, epilog=ENV_HELP,
                            help="batch inference → OUT/submission.csv",
-                           description="Score every event of a split with Ray Data and publish "
-                                       "OUT/submission.csv (event_id,azimuth,zenith) and OUT/_SUCCESS.json.")
+                           description="Score every event of a split with Ray Data (LineFit in read tasks, or a "
+                                       "trained model on an actor pool) and publish OUT/submission.csv "
+                                       "(event_id,azimuth,zenith) and OUT/_SUCCESS.json.")
     pr.add_argument("data", metavar="DATA", help="Kaggle-layout dataset URI")
     pr.add_argument("--split", choices=["train", "test"], default="test", help="split to score (test)")
-    pr.add_argument("--model", default="linefit", help="'linefit' (default)")
+    pr.add_argument("--model", default="linefit",
+                    help="'linefit' (default) or a trained model's URI (OUT/model of 'icecube train')")
     pr.add_argument("--out", required=True, help="output URI (a folder)")
-    pr.add_argument("--max-pulses", type=_positive, default=DEFAULT_MAX_PULSES,
-                    help=f"pulse cap per event: non-auxiliary first, then earliest ({DEFAULT_MAX_PULSES})")
-    pr.add_argument("--events-per-task", type=_positive, default=DEFAULT_EVENTS_PER_TASK,
-                    help=f"events per Ray Data read task, cut at row groups ({DEFAULT_EVENTS_PER_TASK})")
+    pr.add_argument("--max-pulses", type=_positive, default=None,
+                    help=f"LineFit's pulse cap: non-auxiliary first, then earliest ({DEFAULT_MAX_PULSES}); a "
+                         "trained model always uses the cap it was trained with")
+    pr.add_argument("--events-per-task", type=_positive, default=None,
+                    help=f"events per Ray Data read task, cut at row groups ({DEFAULT_EVENTS_PER_TASK} for "
+                         f"LineFit, {GNN_EVENTS_PER_TASK} for a model)")
+    pr.add_argument("--batch-size", type=_positive, default=DEFAULT_BATCH_SIZE,
+                    help=f"events per model forward pass ({DEFAULT_BATCH_SIZE})")
+    pr.add_argument("--actors", type=_positive, default=None,
+                    help="model actors (default: the cluster's GPUs / --gpus-per-actor, else CPUs / --cpus-per-actor)")
+    pr.add_argument("--cpus-per-actor", type=_positive_float, default=1.0,
+                    help="CPUs (torch threads) per model actor (1)")
+    pr.add_argument("--gpus-per-actor", type=_non_negative_float, default=0.0,
+                    help="GPUs per model actor; > 0 scores on GPUs with bf16 autocast (0)")
 
     ev = ic_sub.add_parser("evaluate", formatter_class=fmt, epilog=ENV_HELP,
                            help="score predictions: report.json + plots",
@@ -176,11 +238,25 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
                              command=command)
         print(f"simulated {m['events']} events into {args.out} "
               f"({m['wall_seconds']:.1f} s, {m['simulate_events_per_second']:.0f} events/s)")
-    elif args.command == "icecube" and args.action == "predict":
-        from neutrino_ray.icecube.predict import SUBMISSION, predict
+    elif args.command == "icecube" and args.action == "train":
+        from neutrino_ray.icecube.train import train
 
-        m = predict(args.data, args.split, args.model, args.out, args.max_pulses, args.events_per_task,
-                    command=command)
+        res = train(args.data, args.out, args.model, workers=args.workers, gpus_per_worker=args.gpus_per_worker,
+                  cpus_per_worker=args.cpus_per_worker, max_minutes=args.max_minutes, epochs=args.epochs,
+                  batch_size=args.batch_size, lr=args.lr, loss=args.loss, max_pulses=args.max_pulses,
+                  val_events=args.val_events, checkpoint_minutes=args.checkpoint_minutes,
+                  max_failures=args.max_failures, seed=args.seed, command=command)
+        t = res.config["training"]
+        print(f"trained {args.model} ({res.config['n_parameters']:,} parameters) on {t['events']} events in "
+              f"{t['minutes']:.1f} min ({t['events_per_second']} events/s); validation mean angular error "
+              f"{t['final_validation'].get('val_mean_angular_error', float('nan')):.4f} rad "
+              f"→ {storage.join(args.out, 'model')}")
+    elif args.command == "icecube" and args.action == "predict":
+        from neutrino_ray.icecube.predict import SUBMISSION, Scoring, predict
+
+        scoring = Scoring(args.model, args.max_pulses, args.events_per_task, args.batch_size, args.actors,
+                          args.cpus_per_actor, args.gpus_per_actor)
+        m = predict(args.data, args.split, args.out, scoring, command=command)
         print(f"predicted {m['events']} events in {m['wall_seconds']:.1f} s "
               f"({m['events_per_second']:.0f} events/s end to end) → {storage.join(args.out, SUBMISSION)}")
     elif args.command == "icecube" and args.action == "evaluate":

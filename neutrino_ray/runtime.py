@@ -23,8 +23,9 @@ def init_ray(num_cpus: int | None = None, **kwargs: Any) -> dict[str, Any]:
         logging.getLogger("ray").setLevel(logging.WARNING)
         if address:
             ray.init(address=address, log_to_driver=True, **kwargs)
-        else:
-            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True, **kwargs)
+        else:  # the dashboard hosts the state API, which Ray Train's controller polls
+            kwargs.setdefault("include_dashboard", False)
+            ray.init(num_cpus=num_cpus, log_to_driver=True, **kwargs)
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = os.environ.get("NEUTRINO_RAY_PROGRESS", "1") != "0"
         ctx.print_on_execution_start = False

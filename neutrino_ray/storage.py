@@ -87,6 +87,27 @@ def s3() -> Any:
     return _s3fs(s3_endpoint(), os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"))
 
 
+def arrow_filesystem(uri: str) -> tuple[Any, str]:
+    """(pyarrow filesystem, path) for libraries that take one, such as Ray Train's checkpoint storage.
+
+    S3 endpoint, region and retries come from this process's environment as for :func:`s3`; the
+    filesystem carries no credentials, so pickling it to other processes ships no secret (each
+    resolves its own from its environment).
+    """
+    import pyarrow.fs as pafs
+
+    if is_s3(uri):
+        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        retries = pafs.AwsStandardS3RetryStrategy(max_attempts=int(os.environ.get("NEUTRINO_RAY_S3_RETRIES", "8")))
+        kwargs: dict[str, Any] = {"retry_strategy": retries, "connect_timeout": 10, "request_timeout": 60}
+        if s3_endpoint():
+            kwargs["endpoint_override"] = s3_endpoint()
+        if region:
+            kwargs["region"] = region
+        return pafs.S3FileSystem(**kwargs), _s3_key(uri).rstrip("/")
+    return pafs.LocalFileSystem(), os.path.abspath(_local_path(uri)).rstrip("/")
+
+
 def _s3_key(uri: str) -> str:
     return uri.split("://", 1)[1]
 

@@ -18,7 +18,7 @@ from neutrino_ray.icecube import data as icdata
 from neutrino_ray.icecube.features import features_from_table, featurise, positions_and_times
 from neutrino_ray.icecube.geometry import icecube86
 from neutrino_ray.icecube.linefit import linefit
-from neutrino_ray.icecube.predict import predict
+from neutrino_ray.icecube.predict import Scoring, predict
 
 
 def _tricky_batches(rng: np.random.Generator) -> dict[int, dict[str, np.ndarray]]:
@@ -59,7 +59,7 @@ def test_predict_local_matches_in_process_linefit(tmp_path: Path) -> None:
     batches = _tricky_batches(np.random.default_rng(6))
     root = write_dataset(tmp_path / "d", batches, row_group_size=5_000)
     out = tmp_path / "out"
-    m = predict(str(root), "test", "linefit", str(out), events_per_task=50)
+    m = predict(str(root), "test", str(out), Scoring(events_per_task=50))
     assert (out / "submission.csv").read_text().splitlines()[0] == "event_id,azimuth,zenith"
     sub = pacsv.read_csv(out / "submission.csv")
     assert sub.column_names == ["event_id", "azimuth", "zenith"]
@@ -185,9 +185,9 @@ def test_duplicate_event_ids_and_nan_charge(tmp_path: Path, capsys: pytest.Captu
 def test_republish_overwrites_cleanly(tmp_path: Path) -> None:
     root = _dataset(tmp_path)
     out = tmp_path / "out"
-    predict(f"file://{root}", "test", "linefit", f"file://{out}")
+    predict(f"file://{root}", "test", f"file://{out}")
     first = (out / "submission.csv").read_bytes()
-    predict(str(root), "test", "linefit", str(out))
+    predict(str(root), "test", str(out))
     assert (out / "submission.csv").read_bytes() == first
     assert sorted(p.name for p in out.iterdir()) == ["_SUCCESS.json", "submission.csv"]
 
@@ -245,7 +245,7 @@ def test_pandas_written_kaggle_files_are_read(tmp_path: Path) -> None:
     pd.concat(metas).to_parquet(root / "test_meta.parquet", index=False)
     pd.DataFrame({"sensor_id": np.arange(5160), "x": icecube86().x, "y": icecube86().y,
                   "z": icecube86().z}).to_csv(root / "sensor_geometry.csv", index=False)
-    predict(str(root), "test", "linefit", str(tmp_path / "out"))
+    predict(str(root), "test", str(tmp_path / "out"))
     sub = pd.read_csv(tmp_path / "out/submission.csv")
     assert list(sub.columns) == ["event_id", "azimuth", "zenith"] and len(sub) == 240
     assert sub.event_id.is_monotonic_increasing and np.isfinite(sub[["azimuth", "zenith"]]).all().all()

@@ -87,7 +87,7 @@ def bench(events: int, data: str, seed: int = 11) -> dict[str, float]:
     single_rss = _peak_rss_mib()
     runtime.init_ray()  # Ray start is not part of the job's throughput
     with tempfile.TemporaryDirectory() as tmp:
-        m = predict(data, "test", "linefit", tmp)
+        m = predict(data, "test", tmp)
     e2e = m["events"] / m["wall_seconds"]
     figures: dict[str, float] = {
         "events": n, "pulses": n_pulses,

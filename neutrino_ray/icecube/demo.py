@@ -16,7 +16,7 @@ def demo(out: str = "demo-output", events: int = 20_000, seed: int = 7) -> dict:
     data, preds, report_dir = (storage.join(out, p) for p in ("icecube-data", "linefit", "evaluation"))
     per_batch = max(1, events // 5)
     sim = simulate_dataset(data, per_batch, train_batches=4, test_batches=1, seed=seed)
-    pred = predict(data, "test", "linefit", preds)
+    pred = predict(data, "test", preds)
     report = evaluate(data, "test", storage.join(preds, SUBMISSION), report_dir)
     wall = time.perf_counter() - start
     print(f"""

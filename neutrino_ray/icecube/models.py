@@ -1,0 +1,276 @@
+"""Direction models for IceCube events: a DynEdge-class graph network, its pure-torch k-NN, the vMF loss.
+
+Read top to bottom: how a batch of events is packed, the k-nearest-neighbour search, one EdgeConv
+layer, the DynEdge network (GraphNeT's competition benchmark shape, or a small CPU-friendly one), and
+the von Mises–Fisher loss on the unit sphere.
+
+Events of a batch are *packed*: one (P, F) node matrix for all pulses, ``ptr`` marking where each
+event starts (PyG's layout). The k-NN groups events of similar length and pads each group only to
+its own longest event, so a batch never pays for its single 256-pulse event on every small one.
+Neighbour lists are dense (P, k) index tensors with a validity mask, so message passing is a gather
+and a masked sum: no torch-cluster, torch-scatter or pyg-lib needed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch_geometric.nn import global_max_pool, global_mean_pool
+
+from neutrino_ray.icecube.features import N_FEATURES, TIME_SCALE
+
+N_NEIGHBOURS = 8
+KNN_FEATURES = 4  # later layers: k-NN on the first four latent features (the first graph: on x, y, z)
+N_GLOBAL = 4 + N_FEATURES + 1  # homophily of x, y, z, t; feature means; log10 of the pulse count
+MICROSECONDS_PER_UNIT = TIME_SCALE / 1000.0  # the time feature's unit in µs
+
+
+# ---------------------------------------------------------------------------------------------------
+# Packing and k-nearest neighbours
+
+
+@dataclass
+class Groups:
+    """Events of one batch grouped by length for padded, batched distance computations.
+
+    Each group holds ``node`` (b, L) indices into the packed nodes of b events padded to the group's
+    longest event L, and ``real`` (b, L) marking real (not padding) slots.
+    """
+
+    node: list[Tensor]
+    real: list[Tensor]
+
+
+def group_events(ptr: Tensor, max_elements: int = 1 << 22) -> Groups:
+    """Group events whose lengths are within a factor √2 of each other, each group ≤ max_elements b·L²."""
+    counts = ptr[1:] - ptr[:-1]
+    order = torch.argsort(counts)
+    sorted_counts = counts[order]
+    # Half-octave length classes: padding costs at most 2× in the b·L² distance matrices.
+    cls = torch.ceil(2 * torch.log2(sorted_counts.clamp(min=1).double())).long()
+    bounds = torch.nonzero(cls[1:] != cls[:-1]).flatten().add(1).tolist()
+    node, real = [], []
+    for lo, hi in zip([0, *bounds], [*bounds, len(order)]):
+        length = int(sorted_counts[hi - 1])
+        step = max(1, max_elements // max(1, length * length))
+        for a in range(lo, hi, step):  # chunks of a class: bounded memory, not a loop over events
+            ev = order[a:min(hi, a + step)]
+            slot = torch.arange(length, device=ptr.device)
+            is_real = slot[None, :] < counts[ev][:, None]
+            idx = ptr[ev][:, None] + slot[None, :]
+            node.append(torch.where(is_real, idx, ptr[ev][:, None]))  # padding points at the event's first node
+            real.append(is_real)
+    return Groups(node, real)
+
+
+def knn(x: Tensor, groups: Groups, k: int = N_NEIGHBOURS) -> tuple[Tensor, Tensor]:
+    """The k nearest other nodes of each node within its own event (Euclidean distance in ``x``).
+
+    Returns ``neighbours`` (P, k) global node indices and ``valid`` (P, k): an event with n ≤ k pulses
+    gives each node only its n − 1 others (a one-pulse event has none), as torch-cluster's knn_graph
+    with ``loop=False`` does.
+    """
+    n_nodes = x.shape[0]
+    neighbours = torch.zeros(n_nodes, k, dtype=torch.long, device=x.device)
+    valid = torch.zeros(n_nodes, k, dtype=torch.bool, device=x.device)
+    x = x.detach().float()
+    for node, real in zip(groups.node, groups.real):
+        xs = x[node]  # (b, L, d)
+        sq = (xs * xs).sum(-1)
+        d2 = sq[:, :, None] + sq[:, None, :] - 2.0 * torch.bmm(xs, xs.transpose(1, 2))
+        d2.masked_fill_(~real[:, None, :], math.inf)
+        d2.diagonal(dim1=1, dim2=2).fill_(math.inf)  # no self-loops
+        kk = min(k, node.shape[1])
+        dist, j = torch.topk(d2, kk, dim=-1, largest=False)  # (b, L, kk)
+        nb = torch.gather(node, 1, j.flatten(1)).view_as(j)
+        ok = torch.isfinite(dist)
+        rows = node[real]
+        neighbours[rows, :kk] = nb[real]
+        valid[rows, :kk] = ok[real]
+    return neighbours, valid
+
+
+# ---------------------------------------------------------------------------------------------------
+# Layers
+
+
+def mlp(sizes: list[int], activate_last: bool = True) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
+        layers.append(nn.Linear(a, b))
+        if activate_last or i < len(sizes) - 2:
+            layers.append(nn.LeakyReLU(inplace=True))
+    return nn.Sequential(*layers)
+
+
+class EdgeConv(nn.Module):
+    """h_i = Σ_j MLP([x_i, x_j − x_i]) over the neighbours j of i (GraphNeT's DynEdgeConv, sum aggregation).
+
+    The first linear layer is split algebraically, W·[x_i, x_j − x_i] = (W_a − W_b)·x_i + W_b·x_j, so it
+    runs once per node instead of once per edge; the weights are exactly those of the concatenated form.
+    """
+
+    def __init__(self, n_in: int, sizes: tuple[int, ...]):
+        super().__init__()
+        self.first = nn.Linear(2 * n_in, sizes[0])
+        self.rest = mlp([sizes[0], *sizes[1:]])
+        self.n_in = n_in
+
+    def forward(self, x: Tensor, neighbours: Tensor, valid: Tensor) -> Tensor:
+        w_i, w_j = self.first.weight[:, :self.n_in], self.first.weight[:, self.n_in:]
+        own = F.linear(x, w_i - w_j, self.first.bias)  # (P, H)
+        other = F.linear(x, w_j)  # (P, H)
+        h = F.leaky_relu_(own[:, None, :] + other[neighbours])  # (P, k, H)
+        h = self.rest(h)
+        out = h.sum(dim=1)
+        # Only nodes of events with ≤ k pulses have missing neighbours: take their slots back out.
+        short = torch.nonzero(~valid.all(dim=1)).flatten()
+        if len(short):
+            out = out.index_add(0, short, -(h[short] * (~valid[short])[:, :, None].to(h.dtype)).sum(dim=1))
+        return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# The network
+
+
+@dataclass(frozen=True)
+class DynEdgeConfig:
+    """Layer sizes. ``dynedge`` is GraphNeT's competition benchmark shape (1.35M parameters)."""
+
+    conv: tuple[tuple[int, ...], ...]
+    post: tuple[int, ...]
+    readout: tuple[int, ...]
+    k: int = N_NEIGHBOURS
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+    @staticmethod
+    def from_dict(d: dict[str, object]) -> DynEdgeConfig:
+        conv = tuple(tuple(int(v) for v in layer) for layer in d["conv"])  # type: ignore[attr-defined]
+        return DynEdgeConfig(conv, tuple(d["post"]), tuple(d["readout"]), int(d["k"]))  # type: ignore[arg-type,call-overload]
+
+
+SIZES = {
+    "dynedge": DynEdgeConfig(conv=((128, 256), (336, 256), (336, 256), (336, 256)), post=(336, 256), readout=(128,)),
+    "small": DynEdgeConfig(conv=((64, 64), (96, 64), (96, 64)), post=(128, 96), readout=(64,)),
+}
+
+
+class DynEdge(nn.Module):
+    """Pulses → direction vector whose length is the vMF concentration κ.
+
+    Node inputs are the pulse features, with time made relative to the event's mean time and in µs
+    (differences of tens of ns carry the direction; absolute times do not), plus per-event globals:
+    homophily of x, y, z, t on the first k-NN graph (built on positions, as GraphNeT's KNNGraph),
+    feature means, and log10 of the event's total pulse count. Each EdgeConv recomputes the k-NN graph
+    on the first four features of its input, so the graph follows the learned space; the outputs of all
+    layers are concatenated (skip connections), post-processed per node, pooled per event with min,
+    max and mean, and read out to a 3-vector.
+    """
+
+    def __init__(self, cfg: DynEdgeConfig, n_features: int = N_FEATURES):
+        super().__init__()
+        self.cfg = cfg
+        n_in = n_features + N_GLOBAL
+        self.convs = nn.ModuleList()
+        width = n_in
+        for sizes in cfg.conv:
+            self.convs.append(EdgeConv(width, sizes))
+            width = sizes[-1]
+        self.post = mlp([n_in + sum(s[-1] for s in cfg.conv), *cfg.post])
+        self.readout = mlp([3 * cfg.post[-1], *cfg.readout])
+        self.head = nn.Linear(cfg.readout[-1], 3)
+
+    def forward(self, x: Tensor, ptr: Tensor, n_pulses: Tensor) -> Tensor:
+        """x (P, F) packed pulse features, ptr (B + 1) event starts, n_pulses (B) pulses before the cap."""
+        n_events = ptr.shape[0] - 1
+        counts = ptr[1:] - ptr[:-1]
+        batch = torch.repeat_interleave(torch.arange(n_events, device=x.device), counts)
+        groups = group_events(ptr)
+        t = x[:, 3]
+        t_rel = (t - global_mean_pool(t[:, None], batch, n_events)[batch, 0]) * MICROSECONDS_PER_UNIT
+        x = torch.cat([x[:, :3], t_rel[:, None], x[:, 4:]], dim=1)
+        neighbours, valid = knn(x[:, :3], groups, self.cfg.k)
+        h = torch.cat([x, global_variables(x, batch, neighbours, valid, n_pulses, n_events)[batch]], dim=1)
+        skips = [h]
+        for i, conv in enumerate(self.convs):
+            h = conv(h, neighbours, valid)
+            skips.append(h)
+            if i < len(self.convs) - 1:
+                neighbours, valid = knn(h[:, :KNN_FEATURES], groups, self.cfg.k)
+        h = self.post(torch.cat(skips, dim=1))
+        pooled = torch.cat([-global_max_pool(-h, batch, n_events), global_max_pool(h, batch, n_events),
+                            global_mean_pool(h, batch, n_events)], dim=1)
+        return self.head(self.readout(pooled))
+
+
+def global_variables(x: Tensor, batch: Tensor, neighbours: Tensor, valid: Tensor, n_pulses: Tensor,
+                     n_events: int) -> Tensor:
+    """(B, N_GLOBAL): edge homophily of x, y, z, t; mean of each feature; log10 of the pulse count."""
+    same = (x[:, None, :4] == x[neighbours][:, :, :4]) & valid[:, :, None]
+    same_per_event = torch.zeros(n_events, 4, device=x.device, dtype=x.dtype).index_add_(
+        0, batch, same.sum(1).to(x.dtype))
+    edges = torch.zeros(n_events, device=x.device, dtype=x.dtype).index_add_(0, batch, valid.sum(1).to(x.dtype))
+    homophily = same_per_event / edges.clamp(min=1)[:, None]
+    means = global_mean_pool(x, batch, n_events)
+    log_n = torch.log10(n_pulses.to(x.dtype).clamp(min=1))[:, None]
+    return torch.cat([homophily, means, log_n], dim=1)
+
+
+def build_model(size: str | DynEdgeConfig) -> DynEdge:
+    cfg = SIZES[size] if isinstance(size, str) else size
+    return DynEdge(cfg)
+
+
+def n_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# ---------------------------------------------------------------------------------------------------
+# Loss
+
+
+def log_c3(kappa: Tensor) -> Tensor:
+    """log of the 3-D von Mises–Fisher normalisation κ / (4π sinh κ), stable for tiny and huge κ.
+
+    4π sinh κ = 2π e^κ (1 − e^−2κ), so log C = log κ − log 2π − κ − log(−expm1(−2κ)).
+    """
+    return torch.log(kappa) - math.log(2 * math.pi) - kappa - torch.log(-torch.expm1(-2 * kappa))
+
+
+def split_output(v: Tensor, eps: float = 1e-8) -> tuple[Tensor, Tensor]:
+    """Model output → (unit direction, κ)."""
+    kappa = torch.sqrt((v * v).sum(-1) + eps * eps)
+    return v / kappa[:, None], kappa
+
+
+def vmf_nll(v: Tensor, target: Tensor) -> Tensor:
+    """Per-event negative log-likelihood of unit ``target`` under vMF(μ = v/|v|, κ = |v|)."""
+    _, kappa = split_output(v)
+    return -log_c3(kappa) - (v * target).sum(-1)
+
+
+def angular_error(v: Tensor, target: Tensor) -> Tensor:
+    """Angle (rad) between the predicted direction and the unit ``target``."""
+    mu, _ = split_output(v)
+    return torch.acos(torch.clamp((mu * target).sum(-1), -1 + 1e-7, 1 - 1e-7))
+
+
+LOSSES = ("vmf", "vmf+angle")
+
+
+def direction_loss(v: Tensor, target: Tensor, kind: str = "vmf") -> Tensor:
+    """Mean loss over the batch: the vMF NLL, optionally plus the angular distance (rad)."""
+    loss = vmf_nll(v, target)
+    if kind == "vmf+angle":
+        loss = loss + angular_error(v, target)
+    elif kind != "vmf":
+        raise ValueError(f"unknown loss {kind!r}; expected one of {LOSSES}")
+    return loss.mean()

@@ -1,0 +1,172 @@
+"""Training the IceCube direction GNN: the task plugged into the shared scaffold, and the data it streams.
+
+The train split's meta is cut into a training part and a held-out validation slice (its last
+``val_events`` events in file order, so both stay contiguous reads). Both stream through Ray Data as
+featurised events (see :mod:`~neutrino_ray.icecube.pipeline`); each Ray Train worker gets its own
+shard and collates Arrow batches into packed PyG batches.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import pyarrow as pa
+import ray
+import torch
+from torch import nn
+from torch_geometric.data import Batch
+
+from neutrino_ray import runtime, training
+from neutrino_ray.errors import InputError
+from neutrino_ray.icecube import data as icdata
+from neutrino_ray.icecube import features, models, pipeline
+from neutrino_ray.icecube.linefit import angles_to_direction, direction_to_angles
+
+log = logging.getLogger("neutrino_ray")
+
+TASK = "icecube-direction"
+DEFAULT_EVENTS_PER_TASK = 2_000  # training read tasks: small blocks shuffle and balance well
+
+
+def feature_set() -> dict[str, Any]:
+    """What the model's inputs mean; a model trained on another feature set is refused at load time."""
+    return {"names": list(features.FEATURE_NAMES), "position_scale": features.POSITION_SCALE,
+            "time_offset": features.TIME_OFFSET, "time_scale": features.TIME_SCALE,
+            "charge_log_scale": features.CHARGE_LOG_SCALE}
+
+
+@dataclass(frozen=True)
+class DirectionTask:
+    """Direction (azimuth, zenith) with a vMF concentration, from featurised IceCube events."""
+
+    size: str = "small"
+    max_pulses: int = features.DEFAULT_MAX_PULSES
+    loss_kind: str = "vmf"
+    sizes: dict[str, Any] | None = None  # layer sizes when loaded from an artefact
+
+    name: ClassVar[str] = TASK
+    val_metric: ClassVar[str] = "val_mean_angular_error"
+    validation_keys: ClassVar[tuple[str, ...]] = ("n", "loss_sum", "angle_sum")
+
+    def model_config(self) -> models.DynEdgeConfig:
+        return models.DynEdgeConfig.from_dict(self.sizes) if self.sizes else models.SIZES[self.size]
+
+    def build_model(self) -> nn.Module:
+        return models.DynEdge(self.model_config())
+
+    def collate(self, batch: pa.Table, device: torch.device) -> Batch:
+        """Featurised event rows → a packed PyG batch (x, ptr, batch, n_pulses[, y unit vectors])."""
+        flat, offsets = features.features_from_table(batch)
+        ptr = torch.from_numpy(offsets)
+        b = Batch(x=torch.from_numpy(flat.copy()), ptr=ptr,  # Arrow buffers are read-only
+                  batch=torch.repeat_interleave(torch.arange(len(offsets) - 1), ptr[1:] - ptr[:-1]),
+                  n_pulses=torch.from_numpy(batch.column("n_pulses").to_numpy().astype(np.int64)))
+        if "azimuth" in batch.column_names:
+            az = batch.column("azimuth").to_numpy()
+            zen = batch.column("zenith").to_numpy()
+            b.y = torch.from_numpy(angles_to_direction(az, zen).astype(np.float32))
+        return b.to(device)
+
+    def forward(self, model: nn.Module, b: Batch) -> torch.Tensor:
+        return model(b.x, b.ptr, b.n_pulses).float()
+
+    def loss(self, model: nn.Module, b: Batch) -> torch.Tensor:
+        return models.direction_loss(self.forward(model, b), b.y, self.loss_kind)
+
+    def validation_sums(self, model: nn.Module, b: Batch) -> dict[str, float]:
+        v = self.forward(model, b)
+        return {"n": float(len(v)), "loss_sum": float(models.direction_loss(v, b.y, self.loss_kind)) * len(v),
+                "angle_sum": float(models.angular_error(v, b.y).double().sum())}
+
+    def validation_metrics(self, sums: dict[str, float]) -> dict[str, float]:
+        n = max(sums["n"], 1.0)
+        return {"val_events": int(sums["n"]), "val_loss": sums["loss_sum"] / n,
+                "val_mean_angular_error": sums["angle_sum"] / n}
+
+    def config(self) -> dict[str, Any]:
+        return {"model": self.size, "sizes": self.model_config().to_dict(), "max_pulses": self.max_pulses,
+                "loss": self.loss_kind, "features": feature_set(), "k": self.model_config().k}
+
+
+def predict_directions(task: DirectionTask, model: nn.Module, events: pa.Table, batch_size: int,
+                       device: torch.device) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(azimuth, zenith, κ) for featurised events, in mini-batches of ``batch_size`` events."""
+    parts, kappas = [], []
+    model.eval()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else None
+    with torch.inference_mode():
+        for lo in range(0, len(events), batch_size):  # mini-batches, not events
+            b = task.collate(events.slice(lo, batch_size), device)
+            if autocast is not None:
+                with autocast:
+                    v = task.forward(model, b)
+            else:
+                v = task.forward(model, b)
+            mu, kappa = models.split_output(v.double())
+            parts.append(mu.cpu().numpy())
+            kappas.append(kappa.cpu().numpy())
+    if not parts:
+        return np.zeros(0), np.zeros(0), np.zeros(0)
+    az, zen = direction_to_angles(np.concatenate(parts))
+    return az, zen, np.concatenate(kappas)
+
+
+def load_task_and_model(uri: str) -> tuple[DirectionTask, nn.Module, dict[str, Any]]:
+    """A trained direction model from ``uri`` (OUT/model), checked against this build's features."""
+    config, state = training.load_artefact(uri, TASK)
+    if config.get("features") != feature_set():
+        theirs, ours = config.get("features"), feature_set()
+        raise InputError(f"{uri}: model was trained with another feature set ({theirs}); this build computes {ours}")
+    task = DirectionTask(size=config["model"], max_pulses=int(config["max_pulses"]), loss_kind=config["loss"],
+                         sizes=config["sizes"])
+    model = task.build_model()
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise InputError(f"{uri}: weights do not match the model in its config.json ({e})") from e
+    return task, model, config
+
+
+def split_meta(meta: pa.Table, val_events: int, uri: str) -> tuple[pa.Table, pa.Table]:
+    """Training rows and the validation slice: the last ``val_events`` events in file order."""
+    if val_events >= len(meta):
+        raise InputError(f"{uri}: --val-events {val_events} leaves no training events ({len(meta)} in the split)")
+    return meta.slice(0, len(meta) - val_events), meta.slice(len(meta) - val_events)
+
+
+def train(data: str, out: str, size: str = "small", *, workers: int = 1, gpus_per_worker: float = 0.0,
+          cpus_per_worker: float | None = None, max_minutes: float | None = None, epochs: int = 10,
+          batch_size: int = 128, lr: float = 1e-3, loss: str = "vmf", max_pulses: int = features.DEFAULT_MAX_PULSES,
+          val_events: int = 5_000, checkpoint_minutes: float = 5.0, events_per_task: int = DEFAULT_EVENTS_PER_TASK,
+          max_failures: int = 3, seed: int = 0, command: list[str] | None = None,
+          **extra: Any) -> training.TrainResult:
+    """Train a direction model on DATA's train split; the artefact lands at ``OUT/model``."""
+    if size not in models.SIZES:
+        raise InputError(f"unknown model {size!r}: expected one of {sorted(models.SIZES)}")
+    if loss not in models.LOSSES:
+        raise InputError(f"unknown loss {loss!r}: expected one of {models.LOSSES}")
+    meta = icdata.load_meta(data, "train", with_truth=True)  # bad inputs fail before Ray starts
+    geometry = icdata.load_geometry(data)
+    uri = icdata.meta_uri(data, "train")
+    truth = pipeline.checked_truth(meta, uri)
+    train_meta, val_meta = split_meta(meta, val_events, uri)
+    train_truth, val_truth = split_meta(truth, val_events, uri)
+    train_tasks = list(icdata.iter_split_tasks(data, "train", events_per_task, meta=train_meta))
+    val_tasks = list(icdata.iter_split_tasks(data, "train", events_per_task, meta=val_meta))
+    task = DirectionTask(size=size, max_pulses=max_pulses, loss_kind=loss)
+    n_params = models.n_parameters(task.build_model())
+    print(f"model {size}: {n_params:,} parameters; {len(train_meta)} training events, {len(val_meta)} validation "
+          f"events; pulse cap {max_pulses}", flush=True)
+    settings = training.Settings(out=out, workers=workers, gpus_per_worker=gpus_per_worker,
+                                 cpus_per_worker=cpus_per_worker, epochs=epochs, max_minutes=max_minutes,
+                                 batch_size=batch_size, lr=lr, checkpoint_minutes=checkpoint_minutes,
+                                 max_failures=max_failures, seed=seed, **extra)
+    runtime.init_ray(include_dashboard=True)  # the dashboard hosts the state API Ray Train polls
+    ray.data.DataContext.get_current().enable_progress_bars = False  # the training log reports progress
+    cpus = training.DATA_TASK_CPUS
+    train_ds = pipeline.events_dataset(train_tasks, geometry, max_pulses, train_truth, num_cpus=cpus)
+    val_ds = pipeline.events_dataset(val_tasks, geometry, max_pulses, val_truth, num_cpus=cpus)
+    return training.fit(task, settings, train_ds, val_ds, len(train_meta), command=command, inputs=[data])

@@ -1,0 +1,388 @@
+"""The one training scaffold: data-parallel torch training on Ray Train, checkpoints, metrics, the model artefact.
+
+A detector plugs in a :class:`Task` (how to build its model, turn an Arrow batch into tensors, the
+loss, and validation sums) and two Ray Data datasets, ``train`` and ``val``. The scaffold does the rest
+with Ray Train's ``TorchTrainer`` (Train V2): one worker or many, DDP over gloo on CPUs or NCCL on
+GPUs (bf16 autocast there), each worker streaming its own shard of the data.
+
+Checkpoints (model, optimiser, schedule, progress, history) go to ``OUT/train/`` through Ray Train's
+storage, on local disk or S3, at every epoch end and every ``checkpoint_minutes``. Ray Train restarts
+failed workers from the latest one (``max_failures``), and a new run with the same OUT resumes from it:
+Ray Train restores its checkpoint list from storage. A resumed epoch starts its pass over the data again.
+The time budget ``max_minutes`` counts training wall time across restarts.
+
+When training ends, the latest checkpoint becomes the model artefact at ``OUT/model/`` (published
+atomically): ``model.pt`` (weights), ``config.json`` (the task's config, parameter count, training
+summary), ``metrics.json`` (the history) and ``learning_curve.png``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+import torch
+from torch import nn
+
+from neutrino_ray import runtime, storage
+from neutrino_ray.errors import InputError
+from neutrino_ray.plotting import png, pyplot
+
+log = logging.getLogger("neutrino_ray")
+
+RUN_NAME = "train"  # checkpoints under OUT/train/
+MODEL_DIR = "model"  # the artefact under OUT/model/
+WEIGHTS, CONFIG, METRICS, CURVE = "model.pt", "config.json", "metrics.json", "learning_curve.png"
+STATE_FILE = "state.pt"
+FORMAT = "neutrino-ray torch model v1"
+DATA_TASK_CPUS = 0.25  # Ray Data decode tasks beside the training workers: light, and never starved of CPUs
+
+
+class Task(Protocol):
+    """What a detector plugs into the scaffold. Must pickle (a frozen dataclass at module level does)."""
+
+    name: ClassVar[str]
+    val_metric: ClassVar[str]  # the validation metric to plot, e.g. "val_mean_angular_error"
+    validation_keys: ClassVar[tuple[str, ...]]  # sums reduced over workers; "n" is the number of events
+
+    def build_model(self) -> nn.Module: ...
+    def collate(self, batch: Any, device: torch.device) -> Any: ...
+    def loss(self, model: nn.Module, batch: Any) -> torch.Tensor: ...
+    def validation_sums(self, model: nn.Module, batch: Any) -> dict[str, float]: ...
+    def validation_metrics(self, sums: dict[str, float]) -> dict[str, float]: ...
+    def config(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How to train: scale, budget, optimiser. Stored with every checkpoint and the final artefact."""
+
+    out: str
+    workers: int = 1
+    gpus_per_worker: float = 0.0
+    cpus_per_worker: float | None = None  # None: share the cluster's CPUs between workers (see cpus())
+    epochs: int = 10
+    max_minutes: float | None = None
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    warmup_steps: int = 100
+    min_lr_fraction: float = 0.02
+    grad_clip: float = 1.0
+    checkpoint_minutes: float = 5.0
+    log_every_steps: int = 50
+    shuffle_buffer: int = 1024
+    max_failures: int = 3
+    seed: int = 0
+    # Fault injection for tests: the last worker raises once after this many steps (marker file: once only).
+    fault_after_steps: int | None = None
+    fault_marker: str | None = None
+
+    def cpus(self, cluster_cpus: float) -> float:
+        """CPUs per worker: as given, else an equal share that leaves a little for Ray Data's decode tasks."""
+        if self.cpus_per_worker is not None:
+            return self.cpus_per_worker
+        share = (cluster_cpus - 2 * DATA_TASK_CPUS) / self.workers
+        if share < DATA_TASK_CPUS:
+            raise InputError(f"--workers {self.workers} do not fit on a cluster with {cluster_cpus:g} CPUs")
+        return float(math.floor(share)) if share >= 2 else share
+
+
+@dataclass
+class Progress:
+    """Where training stands; saved in every checkpoint."""
+
+    epoch: int = 0
+    step: int = 0
+    events: int = 0
+    seconds: float = 0.0  # wall time in the training loop, across restarts
+    step_seconds: float = 0.0  # of which forward/backward/optimiser
+    restarts: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def lr_factor(p: Progress, s: Settings, total_steps: int) -> float:
+    """Linear warm-up, then cosine decay to ``min_lr_fraction`` over whichever budget binds first."""
+    if p.step < s.warmup_steps:
+        return (p.step + 1) / s.warmup_steps
+    done = p.step / max(1, total_steps)
+    if s.max_minutes:
+        done = max(done, p.seconds / (60 * s.max_minutes))
+    done = min(1.0, done)
+    return s.min_lr_fraction + (1 - s.min_lr_fraction) * 0.5 * (1 + math.cos(math.pi * done))
+
+
+def _say(msg: str) -> None:
+    print(f"[train {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def _all_reduce(t: torch.Tensor) -> torch.Tensor:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t)
+    return t
+
+
+def _validate(model: nn.Module, task: Task, shard: Any, s: Settings, device: torch.device,
+              autocast: Any) -> dict[str, float]:
+    """Validation sums over this worker's shard, reduced over all workers, turned into metrics."""
+    model.eval()
+    sums = dict.fromkeys(task.validation_keys, 0.0)
+    with torch.no_grad():
+        for batch in shard.iter_batches(batch_size=s.batch_size, batch_format="pyarrow", prefetch_batches=2):
+            with autocast():
+                for k, v in task.validation_sums(model, task.collate(batch, device)).items():
+                    sums[k] += float(v)
+    model.train()
+    total = _all_reduce(torch.tensor([sums[k] for k in task.validation_keys], dtype=torch.float64))
+    return task.validation_metrics(dict(zip(task.validation_keys, total.tolist())))
+
+
+def worker_loop(cfg: dict[str, Any]) -> None:
+    """Ray Train's per-worker function."""
+    import ray.train
+    import ray.train.torch
+
+    task: Task = cfg["task"]
+    s: Settings = cfg["settings"]
+    total_steps: int = cfg["total_steps"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, int(cfg["cpus_per_worker"] + 0.5)))
+    torch.manual_seed(s.seed)
+    model = task.build_model()
+    p, opt_state = Progress(), None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            saved = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=False)
+        model.load_state_dict(saved["model"])
+        opt_state = saved["optimizer"]
+        p = Progress(**saved["progress"])
+        p.restarts += 1
+        if rank == 0:
+            _say(f"resuming from checkpoint: epoch {p.epoch}, step {p.step}, {p.events} events, "
+                 f"{p.seconds / 60:.1f} min trained")
+    model = ray.train.torch.prepare_model(model)  # moves to the device; DDP when world > 1
+    core: nn.Module = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+    opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+    if opt_state is not None:
+        opt.load_state_dict(opt_state)
+    use_bf16 = device.type == "cuda"
+
+    def autocast() -> Any:
+        return torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
+
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val")
+
+    def save_point(train_loss: float, events_per_second: float) -> None:
+        """Validate, record, and report a checkpoint (every worker reports; rank 0 writes the files)."""
+        val = _validate(core, task, val_shard, s, device, autocast)
+        entry = {"epoch": p.epoch, "step": p.step, "events": p.events, "minutes": round(p.seconds / 60, 3),
+                 "train_loss": train_loss, "train_events_per_second": round(events_per_second, 1),
+                 "lr": opt.param_groups[0]["lr"], **val}
+        p.history.append(entry)
+        if rank == 0:
+            _say("checkpoint: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                            for k, v in entry.items()))
+        with tempfile.TemporaryDirectory() as d:
+            ckpt = None
+            if rank == 0:
+                torch.save({"model": core.state_dict(), "optimizer": opt.state_dict(), "progress": asdict(p),
+                            "scheduler": {"kind": "warmup-cosine", "total_steps": total_steps,
+                                          "warmup_steps": s.warmup_steps, "min_lr_fraction": s.min_lr_fraction},
+                            "task": task.config(), "settings": asdict(s)}, Path(d) / STATE_FILE)
+                ckpt = ray.train.Checkpoint.from_directory(d)
+            ray.train.report(entry, checkpoint=ckpt)
+
+    model.train()
+    clock = last_save = time.monotonic()
+    stop = p.epoch >= s.epochs or bool(s.max_minutes and p.seconds >= 60 * s.max_minutes)
+    trained_this_run = False
+    while not stop:
+        batches = iter(train_shard.iter_batches(batch_size=s.batch_size, batch_format="pyarrow", prefetch_batches=2,
+                                                local_shuffle_buffer_size=s.shuffle_buffer or None,
+                                                local_shuffle_seed=s.seed + 1000 * p.epoch + rank))
+        loss_sum, loss_n, win_events, win_seconds = 0.0, 0, 0, 0.0
+        while True:
+            batch = next(batches, None)
+            now = time.monotonic()
+            p.seconds += now - clock
+            clock = now
+            over = bool(s.max_minutes and p.seconds >= 60 * s.max_minutes)
+            due = now - last_save >= 60 * s.checkpoint_minutes
+            # One small all-reduce per step keeps workers in lockstep: all stop, save or end the epoch together.
+            flags = _all_reduce(torch.tensor([batch is None, rank == 0 and over, rank == 0 and due,
+                                              0 if batch is None else batch.num_rows], dtype=torch.int64))
+            if flags[0] > 0:
+                break
+            if flags[1] > 0:
+                stop = True
+                break
+            if flags[2] > 0 and loss_n:
+                save_point(loss_sum / loss_n, win_events / max(win_seconds, 1e-9))
+                loss_sum, loss_n, win_events, win_seconds = 0.0, 0, 0, 0.0
+                clock = last_save = time.monotonic()
+            t0 = time.monotonic()
+            for g in opt.param_groups:
+                g["lr"] = s.lr * lr_factor(p, s, total_steps)
+            b = task.collate(batch, device)
+            with autocast():
+                loss = task.loss(model, b)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if s.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
+            opt.step()
+            p.step += 1
+            p.events += int(flags[3])
+            dt = time.monotonic() - t0
+            p.step_seconds += dt
+            win_events += int(flags[3])
+            win_seconds += time.monotonic() - now
+            loss_sum += float(loss.detach())
+            loss_n += 1
+            trained_this_run = True
+            if rank == 0 and p.step % s.log_every_steps == 0:
+                _say(f"epoch {p.epoch} step {p.step}: loss {loss_sum / loss_n:.4f}, "
+                     f"lr {opt.param_groups[0]['lr']:.2e}, "
+                     f"{win_events / max(win_seconds, 1e-9):.0f} events/s, {p.events} events, "
+                     f"{p.seconds / 60:.1f} min")
+            if s.fault_after_steps and p.step == s.fault_after_steps and rank == world - 1 and s.fault_marker \
+                    and not os.path.exists(s.fault_marker):
+                Path(s.fault_marker).write_text("injected")
+                raise RuntimeError(f"injected training fault at step {p.step} (test)")
+        if not stop:
+            p.epoch += 1
+            stop = p.epoch >= s.epochs
+        if trained_this_run:
+            save_point(loss_sum / loss_n if loss_n else float("nan"), win_events / max(win_seconds, 1e-9))
+            clock = last_save = time.monotonic()
+
+
+@dataclass
+class TrainResult:
+    manifest: dict[str, Any]
+    history: list[dict[str, Any]]
+    config: dict[str, Any]
+
+
+def fit(task: Task, s: Settings, train: Any, val: Any, n_train_events: int,
+        command: list[str] | None = None, inputs: list[str] | None = None) -> TrainResult:
+    """Train with Ray Train and publish ``OUT/model/``; resumes from ``OUT/train/`` when it holds checkpoints."""
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    started = time.time()
+    resources = runtime.init_ray(include_dashboard=True)
+    use_gpu = s.gpus_per_worker > 0
+    if use_gpu and resources.get("GPU", 0) < s.gpus_per_worker * s.workers:
+        raise InputError(f"--workers {s.workers} x --gpus-per-worker {s.gpus_per_worker:g} need "
+                         f"{s.gpus_per_worker * s.workers:g} GPUs; the cluster has {resources.get('GPU', 0):g}")
+    cpus = 1.0 if use_gpu and s.cpus_per_worker is None else s.cpus(resources.get("CPU", 1))
+    per_worker: dict[str, float] = {"CPU": cpus}
+    if use_gpu:
+        per_worker["GPU"] = s.gpus_per_worker
+    total_steps = s.epochs * math.ceil(n_train_events / (s.batch_size * s.workers))
+    fs, path = storage.arrow_filesystem(s.out)
+    trainer = TorchTrainer(
+        worker_loop,
+        train_loop_config={"task": task, "settings": s, "total_steps": total_steps, "cpus_per_worker": cpus},
+        scaling_config=ScalingConfig(num_workers=s.workers, use_gpu=use_gpu, resources_per_worker=per_worker),
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        run_config=RunConfig(name=RUN_NAME, storage_path=path, storage_filesystem=fs,
+                             failure_config=FailureConfig(max_failures=s.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+        datasets={"train": train, "val": val},
+        dataset_config=DataConfig(datasets_to_split="all"),
+    )
+    log.info("training %s on %d worker(s) (%s per worker), %d training events, up to %d epochs%s; checkpoints in %s",
+             task.name, s.workers, ", ".join(f"{v:g} {k}" for k, v in per_worker.items()), n_train_events, s.epochs,
+             f" or {s.max_minutes:g} min" if s.max_minutes else "", storage.join(s.out, RUN_NAME))
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"{s.out}: training finished without a checkpoint; nothing was published")
+    with result.checkpoint.as_directory() as d:
+        saved = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=False)
+    return publish(task, s, saved, command=command, inputs=inputs, started=started, cpus_per_worker=cpus)
+
+
+def publish(task: Task, s: Settings, saved: dict[str, Any], command: list[str] | None, inputs: list[str] | None,
+            started: float, cpus_per_worker: float) -> TrainResult:
+    """The final checkpoint → ``OUT/model/`` (weights, config, metrics, learning curve), atomically."""
+    model = task.build_model()
+    model.load_state_dict(saved["model"])
+    p = Progress(**saved["progress"])
+    last = p.history[-1] if p.history else {}
+    config = {
+        "format": FORMAT, "task": task.name, **task.config(),
+        "n_parameters": sum(x.numel() for x in model.parameters()),
+        "training": {"epochs": p.epoch, "steps": p.step, "events": p.events, "minutes": round(p.seconds / 60, 2),
+                     "events_per_second": round(p.events / p.step_seconds, 1) if p.step_seconds else None,
+                     "restarts": p.restarts, "workers": s.workers, "cpus_per_worker": cpus_per_worker,
+                     "gpus_per_worker": s.gpus_per_worker, "settings": asdict(s),
+                     "final_validation": {k: v for k, v in last.items() if k.startswith("val_")}},
+    }
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    with storage.Output(storage.join(s.out, MODEL_DIR), command=command, inputs=inputs, started=started) as out:
+        out.write(WEIGHTS, buf.getvalue())
+        out.write(CONFIG, json.dumps(config, indent=2).encode())
+        out.write(METRICS, json.dumps(p.history, indent=2).encode())
+        out.write(CURVE, learning_curve(p.history, task.val_metric, task.name))
+        manifest = out.commit(kind="train", task=task.name, events=p.events, epochs=p.epoch,
+                              events_per_second=config["training"]["events_per_second"],
+                              n_parameters=config["n_parameters"], **config["training"]["final_validation"])
+    return TrainResult(manifest, p.history, config)
+
+
+def learning_curve(history: list[dict[str, Any]], metric: str, title: str) -> bytes:
+    """Validation metric and training loss versus training time."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    minutes = [h["minutes"] for h in history]
+    ax.plot(minutes, [h.get(metric, float("nan")) for h in history], "o-", color="C0", label=metric)
+    ax.set_xlabel("training time (min)")
+    ax.set_ylabel(metric, color="C0")
+    ax2 = ax.twinx()
+    ax2.plot(minutes, [h["train_loss"] for h in history], "s--", color="C1", label="train loss")
+    ax2.set_ylabel("train loss", color="C1")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    return png(fig)
+
+
+def load_artefact(uri: str, task_name: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(config, state_dict) of a model artefact; a clear error for a missing or foreign one."""
+    cfg_uri = storage.join(uri, CONFIG)
+    try:
+        config = json.loads(storage.read_bytes(cfg_uri))
+    except FileNotFoundError as e:
+        raise InputError(f"{cfg_uri}: no trained model here (expected {CONFIG} and {WEIGHTS}, as written by "
+                         f"'train' at OUT/{MODEL_DIR})") from e
+    except json.JSONDecodeError as e:
+        raise InputError(f"{cfg_uri}: not a model config ({e})") from e
+    if config.get("format") != FORMAT or config.get("task") != task_name:
+        raise InputError(f"{cfg_uri}: a {config.get('format')!r} model for task {config.get('task')!r}, "
+                         f"expected {FORMAT!r} for {task_name!r}")
+    w_uri = storage.join(uri, WEIGHTS)
+    try:
+        state = torch.load(io.BytesIO(storage.read_bytes(w_uri)), map_location="cpu", weights_only=True)
+    except FileNotFoundError as e:
+        raise InputError(f"{w_uri}: model weights not found") from e
+    except Exception as e:  # truncated or foreign file
+        raise InputError(f"{w_uri}: unreadable model weights ({type(e).__name__}: {e})") from e
+    return config, state
