@@ -213,12 +213,17 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="throughput benchmarks")
     b_sub = b.add_subparsers(dest="detector", required=True, metavar="DETECTOR")
     bi = b_sub.add_parser("icecube", formatter_class=fmt,
-                          help="events/s for read, featurise, LineFit and end-to-end predict",
+                          help="events/s for read, featurise, LineFit, the GNNs and end-to-end predict",
                           description="Generate (or reuse) N test events and time each stage.")
-    bi.add_argument("--events", type=_positive, default=200_000, help="events to benchmark (200000)")
+    bi.add_argument("--events", type=_non_negative, default=200_000,
+                    help="events for the read/featurise/LineFit stages, 0 to skip them (200000)")
     bi.add_argument("--data", default="bench-data/icecube", help="dataset folder, reused if it matches "
                                                                  "(bench-data/icecube)")
     bi.add_argument("--seed", type=int, default=11, help="random seed for generation (11)")
+    bi.add_argument("--gnn", default="small,dynedge",
+                    help="GNN sizes to benchmark, comma-separated, or 'none' (small,dynedge)")
+    bi.add_argument("--gnn-events", type=_positive, default=5_000,
+                    help="test events for the GNN stages, in their own dataset DATA-gnn (5000)")
     return p
 
 
@@ -270,9 +275,16 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
         demo(args.out, args.events, args.seed)
     elif args.command == "bench":
-        from neutrino_ray.icecube.bench import bench
+        from neutrino_ray.icecube.bench import bench, bench_gnn
 
-        bench(args.events, args.data, args.seed)
+        if args.events:
+            bench(args.events, args.data, args.seed)
+        sizes = [] if args.gnn == "none" else [s.strip() for s in args.gnn.split(",") if s.strip()]
+        unknown = sorted(set(sizes) - {"small", "dynedge"})
+        if unknown:
+            raise InputError(f"--gnn: unknown model sizes {unknown}; expected small, dynedge or none")
+        if sizes:
+            bench_gnn(sizes, args.gnn_events, args.data.rstrip("/") + "-gnn")
     return 0
 
 

@@ -24,6 +24,7 @@ import json
 import logging
 import math
 import os
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -76,10 +77,11 @@ class Settings:
     lr: float = 1e-3
     weight_decay: float = 1e-5
     warmup_steps: int = 100
+    warmup_fraction: float = 0.03
     min_lr_fraction: float = 0.02
     grad_clip: float = 1.0
     checkpoint_minutes: float = 5.0
-    log_every_steps: int = 50
+    log_every_steps: int = 50  # a progress line every this many steps, and at least once a minute
     shuffle_buffer: int = 1024
     max_failures: int = 3
     seed: int = 0
@@ -111,18 +113,22 @@ class Progress:
 
 
 def lr_factor(p: Progress, s: Settings, total_steps: int) -> float:
-    """Linear warm-up, then cosine decay to ``min_lr_fraction`` over whichever budget binds first."""
-    if p.step < s.warmup_steps:
-        return (p.step + 1) / s.warmup_steps
+    """Linear warm-up (``warmup_steps`` or ``warmup_fraction`` of the run, whichever is shorter), then
+    cosine decay to ``min_lr_fraction``; progress is steps over total steps or time over the budget,
+    whichever is further along."""
     done = p.step / max(1, total_steps)
     if s.max_minutes:
         done = max(done, p.seconds / (60 * s.max_minutes))
     done = min(1.0, done)
+    if p.step < s.warmup_steps and done < s.warmup_fraction:
+        return max((p.step + 1) / s.warmup_steps, done / s.warmup_fraction)
     return s.min_lr_fraction + (1 - s.min_lr_fraction) * 0.5 * (1 + math.cos(math.pi * done))
 
 
 def _say(msg: str) -> None:
-    print(f"[train {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+    """One line to the job log (Ray Train's patched print would log it twice)."""
+    sys.stderr.write(f"[train {time.strftime('%H:%M:%S')}] {msg}\n")
+    sys.stderr.flush()
 
 
 def _all_reduce(t: torch.Tensor) -> torch.Tensor:
@@ -203,13 +209,14 @@ def worker_loop(cfg: dict[str, Any]) -> None:
             if rank == 0:
                 torch.save({"model": core.state_dict(), "optimizer": opt.state_dict(), "progress": asdict(p),
                             "scheduler": {"kind": "warmup-cosine", "total_steps": total_steps,
-                                          "warmup_steps": s.warmup_steps, "min_lr_fraction": s.min_lr_fraction},
+                                          "warmup_steps": s.warmup_steps,
+                                          "warmup_fraction": s.warmup_fraction, "min_lr_fraction": s.min_lr_fraction},
                             "task": task.config(), "settings": asdict(s)}, Path(d) / STATE_FILE)
                 ckpt = ray.train.Checkpoint.from_directory(d)
             ray.train.report(entry, checkpoint=ckpt)
 
     model.train()
-    clock = last_save = time.monotonic()
+    clock = last_save = last_log = time.monotonic()
     stop = p.epoch >= s.epochs or bool(s.max_minutes and p.seconds >= 60 * s.max_minutes)
     trained_this_run = False
     while not stop:
@@ -256,7 +263,8 @@ def worker_loop(cfg: dict[str, Any]) -> None:
             loss_sum += float(loss.detach())
             loss_n += 1
             trained_this_run = True
-            if rank == 0 and p.step % s.log_every_steps == 0:
+            if rank == 0 and (p.step % s.log_every_steps == 0 or time.monotonic() - last_log > 60):
+                last_log = time.monotonic()
                 _say(f"epoch {p.epoch} step {p.step}: loss {loss_sum / loss_n:.4f}, "
                      f"lr {opt.param_groups[0]['lr']:.2e}, "
                      f"{win_events / max(win_seconds, 1e-9):.0f} events/s, {p.events} events, "

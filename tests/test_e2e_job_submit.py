@@ -6,6 +6,7 @@ credentials from their own environment, as KubeRay pods do from a Secret.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import subprocess
@@ -102,3 +103,41 @@ def test_job_submit_km3net_train_predict_on_s3(ray_head: str, bucket: str) -> No
     assert pr.returncode == 0, pr.stdout[-3000:] + pr.stderr[-3000:]
     manifest = storage.read_manifest(pred)
     assert manifest["rows"]["predictions.parquet"] == 3000 and manifest["accuracy"] > 0.6
+
+
+def _gnn_train_predict(ray_head: str, bucket: str, model: str, epochs: int, events: int) -> str:
+    """Simulate, train with checkpoints on S3, then score with the trained model from S3; returns the job log."""
+    data, run, pred = f"{bucket}/icecube", f"{bucket}/gnn", f"{bucket}/gnn-pred"
+    sim = _submit(ray_head, "icecube_simulate.py", data, "--events-per-batch", str(events), "--train-batches", "1",
+                  "--test-batches", "1", "--seed", "4")
+    assert sim.returncode == 0, sim.stdout[-3000:] + sim.stderr[-3000:]
+    tr = _submit(ray_head, "icecube_train.py", data, "--out", run, "--model", model, "--workers", "2",
+                 "--epochs", str(epochs), "--batch-size", "32", "--val-events", "200")
+    log = tr.stdout + tr.stderr
+    assert tr.returncode == 0, log[-5000:]
+    assert f"model {model}:" in log and "parameters" in log and "val_mean_angular_error" in log
+    assert any("/checkpoint_" in p for p in storage.listdir(f"{run}/train"))  # Ray Train's storage on S3
+    config = json.loads(storage.read_bytes(f"{run}/model/config.json"))
+    assert config["model"] == model and config["training"]["epochs"] == epochs
+    pr = _submit(ray_head, "icecube_predict.py", data, "--model", f"{run}/model", "--out", pred,
+                 "--events-per-task", "100", "--batch-size", "64")
+    assert pr.returncode == 0, pr.stdout[-3000:] + pr.stderr[-3000:]
+    with storage.open_input(f"{pred}/submission.csv") as f:
+        sub = pacsv.read_csv(f)
+    assert len(sub) == events and len(np.unique(sub.column("event_id").to_numpy())) == events
+    assert storage.read_manifest(pred)["model"] == f"{run}/model"
+    return log
+
+
+def test_job_submit_gnn_train_predict_on_s3(ray_head: str, bucket: str) -> None:
+    _gnn_train_predict(ray_head, bucket, "small", epochs=1, events=600)
+
+
+@pytest.mark.slow
+def test_job_submit_dynedge_train_resume_predict_on_s3(ray_head: str, bucket: str) -> None:
+    _gnn_train_predict(ray_head, bucket, "dynedge", epochs=2, events=1500)
+    again = _submit(ray_head, "icecube_train.py", f"{bucket}/icecube", "--out", f"{bucket}/gnn", "--model", "dynedge",
+                    "--workers", "2", "--epochs", "3", "--batch-size", "32", "--val-events", "200")
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "resuming from checkpoint: epoch 2" in again.stdout + again.stderr
+    assert json.loads(storage.read_bytes(f"{bucket}/gnn/model/config.json"))["training"]["epochs"] == 3

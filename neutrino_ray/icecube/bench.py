@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import math
 import resource
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import ray
 
@@ -110,3 +112,84 @@ def bench(events: int, data: str, seed: int = 11) -> dict[str, float]:
     print(f"peak RSS: driver {figures['driver_peak_rss_mib']:.0f} MiB, largest Ray worker "
           f"{figures['ray_worker_peak_rss_mib']:.0f} MiB")
     return figures
+
+
+def _random_model(out: str, size: str) -> str:
+    """A model artefact with freshly initialised weights: throughput does not depend on the weights."""
+    import json
+
+    import torch
+
+    from neutrino_ray import training
+    from neutrino_ray.icecube.train import TASK, DirectionTask
+
+    task = DirectionTask(size)
+    model = task.build_model()
+    uri = storage.join(out, f"random-{size}")
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    storage.write_bytes(storage.join(uri, training.WEIGHTS), buf.getvalue())
+    config = {"format": training.FORMAT, "task": TASK, **task.config(),
+              "n_parameters": sum(p.numel() for p in model.parameters())}
+    storage.write_bytes(storage.join(uri, training.CONFIG), json.dumps(config).encode())
+    return uri
+
+
+def bench_gnn(sizes: list[str], events: int, data: str, seed: int = 12) -> dict[str, dict[str, float]]:
+    """Per model size: forward and training-step events/s in this process (all cores), and end-to-end
+    predict events/s (Ray Data actor pool, parquet → published submission.csv), on ``events`` test events."""
+    import torch
+
+    from neutrino_ray.icecube import pipeline
+    from neutrino_ray.icecube.models import direction_loss
+    from neutrino_ray.icecube.predict import Scoring
+    from neutrino_ray.icecube.train import DirectionTask, predict_directions
+
+    _dataset(events, data, seed)
+    meta = icdata.load_meta(data, "test")
+    geometry = icdata.load_geometry(data)
+    tasks = list(icdata.iter_split_tasks(data, "test", DEFAULT_EVENTS_PER_TASK, meta=meta))
+    featurised = pa.concat_tables(pipeline.read_featurise(t, geometry, DEFAULT_MAX_PULSES)
+                                  for t in pipeline.task_tables(tasks))
+    n_fwd, n_train = min(len(featurised), 2048), min(len(featurised), 512)
+    cpu = torch.device("cpu")
+    results: dict[str, dict[str, float]] = {}
+    runtime.init_ray()
+    for size in sizes:
+        task = DirectionTask(size)
+        torch.manual_seed(0)
+        model = task.build_model()
+        predict_directions(task, model, featurised.slice(0, 256), 256, cpu)  # warm-up
+        t0 = time.perf_counter()
+        predict_directions(task, model, featurised.slice(0, n_fwd), 256, cpu)
+        forward = n_fwd / (time.perf_counter() - t0)
+        model.train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        truth = icdata.split_truth(data, "test").sort_by("event_id")
+        sub = featurised.slice(0, n_train).sort_by("event_id")
+        rows = np.searchsorted(truth.column("event_id").to_numpy(), sub.column("event_id").to_numpy())
+        sub = sub.append_column("azimuth", truth.column("azimuth").take(rows))
+        sub = sub.append_column("zenith", truth.column("zenith").take(rows))
+        t0 = time.perf_counter()
+        for lo in range(0, n_train, 128):
+            b = task.collate(sub.slice(lo, 128), cpu)
+            loss = direction_loss(task.forward(model, b), b.y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        train_rate = n_train / (time.perf_counter() - t0)
+        with tempfile.TemporaryDirectory() as tmp:
+            uri = _random_model(tmp, size)
+            m = predict(data, "test", storage.join(tmp, "pred"), Scoring(model=uri))
+        results[size] = {"forward_events_per_s": forward, "train_events_per_s": train_rate,
+                         "predict_end_to_end_events_per_s": m["events"] / m["wall_seconds"],
+                         "n_parameters": float(sum(p.numel() for p in model.parameters()))}
+    print(f"\nGNN stages: {len(meta)} test events from {data}, {torch.get_num_threads()} torch threads in-process; "
+          f"predict on {runtime.cpu_count()} CPUs (one 1-CPU actor each)")
+    print(f"{'model':<10}{'parameters':>12}{'forward ev/s':>14}{'train ev/s':>12}{'predict e2e ev/s':>18}")
+    for size, r in results.items():
+        print(f"{size:<10}{r['n_parameters']:>12,.0f}{r['forward_events_per_s']:>14,.0f}"
+              f"{r['train_events_per_s']:>12,.1f}{r['predict_end_to_end_events_per_s']:>18,.1f}")
+    print("peer (GraphNeT DynEdge, torch-cluster k-NN, same machine class): 32 events/s scoring end to end, "
+          "12 events/s training")
+    return results

@@ -1,0 +1,152 @@
+"""Training the direction GNN on Ray Train and scoring with it: failure recovery, resume, inference, bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+import torch
+from kaggle import random_events, write_dataset
+
+from neutrino_ray import training
+from neutrino_ray.cli import main
+from neutrino_ray.errors import InputError
+from neutrino_ray.icecube import data as icdata
+from neutrino_ray.icecube import pipeline
+from neutrino_ray.icecube.predict import Scoring, predict
+from neutrino_ray.icecube.train import TASK, DirectionTask, load_task_and_model, predict_directions, train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("gnn") / "icecube"
+    assert main(["-q", "simulate", "icecube", str(out), "--events-per-batch", "1600", "--train-batches", "1",
+                 "--test-batches", "1", "--seed", "9"]) == 0
+    return out
+
+
+def test_training_recovers_from_a_worker_failure_resumes_and_scores(dataset: Path, tmp_path: Path) -> None:
+    out, marker = tmp_path / "run", tmp_path / "fault-marker"
+    # 1,300 training events, 2 workers x 32 per step: 21 steps per epoch. The last worker raises once at
+    # step 25, in the second epoch: Ray Train restarts both workers from the end-of-epoch-1 checkpoint.
+    first = train(str(dataset), str(out), "small", workers=2, epochs=2, batch_size=32, val_events=300,
+                  checkpoint_minutes=60, max_failures=2, fault_after_steps=25, fault_marker=str(marker))
+    t = first.config["training"]
+    assert marker.exists(), "the fault was not injected"
+    assert t["restarts"] == 1 and t["epochs"] == 2 and t["events"] == 2 * 1300
+    assert [h["epoch"] for h in first.history] == [1, 2]
+    assert all(np.isfinite(h["val_mean_angular_error"]) and h["val_events"] == 300 for h in first.history)
+    model_dir = out / "model"
+    assert sorted(p.name for p in model_dir.iterdir()) == ["_SUCCESS.json", "config.json", "learning_curve.png",
+                                                            "metrics.json", "model.pt"]
+    assert len(json.loads((model_dir / "metrics.json").read_text())) == 2
+    assert any((out / "train").glob("checkpoint_*"))
+
+    # The same command with a later end resumes from the latest checkpoint instead of starting over.
+    second = train(str(dataset), str(out), "small", workers=2, epochs=3, batch_size=32, val_events=300,
+                   checkpoint_minutes=60)
+    t = second.config["training"]
+    assert t["restarts"] == 2 and t["epochs"] == 3 and t["events"] == 3 * 1300 and len(second.history) == 3
+
+    # Batch inference with the trained model: every test event once, the same values as in-process scoring.
+    pred = tmp_path / "pred"
+    m = predict(str(dataset), "test", str(pred), Scoring(model=str(model_dir), batch_size=100, events_per_task=300))
+    assert m["events"] == 1600 and m["architecture"] == "small" and m["max_pulses"] == 256
+    sub = pacsv.read_csv(pred / "submission.csv")
+    assert sub.column_names == ["event_id", "azimuth", "zenith"]
+    task, model, _ = load_task_and_model(str(model_dir))
+    meta = icdata.load_meta(str(dataset), "test")
+    geometry = icdata.load_geometry(str(dataset))
+    events = pa.concat_tables(pipeline.read_featurise(t, geometry, task.max_pulses) for t in
+                              pipeline.task_tables(list(icdata.iter_split_tasks(str(dataset), "test", 800, meta))))
+    az, zen, kappa = predict_directions(task, model, events.sort_by("event_id"), 64, torch.device("cpu"))
+    assert np.array_equal(sub.column("event_id").to_numpy(), np.sort(meta.column("event_id").to_numpy()))
+    np.testing.assert_allclose(sub.column("zenith").to_numpy(), zen, atol=1e-5)
+    d_az = np.abs(sub.column("azimuth").to_numpy() - az)
+    assert np.all(np.minimum(d_az, 2 * np.pi - d_az) < 1e-4)
+    assert (kappa > 0).all()
+
+
+def _artefact(path: Path, **overrides: object) -> Path:
+    """A model folder as `train` writes it (random weights), with config fields overridden."""
+    task = DirectionTask("small")
+    model = task.build_model()
+    config = {"format": training.FORMAT, "task": TASK, **task.config(),
+              "n_parameters": sum(p.numel() for p in model.parameters())}
+    config.update(overrides)
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps(config))
+    torch.save(model.state_dict(), path / "model.pt")
+    return path
+
+
+def _predict_cli(data: Path, model: str, out: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> str:
+    code = main(["-q", "icecube", "predict", str(data), "--model", model, "--out", str(out), *extra])
+    assert code == 2
+    assert not out.exists(), "something was published"
+    return capsys.readouterr().err
+
+
+def test_bad_models_are_refused_before_any_work(dataset: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    err = _predict_cli(dataset, str(tmp_path / "nowhere"), out, capsys)
+    assert "nowhere/config.json: no trained model here" in err
+    err = _predict_cli(dataset, "dynedge", out, capsys)
+    assert "is an architecture, not a trained model" in err
+
+    other_features = DirectionTask().config()["features"] | {"time_scale": 1000.0}
+    err = _predict_cli(dataset, str(_artefact(tmp_path / "f", features=other_features)), out, capsys)
+    assert "trained with another feature set" in err and "'time_scale': 1000.0" in err
+    err = _predict_cli(dataset, str(_artefact(tmp_path / "t", task="nova-numu-cc")), out, capsys)
+    assert "for task 'nova-numu-cc', expected" in err
+    err = _predict_cli(dataset, str(_artefact(tmp_path / "s", sizes=DirectionTask("dynedge").config()["sizes"])),
+                       out, capsys)
+    assert "weights do not match the model in its config.json" in err
+    trunc = _artefact(tmp_path / "w")
+    (trunc / "model.pt").write_bytes((trunc / "model.pt").read_bytes()[:1000])
+    err = _predict_cli(dataset, str(trunc), out, capsys)
+    assert "model.pt: unreadable model weights" in err
+    err = _predict_cli(dataset, str(_artefact(tmp_path / "c")), out, capsys, "--max-pulses", "64")
+    assert "trained with a pulse cap of 256" in err
+
+
+def test_train_refuses_bad_input(tmp_path: Path, dataset: Path) -> None:
+    rng = np.random.default_rng(2)
+    root = write_dataset(tmp_path / "d", {1: random_events(rng, 40)}, split="train")
+    meta = pq.read_table(root / "train_meta.parquet")
+    zen = meta.column("zenith").to_numpy().copy()
+    zen[7] = np.nan
+    pq.write_table(meta.set_column(meta.schema.get_field_index("zenith"), "zenith", pa.array(zen)),
+                   root / "train_meta.parquet")
+    bad_id = meta.column("event_id")[7].as_py()
+    with pytest.raises(icdata.DataError, match=rf"train_meta.parquet: event_id {bad_id} has an invalid true direction"):
+        train(str(root), str(tmp_path / "o1"), val_events=5)
+    with pytest.raises(InputError, match="--val-events 1600 leaves no training events"):
+        train(str(dataset), str(tmp_path / "o2"), val_events=1600)
+    test_only = write_dataset(tmp_path / "t", {2: random_events(rng, 5)}, split="test")
+    with pytest.raises(icdata.DataError, match="meta for split 'train' not found"):
+        train(str(test_only), str(tmp_path / "o3"))
+    with pytest.raises(InputError, match="need 2 GPUs; the cluster has 0"):
+        train(str(dataset), str(tmp_path / "o4"), workers=2, gpus_per_worker=1, val_events=100)
+    assert not (tmp_path / "o4" / "model").exists()
+
+
+def test_train_entrypoint_parses_its_flags() -> None:
+    r = subprocess.run([sys.executable, str(REPO / "jobs" / "icecube_train.py"), "--help"], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    for flag in ("--model", "--workers", "--gpus-per-worker", "--max-minutes", "--epochs", "--batch-size", "--lr"):
+        assert flag in r.stdout
+    with pytest.raises(SystemExit) as e:
+        main(["icecube", "train", "data", "--out", "o", "--model", "huge"])
+    assert e.value.code == 2
