@@ -222,8 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     bi.add_argument("--seed", type=int, default=11, help="random seed for generation (11)")
     bi.add_argument("--gnn", default="small,dynedge",
                     help="GNN sizes to benchmark, comma-separated, or 'none' (small,dynedge)")
-    bi.add_argument("--gnn-events", type=_positive, default=5_000,
-                    help="test events for the GNN stages, in their own dataset DATA-gnn (5000)")
+    bi.add_argument("--gnn-events", type=_positive, default=20_000,
+                    help="test events for the GNN stages, in their own dataset DATA-gnn (20000)")
     return p
 
 

@@ -11,21 +11,21 @@ import ray
 log = logging.getLogger("neutrino_ray")
 
 
-def init_ray(num_cpus: int | None = None, **kwargs: Any) -> dict[str, Any]:
+def init_ray(num_cpus: int | None = None, dashboard: bool = False, **kwargs: Any) -> dict[str, Any]:
     """Connect to the cluster named by ``RAY_ADDRESS`` or start a local one; idempotent.
 
     Workers of a local Ray inherit this process's environment (S3 endpoint and credentials); a
     cluster's workers read theirs from their own pods, so no secret travels in a task.
-    Returns the cluster resources so callers can size their work.
+    ``dashboard`` starts a local Ray with its dashboard, which hosts the state API that Ray Train's
+    controller polls. Returns the cluster resources so callers can size their work.
     """
     if not ray.is_initialized():
         address = os.environ.get("RAY_ADDRESS")
         logging.getLogger("ray").setLevel(logging.WARNING)
         if address:
             ray.init(address=address, log_to_driver=True, **kwargs)
-        else:  # the dashboard hosts the state API, which Ray Train's controller polls
-            kwargs.setdefault("include_dashboard", False)
-            ray.init(num_cpus=num_cpus, log_to_driver=True, **kwargs)
+        else:
+            ray.init(num_cpus=num_cpus, include_dashboard=dashboard, log_to_driver=True, **kwargs)
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = os.environ.get("NEUTRINO_RAY_PROGRESS", "1") != "0"
         ctx.print_on_execution_start = False

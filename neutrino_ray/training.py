@@ -295,7 +295,7 @@ def fit(task: Task, s: Settings, train: Any, val: Any, n_train_events: int,
     from ray.train.torch import TorchConfig, TorchTrainer
 
     started = time.time()
-    resources = runtime.init_ray(include_dashboard=True)
+    resources = runtime.init_ray(dashboard=True)
     use_gpu = s.gpus_per_worker > 0
     if use_gpu and resources.get("GPU", 0) < s.gpus_per_worker * s.workers:
         raise InputError(f"--workers {s.workers} x --gpus-per-worker {s.gpus_per_worker:g} need "

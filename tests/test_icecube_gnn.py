@@ -220,3 +220,19 @@ def test_learning_rate_schedule_follows_the_binding_budget() -> None:
     timed = Settings(out="x", max_minutes=10)  # the time budget binds before the step count does
     assert lr_factor(Progress(step=150, seconds=300), timed, 10_000) == pytest.approx(0.51)
     assert lr_factor(Progress(step=150, seconds=600), timed, 10_000) == pytest.approx(0.02)
+
+
+def test_prediction_does_not_depend_on_the_rest_of_the_batch() -> None:
+    """Scoring an event alone or among others gives the same answer, even with pulses on one DOM (exact ties)."""
+    torch.manual_seed(0)
+    model = models.build_model("small").eval()
+    counts = [3, 12, 40, 90, 7, 150, 25]
+    x, ptr, n_pulses = realistic_events(counts, seed=5)
+    x[10:14, :3] = x[9, :3]  # several pulses on one DOM
+    x[60:70, :3] = x[59, :3]
+    with torch.no_grad():
+        together = model(x, ptr, n_pulses)
+        for e in range(len(counts)):
+            a, b = int(ptr[e]), int(ptr[e + 1])
+            alone = model(x[a:b], torch.tensor([0, b - a]), n_pulses[e:e + 1])
+            torch.testing.assert_close(alone[0], together[e], atol=1e-5, rtol=1e-5)

@@ -28,6 +28,7 @@ N_NEIGHBOURS = 8
 KNN_FEATURES = 4  # later layers: k-NN on the first four latent features (the first graph: on x, y, z)
 N_GLOBAL = 4 + N_FEATURES + 1  # homophily of x, y, z, t; feature means; log10 of the pulse count
 MICROSECONDS_PER_UNIT = TIME_SCALE / 1000.0  # the time feature's unit in µs
+FIRST_GRAPH_TIME_WEIGHT = 1e-4  # pulses on one DOM share x, y, z: their time (µs) orders them, 0.05 m per µs
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -81,12 +82,13 @@ def knn(x: Tensor, groups: Groups, k: int = N_NEIGHBOURS) -> tuple[Tensor, Tenso
     x = x.detach().float()
     for node, real in zip(groups.node, groups.real):
         xs = x[node]  # (b, L, d)
-        sq = (xs * xs).sum(-1)
-        d2 = sq[:, :, None] + sq[:, None, :] - 2.0 * torch.bmm(xs, xs.transpose(1, 2))
-        d2.masked_fill_(~real[:, None, :], math.inf)
-        d2.diagonal(dim1=1, dim2=2).fill_(math.inf)  # no self-loops
+        # Distances pair by pair, not via a matmul whose rounding depends on the batch's shape: an event's
+        # neighbours do not depend on what else is in the batch.
+        d = torch.cdist(xs, xs, compute_mode="donot_use_mm_for_euclid_dist")
+        d.masked_fill_(~real[:, None, :], math.inf)
+        d.diagonal(dim1=1, dim2=2).fill_(math.inf)  # no self-loops
         kk = min(k, node.shape[1])
-        dist, j = torch.topk(d2, kk, dim=-1, largest=False)  # (b, L, kk)
+        dist, j = torch.topk(d, kk, dim=-1, largest=False)  # (b, L, kk)
         nb = torch.gather(node, 1, j.flatten(1)).view_as(j)
         ok = torch.isfinite(dist)
         rows = node[real]
@@ -168,7 +170,8 @@ class DynEdge(nn.Module):
 
     Node inputs are the pulse features, with time made relative to the event's mean time and in µs
     (differences of tens of ns carry the direction; absolute times do not), plus per-event globals:
-    homophily of x, y, z, t on the first k-NN graph (built on positions, as GraphNeT's KNNGraph),
+    homophily of x, y, z, t on the first k-NN graph (built on positions, as GraphNeT's KNNGraph, with
+    time as a tie-breaker between pulses on one DOM),
     feature means, and log10 of the event's total pulse count. Each EdgeConv recomputes the k-NN graph
     on the first four features of its input, so the graph follows the learned space; the outputs of all
     layers are concatenated (skip connections), post-processed per node, pooled per event with min,
@@ -197,7 +200,8 @@ class DynEdge(nn.Module):
         t = x[:, 3]
         t_rel = (t - global_mean_pool(t[:, None], batch, n_events)[batch, 0]) * MICROSECONDS_PER_UNIT
         x = torch.cat([x[:, :3], t_rel[:, None], x[:, 4:]], dim=1)
-        neighbours, valid = knn(x[:, :3], groups, self.cfg.k)
+        first_graph = torch.cat([x[:, :3], FIRST_GRAPH_TIME_WEIGHT * x[:, 3:4]], dim=1)
+        neighbours, valid = knn(first_graph, groups, self.cfg.k)
         h = torch.cat([x, global_variables(x, batch, neighbours, valid, n_pulses, n_events)[batch]], dim=1)
         skips = [h]
         for i, conv in enumerate(self.convs):

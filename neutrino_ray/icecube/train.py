@@ -164,7 +164,7 @@ def train(data: str, out: str, size: str = "small", *, workers: int = 1, gpus_pe
                                  cpus_per_worker=cpus_per_worker, epochs=epochs, max_minutes=max_minutes,
                                  batch_size=batch_size, lr=lr, checkpoint_minutes=checkpoint_minutes,
                                  max_failures=max_failures, seed=seed, **extra)
-    runtime.init_ray(include_dashboard=True)  # the dashboard hosts the state API Ray Train polls
+    runtime.init_ray(dashboard=True)
     ray.data.DataContext.get_current().enable_progress_bars = False  # the training log reports progress
     cpus = training.DATA_TASK_CPUS
     train_ds = pipeline.events_dataset(train_tasks, geometry, max_pulses, train_truth, num_cpus=cpus)
