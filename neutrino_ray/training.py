@@ -328,6 +328,18 @@ def fit(task: Task, s: Settings, train: Any, val: Any, n_train_events: int,
     return publish(task, s, saved, command=command, inputs=inputs, started=started, cpus_per_worker=cpus)
 
 
+def artefact_config(task: Task, model: nn.Module) -> dict[str, Any]:
+    """The part of ``config.json`` that identifies a model: format, task, the task's config, size."""
+    return {"format": FORMAT, "task": task.name, **task.config(),
+            "n_parameters": sum(x.numel() for x in model.parameters())}
+
+
+def weights_bytes(model: nn.Module) -> bytes:
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    return buf.getvalue()
+
+
 def publish(task: Task, s: Settings, saved: dict[str, Any], command: list[str] | None, inputs: list[str] | None,
             started: float, cpus_per_worker: float) -> TrainResult:
     """The final checkpoint → ``OUT/model/`` (weights, config, metrics, learning curve), atomically."""
@@ -336,18 +348,15 @@ def publish(task: Task, s: Settings, saved: dict[str, Any], command: list[str] |
     p = Progress(**saved["progress"])
     last = p.history[-1] if p.history else {}
     config = {
-        "format": FORMAT, "task": task.name, **task.config(),
-        "n_parameters": sum(x.numel() for x in model.parameters()),
+        **artefact_config(task, model),
         "training": {"epochs": p.epoch, "steps": p.step, "events": p.events, "minutes": round(p.seconds / 60, 2),
                      "events_per_second": round(p.events / p.step_seconds, 1) if p.step_seconds else None,
                      "restarts": p.restarts, "workers": s.workers, "cpus_per_worker": cpus_per_worker,
                      "gpus_per_worker": s.gpus_per_worker, "settings": asdict(s),
                      "final_validation": {k: v for k, v in last.items() if k.startswith("val_")}},
     }
-    buf = io.BytesIO()
-    torch.save(model.state_dict(), buf)
     with storage.Output(storage.join(s.out, MODEL_DIR), command=command, inputs=inputs, started=started) as out:
-        out.write(WEIGHTS, buf.getvalue())
+        out.write(WEIGHTS, weights_bytes(model))
         out.write(CONFIG, json.dumps(config, indent=2).encode())
         out.write(METRICS, json.dumps(p.history, indent=2).encode())
         out.write(CURVE, learning_curve(p.history, task.val_metric, task.name))

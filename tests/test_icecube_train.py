@@ -21,7 +21,7 @@ from neutrino_ray.errors import InputError
 from neutrino_ray.icecube import data as icdata
 from neutrino_ray.icecube import pipeline
 from neutrino_ray.icecube.predict import Scoring, predict
-from neutrino_ray.icecube.train import TASK, DirectionTask, load_task_and_model, predict_directions, train
+from neutrino_ray.icecube.train import DirectionTask, load_task_and_model, predict_directions, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -89,9 +89,7 @@ def _artefact(path: Path, **overrides: object) -> Path:
     """A model folder as `train` writes it (random weights), with config fields overridden."""
     task = DirectionTask("small")
     model = task.build_model()
-    config = {"format": training.FORMAT, "task": TASK, **task.config(),
-              "n_parameters": sum(p.numel() for p in model.parameters())}
-    config.update(overrides)
+    config = training.artefact_config(task, model) | overrides
     path.mkdir(parents=True)
     (path / "config.json").write_text(json.dumps(config))
     torch.save(model.state_dict(), path / "model.pt")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import math
 import resource
 import tempfile
@@ -118,20 +117,14 @@ def _random_model(out: str, size: str) -> str:
     """A model artefact with freshly initialised weights: throughput does not depend on the weights."""
     import json
 
-    import torch
-
     from neutrino_ray import training
-    from neutrino_ray.icecube.train import TASK, DirectionTask
+    from neutrino_ray.icecube.train import DirectionTask
 
     task = DirectionTask(size)
     model = task.build_model()
     uri = storage.join(out, f"random-{size}")
-    buf = io.BytesIO()
-    torch.save(model.state_dict(), buf)
-    storage.write_bytes(storage.join(uri, training.WEIGHTS), buf.getvalue())
-    config = {"format": training.FORMAT, "task": TASK, **task.config(),
-              "n_parameters": sum(p.numel() for p in model.parameters())}
-    storage.write_bytes(storage.join(uri, training.CONFIG), json.dumps(config).encode())
+    storage.write_bytes(storage.join(uri, training.WEIGHTS), training.weights_bytes(model))
+    storage.write_bytes(storage.join(uri, training.CONFIG), json.dumps(training.artefact_config(task, model)).encode())
     return uri
 
 
@@ -152,6 +145,11 @@ def bench_gnn(sizes: list[str], events: int, data: str, seed: int = 12) -> dict[
     featurised = pa.concat_tables(pipeline.read_featurise(t, geometry, DEFAULT_MAX_PULSES)
                                   for t in pipeline.task_tables(tasks))
     n_fwd, n_train = min(len(featurised), 2048), min(len(featurised), 512)
+    truth = icdata.split_truth(data, "test").sort_by("event_id")
+    labelled = featurised.slice(0, n_train).sort_by("event_id")
+    rows = np.searchsorted(truth.column("event_id").to_numpy(), labelled.column("event_id").to_numpy())
+    labelled = labelled.append_column("azimuth", truth.column("azimuth").take(rows))
+    labelled = labelled.append_column("zenith", truth.column("zenith").take(rows))
     cpu = torch.device("cpu")
     results: dict[str, dict[str, float]] = {}
     runtime.init_ray()
@@ -165,14 +163,9 @@ def bench_gnn(sizes: list[str], events: int, data: str, seed: int = 12) -> dict[
         forward = n_fwd / (time.perf_counter() - t0)
         model.train()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-        truth = icdata.split_truth(data, "test").sort_by("event_id")
-        sub = featurised.slice(0, n_train).sort_by("event_id")
-        rows = np.searchsorted(truth.column("event_id").to_numpy(), sub.column("event_id").to_numpy())
-        sub = sub.append_column("azimuth", truth.column("azimuth").take(rows))
-        sub = sub.append_column("zenith", truth.column("zenith").take(rows))
         t0 = time.perf_counter()
         for lo in range(0, n_train, 128):
-            b = task.collate(sub.slice(lo, 128), cpu)
+            b = task.collate(labelled.slice(lo, 128), cpu)
             loss = direction_loss(task.forward(model, b), b.y)
             opt.zero_grad()
             loss.backward()

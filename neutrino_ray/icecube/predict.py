@@ -24,7 +24,7 @@ from neutrino_ray import runtime, storage
 from neutrino_ray.errors import InputError
 from neutrino_ray.icecube import data as icdata
 from neutrino_ray.icecube import pipeline
-from neutrino_ray.icecube.features import DEFAULT_MAX_PULSES, features_from_table, featurise, positions_and_times
+from neutrino_ray.icecube.features import DEFAULT_MAX_PULSES, features_from_table, positions_and_times
 from neutrino_ray.icecube.linefit import linefit
 
 log = logging.getLogger("neutrino_ray")
@@ -61,13 +61,10 @@ class DirectionScorer:
     def __call__(self, batch: pa.Table) -> pa.Table:
         from neutrino_ray.icecube.train import predict_directions
 
-        out = []
-        for task, _ in pipeline.iter_tasks(batch):
-            events = featurise(icdata.read_task_events(task, len(self.geometry)), self.geometry, self.task.max_pulses)
-            az, zen, _ = predict_directions(self.task, self.model, events, self.batch_size, self.device)
-            out.append(pa.table({"event_id": events.column("event_id"), "azimuth": az, "zenith": zen,
-                                 "ok": np.ones(len(az), dtype=bool)}))
-        return pa.concat_tables(out)
+        events = pipeline.read_featurise(batch, self.geometry, self.task.max_pulses)
+        az, zen, _ = predict_directions(self.task, self.model, events, self.batch_size, self.device)
+        return pa.table({"event_id": events.column("event_id"), "azimuth": az, "zenith": zen,
+                         "ok": np.ones(len(az), dtype=bool)})
 
 
 @dataclass

@@ -8,6 +8,7 @@ shard and collates Arrow batches into packed PyG batches.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -96,14 +97,10 @@ def predict_directions(task: DirectionTask, model: nn.Module, events: pa.Table, 
     """(azimuth, zenith, κ) for featurised events, in mini-batches of ``batch_size`` events."""
     parts, kappas = [], []
     model.eval()
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else None
     with torch.inference_mode():
         for lo in range(0, len(events), batch_size):  # mini-batches, not events
             b = task.collate(events.slice(lo, batch_size), device)
-            if autocast is not None:
-                with autocast:
-                    v = task.forward(model, b)
-            else:
+            with torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext():
                 v = task.forward(model, b)
             mu, kappa = models.split_output(v.double())
             parts.append(mu.cpu().numpy())
