@@ -13,6 +13,7 @@ import os
 import re
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from neutrino_ray import storage
 from neutrino_ray.errors import InputError
@@ -56,9 +57,50 @@ def _non_negative_float(v: str) -> float:
     return x
 
 
+def add_training_args(p: argparse.ArgumentParser, batch_size: int, lr: float) -> None:
+    """Options every Ray Train command shares (the scaffold's Settings)."""
+    p.add_argument("--workers", type=_positive, default=1, help="data-parallel training workers (1)")
+    p.add_argument("--gpus-per-worker", type=_non_negative_float, default=0.0,
+                   help="GPUs per worker; > 0 trains on GPUs with NCCL and bf16 autocast (0: CPUs, gloo)")
+    p.add_argument("--cpus-per-worker", type=_positive_float, default=None,
+                   help="CPUs per worker (default: 1 with GPUs; else an equal share of the cluster's CPUs)")
+    p.add_argument("--max-minutes", type=_positive_float, default=None,
+                   help="training time budget in minutes, counted across restarts and resumes (none)")
+    p.add_argument("--epochs", type=_positive, default=10, help="passes over the training events (10)")
+    p.add_argument("--batch-size", type=_positive, default=batch_size,
+                   help=f"events per batch per worker ({batch_size})")
+    p.add_argument("--lr", type=_positive_float, default=lr,
+                   help="peak learning rate of AdamW; warm-up, then cosine decay over the epochs or the "
+                        f"time budget, whichever ends first ({lr:g})")
+    p.add_argument("--checkpoint-minutes", type=_positive_float, default=5.0,
+                   help="validate and checkpoint at every epoch end and at least this often (5)")
+    p.add_argument("--max-failures", type=_non_negative, default=3,
+                   help="worker failures to recover from the latest checkpoint (3)")
+    p.add_argument("--seed", type=int, default=0, help="seed for weights, shuffling and balancing (0)")
+
+
+def training_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: getattr(args, k) for k in ("workers", "gpus_per_worker", "cpus_per_worker", "max_minutes", "epochs",
+                                          "batch_size", "lr", "checkpoint_minutes", "max_failures", "seed")}
+
+
+def add_actor_args(p: argparse.ArgumentParser, batch_size: int) -> None:
+    """Options of model inference on a Ray Data actor pool."""
+    p.add_argument("--batch-size", type=_positive, default=batch_size,
+                   help=f"events per model forward pass ({batch_size})")
+    p.add_argument("--actors", type=_positive, default=None,
+                   help="model actors (default: the cluster's GPUs / --gpus-per-actor, else CPUs / --cpus-per-actor)")
+    p.add_argument("--cpus-per-actor", type=_positive_float, default=1.0,
+                   help="CPUs (torch threads) per model actor (1)")
+    p.add_argument("--gpus-per-actor", type=_non_negative_float, default=0.0,
+                   help="GPUs per model actor; > 0 scores on GPUs with bf16 autocast (0)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from neutrino_ray.icecube.features import DEFAULT_MAX_PULSES
     from neutrino_ray.icecube.predict import DEFAULT_BATCH_SIZE, DEFAULT_EVENTS_PER_TASK, GNN_EVENTS_PER_TASK
+    from neutrino_ray.nova.models import MODELS as NOVA_MODELS
+    from neutrino_ray.nova.targets import TASKS
 
     fmt = argparse.RawDescriptionHelpFormatter
     p = argparse.ArgumentParser(
@@ -92,6 +134,68 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--files", type=_positive, default=4, help="number of HDF5 files (4)")
     k.add_argument("--seed", type=int, default=1, help="random seed (1)")
 
+    nv = sim_sub.add_parser("nova", formatter_class=fmt, epilog=ENV_HELP,
+                            help="NOvA-style dual-view pixel maps (the course HDF5 layout)",
+                            description="Simulate NOvA-like events into OUT/neutrino{i}.h5 (i = 1..F): 'cvnmap' "
+                                        "(N, 16000) uint8 = (2 views, 100 planes, 80 cells) and the group 'neutrino' "
+                                        "with 16 (N, 1) truth fields.")
+    nv.add_argument("out", metavar="OUT", help="output folder URI")
+    nv.add_argument("--files", type=_positive, default=4, help="number of files (4)")
+    nv.add_argument("--events-per-file", type=_positive, default=7_000, help="events per file (7000)")
+    nv.add_argument("--seed", type=int, default=1, help="random seed; same seed, same files (1)")
+    nv.add_argument("--mix", default=None,
+                    help="class mix, e.g. 'numu_cc=0.5,nue_cc=0.25,nc=0.25' (families: numu_cc, nue_cc, nutau_cc, "
+                         "nc, nu_on_e, cosmic, other; CC modes: qe, res, dis, other_mode); default: like the real "
+                         "files (88%% numu CC, 1%% nue CC, 11%% NC; DIS 55%%, RES 28%%, QE 12%%)")
+
+    nova = sub.add_parser("nova", help="NOvA-style pixel-map CNNs (Ray Train) and analysis")
+    nova_sub = nova.add_subparsers(dest="action", required=True, metavar="ACTION")
+    nova_data = "NOvA HDF5 data URI: a neutrino{i}.h5 file or a folder/prefix of them"
+    nt = nova_sub.add_parser("train", formatter_class=fmt, epilog=ENV_HELP,
+                             help="train a dual-view CNN (or the baseline) for one task → OUT/model",
+                             description="Data-parallel training (Ray Train) of a model for one task on every file "
+                                         "under DATA, streamed through the Ray Data HDF5 reader. The last "
+                                         "--val-events in-task events validate. Checkpoints go to OUT/train "
+                                         "(re-running with the same OUT resumes); the model to OUT/model.")
+    nt.add_argument("data", metavar="DATA", help=nova_data)
+    nt.add_argument("--task", required=True, choices=list(TASKS),
+                    help="numu-cc (binary), flavour (numu CC / nue CC / NC), mode (QE / RES / DIS / other, CC "
+                         "events), energy (neutrino energy), y (E_lepton / E_nu; E_nu = 0 skipped)")
+    nt.add_argument("--out", required=True, help="output URI (a folder): checkpoints in OUT/train, model in OUT/model")
+    nt.add_argument("--model", choices=list(NOVA_MODELS), default="small",
+                    help="'small' dual-view CNN (CPU-friendly), 'medium' CNN, or 'baseline' (a linear model on image "
+                         "summary features) (small)")
+    nt.add_argument("--balance", choices=["undersample", "weights", "none"], default=None,
+                    help="classification: undersample every class to the rarest, or weight the loss by inverse class "
+                         "frequency (default: undersample; regressions: none)")
+    add_training_args(nt, batch_size=64, lr=2e-3)
+    nt.add_argument("--val-events", type=_positive, default=2_000,
+                    help="held-out validation set: the last N in-task events in file order (2000)")
+    nt.add_argument("--events-per-task", type=_positive, default=500, help="events per Ray Data read task (500)")
+    nt.add_argument("--skip-bad", action="store_true", help="skip (and count) unreadable or malformed files")
+    np_ = nova_sub.add_parser("predict", formatter_class=fmt, epilog=ENV_HELP,
+                              help="score every event → OUT/predictions.parquet",
+                              description="Batch inference on a Ray Data actor pool (model loaded once per actor); "
+                                          "publishes OUT/predictions.parquet (file, index, run, subrun, cycle, evt, "
+                                          "subevt, visible_energy, prob_<class>..., predicted) atomically.")
+    np_.add_argument("data", metavar="DATA", help=nova_data)
+    np_.add_argument("--model", required=True, help="trained model URI (OUT/model of 'nova train')")
+    np_.add_argument("--out", required=True, help="output URI (a folder)")
+    add_actor_args(np_, 256)
+    np_.add_argument("--events-per-task", type=_positive, default=1_000, help="events per read slice (1000)")
+    np_.add_argument("--skip-bad", action="store_true", help="skip (and count) unreadable or malformed files")
+    ne = nova_sub.add_parser("evaluate", formatter_class=fmt, epilog=ENV_HELP,
+                             help="analysis: report.json, summary.md, plots",
+                             description="Join predictions with DATA's truth and publish the analysis: accuracy "
+                                         "(natural and balanced), ROC/AUC, accuracy vs threshold, confusion matrix, "
+                                         "efficiency vs interaction type, final state and energies; resolution and "
+                                         "bias for regressions.")
+    ne.add_argument("data", metavar="DATA", help=nova_data + " (the truth)")
+    ne.add_argument("--predictions", required=True, help="predictions URI (OUT/predictions.parquet of 'nova predict')")
+    ne.add_argument("--out", required=True, help="output URI (a folder)")
+    ne.add_argument("--threshold", type=float, default=0.5, help="numu-cc selection cut on prob_numu-CC (0.5)")
+    ne.add_argument("--skip-bad", action="store_true", help="skip bad files (as predict did)")
+
     ic = sub.add_parser("icecube", help="IceCube reconstruction pipelines")
     ic_sub = ic.add_subparsers(dest="action", required=True, metavar="ACTION")
     tr = ic_sub.add_parser("train", formatter_class=fmt, epilog=ENV_HELP,
@@ -106,29 +210,13 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--model", choices=["small", "dynedge"], default="small",
                     help="architecture: 'small' (~0.1M parameters, CPU-friendly) or 'dynedge' (GraphNeT's "
                          "competition benchmark shape, 1.35M parameters) (small)")
-    tr.add_argument("--workers", type=_positive, default=1, help="data-parallel training workers (1)")
-    tr.add_argument("--gpus-per-worker", type=_non_negative_float, default=0.0,
-                    help="GPUs per worker; > 0 trains on GPUs with NCCL and bf16 autocast (0: CPUs, gloo)")
-    tr.add_argument("--cpus-per-worker", type=_positive_float, default=None,
-                    help="CPUs per worker (default: 1 with GPUs; else an equal share of the cluster's CPUs)")
-    tr.add_argument("--max-minutes", type=_positive_float, default=None,
-                    help="training time budget in minutes, counted across restarts and resumes (none)")
-    tr.add_argument("--epochs", type=_positive, default=10, help="passes over the training events (10)")
-    tr.add_argument("--batch-size", type=_positive, default=128, help="events per batch per worker (128)")
-    tr.add_argument("--lr", type=_positive_float, default=1e-3,
-                    help="peak learning rate of AdamW; warm-up, then cosine decay over the epochs or the "
-                         "time budget, whichever ends first (0.001)")
+    add_training_args(tr, batch_size=128, lr=1e-3)
     tr.add_argument("--loss", choices=["vmf", "vmf+angle"], default="vmf",
                     help="von Mises-Fisher negative log-likelihood, optionally plus the angular distance (vmf)")
     tr.add_argument("--max-pulses", type=_positive, default=DEFAULT_MAX_PULSES,
                     help=f"pulse cap per event, stored with the model and used again by predict ({DEFAULT_MAX_PULSES})")
     tr.add_argument("--val-events", type=_positive, default=5_000,
                     help="held-out validation slice: the last N events of the train split (5000)")
-    tr.add_argument("--checkpoint-minutes", type=_positive_float, default=5.0,
-                    help="validate and checkpoint at every epoch end and at least this often (5)")
-    tr.add_argument("--max-failures", type=_non_negative, default=3,
-                    help="worker failures to recover from the latest checkpoint (3)")
-    tr.add_argument("--seed", type=int, default=0, help="seed for weights and shuffling (0)")
 
     pr = ic_sub.add_parser("predict", formatter_class=fmt, epilog=ENV_HELP,
                            help="batch inference → OUT/submission.csv",
@@ -146,14 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--events-per-task", type=_positive, default=None,
                     help=f"events per Ray Data read task, cut at row groups ({DEFAULT_EVENTS_PER_TASK} for "
                          f"LineFit, {GNN_EVENTS_PER_TASK} for a model)")
-    pr.add_argument("--batch-size", type=_positive, default=DEFAULT_BATCH_SIZE,
-                    help=f"events per model forward pass ({DEFAULT_BATCH_SIZE})")
-    pr.add_argument("--actors", type=_positive, default=None,
-                    help="model actors (default: the cluster's GPUs / --gpus-per-actor, else CPUs / --cpus-per-actor)")
-    pr.add_argument("--cpus-per-actor", type=_positive_float, default=1.0,
-                    help="CPUs (torch threads) per model actor (1)")
-    pr.add_argument("--gpus-per-actor", type=_non_negative_float, default=0.0,
-                    help="GPUs per model actor; > 0 scores on GPUs with bf16 autocast (0)")
+    add_actor_args(pr, DEFAULT_BATCH_SIZE)
 
     ev = ic_sub.add_parser("evaluate", formatter_class=fmt, epilog=ENV_HELP,
                            help="score predictions: report.json + plots",
@@ -234,8 +315,15 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
         m = simulate_km3net(args.out, args.events, args.files, args.seed, command=command)
         print(f"simulated {m['events']} KM3NeT events into {args.out} ({m['wall_seconds']:.1f} s)")
+    elif args.command == "simulate" and args.detector == "nova":
+        from neutrino_ray.nova.simwrite import simulate_dataset as simulate_nova
+
+        m = simulate_nova(args.out, args.files, args.events_per_file, args.seed, args.mix, command=command)
+        print(f"simulated {m['events']} NOvA events in {args.files} files into {args.out} ({m['wall_seconds']:.1f} s)")
     elif args.command == "km3net":
         return run_km3net(args, command)
+    elif args.command == "nova":
+        return run_nova(args, command)
     elif args.command == "simulate":
         from neutrino_ray.icecube.simwrite import simulate_dataset
 
@@ -246,11 +334,8 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     elif args.command == "icecube" and args.action == "train":
         from neutrino_ray.icecube.train import train
 
-        res = train(args.data, args.out, args.model, workers=args.workers, gpus_per_worker=args.gpus_per_worker,
-                  cpus_per_worker=args.cpus_per_worker, max_minutes=args.max_minutes, epochs=args.epochs,
-                  batch_size=args.batch_size, lr=args.lr, loss=args.loss, max_pulses=args.max_pulses,
-                  val_events=args.val_events, checkpoint_minutes=args.checkpoint_minutes,
-                  max_failures=args.max_failures, seed=args.seed, command=command)
+        res = train(args.data, args.out, args.model, loss=args.loss, max_pulses=args.max_pulses,
+                    val_events=args.val_events, command=command, **training_kwargs(args))
         t = res.config["training"]
         print(f"trained {args.model} ({res.config['n_parameters']:,} parameters) on {t['events']} events in "
               f"{t['minutes']:.1f} min ({t['events_per_second']} events/s); validation mean angular error "
@@ -311,6 +396,35 @@ def run_km3net(args: argparse.Namespace, command: list[str]) -> int:
         s = r["summary"]
         auc = f"{s['roc_auc']:.4f}" if s["roc_auc"] is not None else "n/a"
         print(f"accuracy {s['accuracy']:.4f}, AUC {auc} on {s['n_events']} events → {args.out}")
+    return 0
+
+
+def run_nova(args: argparse.Namespace, command: list[str]) -> int:
+    if args.action == "train":
+        from neutrino_ray.nova.train import train as nova_train
+
+        res = nova_train(args.data, args.out, args.task, args.model, balance=args.balance, val_events=args.val_events,
+                         events_per_task=args.events_per_task, skip_bad=args.skip_bad, command=command,
+                         **training_kwargs(args))
+        t = res.config["training"]
+        val = ", ".join(f"{k} {v:.4f}" for k, v in t["final_validation"].items() if isinstance(v, float))
+        print(f"trained {args.model} for {args.task} ({res.config['n_parameters']:,} parameters) on {t['events']} "
+              f"events in {t['minutes']:.1f} min; {val} → {storage.join(args.out, 'model')}")
+    elif args.action == "predict":
+        from neutrino_ray.nova.predict import PREDICTIONS, Scoring
+        from neutrino_ray.nova.predict import predict as nova_predict
+
+        scoring = Scoring(args.model, args.events_per_task, args.batch_size, args.actors, args.cpus_per_actor,
+                          args.gpus_per_actor)
+        m = nova_predict(args.data, args.out, scoring, args.skip_bad, command=command)
+        print(f"scored {m['events']} events in {m['wall_seconds']:.1f} s ({m['events_per_second']:.0f} events/s end "
+              f"to end) → {storage.join(args.out, PREDICTIONS)}")
+    elif args.action == "evaluate":
+        from neutrino_ray.nova.evaluate import SUMMARY
+        from neutrino_ray.nova.evaluate import evaluate as nova_evaluate
+
+        nova_evaluate(args.data, args.predictions, args.out, args.threshold, args.skip_bad, command=command)
+        print(f"evaluated → {storage.join(args.out, SUMMARY)}")
     return 0
 
 

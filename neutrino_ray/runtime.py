@@ -35,3 +35,13 @@ def init_ray(num_cpus: int | None = None, dashboard: bool = False, **kwargs: Any
 def cpu_count() -> int:
     """CPUs in the Ray cluster (at least 1)."""
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+def actor_pool_size(actors: int | None, cpus_per_actor: float, gpus_per_actor: float) -> int:
+    """Actors for an inference pool: as asked, else one per GPU share (GPU actors) or per CPU share."""
+    if actors:
+        return actors
+    resources = ray.cluster_resources()
+    if gpus_per_actor > 0:
+        return max(1, int(resources.get("GPU", 0) // gpus_per_actor))
+    return max(1, int(resources.get("CPU", 1) // cpus_per_actor))

@@ -158,12 +158,17 @@ def listdir(uri: str) -> list[str]:
 
 
 @contextmanager
-def open_input(uri: str) -> Iterator[IO[bytes]]:
-    """A seekable binary file object for reading."""
+def open_input(uri: str, random_access: bool = False) -> Iterator[IO[bytes]]:
+    """A seekable binary file object for reading.
+
+    On S3, sequential readers get 8 MiB read-ahead; ``random_access`` readers (HDF5 slices, which
+    seek between a file's index and its data chunks) get an LRU cache of 1 MiB blocks instead.
+    """
     if is_s3(uri):
         with _errors(uri, "read"):
             try:  # opening fetches the object's metadata: one request, no separate existence check
-                f = s3().open(_s3_key(uri), "rb", block_size=8 * 2**20, cache_type="readahead")
+                f = s3().open(_s3_key(uri), "rb", block_size=2**20 if random_access else 8 * 2**20,
+                              cache_type="blockcache" if random_access else "readahead")
             except FileNotFoundError as e:
                 raise FileNotFoundError(f"{uri}: not found") from e
         try:

@@ -29,7 +29,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -51,9 +51,12 @@ DATA_TASK_CPUS = 0.25  # Ray Data decode tasks beside the training workers: ligh
 class Task(Protocol):
     """What a detector plugs into the scaffold. Must pickle (a frozen dataclass at module level does)."""
 
-    name: ClassVar[str]
-    val_metric: ClassVar[str]  # the validation metric to plot, e.g. "val_mean_angular_error"
-    validation_keys: ClassVar[tuple[str, ...]]  # sums reduced over workers; "n" is the number of events
+    @property
+    def name(self) -> str: ...  # the artefact's task name, e.g. "icecube-direction"
+    @property
+    def val_metric(self) -> str: ...  # the validation metric to plot, e.g. "val_mean_angular_error"
+    @property
+    def validation_keys(self) -> tuple[str, ...]: ...  # sums reduced over workers; "n" is the number of events
 
     def build_model(self) -> nn.Module: ...
     def collate(self, batch: Any, device: torch.device) -> Any: ...
@@ -289,8 +292,11 @@ class TrainResult:
 
 
 def fit(task: Task, s: Settings, train: Any, val: Any, n_train_events: int,
-        command: list[str] | None = None, inputs: list[str] | None = None) -> TrainResult:
-    """Train with Ray Train and publish ``OUT/model/``; resumes from ``OUT/train/`` when it holds checkpoints."""
+        command: list[str] | None = None, inputs: list[str] | None = None,
+        data_summary: dict[str, Any] | None = None) -> TrainResult:
+    """Train with Ray Train and publish ``OUT/model/``; resumes from ``OUT/train/`` when it holds checkpoints.
+
+    ``data_summary`` (what was selected, skipped, balanced) is stored in ``config.json`` as ``data``."""
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -325,7 +331,8 @@ def fit(task: Task, s: Settings, train: Any, val: Any, n_train_events: int,
         raise RuntimeError(f"{s.out}: training finished without a checkpoint; nothing was published")
     with result.checkpoint.as_directory() as d:
         saved = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=False)
-    return publish(task, s, saved, command=command, inputs=inputs, started=started, cpus_per_worker=cpus)
+    return publish(task, s, saved, command=command, inputs=inputs, started=started, cpus_per_worker=cpus,
+                   data_summary=data_summary)
 
 
 def artefact_config(task: Task, model: nn.Module) -> dict[str, Any]:
@@ -341,7 +348,7 @@ def weights_bytes(model: nn.Module) -> bytes:
 
 
 def publish(task: Task, s: Settings, saved: dict[str, Any], command: list[str] | None, inputs: list[str] | None,
-            started: float, cpus_per_worker: float) -> TrainResult:
+            started: float, cpus_per_worker: float, data_summary: dict[str, Any] | None = None) -> TrainResult:
     """The final checkpoint → ``OUT/model/`` (weights, config, metrics, learning curve), atomically."""
     model = task.build_model()
     model.load_state_dict(saved["model"])
@@ -355,6 +362,8 @@ def publish(task: Task, s: Settings, saved: dict[str, Any], command: list[str] |
                      "gpus_per_worker": s.gpus_per_worker, "settings": asdict(s),
                      "final_validation": {k: v for k, v in last.items() if k.startswith("val_")}},
     }
+    if data_summary is not None:
+        config["data"] = data_summary
     with storage.Output(storage.join(s.out, MODEL_DIR), command=command, inputs=inputs, started=started) as out:
         out.write(WEIGHTS, weights_bytes(model))
         out.write(CONFIG, json.dumps(config, indent=2).encode())
@@ -382,8 +391,9 @@ def learning_curve(history: list[dict[str, Any]], metric: str, title: str) -> by
     return png(fig)
 
 
-def load_artefact(uri: str, task_name: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """(config, state_dict) of a model artefact; a clear error for a missing or foreign one."""
+def load_artefact(uri: str, task_name: str | tuple[str, ...]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(config, state_dict) of a model artefact for one of the task names; a clear error for a missing or
+    foreign one."""
     cfg_uri = storage.join(uri, CONFIG)
     try:
         config = json.loads(storage.read_bytes(cfg_uri))
@@ -392,9 +402,10 @@ def load_artefact(uri: str, task_name: str) -> tuple[dict[str, Any], dict[str, t
                          f"'train' at OUT/{MODEL_DIR})") from e
     except json.JSONDecodeError as e:
         raise InputError(f"{cfg_uri}: not a model config ({e})") from e
-    if config.get("format") != FORMAT or config.get("task") != task_name:
+    names = (task_name,) if isinstance(task_name, str) else task_name
+    if config.get("format") != FORMAT or config.get("task") not in names:
         raise InputError(f"{cfg_uri}: a {config.get('format')!r} model for task {config.get('task')!r}, "
-                         f"expected {FORMAT!r} for {task_name!r}")
+                         f"expected {FORMAT!r} for {' or '.join(map(repr, names))}")
     w_uri = storage.join(uri, WEIGHTS)
     try:
         state = torch.load(io.BytesIO(storage.read_bytes(w_uri)), map_location="cpu", weights_only=True)

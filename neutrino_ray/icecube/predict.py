@@ -123,9 +123,7 @@ def build_dataset(tasks: list[icdata.ReadTask], geometry: np.ndarray, scoring: S
         ds = pipeline.events_dataset(tasks, geometry, max_pulses)
         return ds.map_batches(linefit_block, batch_format="pyarrow", batch_size=None, zero_copy_batch=True)
     use_gpu = scoring.gpus_per_actor > 0
-    resources = ray.cluster_resources()
-    actors = scoring.actors or max(1, int(resources.get("GPU", 0) // scoring.gpus_per_actor if use_gpu
-                                          else resources.get("CPU", 1) // scoring.cpus_per_actor))
+    actors = runtime.actor_pool_size(scoring.actors, scoring.cpus_per_actor, scoring.gpus_per_actor)
     scored: ray.data.Dataset = ray.data.from_arrow(pipeline.task_tables(tasks))
     return scored.map_batches(
         DirectionScorer, batch_format="pyarrow", batch_size=1, zero_copy_batch=True,
