@@ -1,0 +1,666 @@
+"""Fast, vectorised simulator of NOvA-like dual-view pixel maps in the course HDF5 layout (:mod:`.format`).
+
+A parametric event generator, not GEANT: each event's truth (flavour, interaction mode, energy,
+inelasticity, vertex) is turned into particles, the particles into straight tracks and point clouds
+of deposited energy, and those into two 100 × 80 images with readout noise. It is physics-inspired,
+so that the course tasks (ν_μ CC, flavour, mode, energy, y) are learnable but not trivial.
+
+Physics model (our choices):
+
+* Energy: 80 % log-normal around 2 GeV (NOvA's off-axis peak), 20 % a power-law tail E^-1.5 up to
+  80 GeV. Interaction mix: :class:`Mix` (default like the course files: 88 % ν_μ CC, 1 % ν_e CC, 11 %
+  NC; CC modes DIS 55 %, RES 28 %, QE 12 %, other 5 %). NC events are elastic, RES-like or DIS-like.
+* Inelasticity: y (Bjorken, the hadronic share) ~ Beta per mode: QE low (mean 0.13), MEC ("other")
+  0.18, RES 0.35, DIS broad (0.42). ``lepenergy = (1 - y) nuenergy`` is the charged lepton (CC) or the
+  outgoing, invisible neutrino (NC), so the course target ``lepenergy / nuenergy`` is 1 - y and the
+  hadronic system carries ``(1 - lepenergy/nuenergy) · E``. Q² from the mode's x (QE x ≈ 1, RES
+  W = 1.232 GeV, DIS x ~ Beta) sets the lepton angle; the hadronic system recoils against it.
+* Hadrons: QE a proton (or an invisible neutron); MEC two nucleons; RES a nucleon and a π± or π0;
+  DIS a nucleon and 1 + Poisson(~ln W²) pions, plus a compact nuclear "blob". Charged pions and protons
+  are straight tracks that either stop (range) or end after an exponential length (λ_π = 4.5 m,
+  λ_p = 1.0 m) in a hadronic shower: long pion tracks in NC events mimic muons. π0 → γγ, each
+  photon converts after an exponential gap (9/7 X0) into an EM shower: NC π0 mimics ν_e CC.
+* Muons are minimum-ionising tracks (2 MeV/cm, range 5 m/GeV: a ~1.5 GeV muon crosses the window,
+  a 0.3 GeV one spans ~15 planes). Electrons are EM showers (X0 = 38 cm, longitudinal Gamma profile
+  with t_max = ln(E/E_c) - 0.5, core + halo lateral spread), denser per pixel than tracks.
+* ν_τ CC (E > 3.5 GeV): hadronic system plus the τ decay (μ, e or hadrons). ν-on-e: one forward
+  electron shower. Cosmics: a steep, through-going muon entering through the top (``nuenergy`` 0,
+  ``lepenergy`` the muon energy). "other": a few low-energy neutron-like blobs (``lepenergy`` 0).
+* Readout: a 3-D deposit is shared equally by the two views (NOvA's planes alternate between x and
+  y readout), so the image sum over both views × :data:`GEV_PER_COUNT` is the deposited energy in the
+  window (below saturation). Each hit pixel fluctuates (Poisson-like photostatistics, 8 % calibration
+  spread), ~4 noise hits per event are added, pixels below 3 counts are dropped, values are rounded
+  and clipped to 0..255. A muon crossing one plane gives ~16 counts per view.
+
+Pixel mapping (detector coordinates in cm: x, y ∈ ±190, z from 0 at the front, beam along +z):
+detector plane index ``z / PLANE_PITCH_CM``, detector cell indices ``(x + 190) / CELL_PITCH_CM`` and
+``(y + 190) / CELL_PITCH_CM``. Each event's window starts at whole detector planes/cells chosen so that
+the vertex lies in plane 5..20 (cosmics: 10..90) and cell ~40 ± 4 of both views (cosmics: top cell of
+view 1). Pixel (view 0, p, c) covers detector plane P0 + p and x cell X0 + c; (view 1, p, c) plane
+P0 + p and y cell Y0 + c. :func:`render_track` works in these continuous pixel coordinates: a point at
+(x, y, z) cm has plane = z / PLANE_PITCH_CM - P0, cell_x = (x + 190) / CELL_PITCH_CM - X0, likewise y.
+
+``simulate_events`` is pure (no I/O, no Ray) and deterministic for a given seed and arguments.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from neutrino_ray.nova import format as fmt
+
+# ----------------------------------------------------------------------------------------------
+# Geometry and energy scale
+PLANE_PITCH_CM = 6.6  # z extent of one image plane (NOvA plane pitch)
+CELL_PITCH_CM = 3.9  # transverse extent of one cell (NOvA cell width)
+DET_HALF_WIDTH_CM = 190.0  # active |x|, |y| (the Near Detector is ~3.8 m wide)
+VERTEX_HALF_WIDTH_CM = 160.0  # generated vertices: |x|, |y| < 160 cm
+VERTEX_Z_CM = (30.0, 1150.0)  # and 30 cm < z < 1150 cm
+VERTEX_PLANE = (5, 20)  # the vertex lies in window plane 5..20
+VERTEX_CELL, VERTEX_CELL_JITTER = 40, 4.0  # ... and around cell 40 of both views
+MIP_GEV_PER_CM = 0.002  # minimum-ionising dE/dx (range 5 m/GeV)
+GEV_PER_COUNT = 4.0e-4  # deposited GeV per pixel count (both views summed)
+MIP_COUNTS_PER_CM = MIP_GEV_PER_CM / GEV_PER_COUNT  # 5 counts/cm: ~16.5 per view per plane crossed
+SAMPLES_PER_PIXEL = 4  # track sample points per pixel crossed (along the fastest-changing axis)
+COUNTS_PER_POINT = 4.0  # counts carried by one sample point of a shower cloud
+MAX_POINTS = 3000  # ... at most this many points per cloud
+
+# ----------------------------------------------------------------------------------------------
+# Particles
+M_N, M_MU, M_PI, M_PI0, M_E, M_TAU = 0.9383, 0.10566, 0.13957, 0.13498, 0.000511, 1.777  # GeV
+X0_CM = 38.0  # radiation length (NOvA scintillator + PVC)
+EM_CRITICAL_GEV = 0.08
+CONVERSION_CM = 9.0 / 7.0 * X0_CM  # mean photon conversion length
+EM_CORE_CM, EM_HALO_CM, EM_HALO_FRACTION = 2.0, 9.0, 0.2  # EM lateral profile (Molière radius ~10 cm)
+# Mean length of a straight π± track before it ends in a hadronic shower. Longer than the physical
+# inelastic length (~1.1 m) on purpose: it keeps ~3 % of NC events with a muon-like pion track as long as
+# the median ν_μ CC event, so the ν_μ CC task stays non-trivial (see tests/test_nova_simulate.py).
+PION_LAMBDA_CM = 450.0
+PROTON_LAMBDA_CM = 100.0
+PROTON_RANGE_A, PROTON_RANGE_P = 0.0022, 1.77  # range(cm) = A * T(MeV)^P (Bragg–Kleeman, water-like)
+PROTON_QUENCH = 0.65  # Birks quenching of the dense proton ionisation
+HADRON_VISIBLE = 0.6  # visible share of the energy of hadronic showers and nuclear blobs
+MIN_TRACK_CM = 10.0  # a track prong needs this length
+MIN_SHOWER_GEV = 0.05  # a shower prong needs this energy
+TAU_DECAY_P = (0.174, 0.178, 0.648)  # τ → μ, e, hadrons
+
+# ----------------------------------------------------------------------------------------------
+# Generator
+E_CORE_MEDIAN, E_CORE_SIGMA = 2.0, 0.35  # GeV, log-normal peak
+E_TAIL_FRACTION, E_TAIL_INDEX = 0.2, 1.5  # power-law tail from 1 GeV
+E_MIN, E_MAX = 0.3, 80.0
+TAU_THRESHOLD = 3.5
+OTHER_E = (0.1, 1.5)  # GeV, "other" (low-energy junk)
+COSMIC_E = (1.0, 100.0)  # GeV, E^-2
+QE, RES, DIS, MEC = 0, 1, 2, 3  # hadronic-system kinds (MEC = the CC "other" mode)
+Y_BETA = {QE: (1.3, 9.0), RES: (2.2, 4.0), DIS: (1.1, 1.5), MEC: (1.5, 7.0)}
+Y_BETA_NC = {QE: (1.3, 9.0), RES: (2.2, 3.5), DIS: (1.2, 1.2)}  # NC elastic, RES-like, DIS-like
+NC_MODE_P = (0.2, 0.35, 0.45)  # NC elastic, RES-like, DIS-like
+PI0_FRACTION_RES = (0.35, 0.45)  # π0 share of the RES pion: CC, NC
+PROTON_FRACTION = {QE: 0.85, RES: 0.6, DIS: 0.5, MEC: 0.3}  # nucleon is a proton (else a neutron)
+
+# ----------------------------------------------------------------------------------------------
+# Readout
+PHOTO_VARIANCE = 1.0  # variance of a pixel per count (Poisson-like photostatistics)
+CALIB_SIGMA = 0.08  # relative pixel-to-pixel calibration spread
+NOISE_HITS = 4.0  # mean noise pixels per event
+NOISE_MEAN_COUNTS = 4.0  # exponential noise amplitude (counts)
+THRESHOLD = 3.0  # pixels below this many counts read 0
+CHUNK = 512  # events rendered at a time (bounds the temporary memory)
+
+# Particle kinds of the internal particle table
+MUON, ELECTRON, PI_CH, PROTON, PI0, NEUTRON, BLOB = range(7)
+# Families, in Mix order
+F_NUMU, F_NUE, F_NUTAU, F_NC, F_NU_ON_E, F_COSMIC, F_OTHER = range(7)
+
+
+# ----------------------------------------------------------------------------------------------
+# Mix
+@dataclass(frozen=True)
+class Mix:
+    """Event-class fractions (normalised when used): interaction families, and modes of CC events."""
+
+    numu_cc: float = 0.88
+    nue_cc: float = 0.01
+    nutau_cc: float = 0.0
+    nc: float = 0.11
+    nu_on_e: float = 0.0
+    cosmic: float = 0.0
+    other: float = 0.0
+    qe: float = 0.12
+    res: float = 0.28
+    dis: float = 0.55
+    other_mode: float = 0.05
+
+    FAMILIES: ClassVar[tuple[str, ...]] = ("numu_cc", "nue_cc", "nutau_cc", "nc", "nu_on_e", "cosmic", "other")
+    MODES: ClassVar[tuple[str, ...]] = ("qe", "res", "dis", "other_mode")
+
+    def __post_init__(self) -> None:
+        for k, v in asdict(self).items():
+            if not np.isfinite(v) or v < 0:
+                raise ValueError(f"mix: {k}={v} must be a finite fraction >= 0")
+        if sum(getattr(self, k) for k in self.FAMILIES) <= 0:
+            raise ValueError(f"mix: all family fractions are zero (families: {', '.join(self.FAMILIES)})")
+        if sum(getattr(self, k) for k in self.MODES) <= 0:
+            raise ValueError(f"mix: all CC mode fractions are zero (modes: {', '.join(self.MODES)})")
+
+    @classmethod
+    def parse(cls, text: str) -> Mix:
+        """'numu_cc=0.5,nue_cc=0.25,nc=0.25': families not named are 0 if any is named; modes keep defaults."""
+        values: dict[str, float] = {}
+        for item in text.split(","):
+            if not item.strip():
+                continue
+            key, sep, val = item.partition("=")
+            key = key.strip().lower().replace("-", "_")
+            if not sep:
+                raise ValueError(f"mix: {item.strip()!r} is not key=value")
+            if key not in cls.FAMILIES + cls.MODES:
+                raise ValueError(f"mix: unknown key {key!r}; families: {', '.join(cls.FAMILIES)}; "
+                                 f"CC modes: {', '.join(cls.MODES)}")
+            if key in values:
+                raise ValueError(f"mix: {key!r} given twice")
+            try:
+                values[key] = float(val)
+            except ValueError:
+                raise ValueError(f"mix: {key}={val.strip()!r} is not a number") from None
+        kwargs = dict(values)
+        if any(k in values for k in cls.FAMILIES):
+            kwargs.update({k: values.get(k, 0.0) for k in cls.FAMILIES})
+        return cls(**kwargs)
+
+    def family_fractions(self) -> dict[str, float]:
+        total = sum(getattr(self, k) for k in self.FAMILIES)
+        return {k: getattr(self, k) / total for k in self.FAMILIES}
+
+    def mode_fractions(self) -> dict[str, float]:
+        total = sum(getattr(self, k) for k in self.MODES)
+        return {k: getattr(self, k) / total for k in self.MODES}
+
+    def __str__(self) -> str:
+        """Parseable by :meth:`parse`: non-zero families, then all modes."""
+        fam = [f"{k}={getattr(self, k):g}" for k in self.FAMILIES if getattr(self, k) > 0]
+        return ",".join(fam + [f"{k}={getattr(self, k):g}" for k in self.MODES])
+
+
+# ----------------------------------------------------------------------------------------------
+# Rendering
+def _deposit(images: np.ndarray, idx: np.ndarray, w: np.ndarray) -> None:
+    """images.flat[idx] += w (repeated indices add up)."""
+    if not images.flags.c_contiguous:
+        raise ValueError("images must be C-contiguous")
+    flat = images.reshape(-1)
+    if len(idx) > flat.size // 16:
+        flat += np.bincount(idx, w, minlength=flat.size).astype(flat.dtype, copy=False)
+    elif len(idx):
+        np.add.at(flat, idx, w.astype(flat.dtype, copy=False))
+
+
+def _point_indices(shape: tuple[int, ...], event: np.ndarray, plane: np.ndarray, cell_x: np.ndarray,
+                   cell_y: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Flat indices into (N, 2, P, C) images and weights of points seen in view 0 (plane, x) and 1 (plane, y)."""
+    _, _, n_planes, n_cells = shape
+    p = np.floor(plane).astype(np.int64)
+    cx = np.floor(cell_x).astype(np.int64)
+    cy = np.floor(cell_y).astype(np.int64)
+    in_p = (p >= 0) & (p < n_planes)
+    ok0 = in_p & (cx >= 0) & (cx < n_cells)
+    ok1 = in_p & (cy >= 0) & (cy < n_cells)
+    base = event.astype(np.int64) * (2 * n_planes * n_cells) + p * n_cells
+    idx = np.concatenate([(base + cx)[ok0], (base + n_planes * n_cells + cy)[ok1]])
+    return idx, np.concatenate([w[ok0], w[ok1]])
+
+
+def _slab(p0: np.ndarray, rate: np.ndarray, hi: float) -> tuple[np.ndarray, np.ndarray]:
+    """Parameter interval [t0, t1] where p0 + t * rate lies in [0, hi] (empty: t0 > t1)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        a = (0.0 - p0) / rate
+        b = (hi - p0) / rate
+    still = rate == 0
+    inside = (p0 >= 0) & (p0 <= hi)
+    t0 = np.where(still, np.where(inside, -np.inf, np.inf), np.minimum(a, b))
+    t1 = np.where(still, np.where(inside, np.inf, -np.inf), np.maximum(a, b))
+    return t0, t1
+
+
+def _track_deposits(shape: tuple[int, ...], event: np.ndarray, plane0: np.ndarray, cell0_x: np.ndarray,
+                    cell0_y: np.ndarray, direction: np.ndarray, length_cm: np.ndarray,
+                    counts_per_cm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Flat indices and weights of straight tracks sampled at sub-pixel steps (the in-window part only)."""
+    _, _, n_planes, n_cells = shape
+    d = np.asarray(direction, np.float64).reshape(-1, 3)
+    rx, ry, rz = d[:, 0] / CELL_PITCH_CM, d[:, 1] / CELL_PITCH_CM, d[:, 2] / PLANE_PITCH_CM  # pixels per cm
+    p0, x0, y0 = (np.asarray(a, np.float64) for a in (plane0, cell0_x, cell0_y))
+    tz0, tz1 = _slab(p0, rz, n_planes)
+    tx0, tx1 = _slab(x0, rx, n_cells)
+    ty0, ty1 = _slab(y0, ry, n_cells)
+    t0 = np.maximum.reduce([np.zeros_like(p0), tz0, np.minimum(tx0, ty0)])
+    t1 = np.minimum.reduce([np.asarray(length_cm, np.float64), tz1, np.maximum(tx1, ty1)])
+    span = np.where(t1 > t0, t1 - t0, 0.0)
+    fastest = np.maximum.reduce([np.abs(rx), np.abs(ry), np.abs(rz)])  # pixels per cm along the track
+    n = np.ceil(span * fastest * SAMPLES_PER_PIXEL).astype(np.int64)
+    step = np.divide(span, n, out=np.zeros_like(span), where=n > 0)
+    track = np.repeat(np.arange(len(n)), n)
+    k = np.arange(len(track)) - np.repeat(np.cumsum(n) - n, n)
+    t = t0[track] + (k + 0.5) * step[track]
+    w = (0.5 * np.asarray(counts_per_cm, np.float64) * step)[track]  # half of the deposit to each view
+    return _point_indices(shape, np.asarray(event)[track], p0[track] + t * rz[track], x0[track] + t * rx[track],
+                          y0[track] + t * ry[track], w)
+
+
+def render_track(images: np.ndarray, event: np.ndarray, plane0: np.ndarray, cell0_x: np.ndarray, cell0_y: np.ndarray,
+                 direction: np.ndarray, length_cm: np.ndarray, counts_per_cm: np.ndarray) -> None:
+    """Add straight tracks to float ``images`` (N, 2, P, C) in place, vectorised over tracks.
+
+    Track i starts at pixel coordinates (plane0, cell0_x, cell0_y) (continuous; the pixel's lower edge is
+    the integer), runs ``length_cm`` along the 3-D unit ``direction`` (dx, dy, dz) and deposits
+    ``counts_per_cm`` counts per cm, half into view 0 (z → plane, x → cell) and half into view 1 (z → plane,
+    y → cell) of ``images[event[i]]``. Deposits outside the window are dropped.
+    """
+    idx, w = _track_deposits(images.shape, np.asarray(event), plane0, cell0_x, cell0_y, direction, length_cm,
+                             counts_per_cm)
+    _deposit(images, idx, w)
+
+
+def _orthonormal(d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Two unit vectors perpendicular to the unit vectors d (k, 3) and to each other."""
+    helper = np.where(np.abs(d[:, 2:3]) < 0.9, np.array([0.0, 0.0, 1.0]), np.array([1.0, 0.0, 0.0]))
+    u = np.cross(d, helper)
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    return u, np.cross(d, u)
+
+
+def _turn(d: np.ndarray, angle: np.ndarray, phi: np.ndarray) -> np.ndarray:
+    """Unit vectors d turned by ``angle`` at azimuth ``phi`` around themselves."""
+    u, v = _orthonormal(d)
+    out = (np.cos(angle)[:, None] * d
+           + np.sin(angle)[:, None] * (np.cos(phi)[:, None] * u + np.sin(phi)[:, None] * v))
+    return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+def _perturb(rng: np.random.Generator, d: np.ndarray, sigma: np.ndarray | float) -> np.ndarray:
+    """Unit vectors d turned by a Rayleigh(sigma) angle in a uniform azimuth."""
+    angle = np.broadcast_to(sigma, len(d)) * np.sqrt(-2.0 * np.log1p(-rng.random(len(d))))
+    return _turn(d, angle, rng.uniform(0.0, 2 * np.pi, len(d)))
+
+
+def _cloud_deposits(shape: tuple[int, ...], rng: np.random.Generator, event: np.ndarray, plane0: np.ndarray,
+                    cell0_x: np.ndarray, cell0_y: np.ndarray, direction: np.ndarray, counts: np.ndarray,
+                    depth_shape: np.ndarray, depth_scale_cm: np.ndarray, core_cm: np.ndarray, halo_cm: np.ndarray,
+                    halo_fraction: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Showers as random point clouds: depth ~ Gamma(shape, scale) along the axis, Gaussian core + halo across."""
+    k = np.clip(np.ceil(counts / COUNTS_PER_POINT), 3, MAX_POINTS).astype(np.int64)
+    c = np.repeat(np.arange(len(k)), k)
+    depth = rng.gamma(depth_shape[c]) * depth_scale_cm[c]
+    sigma = np.where(rng.random(len(c)) < halo_fraction[c], halo_cm[c], core_cm[c])
+    a, b = rng.standard_normal((2, len(c))) * sigma
+    u, v = _orthonormal(direction)
+    pos = depth[:, None] * direction[c] + a[:, None] * u[c] + b[:, None] * v[c]  # cm from the start
+    w = (0.5 * counts / k)[c]
+    return _point_indices(shape, event[c], plane0[c] + pos[:, 2] / PLANE_PITCH_CM,
+                          cell0_x[c] + pos[:, 0] / CELL_PITCH_CM, cell0_y[c] + pos[:, 1] / CELL_PITCH_CM, w)
+
+
+# ----------------------------------------------------------------------------------------------
+# Particles → tracks and clouds
+class _Table:
+    """Growing columns of equal length, concatenated on demand."""
+
+    def __init__(self, *names: str) -> None:
+        self.cols: dict[str, list[np.ndarray]] = {k: [] for k in names}
+
+    def add(self, **cols: np.ndarray | float) -> None:
+        n = max(np.shape(v)[0] for v in cols.values() if np.ndim(v) > 0)
+        for k, parts in self.cols.items():
+            v = np.asarray(cols[k])
+            parts.append(np.broadcast_to(v, (n, *v.shape[1:])) if v.ndim == 0 else v)
+
+    def get(self) -> dict[str, np.ndarray]:
+        out = {}
+        for k, parts in self.cols.items():
+            out[k] = np.concatenate(parts) if parts else np.zeros((0, 3) if k in ("dir", "off") else 0)
+        return out
+
+
+def _particles() -> _Table:
+    return _Table("ev", "kind", "e", "dir", "off")
+
+
+def _em_cloud(clouds: _Table, ev: np.ndarray, off: np.ndarray, d: np.ndarray, e: np.ndarray, c: float) -> None:
+    t_max = np.maximum(np.log(np.maximum(e, 1e-3) / EM_CRITICAL_GEV) + c, 0.3)
+    clouds.add(ev=ev, off=off, dir=d, counts=e / GEV_PER_COUNT, shape=0.5 * t_max + 1.0, scale=X0_CM / 0.5,
+               core=EM_CORE_CM, halo=EM_HALO_CM, halo_f=EM_HALO_FRACTION)
+
+
+def _had_cloud(clouds: _Table, ev: np.ndarray, off: np.ndarray, d: np.ndarray, e_visible: np.ndarray,
+               compact: bool) -> None:
+    if compact:  # nuclear fragments, neutron recoils
+        mean = 8.0 + 8.0 * np.log1p(e_visible / 0.2)
+        clouds.add(ev=ev, off=off, dir=d, counts=e_visible / GEV_PER_COUNT, shape=1.5, scale=mean / 1.5,
+                   core=5.0, halo=15.0, halo_f=0.35)
+    else:  # the shower of an interacting hadron
+        mean = 20.0 + 20.0 * np.log1p(e_visible / 0.3)
+        clouds.add(ev=ev, off=off, dir=d, counts=e_visible / GEV_PER_COUNT, shape=2.0, scale=mean / 2.0,
+                   core=7.0, halo=22.0, halo_f=0.45)
+
+
+def _to_deposits(rng: np.random.Generator, p: dict[str, np.ndarray], n: int
+                 ) -> tuple[_Table, _Table, np.ndarray, np.ndarray]:
+    """Tracks and clouds (offsets in cm from the vertex) of the particles, and visible track / shower prongs."""
+    tracks = _Table("ev", "off", "dir", "length", "cpc")
+    clouds = _Table("ev", "off", "dir", "counts", "shape", "scale", "core", "halo", "halo_f")
+    is_track = np.zeros(len(p["ev"]), bool)
+    n_showers = np.zeros(len(p["ev"]), np.int64)
+    kind, e = p["kind"], p["e"]
+
+    m = kind == MUON
+    length = np.maximum(e[m] - M_MU, 0.0) / MIP_GEV_PER_CM
+    tracks.add(ev=p["ev"][m], off=p["off"][m], dir=p["dir"][m], length=length, cpc=MIP_COUNTS_PER_CM)
+    is_track[m] = length >= MIN_TRACK_CM
+
+    for hadron in (PI_CH, PROTON):  # tracks that stop or interact
+        m = kind == hadron
+        t = e[m]
+        if hadron == PI_CH:
+            full = t / MIP_GEV_PER_CM
+            lam = PION_LAMBDA_CM
+        else:
+            full = PROTON_RANGE_A * (1000.0 * t) ** PROTON_RANGE_P
+            lam = PROTON_LAMBDA_CM
+        length = np.minimum(full, rng.exponential(lam, len(t)))
+        if hadron == PI_CH:
+            left = t - length * MIP_GEV_PER_CM
+            cpc = np.full(len(t), MIP_COUNTS_PER_CM)
+        else:
+            left = ((full - length) / PROTON_RANGE_A) ** (1.0 / PROTON_RANGE_P) / 1000.0
+            cpc = PROTON_QUENCH * np.divide(t - left, length, out=np.zeros_like(t), where=length > 0) / GEV_PER_COUNT
+        left = np.maximum(left, 0.0)
+        tracks.add(ev=p["ev"][m], off=p["off"][m], dir=p["dir"][m], length=length, cpc=cpc)
+        is_track[m] = length >= MIN_TRACK_CM
+        hit = left > 0.01
+        end = p["off"][m][hit] + length[hit, None] * p["dir"][m][hit]
+        _had_cloud(clouds, p["ev"][m][hit], end, p["dir"][m][hit], HADRON_VISIBLE * left[hit], compact=False)
+
+    m = kind == ELECTRON
+    _em_cloud(clouds, p["ev"][m], p["off"][m], p["dir"][m], e[m], -0.5)
+    n_showers[m] = e[m] >= MIN_SHOWER_GEV
+
+    m = kind == PI0  # → γγ, flat energy sharing, opening angle from the π0 mass, conversion gaps
+    idx = np.flatnonzero(m)
+    big_e = np.maximum(e[m], M_PI0 * 1.0001)
+    beta = np.sqrt(1.0 - (M_PI0 / big_e) ** 2)
+    e1 = 0.5 * big_e * (1.0 + beta * rng.uniform(-1.0, 1.0, len(big_e)))
+    e2 = big_e - e1
+    opening = np.arccos(np.clip(1.0 - M_PI0**2 / (2.0 * np.maximum(e1 * e2, 1e-9)), -1.0, 1.0))
+    phi = rng.uniform(0.0, 2 * np.pi, len(big_e))
+    for eg, angle, az in ((e1, opening * e2 / big_e, phi), (e2, opening * e1 / big_e, phi + np.pi)):
+        d = _turn(p["dir"][m], angle, az)
+        gap = rng.exponential(CONVERSION_CM, len(eg))
+        _em_cloud(clouds, p["ev"][m], p["off"][m] + gap[:, None] * d, d, eg, 0.5)
+        n_showers[idx] += eg >= MIN_SHOWER_GEV
+
+    m = kind == NEUTRON  # invisible, or one recoil-proton blob some way off
+    hit = rng.random(int(m.sum())) < 0.6
+    ev, d, t = p["ev"][m][hit], p["dir"][m][hit], e[m][hit]
+    off = p["off"][m][hit] + rng.exponential(70.0, len(t))[:, None] * d
+    _had_cloud(clouds, ev, off, d, HADRON_VISIBLE * t * rng.uniform(0.1, 0.5, len(t)), compact=True)
+
+    m = kind == BLOB
+    _had_cloud(clouds, p["ev"][m], p["off"][m], p["dir"][m], e[m], compact=True)
+
+    n_tracks = np.bincount(p["ev"], is_track, minlength=n).astype(np.int64)
+    return tracks, clouds, n_tracks, np.bincount(p["ev"], n_showers, minlength=n).astype(np.int64)
+
+
+# ----------------------------------------------------------------------------------------------
+# Event generation
+def _energies(rng: np.random.Generator, n: int, lo: float = E_MIN) -> np.ndarray:
+    """NOvA-like spectrum: a log-normal peak at 2 GeV and an E^-1.5 tail to 80 GeV, restricted to >= lo."""
+    core = E_CORE_MEDIAN * np.exp(E_CORE_SIGMA * rng.standard_normal(n))
+    g = 1.0 - E_TAIL_INDEX
+    t_lo = max(lo, 1.0)
+    tail = (t_lo**g + rng.random(n) * (E_MAX**g - t_lo**g)) ** (1.0 / g)
+    e = np.where((rng.random(n) < E_TAIL_FRACTION) | (core < lo), tail, core)
+    return np.clip(e, lo, E_MAX)
+
+
+def _hadron_spread(e: np.ndarray) -> np.ndarray:
+    """Rayleigh angle (rad) of a hadron of energy e (GeV) around the hadronic-system direction."""
+    return np.clip(0.1 + 0.3 / np.sqrt(np.maximum(e, 0.05)), 0.15, 1.2)
+
+
+def _hadrons(rng: np.random.Generator, out: _Table, ev: np.ndarray, nu: np.ndarray, q2: np.ndarray,
+             direction: np.ndarray, kind: np.ndarray, nc: np.ndarray) -> None:
+    """The hadronic system (energy nu, GeV, along ``direction``) of events ev as particles."""
+    zero = np.zeros((len(ev), 3))
+    for mode in (QE, MEC):
+        m = kind == mode
+        n_nucleons = 1 if mode == QE else 2
+        share = rng.uniform(0.2, 0.8, int(m.sum())) if mode == MEC else np.ones(int(m.sum()))
+        t_all = nu[m] * rng.uniform(0.85, 1.0, int(m.sum()))
+        out.add(ev=ev[m], kind=BLOB, e=HADRON_VISIBLE * (nu[m] - t_all), dir=direction[m], off=zero[m])
+        for i in range(n_nucleons):
+            t = t_all * (share if i == 0 else 1.0 - share)
+            proton = rng.random(len(t)) < (PROTON_FRACTION[mode] if i else max(PROTON_FRACTION[mode], 0.85))
+            out.add(ev=ev[m], kind=np.where(proton, PROTON, NEUTRON), e=t,
+                    dir=_perturb(rng, direction[m], 0.15 if mode == QE else 0.5), off=zero[m])
+
+    m = kind == RES
+    k = int(m.sum())
+    e_pi = np.minimum(np.maximum(nu[m] * rng.uniform(0.4, 0.8, k), M_PI + 0.02), nu[m])
+    pi0 = rng.random(k) < np.where(nc[m], PI0_FRACTION_RES[1], PI0_FRACTION_RES[0])
+    out.add(ev=ev[m], kind=np.where(pi0, PI0, PI_CH), e=np.where(pi0, e_pi, np.maximum(e_pi - M_PI, 0.0)),
+            dir=_perturb(rng, direction[m], _hadron_spread(e_pi)), off=zero[m])
+    t_n = np.maximum(nu[m] - e_pi, 0.0)
+    proton = rng.random(k) < PROTON_FRACTION[RES]
+    out.add(ev=ev[m], kind=np.where(proton, PROTON, NEUTRON), e=0.9 * t_n, dir=_perturb(rng, direction[m], 0.5),
+            off=zero[m])
+    out.add(ev=ev[m], kind=BLOB, e=HADRON_VISIBLE * 0.1 * t_n, dir=direction[m], off=zero[m])
+
+    m = kind == DIS
+    w2 = np.maximum(M_N**2 + 2 * M_N * nu[m] - q2[m], 1.2)
+    n_mesons = 1 + rng.poisson(np.clip(0.9 * np.log(w2), 0.2, 5.0))
+    mev = np.repeat(np.flatnonzero(m), n_mesons)  # positions into ev of each meson
+    s_meson = rng.gamma(0.5, size=len(mev))
+    s_nucleon, s_blob = rng.gamma(0.4, size=int(m.sum())), rng.gamma(0.5, size=int(m.sum()))
+    total = np.bincount(mev, s_meson, minlength=len(ev))[m] + s_nucleon + s_blob
+    norm = np.zeros(len(ev))
+    norm[m] = nu[m] / total
+    e_m = s_meson * norm[mev]
+    pi0 = rng.random(len(mev)) < 1.0 / 3.0
+    real = e_m > np.where(pi0, M_PI0, M_PI)  # too soft for a pion: goes to the blob
+    spread = _hadron_spread(e_m)
+    out.add(ev=ev[mev][real], kind=np.where(pi0, PI0, PI_CH)[real], e=np.where(pi0, e_m, e_m - M_PI)[real],
+            dir=_perturb(rng, direction[mev], spread)[real], off=zero[mev][real])
+    soft = np.bincount(mev, np.where(real, 0.0, e_m), minlength=len(ev))[m]
+    proton = rng.random(int(m.sum())) < PROTON_FRACTION[DIS]
+    out.add(ev=ev[m], kind=np.where(proton, PROTON, NEUTRON), e=s_nucleon * norm[m],
+            dir=_perturb(rng, direction[m], 0.6), off=zero[m])
+    out.add(ev=ev[m], kind=BLOB, e=HADRON_VISIBLE * (s_blob * norm[m] + soft), dir=direction[m], off=zero[m])
+
+
+def _parents(rng: np.random.Generator, family: np.ndarray, energy: np.ndarray) -> np.ndarray:
+    """Neutrino parent codes: ν_μ mostly from π (211), K (321) growing with energy, a few μ (13);
+    ν_e from μ (13), K (321) and K0L (130); cosmics 0."""
+    u = rng.random(len(family))
+    p_k = np.clip(0.06 + 0.02 * energy, 0.0, 0.6)
+    numu = np.where(u < p_k, 321, np.where(u < p_k + 0.02, 13, 211))
+    nue = np.where(u < 0.5, 13, np.where(u < 0.92, 321, 130))
+    return np.select([family == F_NUE, family == F_COSMIC], [nue, 0], numu).astype(np.uint32)
+
+
+def _chunk(rng: np.random.Generator, n: int, mix: Mix) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """n events: (n, 2, 100, 80) uint8 images and the truth fields that depend on the physics."""
+    family = rng.choice(7, size=n, p=np.array(list(mix.family_fractions().values())))
+    cc_mode = rng.choice(4, size=n, p=np.array(list(mix.mode_fractions().values())))
+    nc_mode = rng.choice(3, size=n, p=np.array(NC_MODE_P))
+    is_cc = family <= F_NUTAU
+    had_kind = np.where(family == F_NC, nc_mode, cc_mode)
+
+    energy = _energies(rng, n)
+    tau = family == F_NUTAU
+    energy[tau] = _energies(rng, int(tau.sum()), TAU_THRESHOLD)
+    other = family == F_OTHER
+    energy[other] = rng.uniform(*OTHER_E, int(other.sum()))
+
+    y = np.zeros(n)
+    for nc, table in ((False, Y_BETA), (True, Y_BETA_NC)):
+        for mode, (a, b) in table.items():
+            sel = (had_kind == mode) & ((family == F_NC) == nc)
+            y[sel] = rng.beta(a, b, int(sel.sum()))
+    m_lep = np.select([family == F_NUMU, family == F_NUE, tau], [M_MU, M_E, M_TAU], 0.0)
+    y = np.clip(y, 0.005, np.minimum(0.995, 1.0 - (m_lep + 0.02) / energy))
+    e_lep = (1.0 - y) * energy
+    nu = y * energy
+    x = np.select([had_kind == DIS, (had_kind == QE) | (had_kind == MEC)],
+                  [rng.beta(0.9, 2.4, n), np.clip(rng.normal(1.0, 0.1, n), 0.5, 1.5)], 0.0)
+    q2 = np.where(had_kind == RES, np.maximum(2 * M_N * nu - (1.232**2 - M_N**2), 0.005), 2 * M_N * nu * x)
+    cos_l = np.clip(1.0 - q2 / (2.0 * energy * e_lep), -1.0, 1.0)
+    beam = np.tile([0.0, 0.0, 1.0], (n, 1))
+    lep_dir = _turn(beam, np.arccos(cos_l), rng.uniform(0.0, 2 * np.pi, n))
+    p_lep = np.sqrt(np.maximum(e_lep**2 - m_lep**2, 0.0))
+    p_had = energy[:, None] * beam - p_lep[:, None] * lep_dir
+    had_dir = p_had / np.maximum(np.linalg.norm(p_had, axis=1, keepdims=True), 1e-9)
+
+    parts = _particles()
+    zero = np.zeros((n, 3))
+    ids = np.arange(n)
+    for fam, kind in ((F_NUMU, MUON), (F_NUE, ELECTRON)):
+        s = family == fam
+        parts.add(ev=ids[s], kind=kind, e=e_lep[s], dir=lep_dir[s], off=zero[s])
+    hadronic = is_cc | (family == F_NC)
+    _hadrons(rng, parts, ids[hadronic], nu[hadronic], q2[hadronic], had_dir[hadronic], had_kind[hadronic],
+             family[hadronic] == F_NC)
+    # τ decays: μ, e or hadrons (π± and maybe a π0); the neutrinos are invisible
+    decay = rng.choice(3, size=n, p=np.array(TAU_DECAY_P))
+    for channel, kind, lo, hi in ((0, MUON, 0.15, 0.7), (1, ELECTRON, 0.1, 0.7), (2, PI_CH, 0.2, 0.6)):
+        s = tau & (decay == channel)
+        e_d = e_lep[s] * rng.uniform(lo, hi, int(s.sum()))
+        parts.add(ev=ids[s], kind=kind, e=np.maximum(e_d, M_MU + 0.01) if kind == MUON else e_d,
+                  dir=_perturb(rng, lep_dir[s], 0.05), off=zero[s])
+    tau_pi0 = tau & (decay == 2) & (rng.random(n) < 0.6)
+    parts.add(ev=ids[tau_pi0], kind=PI0, e=e_lep[tau_pi0] * rng.uniform(0.1, 0.35, int(tau_pi0.sum())),
+              dir=_perturb(rng, lep_dir[tau_pi0], 0.1), off=zero[tau_pi0])
+    # ν-on-e: one very forward electron
+    s = family == F_NU_ON_E
+    y_e = rng.uniform(0.05, 1.0, int(s.sum()))
+    e_e = y_e * energy[s]
+    e_lep[s] = e_e
+    parts.add(ev=ids[s], kind=ELECTRON, e=e_e, dir=_perturb(rng, beam[s], np.sqrt(2 * M_E * (1 - y_e) / e_e)),
+              off=zero[s])
+    # other: a few low-energy blobs around the vertex
+    n_blobs = np.where(other, rng.integers(1, 4, n), 0)
+    bev = np.repeat(ids, n_blobs)
+    iso = rng.standard_normal((len(bev), 3))
+    iso /= np.linalg.norm(iso, axis=1, keepdims=True)
+    parts.add(ev=bev, kind=BLOB, e=rng.uniform(0.01, 0.15, len(bev)), dir=iso,
+              off=iso * rng.uniform(0.0, 80.0, len(bev))[:, None])
+    e_lep[other] = 0.0
+
+    p = parts.get()
+    tracks, clouds, n_tracks, n_showers = _to_deposits(rng, p, n)
+
+    # cosmics: a steep through-going muon entering through the top of the window (cos² zenith)
+    cosmic = family == F_COSMIC
+    k = int(cosmic.sum())
+    cos_z = rng.random(k) ** (1.0 / 3.0)
+    sin_z, az = np.sqrt(1.0 - cos_z**2), rng.uniform(0.0, 2 * np.pi, k)
+    cdir = np.column_stack([sin_z * np.cos(az), -cos_z, sin_z * np.sin(az)])
+    tracks.add(ev=ids[cosmic], off=zero[cosmic], dir=cdir, length=5000.0, cpc=MIP_COUNTS_PER_CM)
+    n_tracks[cosmic] = 1
+    e_mu = 1.0 / (1.0 / COSMIC_E[0] - rng.random(k) * (1.0 / COSMIC_E[0] - 1.0 / COSMIC_E[1]))  # E^-2
+    e_lep[cosmic] = e_mu
+    energy[cosmic] = 0.0
+
+    # vertices and windows (see the module docstring)
+    vtx = np.column_stack([rng.uniform(-VERTEX_HALF_WIDTH_CM, VERTEX_HALF_WIDTH_CM, (n, 2)),
+                           rng.uniform(*VERTEX_Z_CM, n)])
+    vtx[cosmic, 1] = DET_HALF_WIDTH_CM - rng.uniform(0.0, CELL_PITCH_CM, k)
+    det_p = vtx[:, 2] / PLANE_PITCH_CM
+    det_x, det_y = (vtx[:, :2] + DET_HALF_WIDTH_CM).T / CELL_PITCH_CM
+    win_p = np.where(cosmic, rng.integers(10, 91, n), rng.integers(VERTEX_PLANE[0], VERTEX_PLANE[1] + 1, n))
+    cell_jitter = np.rint(rng.normal(0.0, VERTEX_CELL_JITTER, (2, n))).astype(np.int64)
+    win_x = VERTEX_CELL + cell_jitter[0]
+    win_y = np.where(cosmic, fmt.CELLS - 1, VERTEX_CELL + cell_jitter[1])
+    vp = det_p - (np.floor(det_p) - win_p)
+    vx = det_x - (np.floor(det_x) - win_x)
+    vy = det_y - (np.floor(det_y) - win_y)
+
+    shape = (n, fmt.VIEWS, fmt.PLANES, fmt.CELLS)
+    t, c = tracks.get(), clouds.get()
+    ti, tw = _track_deposits(shape, t["ev"], vp[t["ev"]] + t["off"][:, 2] / PLANE_PITCH_CM,
+                             vx[t["ev"]] + t["off"][:, 0] / CELL_PITCH_CM, vy[t["ev"]] + t["off"][:, 1] / CELL_PITCH_CM,
+                             t["dir"], t["length"], t["cpc"])
+    ci, cw = _cloud_deposits(shape, rng, c["ev"], vp[c["ev"]] + c["off"][:, 2] / PLANE_PITCH_CM,
+                             vx[c["ev"]] + c["off"][:, 0] / CELL_PITCH_CM, vy[c["ev"]] + c["off"][:, 1] / CELL_PITCH_CM,
+                             c["dir"], c["counts"], c["shape"], c["scale"], c["core"], c["halo"], c["halo_f"])
+    images = np.zeros(shape, np.float32)
+    _deposit(images, np.concatenate([ti, ci]), np.concatenate([tw, cw]))
+    maps = _readout(rng, images)
+
+    prongs = n_tracks + n_showers
+    fs_family = np.select([family == F_NUMU, family == F_NUE, family == F_NC], [0, 1, 2], -1)
+    finalstate = np.where(fs_family >= 0, fmt.finalstate_code(np.maximum(fs_family, 0), n_tracks, n_showers),
+                          np.where(cosmic, fmt.FS_COSMIC, fmt.FS_OTHER))
+    interaction = np.select(
+        [family == F_NUMU, family == F_NUE, tau, family == F_NU_ON_E, family == F_NC, cosmic],
+        [cc_mode, 4 + cc_mode, 8 + cc_mode, fmt.NU_ON_E, fmt.NC, fmt.COSMIC], fmt.OTHER)
+    visible = p["kind"] != BLOB
+    invisible_nu = np.select([family == F_NC, family == F_NU_ON_E, tau & (decay < 2), tau], [1, 1, 2, 1], 0)
+    particles = (np.bincount(p["ev"][visible], minlength=n) + np.bincount(p["ev"][p["kind"] == PI0], minlength=n)
+                 + invisible_nu + n_blobs + cosmic)  # a π0 counts as its two photons
+    return maps, {
+        "interaction": interaction.astype(np.uint32), "finalstate": finalstate.astype(np.uint32),
+        "finalstateprong": prongs.astype(np.uint32), "particles": particles.astype(np.uint32),
+        "lepenergy": e_lep.astype(np.float32), "nuenergy": energy.astype(np.float32),
+        "parent": _parents(rng, family, energy), "vtxx": vtx[:, 0], "vtxy": vtx[:, 1], "vtxz": vtx[:, 2],
+    }
+
+
+def _readout(rng: np.random.Generator, images: np.ndarray) -> np.ndarray:
+    """Deposited counts → quantised pixels: fluctuations, noise hits, threshold, rounding, 0..255."""
+    flat = images.reshape(-1)
+    hit = np.flatnonzero(flat)
+    v = flat[hit].astype(np.float64)
+    v = v * (1.0 + CALIB_SIGMA * rng.standard_normal(len(v))) + np.sqrt(PHOTO_VARIANCE * v) * rng.standard_normal(
+        len(v))
+    flat[hit] = v
+    n_noise = rng.poisson(NOISE_HITS * len(images))
+    noise_at = rng.integers(0, flat.size, n_noise)
+    np.add.at(flat, noise_at, rng.exponential(NOISE_MEAN_COUNTS, n_noise).astype(np.float32))
+    out = np.zeros(flat.size, np.uint8)
+    at = np.concatenate([hit, noise_at])
+    val = flat[at]
+    keep = val >= THRESHOLD
+    out[at[keep]] = np.clip(np.rint(val[keep]), 0, 255).astype(np.uint8)
+    return out.reshape(images.shape)
+
+
+def simulate_events(seed: int, n: int, mix: Mix | None = None, first_index: int = 0, run: int = 1000,
+                    subrun: int = 0) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(cvnmap (n, 2, 100, 80) uint8, fields): every key of ``format.FIELDS`` as a 1-D array of length n with
+    that dtype. Same seed and arguments → identical output."""
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    mix = mix or Mix()
+    rng = np.random.default_rng(seed)
+    maps = np.zeros((n, fmt.VIEWS, fmt.PLANES, fmt.CELLS), np.uint8)
+    parts: list[dict[str, np.ndarray]] = []
+    for lo in range(0, n, CHUNK):
+        hi = min(n, lo + CHUNK)
+        maps[lo:hi], truth = _chunk(rng, hi - lo, mix)
+        parts.append(truth)
+    index = first_index + np.arange(n, dtype=np.int64)
+    fields: dict[str, np.ndarray] = {k: np.concatenate([p[k] for p in parts]) if parts else np.zeros(0)
+                                     for k in ("interaction", "finalstate", "finalstateprong", "particles",
+                                               "lepenergy", "nuenergy", "parent", "vtxx", "vtxy", "vtxz")}
+    fields["cycle"] = index // 500
+    fields["evt"] = first_index + np.cumsum(rng.integers(1, 4, n))
+    fields["subevt"] = rng.integers(0, 6, n)
+    fields["rec.training.trainingdata_idx"] = index
+    fields["run"] = np.full(n, run)
+    fields["subrun"] = np.full(n, subrun)
+    return maps, {k: np.asarray(fields[k]).astype(dtype) for k, dtype in fmt.FIELDS.items()}

@@ -1,0 +1,154 @@
+"""NOvA end to end: simulate → train (every task, the scaffold) → predict → evaluate, balancing, bad models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from neutrino_ray import storage
+from neutrino_ray.cli import main
+from neutrino_ray.errors import InputError
+from neutrino_ray.nova import data, models, targets, train
+from neutrino_ray.nova import format as fmt
+from neutrino_ray.nova.predict import PREDICTIONS, score_events
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three small files with a flavour-rich mix (every task has every class)."""
+    out = tmp_path_factory.mktemp("nova") / "data"
+    assert main(["-q", "simulate", "nova", str(out), "--files", "3", "--events-per-file", "400", "--seed", "5",
+                 "--mix", "numu_cc=0.5,nue_cc=0.2,nc=0.3"]) == 0
+    return out
+
+
+def test_simulated_layout(sim: Path) -> None:
+    files = data.list_files(str(sim))
+    assert [Path(f).name for f in files] == ["neutrino1.h5", "neutrino2.h5", "neutrino3.h5"]
+    assert storage.read_manifest(str(sim))["events"] == 1200
+    scan = data.scan(str(sim))
+    idx = np.concatenate([m.fields["rec.training.trainingdata_idx"] for m in scan.files])
+    assert np.array_equal(idx, np.arange(1200))
+
+
+def batch_of(sim: Path, n: int = 96):
+    scan = data.scan(str(sim))
+    return data.read_slice(data.plan_slices(scan.files, None, n)[0])
+
+
+@pytest.mark.parametrize("target", targets.TASKS)
+def test_every_task_learns_a_few_steps(sim: Path, target: str) -> None:
+    """The task's collate, loss and validation, a few optimiser steps on tiny data: the loss goes down."""
+    table = batch_of(sim)
+    _, ok = targets.targets(target, {c: table.column(c).to_numpy() for c in fmt.FIELDS})
+    table = table.filter(ok)
+    task = train.NovaTask(target=target, model="small")
+    torch.manual_seed(0)
+    model = task.build_model()
+    b = task.collate(table, torch.device("cpu"))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(25):
+        loss = task.loss(model, b)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.7 * losses[0], losses
+    model.eval()
+    with torch.no_grad():
+        metrics = task.validation_metrics(task.validation_sums(model, b))
+    assert metrics["val_events"] == len(table) and task.val_metric in metrics
+    values = task.values(task.forward(model, b["x"]))
+    if task.classes:
+        assert torch.allclose(values.sum(dim=1), torch.ones(len(table)))
+    else:
+        assert (values > 0).all() and (target != "y" or (values < 1).all())
+
+
+def test_towers_see_their_own_view_only() -> None:
+    model = models.DualViewCNN(models.SIZES["small"], 2).eval()
+    x = torch.zeros(2, 2, 100, 80, dtype=torch.uint8)
+    x[1, 1, 40:60, 10] = 30  # only view 1 differs between the two events
+    h = model.towers(models.scale_pixels(x))
+    c = models.SIZES["small"].channels[-1]
+    assert torch.equal(h[0, :c], h[1, :c]) and not torch.equal(h[0, c:], h[1, c:])
+
+
+def test_plan_balancing_and_validation_tail(sim: Path) -> None:
+    scan = data.scan(str(sim))
+    y = np.concatenate([targets.targets("flavour", m.fields)[0] for m in scan.files])
+    p = train.plan(scan.files, "flavour", "undersample", 100, seed=1, where="sim")
+    counts = list(p.train_counts.values())
+    assert len(set(counts)) == 1 and counts[0] == min(p.class_counts.values())
+    assert p.n_val == 100 and p.out_of_task == int((y < 0).sum())
+    # the validation set is the last 100 in-task events, disjoint from training
+    in_task = np.flatnonzero(y >= 0)
+    offsets = np.cumsum([0] + [m.n_events for m in scan.files])
+    val_global = np.concatenate([offsets[i] + r for i, r in enumerate(p.val)])
+    train_global = np.concatenate([offsets[i] + r for i, r in enumerate(p.train)])
+    assert np.array_equal(np.sort(val_global), in_task[-100:]) and not set(val_global) & set(train_global)
+    assert p.class_weights is None
+    again = train.plan(scan.files, "flavour", "undersample", 100, seed=1, where="sim")
+    assert all(np.array_equal(a, b) for a, b in zip(p.train, again.train))
+
+    w = train.plan(scan.files, "flavour", "weights", 100, seed=1, where="sim")
+    n = np.array(list(w.class_counts.values()), float)
+    assert np.allclose(w.class_weights, n.sum() / (3 * n)) and w.n_train == sum(w.class_counts.values())
+    assert train.plan(scan.files, "flavour", "none", 100, seed=1, where="sim").class_weights is None
+    with pytest.raises(InputError, match="applies to classification"):
+        train.plan(scan.files, "energy", "undersample", 100, seed=1, where="sim")
+    with pytest.raises(InputError, match="leaves no training events"):
+        train.plan(scan.files, "numu-cc", "none", 5000, seed=1, where="sim")
+
+
+def test_train_predict_evaluate_cli(sim: Path, tmp_path: Path) -> None:
+    """The scaffold (Ray Train) end to end for one task, then actor-pool scoring and the analysis."""
+    out = tmp_path / "run"
+    assert main(["-q", "nova", "train", str(sim), "--task", "numu-cc", "--out", str(out), "--epochs", "2",
+                 "--val-events", "100", "--batch-size", "32", "--balance", "weights"]) == 0
+    config = json.loads((out / "model" / "config.json").read_text())
+    assert config["task"] == "nova-numu-cc" and config["data"]["balance"] == "weights"
+    assert config["data"]["train_events"] == 1100 and config["training"]["epochs"] == 2
+    assert main(["-q", "nova", "predict", str(sim), "--model", str(out / "model"), "--out", str(tmp_path / "pred"),
+                 "--events-per-task", "150", "--actors", "2"]) == 0
+    pred = pq.read_table(tmp_path / "pred" / PREDICTIONS)
+    assert pred.schema.metadata[b"neutrino_ray.task"] == b"nova-numu-cc"
+    assert pred.column("file").to_pylist() == [f"neutrino{i}.h5" for i in (1, 2, 3) for _ in range(400)]
+    assert pred.column("index").to_pylist() == list(range(400)) * 3
+    p = np.stack([pred.column("prob_other").to_numpy(), pred.column("prob_numu-CC").to_numpy()], axis=1)
+    assert np.allclose(p.sum(axis=1), 1, atol=1e-5)
+    # actor scoring equals scoring in this process
+    task, model, _ = train.load_task_and_model(str(out / "model"))
+    torch.set_num_threads(1)
+    local = score_events(task, model, data.read_slice(data.plan_slices(data.scan(str(sim)).files, None, 400)[1]),
+                         256, torch.device("cpu"))
+    assert np.allclose(local.column("prob_numu-CC").to_numpy(), pred.column("prob_numu-CC").to_numpy()[400:800],
+                       atol=1e-6)
+    assert main(["-q", "nova", "evaluate", str(sim), "--predictions", str(tmp_path / "pred" / PREDICTIONS),
+                 "--out", str(tmp_path / "eval")]) == 0
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert report["n_events"] == 1200 and 0 <= report["roc_auc"] <= 1
+    assert (tmp_path / "eval" / "roc.png").read_bytes().startswith(b"\x89PNG")
+    assert "numu-cc" in (tmp_path / "eval" / "summary.md").read_text()
+
+
+def test_bad_models_and_predictions_refused(sim: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["nova", "predict", str(sim), "--model", str(tmp_path / "nothing"), "--out", str(tmp_path / "o")]) == 2
+    assert "no trained model here" in capsys.readouterr().err
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "config.json").write_text(json.dumps({"format": "neutrino-ray torch model v1",
+                                                    "task": "icecube-direction"}))
+    assert main(["nova", "predict", str(sim), "--model", str(foreign), "--out", str(tmp_path / "o")]) == 2
+    assert "'icecube-direction'" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+    bogus = tmp_path / "bogus.parquet"
+    pq.write_table(batch_of(sim, 10).select(["file", "index"]), bogus)
+    assert main(["nova", "evaluate", str(sim), "--predictions", str(bogus), "--out", str(tmp_path / "e")]) == 2
+    assert "not NOvA predictions" in capsys.readouterr().err

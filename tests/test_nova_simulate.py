@@ -1,0 +1,277 @@
+"""Tests of the NOvA pixel-map simulator: layout and dtypes, determinism, the HDF5 round trip, view
+orientation, the class mix, truth consistency and the physics that makes the tasks learnable but not trivial."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import time
+
+import h5py
+import numpy as np
+import pytest
+
+from neutrino_ray.nova import format as fmt
+from neutrino_ray.nova import simulate as sim
+
+N_MIX = 20_000
+MIN_EVENTS_PER_S = 1_000  # measured ~3,000-4,000 on one core; loose for busy CI machines
+
+
+@pytest.fixture(scope="module")
+def default_events() -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    return sim.simulate_events(seed=11, n=N_MIX)
+
+
+@pytest.fixture(scope="module")
+def numu_nc_events() -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    return sim.simulate_events(seed=12, n=10_000, mix=sim.Mix.parse("numu_cc=0.5,nc=0.5"))
+
+
+def _extent(maps: np.ndarray) -> np.ndarray:
+    """Planes from the first to the last with >= 20 counts in >= 2 pixels (both views): noise hits are single pixels."""
+    hits = (maps > 0).sum(axis=(1, 3))
+    counts = maps.astype(np.int64).sum(axis=(1, 3))
+    active = (counts >= 20) & (hits >= 2)
+    first = np.argmax(active, axis=1)
+    last = maps.shape[2] - 1 - np.argmax(active[:, ::-1], axis=1)
+    return np.where(active.any(axis=1), last - first + 1, 0)
+
+
+def _within(frac: float, expected: float, n: int, sigmas: float = 5.0) -> bool:
+    return abs(frac - expected) <= sigmas * np.sqrt(max(expected * (1 - expected), 1e-4) / n) + 1e-9
+
+
+# ----------------------------------------------------------------------------------------------
+# Layout, determinism, HDF5
+def test_shapes_and_dtypes() -> None:
+    maps, fields = sim.simulate_events(seed=1, n=700, first_index=450, run=7, subrun=3)
+    assert maps.shape == (700, fmt.VIEWS, fmt.PLANES, fmt.CELLS) and maps.dtype == np.uint8
+    assert set(fields) == set(fmt.FIELDS)
+    for name, dtype in fmt.FIELDS.items():
+        assert fields[name].shape == (700,), name
+        assert fields[name].dtype == dtype, name
+    idx = fields["rec.training.trainingdata_idx"].astype(np.int64)
+    np.testing.assert_array_equal(idx, 450 + np.arange(700))
+    np.testing.assert_array_equal(fields["cycle"], idx // 500)
+    assert (fields["run"] == 7).all() and (fields["subrun"] == 3).all()
+    assert (np.diff(fields["evt"].astype(np.int64)) > 0).all()  # increasing, so unique
+    assert fields["subevt"].max() < 10
+    assert (np.abs(fields["vtxx"]) < 190).all() and (np.abs(fields["vtxy"]) < 190).all()
+    assert (fields["vtxz"] > 0).all() and (fields["vtxz"] < 1250).all()
+    assert maps.reshape(700, -1).sum(axis=1).min() > 0
+
+    empty_maps, empty = sim.simulate_events(seed=1, n=0)
+    assert empty_maps.shape == (0, 2, 100, 80) and all(len(v) == 0 for v in empty.values())
+
+
+def test_deterministic() -> None:
+    a_maps, a = sim.simulate_events(seed=5, n=600, first_index=10)
+    b_maps, b = sim.simulate_events(seed=5, n=600, first_index=10)
+    c_maps, c = sim.simulate_events(seed=6, n=600, first_index=10)
+    np.testing.assert_array_equal(a_maps, b_maps)
+    for k in fmt.FIELDS:
+        np.testing.assert_array_equal(a[k], b[k])
+    assert not np.array_equal(a_maps, c_maps)
+    assert not np.array_equal(a["nuenergy"], c["nuenergy"])
+
+
+def test_h5_round_trip() -> None:
+    maps, fields = sim.simulate_events(seed=2, n=300)
+    buf = io.BytesIO()
+    fmt.write_h5(buf, maps, fields)
+    buf.seek(0)
+    with h5py.File(buf, "r") as h:
+        cvn = h[fmt.IMAGE][()]
+        assert cvn.shape == (300, fmt.PIXELS) and cvn.dtype == np.uint8
+        for k in (0, 17, 299):
+            np.testing.assert_array_equal(cvn[k].reshape(2, 100, 80), maps[k])
+        for name, dtype in fmt.FIELDS.items():
+            col = h[fmt.GROUP][name][()]
+            assert col.shape == (300, 1) and col.dtype == dtype, name
+            np.testing.assert_array_equal(col[:, 0], fields[name])
+
+
+# ----------------------------------------------------------------------------------------------
+# View orientation
+def _one_track(direction: tuple[float, float, float], length: float = 200.0, start: tuple[float, float, float] = (
+        10.5, 40.5, 20.5)) -> np.ndarray:
+    img = np.zeros((1, 2, 100, 80), np.float32)
+    sim.render_track(img, np.array([0]), np.array([start[0]]), np.array([start[1]]), np.array([start[2]]),
+                     np.array([direction], float), np.array([length]), np.array([sim.MIP_COUNTS_PER_CM]))
+    return img[0]
+
+
+def test_render_track_along_z() -> None:
+    img = _one_track((0.0, 0.0, 1.0))
+    planes, cells = np.nonzero(img[0])
+    assert set(cells) == {40} and planes.min() == 10 and planes.max() == int(10.5 + 200 / sim.PLANE_PITCH_CM)
+    planes, cells = np.nonzero(img[1])
+    assert set(cells) == {20} and len(set(planes)) > 25
+    # half of the deposit in each view, the whole length inside the window
+    assert img.sum() == pytest.approx(200 * sim.MIP_COUNTS_PER_CM, rel=1e-4)
+    assert img[0].sum() == pytest.approx(img[1].sum(), rel=1e-4)
+    # a MIP crossing one plane gives 10-30 counts per view
+    assert 10 <= img[0, 15, 40] <= 30
+
+
+def test_render_track_along_x_and_y() -> None:
+    img = _one_track((1.0, 0.0, 0.0), length=100.0)
+    planes, cells = np.nonzero(img[0])
+    assert set(planes) == {10} and cells.min() == 40 and cells.max() >= 40 + 100 / sim.CELL_PITCH_CM - 1
+    planes, cells = np.nonzero(img[1])
+    assert set(planes) == {10} and np.ptp(cells) <= 1
+    img = _one_track((0.0, 1.0, 0.0), length=100.0)
+    planes, cells = np.nonzero(img[1])
+    assert set(planes) == {10} and cells.min() == 20 and cells.max() >= 20 + 100 / sim.CELL_PITCH_CM - 1
+    planes, cells = np.nonzero(img[0])
+    assert set(planes) == {10} and np.ptp(cells) <= 1
+
+
+def test_render_track_clips_and_vectorises() -> None:
+    img = np.zeros((3, 2, 100, 80), np.float32)
+    d = np.array([[0.0, 0.0, 1.0], [0.0, 0.0, -1.0], [0.6, 0.0, 0.8]])
+    sim.render_track(img, np.array([0, 1, 2]), np.array([50.0, 50.0, 0.0]), np.array([40.0, 40.0, 75.0]),
+                     np.array([40.0, 40.0, 40.0]), d, np.array([5000.0, 5000.0, 5000.0]), np.full(3, 5.0))
+    assert img[0].sum() == pytest.approx(50 * sim.PLANE_PITCH_CM * 5.0, rel=1e-4)  # forward half of the window
+    assert img[1].sum() == pytest.approx(50 * sim.PLANE_PITCH_CM * 5.0, rel=1e-4)  # backward half
+    assert np.nonzero(img[1, 0])[0].max() == 49
+    # the slanted track leaves view 0 at the cell edge but stays in view 1 until the last plane
+    assert np.nonzero(img[2, 0])[0].max() < 10 and np.nonzero(img[2, 1])[0].max() == 99
+
+
+def test_beam_goes_forward(default_events: tuple[np.ndarray, dict[str, np.ndarray]]) -> None:
+    maps, f = default_events
+    numu = f["interaction"] <= 3
+    long_track = numu & (_extent(maps) >= 40)
+    counts = maps[long_track].astype(np.float64).sum(axis=(1, 3))
+    mean_plane = (counts * np.arange(100)).sum(axis=1) / counts.sum(axis=1)
+    assert long_track.sum() > 5_000
+    assert (mean_plane > sim.VERTEX_PLANE[1] + 1).mean() > 0.95  # beyond the vertex plane (5..20)
+    # the event starts at the vertex plane
+    first = np.argmax(maps[long_track].sum(axis=(1, 3)) >= 20, axis=1)
+    assert np.median(first) >= sim.VERTEX_PLANE[0] - 1 and np.median(first) <= sim.VERTEX_PLANE[1]
+
+
+# ----------------------------------------------------------------------------------------------
+# Mix and truth
+def test_default_mix(default_events: tuple[np.ndarray, dict[str, np.ndarray]]) -> None:
+    _, f = default_events
+    i = f["interaction"].astype(np.int64)
+    n = len(i)
+    assert _within((i <= 3).mean(), 0.88, n)
+    assert _within(((i >= 4) & (i <= 7)).mean(), 0.01, n)
+    assert _within((i == fmt.NC).mean(), 0.11, n)
+    assert not ((i >= 8) & (i <= 12)).any() and not (i >= 14).any()
+    cc = i <= 11
+    modes = np.bincount(i[cc] % 4, minlength=4) / cc.sum()
+    for got, want in zip(modes, (0.12, 0.28, 0.55, 0.05)):
+        assert _within(got, want, int(cc.sum()))
+
+
+def test_custom_mix_and_exotic_families() -> None:
+    _, f = sim.simulate_events(seed=3, n=8_000, mix=sim.Mix.parse(
+        "numu_cc=0.5, nue_cc=0.25, nc=0.25, qe=1, res=0, dis=0, other_mode=0"))
+    i = f["interaction"].astype(np.int64)
+    assert _within((i <= 3).mean(), 0.5, len(i))
+    assert _within(((i >= 4) & (i <= 7)).mean(), 0.25, len(i))
+    assert _within((i == fmt.NC).mean(), 0.25, len(i))
+    assert set(np.unique(i)) == {0, 4, fmt.NC}  # modes other than QE: 0
+
+    _, f = sim.simulate_events(seed=4, n=2_000, mix=sim.Mix.parse("nutau_cc=1,nu_on_e=1,cosmic=1,other=1"))
+    i = f["interaction"].astype(np.int64)
+    fam = {"nutau": (i >= 8) & (i <= 11), "nue_e": i == fmt.NU_ON_E, "cosmic": i == fmt.COSMIC, "other": i == fmt.OTHER}
+    for sel in fam.values():
+        assert _within(sel.mean(), 0.25, len(i))
+    assert (f["finalstate"][fam["cosmic"]] == fmt.FS_COSMIC).all()
+    assert (f["finalstate"][~fam["cosmic"]] == fmt.FS_OTHER).all()
+    assert (f["nuenergy"][fam["cosmic"]] == 0).all() and (f["lepenergy"][fam["cosmic"]] >= 1.0).all()
+    assert (f["nuenergy"][fam["nutau"]] >= sim.TAU_THRESHOLD).all()
+    e = f["nuenergy"][fam["nue_e"]]
+    assert (f["lepenergy"][fam["nue_e"]] <= e).all() and (e > 0).all()
+
+
+def test_mix_parse() -> None:
+    assert sim.Mix.parse("") == sim.Mix()
+    m = sim.Mix.parse("numu_cc=0.5,nue_cc=0.25,nc=0.25")
+    assert (m.numu_cc, m.nue_cc, m.nc, m.nutau_cc, m.cosmic) == (0.5, 0.25, 0.25, 0.0, 0.0)
+    assert (m.qe, m.dis) == (0.12, 0.55)  # modes keep their defaults
+    assert sim.Mix.parse("dis=1").numu_cc == 0.88  # only modes given: families keep theirs
+    assert sim.Mix.parse(str(m)) == m and sim.Mix.parse(str(sim.Mix())) == sim.Mix()
+    fr = sim.Mix.parse("numu_cc=2,nc=2").family_fractions()
+    assert fr["numu_cc"] == 0.5 and fr["nc"] == 0.5 and sum(fr.values()) == pytest.approx(1.0)
+    assert sum(sim.Mix().mode_fractions().values()) == pytest.approx(1.0)
+    for bad, message in (("numu_cc=0.5,muons=0.5", "unknown key 'muons'"), ("nc=-0.1,numu_cc=1", "nc=-0.1"),
+                         ("numu_cc=0,nc=0", "all family fractions are zero"), ("numu_cc", "not key=value"),
+                         ("nc=lots", "not a number"), ("nc=1,nc=2", "given twice"),
+                         ("qe=0,res=0,dis=0,other_mode=0", "all CC mode fractions are zero")):
+        with pytest.raises(ValueError, match=message):
+            sim.Mix.parse(bad)
+
+
+def test_truth_consistency(default_events: tuple[np.ndarray, dict[str, np.ndarray]]) -> None:
+    _, f = default_events
+    i = f["interaction"].astype(np.int64)
+    fs = f["finalstate"].astype(np.int64)
+    family = np.select([i <= 3, (i >= 4) & (i <= 7), i == fmt.NC], [0, 1, 2], -1)
+    np.testing.assert_array_equal(fs // 16, family)
+    tracks, showers = (fs % 16) // 4, fs % 4
+    prongs = f["finalstateprong"].astype(np.int64)
+    assert (prongs >= tracks + showers).all()
+    assert (f["particles"].astype(np.int64) >= prongs).all() and (f["particles"] >= 1).all()
+    assert (tracks[i <= 3] >= 1).mean() > 0.98  # the muon
+    e, lep = f["nuenergy"].astype(np.float64), f["lepenergy"].astype(np.float64)
+    assert (e > 0).all() and e.max() <= 80.0 and 1.6 < np.median(e) < 2.6 and (e > 20).sum() > 100
+    y = lep / e
+    assert ((y >= 0) & (y <= 1)).all()
+    assert set(np.unique(f["parent"])) <= {13, 130, 211, 321}
+    # inelasticity (hadronic share 1 - y) by mode: QE low, then other (MEC), RES, DIS broad
+    had = 1 - y
+    means = [had[(i <= 11) & (i % 4 == mode)].mean() for mode in range(4)]
+    assert means[0] < means[3] < means[1] < means[2]
+    assert had[(i <= 11) & (i % 4 == 2)].std() > 2 * had[(i <= 11) & (i % 4 == 0)].std()
+
+
+# ----------------------------------------------------------------------------------------------
+# Physics: learnable, not trivial
+def test_visible_energy_grows_with_energy(default_events: tuple[np.ndarray, dict[str, np.ndarray]]) -> None:
+    maps, f = default_events
+    visible = maps.reshape(len(maps), -1).sum(axis=1, dtype=np.int64) * sim.GEV_PER_COUNT
+    e = f["nuenergy"]
+    edges = [0.3, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 80.0]
+    means = [visible[(e >= lo) & (e < hi)].mean() for lo, hi in itertools.pairwise(edges)]
+    assert (np.diff(means) > 0).all()
+    low = (e > 1) & (e < 3)
+    assert 0.3 < np.median(visible[low] / e[low]) < 1.0  # deposited < true (escaping muons, neutrons, ν)
+
+
+def test_track_extent_separates_but_overlaps(numu_nc_events: tuple[np.ndarray, dict[str, np.ndarray]]) -> None:
+    maps, f = numu_nc_events
+    i = f["interaction"]
+    ext = _extent(maps)
+    numu, nc = ext[i <= 3], ext[i == fmt.NC]
+    assert numu.mean() > 2 * nc.mean()
+    median = np.median(numu)
+    assert median > 50
+    assert (nc >= median).mean() > 0.02  # NC with a muon-like pion track
+    assert (numu < 15).mean() > 0.005  # short, low-energy muons
+
+
+def test_nue_showers_denser_than_numu() -> None:
+    maps, f = sim.simulate_events(seed=13, n=6_000, mix=sim.Mix.parse("numu_cc=0.5,nue_cc=0.5"))
+    i = f["interaction"]
+    flat = maps.reshape(len(maps), -1)
+    numu, nue = i <= 3, (i >= 4) & (i <= 7)
+    max_pixel = flat.max(axis=1).astype(np.float64)
+    assert max_pixel[nue].mean() > 1.1 * max_pixel[numu].mean()
+    dense = (flat >= 40).sum(axis=1)
+    assert dense[nue].mean() > 2 * dense[numu].mean()
+
+
+def test_speed() -> None:
+    sim.simulate_events(seed=0, n=200)  # warm up
+    start = time.perf_counter()
+    sim.simulate_events(seed=1, n=4_000)
+    rate = 4_000 / (time.perf_counter() - start)
+    print(f"simulate_events: {rate:,.0f} events/s")
+    assert rate > MIN_EVENTS_PER_S
