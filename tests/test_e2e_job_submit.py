@@ -141,3 +141,36 @@ def test_job_submit_dynedge_train_resume_predict_on_s3(ray_head: str, bucket: st
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "resuming from checkpoint: epoch 2" in again.stdout + again.stderr
     assert json.loads(storage.read_bytes(f"{bucket}/gnn/model/config.json"))["training"]["epochs"] == 3
+
+
+@pytest.mark.slow
+def test_job_submit_nova_on_s3(ray_head: str, bucket: str) -> None:
+    """NOvA through `ray job submit` on S3: simulate, train (2 workers), predict, evaluate, and a bad file."""
+    data, run, pred, ev = (f"{bucket}/{p}" for p in ("nova", "nova-run", "nova-pred", "nova-eval"))
+    sim = _submit(ray_head, "nova_simulate.py", data, "--files", "2", "--events-per-file", "600", "--seed", "8",
+                  "--mix", "numu_cc=0.6,nue_cc=0.1,nc=0.3")
+    assert sim.returncode == 0, sim.stdout[-3000:] + sim.stderr[-3000:]
+    tr = _submit(ray_head, "nova_train.py", data, "--task", "flavour", "--out", run, "--workers", "2", "--epochs", "2",
+                 "--batch-size", "32", "--val-events", "150")
+    assert tr.returncode == 0, (tr.stdout + tr.stderr)[-5000:]
+    assert any("/checkpoint_" in p for p in storage.listdir(f"{run}/train"))
+    config = json.loads(storage.read_bytes(f"{run}/model/config.json"))
+    assert config["task"] == "nova-flavour" and config["training"]["workers"] == 2
+    pr = _submit(ray_head, "nova_predict.py", data, "--model", f"{run}/model", "--out", pred,
+                 "--events-per-task", "200")
+    assert pr.returncode == 0, pr.stdout[-3000:] + pr.stderr[-3000:]
+    assert storage.read_manifest(pred)["rows"]["predictions.parquet"] == 1200
+    evj = _submit(ray_head, "nova_evaluate.py", data, "--predictions", f"{pred}/predictions.parquet", "--out", ev)
+    assert evj.returncode == 0, evj.stdout[-3000:] + evj.stderr[-3000:]
+    report = json.loads(storage.read_bytes(f"{ev}/report.json"))
+    assert report["n_events"] == 1200 and set(report["classes"]) == {"numu-CC", "nue-CC", "NC"}
+    assert storage.exists(f"{ev}/summary.md") and storage.exists(f"{ev}/confusion_matrix.png")
+
+    storage.write_bytes(f"{data}/neutrino3.h5", b"\x89HDF\r\n\x1a\n truncated")
+    bad = _submit(ray_head, "nova_predict.py", data, "--model", f"{run}/model", "--out", f"{bucket}/bad")
+    assert bad.returncode != 0 and "neutrino3.h5" in bad.stdout + bad.stderr
+    assert not storage.exists(f"{bucket}/bad/predictions.parquet")
+    skip = _submit(ray_head, "nova_predict.py", data, "--model", f"{run}/model", "--out", f"{bucket}/skip",
+                   "--skip-bad")
+    assert skip.returncode == 0, skip.stdout[-3000:] + skip.stderr[-3000:]
+    assert storage.read_manifest(f"{bucket}/skip")["skipped_files"] == [f"{data}/neutrino3.h5"]

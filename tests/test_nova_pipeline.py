@@ -152,3 +152,23 @@ def test_bad_models_and_predictions_refused(sim: Path, tmp_path: Path, capsys: p
     pq.write_table(batch_of(sim, 10).select(["file", "index"]), bogus)
     assert main(["nova", "evaluate", str(sim), "--predictions", str(bogus), "--out", str(tmp_path / "e")]) == 2
     assert "not NOvA predictions" in capsys.readouterr().err
+
+
+def test_evaluate_join_refuses_incomplete_or_foreign_predictions(sim: Path) -> None:
+    import pyarrow as pa
+
+    from neutrino_ray.nova.evaluate import join_truth
+
+    scan = data.scan(str(sim))
+    files = [m.name for m in scan.files for _ in range(m.n_events)]
+    index = [i for m in scan.files for i in range(m.n_events)]
+    preds = pa.table({"file": files, "index": index, "visible_energy": np.ones(len(files)),
+                      "predicted": np.ones(len(files))})
+    joined = join_truth(preds.take(np.arange(len(files))[::-1]), scan, "p")  # any order
+    assert joined.column("evt").to_pylist()[::-1] == list(np.concatenate([m.fields["evt"] for m in scan.files]))
+    with pytest.raises(InputError, match="1 events predicted more than once, 1 never"):
+        join_truth(preds.take(np.r_[0, 0, 2:len(files)]), scan, "p")
+    with pytest.raises(InputError, match="not in the data"):
+        join_truth(preds.set_column(0, "file", pa.array(["other.h5"] * len(files))), scan, "p")
+    with pytest.raises(InputError, match="which the file does not have"):
+        join_truth(preds.set_column(1, "index", pa.array(np.array(index) + 1)), scan, "p")
