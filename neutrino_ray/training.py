@@ -102,6 +102,17 @@ class Settings:
         return float(math.floor(share)) if share >= 2 else share
 
 
+def prepare(out: str, **settings: Any) -> Settings:
+    """A run's Settings, with Ray started (with its dashboard: Ray Train's controller polls the state API)
+    and Ray Data's progress bars off (the training log reports progress)."""
+    s = Settings(out=out, **settings)
+    runtime.init_ray(dashboard=True)
+    import ray
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    return s
+
+
 @dataclass
 class Progress:
     """Where training stands; saved in every checkpoint."""

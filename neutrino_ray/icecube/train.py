@@ -15,12 +15,11 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
-import ray
 import torch
 from torch import nn
 from torch_geometric.data import Batch
 
-from neutrino_ray import runtime, training
+from neutrino_ray import training
 from neutrino_ray.errors import InputError
 from neutrino_ray.icecube import data as icdata
 from neutrino_ray.icecube import features, models, pipeline
@@ -134,13 +133,13 @@ def split_meta(meta: pa.Table, val_events: int, uri: str) -> tuple[pa.Table, pa.
     return meta.slice(0, len(meta) - val_events), meta.slice(len(meta) - val_events)
 
 
-def train(data: str, out: str, size: str = "small", *, workers: int = 1, gpus_per_worker: float = 0.0,
-          cpus_per_worker: float | None = None, max_minutes: float | None = None, epochs: int = 10,
-          batch_size: int = 128, lr: float = 1e-3, loss: str = "vmf", max_pulses: int = features.DEFAULT_MAX_PULSES,
-          val_events: int = 5_000, checkpoint_minutes: float = 5.0, events_per_task: int = DEFAULT_EVENTS_PER_TASK,
-          max_failures: int = 3, seed: int = 0, command: list[str] | None = None,
-          **extra: Any) -> training.TrainResult:
-    """Train a direction model on DATA's train split; the artefact lands at ``OUT/model``."""
+def train(data: str, out: str, size: str = "small", *, loss: str = "vmf",
+          max_pulses: int = features.DEFAULT_MAX_PULSES, val_events: int = 5_000,
+          events_per_task: int = DEFAULT_EVENTS_PER_TASK, command: list[str] | None = None,
+          **settings: Any) -> training.TrainResult:
+    """Train a direction model on DATA's train split; the artefact lands at ``OUT/model``.
+
+    ``settings`` are :class:`~neutrino_ray.training.Settings` fields (workers, epochs, max_minutes, ...)."""
     if size not in models.SIZES:
         raise InputError(f"unknown model {size!r}: expected one of {sorted(models.SIZES)}")
     if loss not in models.LOSSES:
@@ -157,13 +156,8 @@ def train(data: str, out: str, size: str = "small", *, workers: int = 1, gpus_pe
     n_params = models.n_parameters(task.build_model())
     print(f"model {size}: {n_params:,} parameters; {len(train_meta)} training events, {len(val_meta)} validation "
           f"events; pulse cap {max_pulses}", flush=True)
-    settings = training.Settings(out=out, workers=workers, gpus_per_worker=gpus_per_worker,
-                                 cpus_per_worker=cpus_per_worker, epochs=epochs, max_minutes=max_minutes,
-                                 batch_size=batch_size, lr=lr, checkpoint_minutes=checkpoint_minutes,
-                                 max_failures=max_failures, seed=seed, **extra)
-    runtime.init_ray(dashboard=True)
-    ray.data.DataContext.get_current().enable_progress_bars = False  # the training log reports progress
+    s = training.prepare(out, **settings)
     cpus = training.DATA_TASK_CPUS
     train_ds = pipeline.events_dataset(train_tasks, geometry, max_pulses, train_truth, num_cpus=cpus)
     val_ds = pipeline.events_dataset(val_tasks, geometry, max_pulses, val_truth, num_cpus=cpus)
-    return training.fit(task, settings, train_ds, val_ds, len(train_meta), command=command, inputs=[data])
+    return training.fit(task, s, train_ds, val_ds, len(train_meta), command=command, inputs=[data])

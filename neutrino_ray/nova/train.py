@@ -15,12 +15,11 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import ray
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from neutrino_ray import runtime, training
+from neutrino_ray import training
 from neutrino_ray.errors import InputError
 from neutrino_ray.nova import data, models, targets
 from neutrino_ray.nova import format as fmt
@@ -230,12 +229,12 @@ def plan(files: list[data.FileMeta], target: str, balance: str, val_events: int,
 
 
 def train(data_uri: str, out: str, target: str = "numu-cc", model: str = "small", *, balance: str | None = None,
-          workers: int = 1, gpus_per_worker: float = 0.0, cpus_per_worker: float | None = None,
-          max_minutes: float | None = None, epochs: int = 10, batch_size: int = 64, lr: float = 2e-3,
-          val_events: int = 2_000, checkpoint_minutes: float = 5.0,
-          events_per_task: int = DEFAULT_EVENTS_PER_TASK, max_failures: int = 3, seed: int = 0,
-          skip_bad: bool = False, command: list[str] | None = None, **extra: Any) -> training.TrainResult:
-    """Train a model for one task on every file under DATA; the artefact lands at ``OUT/model``."""
+          batch_size: int = 64, lr: float = 2e-3, val_events: int = 2_000,
+          events_per_task: int = DEFAULT_EVENTS_PER_TASK, skip_bad: bool = False, command: list[str] | None = None,
+          **settings: Any) -> training.TrainResult:
+    """Train a model for one task on every file under DATA; the artefact lands at ``OUT/model``.
+
+    ``settings`` are :class:`~neutrino_ray.training.Settings` fields (workers, epochs, max_minutes, ...)."""
     if target not in targets.TASKS:
         raise InputError(f"unknown task {target!r}: expected one of {', '.join(targets.TASKS)}")
     if model not in models.MODELS:
@@ -244,21 +243,16 @@ def train(data_uri: str, out: str, target: str = "numu-cc", model: str = "small"
     if balance not in BALANCES:
         raise InputError(f"unknown balance {balance!r}: expected one of {', '.join(BALANCES)}")
     scan = data.scan(data_uri, skip_bad=skip_bad)  # bad inputs fail before Ray starts
-    p = plan(scan.files, target, balance, val_events, seed, data_uri)
+    p = plan(scan.files, target, balance, val_events, settings.get("seed", 0), data_uri)
     task = NovaTask(target=target, model=model, class_weights=p.class_weights)
     print(f"task {target}, model {model}: {models.n_parameters(task.build_model()):,} parameters; "
           f"{p.n_train} training events ({balance}: {p.train_counts}), {p.n_val} validation events; "
           f"{p.out_of_task} events outside the task, {len(scan.skipped)} bad files skipped", flush=True)
-    settings = training.Settings(out=out, workers=workers, gpus_per_worker=gpus_per_worker,
-                                 cpus_per_worker=cpus_per_worker, epochs=epochs, max_minutes=max_minutes,
-                                 batch_size=batch_size, lr=lr, checkpoint_minutes=checkpoint_minutes,
-                                 max_failures=max_failures, seed=seed, **extra)
-    runtime.init_ray(dashboard=True)
-    ray.data.DataContext.get_current().enable_progress_bars = False  # the training log reports progress
+    s = training.prepare(out, batch_size=batch_size, lr=lr, **settings)
     cpus = training.DATA_TASK_CPUS
     train_ds = data.dataset(data.plan_slices(scan.files, p.train, events_per_task), num_cpus=cpus)
     val_ds = data.dataset(data.plan_slices(scan.files, p.val, events_per_task), num_cpus=cpus)
     summary = {**p.summary(), "balance": balance, "files": len(scan.files),
                "skipped_files": [u for u, _ in scan.skipped]}
-    return training.fit(task, settings, train_ds, val_ds, p.n_train, command=command, inputs=[data_uri],
+    return training.fit(task, s, train_ds, val_ds, p.n_train, command=command, inputs=[data_uri],
                         data_summary=summary)
