@@ -4,7 +4,8 @@ Both take the raw pixel maps, a uint8 tensor (N, 2, 100, 80) = (view, plane, cel
 (N, n_out): class logits, or one regression value.
 
 The CNN has one convolutional tower per view (x–z and y–z see the event from different sides, so
-they get their own filters), merged after global pooling into a small fully connected head. The two
+they get their own filters), merged into a small fully connected head after pooling over the cells
+(keeping the position along the beam axis) and over the whole view. The two
 towers run as one grouped convolution (``groups=2``): channel block 0 only ever sees view 0 and block
 1 only view 1, which is exactly two towers, in one call.
 """
@@ -72,13 +73,18 @@ class DualViewCNN(nn.Module):
             layers += [_conv(c_out, c_out, 3, 1) for _ in range(cfg.depth)]
         layers.append(_conv(cfg.channels[-1], cfg.channels[-1], 3, 1))
         self.towers = nn.Sequential(*layers)
-        merged = fmt.VIEWS * cfg.channels[-1] * 2  # mean and max pooling of each view's channels
+        planes = fmt.PLANES
+        for _ in cfg.channels:  # each stage's stride-2 convolution halves the planes (rounding up)
+            planes = (planes + 1) // 2
+        # Per view: each channel's mean over the cells at every plane (where along the beam axis things are:
+        # vertex, track end) and its maximum over the whole view.
+        merged = fmt.VIEWS * cfg.channels[-1] * (planes + 1)
         self.head = nn.Sequential(nn.Linear(merged, cfg.hidden), nn.ReLU(inplace=True), nn.Dropout(cfg.dropout),
                                   nn.Linear(cfg.hidden, n_out))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.towers(scale_pixels(x))  # (N, 2*C, h, w): channels [0, C) from view 0, [C, 2C) from view 1
-        pooled = torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3))], dim=1)
+        h = self.towers(scale_pixels(x))  # (N, 2*C, planes, cells): channels [0, C) from view 0, [C, 2C) view 1
+        pooled = torch.cat([h.mean(dim=3).flatten(1), h.amax(dim=(2, 3))], dim=1)
         return self.head(pooled)
 
 
