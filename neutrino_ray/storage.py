@@ -321,6 +321,10 @@ class Output:
 
     def commit(self, **manifest: Any) -> dict[str, Any]:
         """Publish every staged file, then the manifest (row counts, inputs, command, timing)."""
+        reserved = sorted(set(manifest) & {"output", "files", "inputs", "command", "code_version", "wall_seconds",
+                                           "finished_at"})
+        if reserved:
+            raise ValueError(f"manifest keys {reserved} are written by Output itself")
         for rel in self._files:
             src = join(self.staging, rel)
             if not exists(src):

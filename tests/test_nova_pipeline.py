@@ -117,6 +117,8 @@ def test_train_predict_evaluate_cli(sim: Path, tmp_path: Path) -> None:
     assert config["data"]["train_events"] == 1100 and config["training"]["epochs"] == 2
     assert main(["-q", "nova", "predict", str(sim), "--model", str(out / "model"), "--out", str(tmp_path / "pred"),
                  "--events-per-task", "150", "--actors", "2"]) == 0
+    manifest = storage.read_manifest(str(tmp_path / "pred"))
+    assert manifest["files"] == [PREDICTIONS] and manifest["input_files"] == 3 and manifest["events"] == 1200
     pred = pq.read_table(tmp_path / "pred" / PREDICTIONS)
     assert pred.schema.metadata[b"neutrino_ray.task"] == b"nova-numu-cc"
     assert pred.column("file").to_pylist() == [f"neutrino{i}.h5" for i in (1, 2, 3) for _ in range(400)]

@@ -117,7 +117,7 @@ def run_inference(data_uri: str, scoring: Scoring, skip_bad: bool = False) -> tu
     details = {"task": task.name, "model": scoring.model, "architecture": config["model"],
                "n_parameters": config["n_parameters"], "actors": actors, "batch_size": scoring.batch_size,
                "events_per_task": scoring.events_per_task, "cpus_per_actor": scoring.cpus_per_actor,
-               "gpus_per_actor": scoring.gpus_per_actor, "files": len(scan.files),
+               "gpus_per_actor": scoring.gpus_per_actor, "input_files": len(scan.files),
                "skipped_files": [u for u, _ in scan.skipped], "inference_seconds": round(seconds, 3),
                "inference_events_per_second": round(len(result) / seconds, 1)}
     return result.replace_schema_metadata({TASK_METADATA: task.name.encode()}), details

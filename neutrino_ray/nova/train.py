@@ -252,7 +252,7 @@ def train(data_uri: str, out: str, target: str = "numu-cc", model: str = "small"
     cpus = training.DATA_TASK_CPUS
     train_ds = data.dataset(data.plan_slices(scan.files, p.train, events_per_task), num_cpus=cpus)
     val_ds = data.dataset(data.plan_slices(scan.files, p.val, events_per_task), num_cpus=cpus)
-    summary = {**p.summary(), "balance": balance, "files": len(scan.files),
+    summary = {**p.summary(), "balance": balance, "input_files": len(scan.files),
                "skipped_files": [u for u, _ in scan.skipped]}
     return training.fit(task, s, train_ds, val_ds, p.n_train, command=command, inputs=[data_uri],
                         data_summary=summary)
