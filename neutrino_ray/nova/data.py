@@ -264,6 +264,14 @@ def iter_events(data: str, events_per_task: int = DEFAULT_EVENTS_PER_TASK) -> It
         yield read_slice(s)
 
 
+def file_numbers(names: pa.Array | pa.ChunkedArray, scan: Scan) -> np.ndarray:
+    """Each row's file as its position in the scan (-1 for a name the scan does not have), vectorised."""
+    import pyarrow.compute as pc
+
+    known = pa.array([m.name for m in scan.files], pa.string())
+    return pc.fill_null(pc.index_in(names, value_set=known), -1).to_numpy().astype(np.int64)
+
+
 def slice_tables(slices: list[Slice]) -> list[pa.Table]:
     """One single-row table (→ one Ray Data block) per slice, for workers that read their slices themselves."""
     return [pa.table({"uri": [s.uri], "name": [s.name], "rows": pa.array([s.rows], pa.list_(pa.int64()))})

@@ -48,13 +48,12 @@ def load_predictions(uri: str) -> tuple[str, pa.Table]:
 def join_truth(preds: pa.Table, scan: data.Scan, where: str) -> pa.Table:
     """Truth fields of each predicted event, then the prediction columns; exactly one prediction per event."""
     offsets = np.cumsum([0] + [m.n_events for m in scan.files])
-    number = {m.name: i for i, m in enumerate(scan.files)}
     names = preds.column("file").to_numpy(zero_copy_only=False)
     index = preds.column("index").to_numpy().astype(np.int64)
-    unknown = sorted({str(n) for n in names} - set(number))
-    if unknown:
+    file_no = data.file_numbers(preds.column("file"), scan)
+    if (file_no < 0).any():
+        unknown = sorted({str(n) for n in names[file_no < 0]})
         raise InputError(f"{where}: predictions name files that are not in the data: {unknown[:5]}")
-    file_no = np.array([number[n] for n in names], np.int64)
     sizes = offsets[1:] - offsets[:-1]
     bad = np.flatnonzero((index < 0) | (index >= sizes[file_no]))
     if len(bad):

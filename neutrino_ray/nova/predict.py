@@ -108,9 +108,8 @@ def run_inference(data_uri: str, scoring: Scoring, skip_bad: bool = False) -> tu
                         compute=ActorPoolStrategy(size=actors), num_cpus=scoring.cpus_per_actor,
                         num_gpus=scoring.gpus_per_actor if use_gpu else None)
     parts = list(ds.iter_batches(batch_format="pyarrow", batch_size=None))
-    order = {m.name: i for i, m in enumerate(scan.files)}
     result = pa.concat_tables(parts)
-    file_no = np.array([order[f] for f in result.column("file").to_pylist()], np.int64)
+    file_no = data.file_numbers(result.column("file"), scan)
     result = result.take(np.lexsort((result.column("index").to_numpy(), file_no)))
     check_complete(result, scan, data_uri)
     seconds = time.perf_counter() - start
