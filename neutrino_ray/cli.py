@@ -25,6 +25,7 @@ ENV_HELP = """environment:
   AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL   S3 endpoint (MinIO, moto, ...)
   AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION   S3 credentials and region
   NEUTRINO_RAY_S3_RETRIES     attempts per S3 request, with exponential backoff (default 8)
+  NEUTRINO_RAY_S3_READ_TIMEOUT  seconds to wait for an S3 response before retrying (default 60)
   NEUTRINO_RAY_PROGRESS=0     hide Ray Data progress bars
 """
 
@@ -445,7 +446,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cause = user_error(e)
         if cause is None:
             raise
-        print(f"neutrino-ray: error: {cause}", file=sys.stderr)
+        print(f"neutrino-ray: error: {' '.join(str(cause).split())}", file=sys.stderr)  # always one line
         return 2
 
 
@@ -458,6 +459,12 @@ def user_error(exc: BaseException) -> BaseException | None:
         if e is None or id(e) in seen:
             continue
         seen.add(id(e))
+        # Ray's RayTaskError(InputError) is an InputError too, but its text is the whole remote traceback:
+        # take the original exception it carries instead.
+        cause = getattr(e, "cause", None)
+        if isinstance(cause, InputError | storage.StorageError | FileNotFoundError):
+            stack.append(cause)
+            continue
         if isinstance(e, InputError | storage.StorageError | FileNotFoundError):
             return e
         # Ray ships a task's exception chain as text: recover our own error's message from it.
@@ -466,7 +473,7 @@ def user_error(exc: BaseException) -> BaseException | None:
         if found:
             kind, message = found[-1]
             return (storage.StorageError if kind == "StorageError" else InputError)(message)
-        stack += [e.__cause__, e.__context__, getattr(e, "cause", None)]
+        stack += [e.__cause__, e.__context__, cause]
     return None
 
 

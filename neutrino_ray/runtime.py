@@ -12,7 +12,7 @@ log = logging.getLogger("neutrino_ray")
 
 
 def init_ray(num_cpus: int | None = None, dashboard: bool = False, **kwargs: Any) -> dict[str, Any]:
-    """Connect to the cluster named by ``RAY_ADDRESS`` or start a local one; idempotent.
+    """Connect to the cluster named by ``RAY_ADDRESS`` or start a new local one; idempotent.
 
     Workers of a local Ray inherit this process's environment (S3 endpoint and credentials); a
     cluster's workers read theirs from their own pods, so no secret travels in a task.
@@ -25,7 +25,8 @@ def init_ray(num_cpus: int | None = None, dashboard: bool = False, **kwargs: Any
         if address:
             ray.init(address=address, log_to_driver=True, **kwargs)
         else:
-            ray.init(num_cpus=num_cpus, include_dashboard=dashboard, log_to_driver=True, **kwargs)
+            # "local": a new Ray of this process's own, never another Ray found running on this machine.
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, log_to_driver=True, **kwargs)
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = os.environ.get("NEUTRINO_RAY_PROGRESS", "1") != "0"
         ctx.print_on_execution_start = False

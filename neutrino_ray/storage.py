@@ -65,8 +65,19 @@ def s3_endpoint() -> str | None:
     return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
 
 
+def s3_retries() -> int:
+    """Attempts per S3 request (``NEUTRINO_RAY_S3_RETRIES``, default 8), with exponential backoff."""
+    return int(os.environ.get("NEUTRINO_RAY_S3_RETRIES", "8"))
+
+
+def s3_read_timeout() -> float:
+    """Seconds to wait for an S3 response before retrying (``NEUTRINO_RAY_S3_READ_TIMEOUT``, default 60):
+    a stalled server costs one timeout per attempt, never a hang."""
+    return float(os.environ.get("NEUTRINO_RAY_S3_READ_TIMEOUT", "60"))
+
+
 @lru_cache(maxsize=4)
-def _s3fs(endpoint: str | None, region: str | None) -> Any:
+def _s3fs(endpoint: str | None, region: str | None, retries: int, read_timeout: float) -> Any:
     import s3fs
 
     client_kwargs: dict[str, Any] = {}
@@ -74,17 +85,22 @@ def _s3fs(endpoint: str | None, region: str | None) -> Any:
         client_kwargs["endpoint_url"] = endpoint
     if region:
         client_kwargs["region_name"] = region
-    # botocore's standard retry mode backs off exponentially on throttling and transient 5xx errors.
-    config_kwargs = {"retries": {"max_attempts": int(os.environ.get("NEUTRINO_RAY_S3_RETRIES", "8")),
-                                 "mode": "standard"},
-                     "connect_timeout": 10, "read_timeout": 60}
-    return s3fs.S3FileSystem(client_kwargs=client_kwargs, config_kwargs=config_kwargs,
-                             use_listings_cache=False, skip_instance_cache=True)
+    # botocore's standard retry mode backs off exponentially on throttling, transient 5xx errors, dropped
+    # connections and timeouts. s3fs retries on top of it; one extra try there is kept for a response body
+    # that breaks off mid-stream (which botocore does not retry), so a dead server costs at most
+    # 2 x NEUTRINO_RAY_S3_RETRIES x the read timeout, not s3fs's default 5x that.
+    config_kwargs = {"retries": {"max_attempts": retries, "mode": "standard"},
+                     "connect_timeout": 10, "read_timeout": read_timeout}
+    fs = s3fs.S3FileSystem(client_kwargs=client_kwargs, config_kwargs=config_kwargs,
+                           use_listings_cache=False, skip_instance_cache=True)
+    fs.retries = 2
+    return fs
 
 
 def s3() -> Any:
     """The process's S3 filesystem, built from this process's environment."""
-    return _s3fs(s3_endpoint(), os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"))
+    return _s3fs(s3_endpoint(), os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"), s3_retries(),
+                 s3_read_timeout())
 
 
 def arrow_filesystem(uri: str) -> tuple[Any, str]:
@@ -98,8 +114,9 @@ def arrow_filesystem(uri: str) -> tuple[Any, str]:
 
     if is_s3(uri):
         region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-        retries = pafs.AwsStandardS3RetryStrategy(max_attempts=int(os.environ.get("NEUTRINO_RAY_S3_RETRIES", "8")))
-        kwargs: dict[str, Any] = {"retry_strategy": retries, "connect_timeout": 10, "request_timeout": 60}
+        retries = pafs.AwsStandardS3RetryStrategy(max_attempts=s3_retries())
+        kwargs: dict[str, Any] = {"retry_strategy": retries, "connect_timeout": 10,
+                                  "request_timeout": s3_read_timeout()}
         if s3_endpoint():
             kwargs["endpoint_override"] = s3_endpoint()
         if region:

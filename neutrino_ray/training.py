@@ -24,6 +24,7 @@ import json
 import logging
 import math
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -88,7 +89,8 @@ class Settings:
     shuffle_buffer: int = 1024
     max_failures: int = 3
     seed: int = 0
-    # Fault injection for tests: the last worker raises once after this many steps (marker file: once only).
+    # Fault injection for tests: the last worker's process is killed once after this many steps (marker file:
+    # once only).
     fault_after_steps: int | None = None
     fault_marker: str | None = None
 
@@ -288,7 +290,8 @@ def worker_loop(cfg: dict[str, Any]) -> None:
             if s.fault_after_steps and p.step == s.fault_after_steps and rank == world - 1 and s.fault_marker \
                     and not os.path.exists(s.fault_marker):
                 Path(s.fault_marker).write_text("injected")
-                raise RuntimeError(f"injected training fault at step {p.step} (test)")
+                _say(f"injected fault: killing training worker {rank} (pid {os.getpid()}) at step {p.step}")
+                os.kill(os.getpid(), signal.SIGKILL)  # as the OOM killer or a lost node would
         if not stop:
             p.epoch += 1
             stop = p.epoch >= s.epochs

@@ -31,6 +31,9 @@ S3_ENDPOINT = f"http://127.0.0.1:{S3_PORT}"
 os.environ.update({
     "AWS_ENDPOINT_URL": S3_ENDPOINT, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing-secret",
     "AWS_REGION": "us-east-1", "NEUTRINO_RAY_S3_RETRIES": "3", "NEUTRINO_RAY_PROGRESS": "0",
+    # Every Ray process of the tests (local Ray, multi-node test clusters, job drivers) on 127.0.0.1
+    # instead of this machine's outward address: tests talk only to loopback.
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
 })
 for var in ("AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_SESSION_TOKEN", "RAY_ADDRESS"):
     os.environ.pop(var, None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -55,3 +56,20 @@ def write_dataset(root: Path, batches: dict[int, dict[str, np.ndarray]], split: 
     pq.write_table(meta, root / f"{split}_meta.parquet")
     pacsv.write_csv(icecube86().to_table(), root / "sensor_geometry.csv")
     return root
+
+
+def model_artefact(path: Path, **overrides: object) -> Path:
+    """A direction-model folder as `icecube train` writes it (random `small` weights), config fields overridden."""
+    import torch
+
+    from neutrino_ray import training
+    from neutrino_ray.icecube.train import DirectionTask
+
+    task = DirectionTask("small")
+    torch.manual_seed(0)
+    model = task.build_model()
+    config = training.artefact_config(task, model) | overrides
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps(config))
+    torch.save(model.state_dict(), path / "model.pt")
+    return path

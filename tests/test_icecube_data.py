@@ -182,6 +182,152 @@ def test_duplicate_event_ids_and_nan_charge(tmp_path: Path, capsys: pytest.Captu
     assert code == 2 and "invalid charge" in err and "batch_1.parquet" in err
 
 
+# Each case breaks the 50-event dataset one way and returns the message the CLI must print (file, event or
+# row, problem). The README's "Bad input across pipelines" table quotes these messages.
+BATCH, META = "test/batch_1.parquet", "test_meta.parquet"
+ROW = 30  # the pulse row a per-pulse case breaks
+
+
+def _set(t: pa.Table, name: str, col: pa.Array) -> pa.Table:
+    return t.set_column(t.schema.get_field_index(name), name, col)
+
+
+def _edit(root: Path, rel: str, edit: object) -> tuple[pa.Table, pa.Table]:
+    """Rewrite ``root/rel`` as ``edit(table)``; returns (table before, the meta)."""
+    t = pq.read_table(root / rel)
+    pq.write_table(edit(t), root / rel, row_group_size=500)  # type: ignore[operator]
+    return t, pq.read_table(root / META)
+
+
+def _edit_meta(root: Path, **changes: dict[int, int]) -> pa.Table:
+    """Set meta[column][row] = value for each {row: value} in ``changes``; returns the original meta."""
+    def edit(meta: pa.Table) -> pa.Table:
+        for name, rows in changes.items():
+            v = meta.column(name).to_numpy().copy()
+            for r, value in rows.items():
+                v[r] = value
+            meta = _set(meta, name, pa.array(v))
+        return meta
+    return _edit(root, META, edit)[0]
+
+
+def _empty_file(root: Path) -> str:
+    (root / BATCH).write_bytes(b"")
+    return f"{BATCH}: not a readable Parquet file: Parquet file size is 0 bytes"
+
+
+def _zero_rows(root: Path) -> str:
+    _, meta = _edit(root, BATCH, lambda t: t.slice(0, 0))
+    last = meta.column("last_pulse_index").to_numpy()
+    return (f"{BATCH}: meta event_id {meta.column('event_id')[int(np.argmax(last))].as_py()} points at pulse row "
+            f"{last.max()}, but the file has 0 rows")
+
+
+def _retyped(name: str, typ: pa.DataType) -> object:
+    def case(root: Path) -> str:
+        _edit(root, BATCH, lambda t: _set(t, name, t.column(name).cast(typ)))
+        also = " (or a floating type)" if name == "time" else ""
+        return f"{BATCH}: pulse column {name!r} has type {typ}, expected {icdata.PULSE_TYPES[name]}{also}"
+    return case
+
+
+def _pulse_value(name: str, value: object, dtype: type = np.float64) -> object:
+    """Pulse row ROW of column ``name`` set to ``value``; the column stored as ``dtype`` (float64 time: GraphNeT)."""
+    def case(root: Path) -> str:
+        def edit(t: pa.Table) -> pa.Table:
+            v = t.column(name).to_numpy().astype(dtype)
+            v[ROW] = value
+            return _set(t, name, pa.array(v))
+        before, _ = _edit(root, BATCH, edit)
+        event = before.column("event_id")[ROW].as_py()
+        if name == "sensor_id":
+            return f"{BATCH}: event_id {event} has sensor_id {value} outside the geometry (0..5159); 1 such pulses"
+        need = ("finite and positive" if name == "charge" else
+                "finite" if not np.isfinite(float(value)) else "within the int64 range")  # type: ignore[arg-type]
+        return f"{BATCH}: event_id {event} has an invalid {name} ({value!r}); {name} must be {need}"
+    return case
+
+
+def _zero_pulses(root: Path) -> str:
+    meta = pq.read_table(root / META)
+    first = int(meta.column("first_pulse_index")[10].as_py())
+    _edit_meta(root, last_pulse_index={10: first - 1})  # inclusive indices: last = first - 1 is 0 pulses
+    return (f"{META}: event_id {meta.column('event_id')[10].as_py()} has first_pulse_index {first} and "
+            f"last_pulse_index {first - 1} (0 pulses: the indices are inclusive and every event needs at least "
+            f"one pulse)")
+
+
+def _negative_index(root: Path) -> str:
+    meta = _edit_meta(root, first_pulse_index={0: -3})
+    return (f"{META}: event_id {meta.column('event_id')[0].as_py()} has first_pulse_index -3 and last_pulse_index "
+            f"{meta.column('last_pulse_index')[0].as_py()} (need 0 <= first <= last)")
+
+
+def _past_the_end(root: Path) -> str:
+    n = pq.read_metadata(root / BATCH).num_rows
+    meta = _edit_meta(root, first_pulse_index={-1: n + 5}, last_pulse_index={-1: n + 10})
+    return f"{BATCH}: meta event_id {meta.column('event_id')[-1].as_py()} points at pulse row {n + 10}, but the " \
+           f"file has {n} rows"
+
+
+def _wrong_event_id(root: Path) -> str:
+    meta = _edit_meta(root, event_id={10: 999_999})
+    return (f"{BATCH}: meta says pulse row {meta.column('first_pulse_index')[10].as_py()} belongs to event_id 999999, "
+            f"but the file has event_id {meta.column('event_id')[10].as_py()} there")
+
+
+def _duplicate_id(root: Path) -> str:
+    meta = pq.read_table(root / META)
+    first_id = meta.column("event_id")[0].as_py()
+    _edit_meta(root, event_id={len(meta) - 1: first_id})
+    return f"{META}: duplicate event_id {first_id} (1 duplicated ids)"
+
+
+BAD_INPUT = {
+    "empty_batch_file": _empty_file,
+    "zero_row_batch_file": _zero_rows,
+    "sensor_id_float64": _retyped("sensor_id", pa.float64()),
+    "charge_string": _retyped("charge", pa.string()),
+    "auxiliary_int": _retyped("auxiliary", pa.int64()),
+    "time_string": _retyped("time", pa.string()),
+    "negative_sensor_id": _pulse_value("sensor_id", -1, np.int16),
+    "nan_charge": _pulse_value("charge", float("nan")),
+    "inf_charge": _pulse_value("charge", float("inf")),
+    "nan_time": _pulse_value("time", float("nan")),
+    "inf_time": _pulse_value("time", float("inf")),
+    "time_beyond_int64": _pulse_value("time", 2**64 - 1, np.uint64),
+    "event_with_0_pulses": _zero_pulses,
+    "meta_negative_index": _negative_index,
+    "meta_past_the_end": _past_the_end,
+    "meta_names_another_event": _wrong_event_id,
+    "duplicate_event_id": _duplicate_id,
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUT)
+def test_bad_input_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str) -> None:
+    """Exit code 2, one line naming the file, the event or row and the problem, and nothing published."""
+    root = _dataset(tmp_path)
+    expected = BAD_INPUT[case](root)
+    code, err = _run_predict(root, tmp_path / "out", capsys)
+    lines = [line for line in err.splitlines() if line.startswith("neutrino-ray: error: ")]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert f"neutrino-ray: error: {root}/{expected}" in lines[0], lines[0]
+    _assert_nothing_published(tmp_path / "out")
+
+
+def test_float_time_is_read_as_int64(tmp_path: Path) -> None:
+    """Floating ``time`` (GraphNeT conversions) is checked finite, then truncated to int64 ns as in the Kaggle files."""
+    root = _dataset(tmp_path)
+    tasks = list(icdata.iter_split_tasks(str(root), "test", 20))
+    want = [icdata.read_task_events(t, 5160) for t in tasks]
+    _edit(root, BATCH, lambda t: _set(t, "time", pa.array(t.column("time").to_numpy() + 0.75)))
+    assert pq.read_schema(root / BATCH).field("time").type == pa.float64()
+    got = [icdata.read_task_events(t, 5160) for t in tasks]
+    assert got[0].schema.field("time").type == pa.list_(pa.int64())
+    assert all(g.equals(w) for g, w in zip(got, want, strict=True))
+
+
 def test_republish_overwrites_cleanly(tmp_path: Path) -> None:
     root = _dataset(tmp_path)
     out = tmp_path / "out"

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +16,8 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 import torch
-from kaggle import random_events, write_dataset
+from kaggle import model_artefact, random_events, write_dataset
 
-from neutrino_ray import training
 from neutrino_ray.cli import main
 from neutrino_ray.errors import InputError
 from neutrino_ray.icecube import data as icdata
@@ -36,8 +38,9 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_training_recovers_from_a_worker_failure_resumes_and_scores(dataset: Path, tmp_path: Path) -> None:
     out, marker = tmp_path / "run", tmp_path / "fault-marker"
-    # 1,300 training events, 2 workers x 32 per step: 21 steps per epoch. The last worker raises once at
-    # step 25, in the second epoch: Ray Train restarts both workers from the end-of-epoch-1 checkpoint.
+    # 1,300 training events, 2 workers x 32 per step: 21 steps per epoch. The last worker's process is
+    # SIGKILLed at step 25, in the second epoch: Ray Train restarts both workers from the end-of-epoch-1
+    # checkpoint.
     first = train(str(dataset), str(out), "small", workers=2, epochs=2, batch_size=32, val_events=300,
                   checkpoint_minutes=60, max_failures=2, fault_after_steps=25, fault_marker=str(marker))
     t = first.config["training"]
@@ -85,17 +88,6 @@ def test_training_recovers_from_a_worker_failure_resumes_and_scores(dataset: Pat
     assert (kappa > 0).all()
 
 
-def _artefact(path: Path, **overrides: object) -> Path:
-    """A model folder as `train` writes it (random weights), with config fields overridden."""
-    task = DirectionTask("small")
-    model = task.build_model()
-    config = training.artefact_config(task, model) | overrides
-    path.mkdir(parents=True)
-    (path / "config.json").write_text(json.dumps(config))
-    torch.save(model.state_dict(), path / "model.pt")
-    return path
-
-
 def _predict_cli(data: Path, model: str, out: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> str:
     code = main(["-q", "icecube", "predict", str(data), "--model", model, "--out", str(out), *extra])
     assert code == 2
@@ -112,19 +104,46 @@ def test_bad_models_are_refused_before_any_work(dataset: Path, tmp_path: Path,
     assert "is an architecture, not a trained model" in err
 
     other_features = DirectionTask().config()["features"] | {"time_scale": 1000.0}
-    err = _predict_cli(dataset, str(_artefact(tmp_path / "f", features=other_features)), out, capsys)
+    err = _predict_cli(dataset, str(model_artefact(tmp_path / "f", features=other_features)), out, capsys)
     assert "trained with another feature set" in err and "'time_scale': 1000.0" in err
-    err = _predict_cli(dataset, str(_artefact(tmp_path / "t", task="nova-numu-cc")), out, capsys)
+    err = _predict_cli(dataset, str(model_artefact(tmp_path / "t", task="nova-numu-cc")), out, capsys)
     assert "for task 'nova-numu-cc', expected" in err
-    err = _predict_cli(dataset, str(_artefact(tmp_path / "s", sizes=DirectionTask("dynedge").config()["sizes"])),
+    err = _predict_cli(dataset, str(model_artefact(tmp_path / "s", sizes=DirectionTask("dynedge").config()["sizes"])),
                        out, capsys)
     assert "weights do not match the model in its config.json" in err
-    trunc = _artefact(tmp_path / "w")
+    trunc = model_artefact(tmp_path / "w")
     (trunc / "model.pt").write_bytes((trunc / "model.pt").read_bytes()[:1000])
     err = _predict_cli(dataset, str(trunc), out, capsys)
     assert "model.pt: unreadable model weights" in err
-    err = _predict_cli(dataset, str(_artefact(tmp_path / "c")), out, capsys, "--max-pulses", "64")
+    err = _predict_cli(dataset, str(model_artefact(tmp_path / "c")), out, capsys, "--max-pulses", "64")
     assert "trained with a pulse cap of 256" in err
+
+
+def test_a_killed_training_job_resumes_when_run_again(dataset: Path, tmp_path: Path) -> None:
+    """SIGKILL the whole job (driver and its Ray) after its first checkpoint; the same command resumes."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "neutrino_ray.cli", "icecube", "train", str(dataset), "--out", str(out),
+           "--workers", "1", "--epochs", "3", "--batch-size", "32", "--val-events", "300"]
+    env = {**os.environ, "NEUTRINO_RAY_PROGRESS": "0"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not any((out / "train").glob("checkpoint_*")) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.0)  # let Ray Train record the checkpoint it has just written
+        assert proc.poll() is None, "training ended before it could be killed"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    assert not (out / "model").exists()  # nothing published by the killed job
+
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=420)
+    log = again.stdout + again.stderr
+    assert again.returncode == 0, log[-3000:]
+    assert "resuming from checkpoint: epoch 1" in log, log[-3000:]
+    t = json.loads((out / "model" / "config.json").read_text())["training"]
+    assert t["epochs"] == 3 and t["events"] == 3 * 1300 and t["restarts"] == 1
 
 
 def test_train_refuses_bad_input(tmp_path: Path, dataset: Path) -> None:

@@ -162,6 +162,104 @@ def test_bad_input_missing_columns_and_non_finite(tmp_path: Path, capsys: pytest
     assert meta["skipped_events"] == 2 and meta["n_events"] == 298
 
 
+def _h5(path: Path, edit: str | None = None) -> Path:
+    """A simulated features file (300 events), optionally broken: a dataset dropped or shortened."""
+    import h5py
+
+    from neutrino_ray.km3net import simulate
+
+    simulate.write_h5(path, simulate.simulate_events(3, 300))
+    if edit:
+        with h5py.File(path, "a") as f:
+            values = f[f"events/{edit}"][:-1]
+            del f[f"events/{edit}"]
+            if edit == "track_length":  # shortened; n_doms: dropped
+                f["events"].create_dataset(edit, data=values)
+    return path
+
+
+def _truncated(path: Path) -> Path:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def _no_truth(path: Path) -> Path:
+    pq.write_table(make_table(200).drop_columns(list(features.TRUTH)), path)
+    return path
+
+
+def _parquet(path: Path) -> Path:
+    pq.write_table(make_table(200), path)
+    return path
+
+
+def _folder_with_one_bad(path: Path) -> Path:
+    """Two files read as two Ray tasks: the bad one's error still comes back as one line."""
+    path.mkdir()
+    _parquet(path / "good.parquet")
+    (path / "bad.h5").write_bytes(b"junk" * 100)
+    return path / "bad.h5"
+
+
+BAD_FILES = {  # case: (make the input under a folder, message after "FILE: ")
+    "h5_not_hdf5": (lambda d: (d / "x.h5").write_text("event_id,n_hits\n1,2\n") and d / "x.h5",
+                    "not a readable HDF5 file (Unable to synchronously open file (file signature not found))"),
+    "h5_truncated": (lambda d: _truncated(_h5(d / "x.h5")),
+                     "not a readable HDF5 file (Unable to synchronously open file (truncated file: "),
+    "h5_dataset_lengths_differ": (lambda d: _h5(d / "x.h5", "track_length"),
+                                  "/events columns have different lengths: 300 for most, {'track_length': 299}"),
+    "h5_missing_column": (lambda d: _h5(d / "x.h5", "n_doms"), "/events is missing columns ['n_doms']"),
+    "parquet_truncated": (lambda d: _truncated(_parquet(d / "x.parquet")),
+                          "not a readable Parquet file: Parquet magic bytes not found in footer."),
+    "parquet_without_truth": (lambda d: _no_truth(d / "x.parquet"),
+                              "missing columns ['pdgid', 'is_cc', 'bjorkeny', 'energy'] (no MC truth: training and "
+                              "evaluation need labelled events)"),
+    "folder_with_one_bad_file": (lambda d: _folder_with_one_bad(d / "folder"),
+                                 "not a readable HDF5 file (Unable to synchronously open file (file signature not "
+                                 "found))"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_FILES)
+def test_bad_files_through_cli(tmp_path: Path, case: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Exit 2 and one line naming the file and the problem; no model is published."""
+    make, message = BAD_FILES[case]
+    bad = make(tmp_path)
+    data = bad.parent if case == "folder_with_one_bad_file" else bad
+    code = main(["-q", "km3net", "train", str(data), "--model", "hist-gb", "--out", str(tmp_path / "m")])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("neutrino-ray: error: ")]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith(f"neutrino-ray: error: {bad}: {message}"), lines[0]
+    assert not (tmp_path / "m").exists()
+
+
+def test_predict_skip_bad_drops_and_counts_non_finite_events(data: Path, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    train(str(data), "hist-gb", str(tmp_path / "m"), workers=1, cv=2)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    t = make_table(300, seed=5)
+    x = t.column("shower_energy").to_numpy().copy()
+    x[[11, 40]] = [np.inf, np.nan]
+    pq.write_table(t.set_column(t.schema.get_field_index("shower_energy"), "shower_energy", pa.array(x)),
+                   folder / "bad.parquet")
+    pq.write_table(make_table(100, seed=6), folder / "good.parquet")
+    args = ["-q", "km3net", "predict", str(folder), "--model", str(tmp_path / "m")]
+    assert main([*args, "--out", str(tmp_path / "p")]) == 2
+    err = capsys.readouterr().err
+    assert (f"neutrino-ray: error: {folder}/bad.parquet: row 11 (event_id 11) has a non-finite shower_energy (inf); "
+            f"2 such rows (use --skip-bad to drop them)") in err.splitlines()
+    assert not (tmp_path / "p").exists()
+    assert main([*args, "--out", str(tmp_path / "p"), "--skip-bad"]) == 0
+    manifest = storage.read_manifest(str(tmp_path / "p"))
+    assert manifest["skipped_events"] == 2 and manifest["events"] == 398
+    pred = pq.read_table(tmp_path / "p" / "predictions.parquet")
+    bad_ids = pred.filter(pa.compute.equal(pred.column("source"), "bad.parquet")).column("event_id").to_pylist()
+    assert len(pred) == 398 and 11 not in bad_ids and 40 not in bad_ids and len(bad_ids) == 298
+
+
 def test_model_artefact_is_a_plain_pickle(data: Path, tmp_path: Path) -> None:
     train(str(data), "hist-gb", str(tmp_path / "m"), workers=1, cv=2)
     model = pickle.loads((tmp_path / "m/model.pkl").read_bytes())

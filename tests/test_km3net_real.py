@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -113,3 +114,62 @@ def test_file_without_truth_reads_features_only(monkeypatch: pytest.MonkeyPatch)
     features.validate(table, "sample", need_truth=False)
     with pytest.raises(InputError, match="lacks MC truth"):
         real.read_offline(real.sample_file(), "sample")
+
+
+def _broken_sample(path, how: str):
+    data = bytearray(Path(real.sample_file()).read_bytes())
+    if how == "truncated":
+        data = data[: len(data) // 2]
+    elif how == "corrupt":  # zeroes over compressed baskets: opens fine, fails when the events are read
+        lo = int(len(data) * 0.4)
+        data[lo:lo + 4000] = bytes(4000)
+    else:
+        data = b"not a ROOT file\n" * 100
+    path.write_bytes(bytes(data))
+    return path
+
+
+def _test_data(name: str):
+    import km3net_testdata
+
+    def make(path):
+        path.write_bytes(Path(km3net_testdata.data_path(f"offline/{name}")).read_bytes())
+        return path
+    return make
+
+
+ROOT_CASES = {  # case: (make the file, message after "FILE: ")
+    "not_root": (lambda p: _broken_sample(p, "text"),
+                 "not a readable ROOT file (ValueError: not a ROOT file: first four bytes are b'not ' in file "),
+    "truncated": (lambda p: _broken_sample(p, "truncated"),
+                  "not a readable ROOT file (OSError: expected Chunk of length 723, received 0 bytes from FSSpecSource "
+                  "for file path "),
+    "corrupt": (lambda p: _broken_sample(p, "corrupt"),
+                "corrupt ROOT file, cannot read its events (Error -3 while decompressing data: incorrect data check)"),
+    "without_fits": (_test_data("multiHead.root"),
+                     "lacks fits: no JMuon (JGandalf) track fit in any event (both kinds are needed)"),
+    "without_truth": (_test_data(real.SAMPLE.removeprefix("offline/")),
+                      "missing columns ['pdgid', 'is_cc', 'bjorkeny', 'energy'] (no MC truth: training and evaluation "
+                      "need labelled events)"),
+}
+
+
+@pytest.mark.parametrize("case", ROOT_CASES)
+def test_bad_root_files_through_cli(tmp_path, case: str, capsys: pytest.CaptureFixture[str],
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Exit 2 and one line naming the file and the problem (uproot's own messages span lines); nothing published."""
+    from neutrino_ray.cli import main
+
+    if case == "without_truth":  # real data: the sample read as if it had no MC truth
+        def no_truth(*args: object) -> None:
+            raise InputError("x: lacks MC truth")
+
+        monkeypatch.setattr(real, "_truth", no_truth)
+    make, message = ROOT_CASES[case]
+    bad = make(tmp_path / f"{case}.root")
+    code = main(["-q", "km3net", "train", str(bad), "--model", "hist-gb", "--out", str(tmp_path / "m")])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("neutrino-ray: error: ")]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith(f"neutrino-ray: error: {bad}: {message}"), lines[0]
+    assert not (tmp_path / "m").exists()

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import h5py
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from neutrino_ray import storage
+from neutrino_ray.cli import main
 from neutrino_ray.nova import data, targets
 from neutrino_ray.nova import format as fmt
 
@@ -127,20 +131,30 @@ def write_bad(path: Path, kind: str) -> None:
         return
     with h5py.File(path, "w") as h:
         if kind != "no-cvnmap":
-            h.create_dataset("cvnmap", data=maps[:, :15000] if kind == "wide" else maps)
+            h.create_dataset("cvnmap", data=maps[:, :15000] if kind == "wide" else
+                             maps.astype(np.float32) if kind == "float-cvnmap" else maps)
+        if kind == "no-group":
+            return
         g = h.create_group("neutrino")
         for name, dtype in fmt.FIELDS.items():
             if kind == "missing-field" and name == "nuenergy":
                 continue
-            col = f[name].astype(dtype)
+            if kind == "field-not-dataset" and name == "evt":
+                g.create_group(name)
+                continue
+            col = f[name].astype(np.float64 if kind == "float-field" and name == "interaction" else dtype)
             g.create_dataset(name, data=(col[:-1] if kind == "short-field" and name == "evt" else col).reshape(-1, 1))
 
 
 @pytest.mark.parametrize(("kind", "message"), [
     ("no-cvnmap", "no 'cvnmap' dataset"),
     ("wide", "has shape (10, 15000); expected (N, 16000)"),
+    ("float-cvnmap", "'cvnmap' has dtype float32; expected uint8"),
+    ("no-group", "no 'neutrino' group with the event fields"),
     ("missing-field", "lacks fields ['nuenergy']"),
+    ("field-not-dataset", "'neutrino/evt' is a Group, not a dataset"),
     ("short-field", "'neutrino/evt' has shape (9, 1) but 'cvnmap' has 10 events"),
+    ("float-field", "'neutrino/interaction' has dtype float64; expected uint32"),
     ("truncated", "not a readable HDF5 file"),
     ("not-hdf5", "not a readable HDF5 file"),
 ])
@@ -152,6 +166,47 @@ def test_bad_files_named_or_skipped(three_files: Path, kind: str, message: str) 
     assert str(bad) in str(e.value) and message in str(e.value)
     scan = data.scan(str(three_files), skip_bad=True)
     assert scan.n_events == 2050 and [u for u, _ in scan.skipped] == [str(bad)]
+
+
+BAD_FILE_MESSAGES = {
+    "no-cvnmap": "no 'cvnmap' dataset (has ['neutrino']); not a NOvA pixel-map file",
+    "wide": "'cvnmap' has shape (10, 15000); expected (N, 16000) = (N, 2 views x 100 planes x 80 cells)",
+    "float-cvnmap": "'cvnmap' has dtype float32; expected uint8",
+    "no-group": "no 'neutrino' group with the event fields",
+    "missing-field": "'neutrino' lacks fields ['nuenergy']",
+    "field-not-dataset": "'neutrino/evt' is a Group, not a dataset",
+    "short-field": "'neutrino/evt' has shape (9, 1) but 'cvnmap' has 10 events; expected (10, 1)",
+    "float-field": "'neutrino/interaction' has dtype float64; expected uint32",
+    "truncated": "not a readable HDF5 file (OSError: Unable to synchronously open file (truncated file: ",
+    "not-hdf5": "not a readable HDF5 file (OSError: Unable to synchronously open file (file signature not found))",
+}
+
+
+@pytest.mark.parametrize("kind", BAD_FILE_MESSAGES)
+def test_bad_file_through_cli_fails_or_is_skipped_and_counted(tmp_path: Path, kind: str,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """The CLI: exit 2 with one line naming the file and the problem, nothing published; with --skip-bad the
+    file is left out and counted (report.json's inputs.skipped_files). Planning fails before Ray starts."""
+    fmt.write_h5(tmp_path / "neutrino1.h5", marked_maps(20, 0), fields(20))
+    bad = tmp_path / "neutrino2.h5"
+    write_bad(bad, kind)
+    code = main(["-q", "nova", "train", str(tmp_path), "--task", "energy", "--out", str(tmp_path / "model")])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("neutrino-ray: error: ")]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith(f"neutrino-ray: error: {bad}: {BAD_FILE_MESSAGES[kind]}"), lines[0]
+    assert not (tmp_path / "model").exists()
+    # evaluate reads the same files: predictions for the good file only, the bad one skipped and counted
+    energy = np.linspace(1, 9, 20)
+    preds = pa.table({"file": ["neutrino1.h5"] * 20, "index": np.arange(20), "visible_energy": energy,
+                      "predicted": energy}).replace_schema_metadata({b"neutrino_ray.task": b"nova-energy"})
+    pq.write_table(preds, tmp_path / "preds.parquet")
+    args = ["-q", "nova", "evaluate", str(tmp_path), "--predictions", str(tmp_path / "preds.parquet")]
+    assert main([*args, "--out", str(tmp_path / "e")]) == 2 and str(bad) in capsys.readouterr().err
+    assert not (tmp_path / "e").exists()
+    assert main([*args, "--out", str(tmp_path / "e"), "--skip-bad"]) == 0
+    report = json.loads((tmp_path / "e" / "report.json").read_text())
+    assert report["inputs"]["skipped_files"] == [str(bad)] and report["n_events"] == 20
 
 
 def test_no_files(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from neutrino_ray import storage
@@ -92,8 +93,11 @@ def load_meta(data: str, split: str, with_truth: bool = False) -> pa.Table:
     last = t.column("last_pulse_index").to_numpy()
     bad = np.flatnonzero((first < 0) | (last < first))
     if len(bad):
-        raise DataError(f"{uri}: event_id {int(ids[bad[0]])} has first_pulse_index {int(first[bad[0]])} "
-                        f"and last_pulse_index {int(last[bad[0]])} (need 0 <= first <= last)")
+        f, lst = int(first[bad[0]]), int(last[bad[0]])
+        why = ("0 pulses: the indices are inclusive and every event needs at least one pulse"
+               if f >= 0 and lst == f - 1 else "need 0 <= first <= last")
+        raise DataError(f"{uri}: event_id {int(ids[bad[0]])} has first_pulse_index {f} "
+                        f"and last_pulse_index {lst} ({why})")
     return t.sort_by([("batch_id", "ascending"), ("first_pulse_index", "ascending")])
 
 
@@ -149,14 +153,16 @@ def plan_batch(uri: str, batch_id: int, meta: pa.Table, events_per_task: int) ->
 
 
 def _check_pulse_schema(uri: str, schema: pa.Schema) -> None:
+    """Column names and kinds; ``time`` may also be floating (GraphNeT-style files): checked and cast later."""
     for name, typ in PULSE_TYPES.items():
         if name not in schema.names:
             raise DataError(f"{uri}: pulse column {name!r} missing (columns: {schema.names})")
         found = schema.field(name).type
         ok = (found == typ or (pa.types.is_integer(typ) and pa.types.is_integer(found))
-              or (pa.types.is_floating(typ) and pa.types.is_floating(found)))
+              or (pa.types.is_floating(found) and (pa.types.is_floating(typ) or name == "time")))
         if not ok:
-            raise DataError(f"{uri}: pulse column {name!r} has type {found}, expected {typ}")
+            also = " (or a floating type)" if name == "time" else ""
+            raise DataError(f"{uri}: pulse column {name!r} has type {found}, expected {typ}{also}")
 
 
 def read_task_events(task: ReadTask, n_sensors: int) -> pa.Table:
@@ -220,15 +226,21 @@ def read_task_events(task: ReadTask, n_sensors: int) -> pa.Table:
                         f"geometry (0..{n_sensors - 1}); {len(bad)} such pulses in this file chunk")
     for name in ("time", "charge"):
         col = cols[name]
-        if pa.types.is_integer(col.type) and not col.null_count:
-            continue  # integers are always finite
-        values = col.cast(pa.float64()).to_numpy(zero_copy_only=False)
-        bad = np.flatnonzero(~np.isfinite(values) | ((values <= 0) if name == "charge" else False))
+        if pa.types.is_integer(col.type) and not pa.types.is_uint64(col.type):
+            continue  # the fast path: integers are finite (nulls were refused above) and fit in int64
+        values = pc.cast(col, pa.float64(), safe=False).to_numpy(zero_copy_only=False)  # uint64: approximate
+        if name == "charge":
+            bad = np.flatnonzero(~np.isfinite(values) | (values <= 0))
+        else:  # NaN, ±inf and values int64 cannot hold
+            bad = np.flatnonzero(~(np.abs(values) < 2.0**63))
         if len(bad):
             i = int(bad[0])
+            need = ("finite and positive" if name == "charge" else
+                    "finite" if not np.isfinite(values[i]) else "within the int64 range")
             raise DataError(f"{uri}: event_id {int(event_of_row[i])} has an invalid {name} "
-                            f"({col[i].as_py()!r}); {name} must be finite"
-                            f"{' and positive' if name == 'charge' else ''}")
+                            f"({col[i].as_py()!r}); {name} must be {need}")
+        if name == "time" and pa.types.is_floating(col.type):  # checked above: truncate to integer ns
+            cols[name] = pc.cast(col, options=pc.CastOptions(pa.int64(), allow_float_truncate=True))
     list_off = pa.array(offsets.astype(np.int32))
     return pa.table({
         "event_id": pa.array(task.event_id, pa.int64()),

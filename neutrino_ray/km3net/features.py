@@ -65,7 +65,8 @@ def validate(table: pa.Table, where: str, need_truth: bool = True, skip_bad: boo
     need = list(KEYS) + list(FEATURES) + (list(TRUTH) if need_truth else [])
     missing = [c for c in need if c not in table.column_names]
     if missing:
-        raise InputError(f"{where}: missing columns {missing}")
+        hint = " (no MC truth: training and evaluation need labelled events)" if set(missing) <= set(TRUTH) else ""
+        raise InputError(f"{where}: missing columns {missing}{hint}")
     extra = [c for c in table.column_names if c not in need and c != SOURCE]
     table = table.drop_columns(extra)
     types = {f.name: f.type for f in SCHEMA}

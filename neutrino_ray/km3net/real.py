@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import logging
 import os
+import zlib
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -87,23 +88,28 @@ def read_offline(path_or_fileobj: str | os.PathLike | BinaryIO, where: str, requ
 
     With ``require_truth=False`` a file without MC truth (real data) yields the keys and features only.
     """
-    km3io, reader = _open(path_or_fileobj, where, require_truth)
+    km3io, reader = _open(path_or_fileobj, where, require_truth)  # checks that km3io and uproot import
+    import uproot
+
     with reader:
         if len(reader) == 0:
             return features.SCHEMA.empty_table()
-        ev = reader.events
-        ids = np.asarray(ev.id, dtype=np.int64)
-        if len(np.unique(ids)) != len(ids):
-            raise InputError(f"{where}: event ids are not unique")
-        track = _best_fit(km3io.tools.best_jmuon(ev.tracks), km3io, track=True)
-        shower = _best_fit(km3io.tools.best_jshower(ev.tracks), km3io, track=False)
-        hits = _hits(ev.hits, where)
-        try:
-            truth: dict[str, np.ndarray] | None = _truth(ev, reader, km3io, where)
-        except InputError:
-            if require_truth:
-                raise
-            truth = None  # real data: no truth, features only
+        try:  # the branches' baskets are read here: a corrupt file fails now, not at open
+            ev = reader.events
+            ids = np.asarray(ev.id, dtype=np.int64)
+            if len(np.unique(ids)) != len(ids):
+                raise InputError(f"{where}: event ids are not unique")
+            track = _best_fit(km3io.tools.best_jmuon(ev.tracks), km3io, track=True)
+            shower = _best_fit(km3io.tools.best_jshower(ev.tracks), km3io, track=False)
+            hits = _hits(ev.hits, where)
+            try:
+                truth: dict[str, np.ndarray] | None = _truth(ev, reader, km3io, where)
+            except InputError:
+                if require_truth:
+                    raise
+                truth = None  # real data: no truth, features only
+        except (OSError, EOFError, zlib.error, uproot.DeserializationError) as e:
+            raise InputError(f"{where}: corrupt ROOT file, cannot read its events ({e})") from e
     for kind, fit in (("JMuon (JGandalf) track", track), ("JShower", shower)):
         if not fit["ok"].any():
             raise InputError(f"{where}: lacks fits: no {kind} fit in any event (both kinds are needed)")

@@ -96,6 +96,8 @@ def _check_layout(h: Any, uri: str) -> int:
         raise DataError(f"{uri}: '{fmt.GROUP}' lacks fields {missing}")
     for name, dtype in fmt.FIELDS.items():
         d = g[name]
+        if not isinstance(d, h5py.Dataset):
+            raise DataError(f"{uri}: '{fmt.GROUP}/{name}' is a {type(d).__name__}, not a dataset")
         if d.shape not in ((n, 1), (n,)):
             raise DataError(f"{uri}: '{fmt.GROUP}/{name}' has shape {d.shape} but '{fmt.IMAGE}' has {n} events; "
                             f"expected ({n}, 1)")
