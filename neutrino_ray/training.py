@@ -291,6 +291,9 @@ def worker_loop(cfg: dict[str, Any]) -> None:
                     and not os.path.exists(s.fault_marker):
                 Path(s.fault_marker).write_text("injected")
                 _say(f"injected fault: killing training worker {rank} (pid {os.getpid()}) at step {p.step}")
+                # Ray Train's controller registers a reported checkpoint when it next polls the workers (every
+                # 2 s): give it that time, so the restart starts from the checkpoint this test expects.
+                time.sleep(5)
                 os.kill(os.getpid(), signal.SIGKILL)  # as the OOM killer or a lost node would
         if not stop:
             p.epoch += 1

@@ -7,6 +7,8 @@ Ray workers inherit them exactly as cluster workers would read them from their p
 from __future__ import annotations
 
 import os
+import re
+import secrets
 import socket
 import subprocess
 import sys
@@ -28,8 +30,11 @@ def free_port() -> int:
 
 S3_PORT = free_port()
 S3_ENDPOINT = f"http://127.0.0.1:{S3_PORT}"
+# The S3 secret of every test is a canary, fresh each session: tests grep logs, outputs, job metadata and
+# pickled Ray payloads for it (moto accepts any secret).
+CANARY = f"nr-canary-{secrets.token_hex(12)}"
 os.environ.update({
-    "AWS_ENDPOINT_URL": S3_ENDPOINT, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing-secret",
+    "AWS_ENDPOINT_URL": S3_ENDPOINT, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": CANARY,
     "AWS_REGION": "us-east-1", "NEUTRINO_RAY_S3_RETRIES": "3", "NEUTRINO_RAY_PROGRESS": "0",
     # Every Ray process of the tests (local Ray, multi-node test clusters, job drivers) on 127.0.0.1
     # instead of this machine's outward address: tests talk only to loopback.
@@ -64,7 +69,7 @@ def bucket(s3_server: str, request: pytest.FixtureRequest) -> str:
     """A fresh bucket per test; yields 's3://name'."""
     import boto3
 
-    name = "nr-" + request.node.name.lower().replace("_", "-")[:40].strip("-") + f"-{os.getpid()}"
+    name = "nr-" + re.sub(r"[^a-z0-9]+", "-", request.node.name.lower())[:40].strip("-") + f"-{os.getpid()}"
     boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=name)
     return f"s3://{name}"
 

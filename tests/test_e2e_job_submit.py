@@ -9,15 +9,17 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pyarrow.csv as pacsv
 import pytest
-from conftest import free_port
+from conftest import CANARY, free_port
 
 from neutrino_ray import storage
 from neutrino_ray.icecube.evaluate import evaluate
@@ -34,7 +36,17 @@ def _ray(*args: str, timeout: float = 120, check: bool = True, env: dict[str, st
 
 
 @pytest.fixture(scope="module")
-def ray_head(s3_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def ray_temp_dir() -> Iterator[Path]:
+    """Where the head keeps every file it writes (logs, job logs, uploaded code, spilled objects).
+
+    Short, because Ray's socket paths under it must stay below the OS limit."""
+    path = Path(tempfile.mkdtemp(prefix="nr-ray-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def ray_head(s3_server: str, tmp_path_factory: pytest.TempPathFactory, ray_temp_dir: Path) -> Iterator[str]:
     """A local Ray head on loopback with token authentication on; yields the job-submission address."""
     import ray
 
@@ -47,7 +59,8 @@ def ray_head(s3_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     dash = free_port()
     _ray("start", "--head", "--node-ip-address=127.0.0.1", f"--port={free_port()}", "--num-cpus=2",
          "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-         "--disable-usage-stats", timeout=180)
+         f"--ray-client-server-port={free_port()}", f"--temp-dir={ray_temp_dir}", "--disable-usage-stats",
+         timeout=180)
     try:
         yield f"http://127.0.0.1:{dash}"
     finally:
@@ -174,3 +187,42 @@ def test_job_submit_nova_on_s3(ray_head: str, bucket: str) -> None:
                    "--skip-bad")
     assert skip.returncode == 0, skip.stdout[-3000:] + skip.stderr[-3000:]
     assert storage.read_manifest(f"{bucket}/skip")["skipped_files"] == [f"{data}/neutrino3.h5"]
+
+
+def test_no_secret_in_logs_outputs_or_job_metadata(ray_head: str, bucket: str, ray_temp_dir: Path) -> None:
+    """Jobs that read and write S3 with a canary secret: it appears in no log, output or job record.
+
+    Last in this module, so the files and buckets of every job before it are searched too."""
+    import boto3
+
+    data, out = f"{bucket}/icecube", f"{bucket}/linefit"
+    jobs = [_submit(ray_head, "icecube_simulate.py", data, "--events-per-batch", "200", "--train-batches", "0",
+                    "--test-batches", "1", "--seed", "5"),
+            _submit(ray_head, "icecube_predict.py", data, "--out", out),
+            _submit(ray_head, "icecube_predict.py", f"{bucket}/missing", "--out", out)]  # an error path too
+    assert [j.returncode == 0 for j in jobs] == [True, True, False], jobs[-1].stdout[-2000:]
+    canary = CANARY.encode()
+    assert all(CANARY not in j.stdout + j.stderr for j in jobs)
+
+    # Job records: entrypoints, metadata, runtime environments.
+    listing = subprocess.run(  # a fresh client process: Ray caches the token it first read per process
+        [sys.executable, "-c", "import json, sys; from ray.job_submission import JobSubmissionClient as C; "
+         "print(json.dumps([j.dict() for j in C(sys.argv[1]).list_jobs()], default=str))", ray_head],
+        capture_output=True, text=True, timeout=120, check=True)
+    records = json.loads(listing.stdout.strip().splitlines()[-1])
+    assert len(records) >= 3 and all("entrypoint" in r for r in records)
+    assert CANARY not in listing.stdout
+
+    # Every file the head wrote: its own logs, the drivers', the workers', uploaded code, spilled objects.
+    files = [p for p in ray_temp_dir.rglob("*") if p.is_file() and not p.is_symlink()]
+    assert any(p.name.startswith("job-driver-") for p in files), "no job logs found under the temp dir"
+    leaks = [str(p) for p in files if p.stat().st_size < 2**28 and canary in p.read_bytes()]
+    assert not leaks, f"the secret is in {leaks}"
+
+    # Every object in every bucket the tests wrote, manifests included.
+    s3 = boto3.client("s3")
+    for b in s3.list_buckets()["Buckets"]:
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=b["Name"]):
+            for obj in page.get("Contents", []):
+                body = s3.get_object(Bucket=b["Name"], Key=obj["Key"])["Body"].read()
+                assert canary not in body, f"s3://{b['Name']}/{obj['Key']} holds the secret"

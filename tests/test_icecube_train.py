@@ -119,6 +119,7 @@ def test_bad_models_are_refused_before_any_work(dataset: Path, tmp_path: Path,
     assert "trained with a pulse cap of 256" in err
 
 
+@pytest.mark.slow
 def test_a_killed_training_job_resumes_when_run_again(dataset: Path, tmp_path: Path) -> None:
     """SIGKILL the whole job (driver and its Ray) after its first checkpoint; the same command resumes."""
     out = tmp_path / "run"

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pytest
+from conftest import CANARY
+from kaggle import model_artefact, random_events, write_dataset
 
 from neutrino_ray import storage
 
@@ -60,8 +64,38 @@ def test_s3_round_trip_and_publish(bucket: str) -> None:
     assert [u.rsplit("/", 1)[1] for u in storage.listdir(f"{bucket}/out")] == ["_SUCCESS.json", "sub.csv"]
 
 
-def test_s3_filesystem_pickles_without_secret(s3_server: str) -> None:
-    assert b"testing-secret" not in pickle.dumps(storage.s3())
+def test_s3_filesystems_pickle_without_secret(s3_server: str) -> None:
+    assert CANARY.encode() not in pickle.dumps(storage.s3())
+    assert CANARY.encode() not in pickle.dumps(storage.arrow_filesystem("s3://bucket/x"))
+
+
+@pytest.mark.parametrize("model", ["linefit", "gnn"])
+def test_ray_payloads_carry_no_secret(bucket: str, tmp_path: Path, model: str) -> None:
+    """What an S3 prediction puts into Ray — its plan with every UDF and constructor argument, and the input
+    blocks — holds URIs, never the credentials: workers build their own S3 client from their environment."""
+    import ray.cloudpickle
+
+    from neutrino_ray import runtime
+    from neutrino_ray.icecube import data as icdata
+    from neutrino_ray.icecube import pipeline
+    from neutrino_ray.icecube.predict import Scoring, build_dataset
+
+    local = write_dataset(tmp_path / "d", {1: random_events(np.random.default_rng(3), 50)})
+    data = f"{bucket}/d"
+    for path in local.rglob("*"):
+        if path.is_file():
+            storage.write_bytes(f"{data}/{path.relative_to(local)}", path.read_bytes())
+    if model == "gnn":
+        model_dir = model_artefact(tmp_path / "model")
+        for path in model_dir.iterdir():
+            storage.write_bytes(f"{bucket}/model/{path.name}", path.read_bytes())
+    scoring = Scoring("linefit" if model == "linefit" else f"{bucket}/model", events_per_task=10)
+    tasks = list(icdata.iter_split_tasks(data, "test", 10))
+    runtime.init_ray()
+    ds = build_dataset(tasks, icdata.load_geometry(data), scoring, 256)
+    payload = ray.cloudpickle.dumps(ds) + b"".join(storage.parquet_bytes(t) for t in pipeline.task_tables(tasks))
+    assert f"{data}/test/batch_1.parquet".encode() in payload  # the URIs do travel
+    assert CANARY.encode() not in payload and os.environ["AWS_SECRET_ACCESS_KEY"] == CANARY
 
 
 def test_s3_errors_name_the_uri(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -82,7 +116,7 @@ def test_cli_unreachable_s3_names_the_uri(monkeypatch: pytest.MonkeyPatch, capsy
     code = main(["-q", "icecube", "predict", "s3://bucket/data", "--out", "s3://bucket/out"])
     err = capsys.readouterr().err
     assert code == 2
-    assert "s3://bucket/data/test_meta.parquet" in err and "testing-secret" not in err
+    assert "s3://bucket/data/test_meta.parquet" in err and CANARY not in err
 
 
 def test_republish_removes_files_the_new_output_does_not_have(tmp_path: Path) -> None:
@@ -98,8 +132,11 @@ def test_republish_removes_files_the_new_output_does_not_have(tmp_path: Path) ->
     assert (tmp_path / "out/test/batch_3.parquet").read_bytes() == b"new"
 
 
+@pytest.mark.slow
 def test_killed_run_publishes_nothing_and_rerun_cleans_up(tmp_path: Path) -> None:
-    """SIGKILL in the middle of a simulation: no final file, no manifest; the re-run publishes cleanly."""
+    """SIGKILL in the middle of a simulation: no final file, no manifest; the re-run publishes cleanly.
+
+    (Slow suite: the default suite kills prediction drivers the same way, tests/test_faults.py.)"""
     import os
     import signal
     import subprocess
