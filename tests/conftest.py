@@ -28,6 +28,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def one_line_error(code: int, err: str) -> str:
+    """The CLI's contract for bad input: exit code 2 and one error line on stderr, no traceback; the line."""
+    lines = [line for line in err.splitlines() if line.startswith("neutrino-ray: error: ")]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
 S3_PORT = free_port()
 S3_ENDPOINT = f"http://127.0.0.1:{S3_PORT}"
 # The S3 secret of every test is a canary, fresh each session: tests grep logs, outputs, job metadata and

@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
+from conftest import one_line_error
 from kaggle import random_events, write_batch, write_dataset
 
 from neutrino_ray import storage
@@ -310,9 +311,8 @@ def test_bad_input_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[
     root = _dataset(tmp_path)
     expected = BAD_INPUT[case](root)
     code, err = _run_predict(root, tmp_path / "out", capsys)
-    lines = [line for line in err.splitlines() if line.startswith("neutrino-ray: error: ")]
-    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
-    assert f"neutrino-ray: error: {root}/{expected}" in lines[0], lines[0]
+    line = one_line_error(code, err)
+    assert f"neutrino-ray: error: {root}/{expected}" in line, line
     _assert_nothing_published(tmp_path / "out")
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import one_line_error
 
 from neutrino_ray import storage
 from neutrino_ray.cli import main
@@ -229,9 +230,8 @@ def test_bad_files_through_cli(tmp_path: Path, case: str, capsys: pytest.Capture
     data = bad.parent if case == "folder_with_one_bad_file" else bad
     code = main(["-q", "km3net", "train", str(data), "--model", "hist-gb", "--out", str(tmp_path / "m")])
     err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.startswith("neutrino-ray: error: ")]
-    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
-    assert lines[0].startswith(f"neutrino-ray: error: {bad}: {message}"), lines[0]
+    line = one_line_error(code, err)
+    assert line.startswith(f"neutrino-ray: error: {bad}: {message}"), line
     assert not (tmp_path / "m").exists()
 
 

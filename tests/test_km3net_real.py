@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
+from conftest import one_line_error
 
 km3io = pytest.importorskip("km3io", reason="km3io is not installed: real KM3NeT offline files cannot be read")
 pytest.importorskip("km3net_testdata", reason="km3net-testdata is not installed: no sample offline file")
@@ -169,7 +170,6 @@ def test_bad_root_files_through_cli(tmp_path, case: str, capsys: pytest.CaptureF
     bad = make(tmp_path / f"{case}.root")
     code = main(["-q", "km3net", "train", str(bad), "--model", "hist-gb", "--out", str(tmp_path / "m")])
     err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.startswith("neutrino-ray: error: ")]
-    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
-    assert lines[0].startswith(f"neutrino-ray: error: {bad}: {message}"), lines[0]
+    line = one_line_error(code, err)
+    assert line.startswith(f"neutrino-ray: error: {bad}: {message}"), line
     assert not (tmp_path / "m").exists()

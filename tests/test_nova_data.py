@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import one_line_error
 
 from neutrino_ray import storage
 from neutrino_ray.cli import main
@@ -192,9 +193,8 @@ def test_bad_file_through_cli_fails_or_is_skipped_and_counted(tmp_path: Path, ki
     write_bad(bad, kind)
     code = main(["-q", "nova", "train", str(tmp_path), "--task", "energy", "--out", str(tmp_path / "model")])
     err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.startswith("neutrino-ray: error: ")]
-    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
-    assert lines[0].startswith(f"neutrino-ray: error: {bad}: {BAD_FILE_MESSAGES[kind]}"), lines[0]
+    line = one_line_error(code, err)
+    assert line.startswith(f"neutrino-ray: error: {bad}: {BAD_FILE_MESSAGES[kind]}"), line
     assert not (tmp_path / "model").exists()
     # evaluate reads the same files: predictions for the good file only, the bad one skipped and counted
     energy = np.linspace(1, 9, 20)
