@@ -187,7 +187,8 @@ BAD_FILE_MESSAGES = {
 def test_bad_file_through_cli_fails_or_is_skipped_and_counted(tmp_path: Path, kind: str,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
     """The CLI: exit 2 with one line naming the file and the problem, nothing published; with --skip-bad the
-    file is left out and counted (report.json's inputs.skipped_files). Planning fails before Ray starts."""
+    file is left out and counted (report.json's inputs.skipped_files and the manifest's skipped_files).
+    Planning fails before Ray starts."""
     fmt.write_h5(tmp_path / "neutrino1.h5", marked_maps(20, 0), fields(20))
     bad = tmp_path / "neutrino2.h5"
     write_bad(bad, kind)
@@ -207,6 +208,7 @@ def test_bad_file_through_cli_fails_or_is_skipped_and_counted(tmp_path: Path, ki
     assert main([*args, "--out", str(tmp_path / "e"), "--skip-bad"]) == 0
     report = json.loads((tmp_path / "e" / "report.json").read_text())
     assert report["inputs"]["skipped_files"] == [str(bad)] and report["n_events"] == 20
+    assert json.loads((tmp_path / "e" / "_SUCCESS.json").read_text())["skipped_files"] == [str(bad)]
 
 
 def test_no_files(tmp_path: Path) -> None:

@@ -96,6 +96,7 @@ def evaluate(data_uri: str, predictions_uri: str, out: str, threshold: float = 0
         output.write(SUMMARY, markdown.encode())
         for name, png in pngs.items():
             output.write(name, png)
-        output.commit(kind="nova-evaluate", task=task, events=len(events), rows={REPORT: len(events)})
+        output.commit(kind="nova-evaluate", task=task, events=len(events), rows={REPORT: len(events)},
+                      skipped_files=report["inputs"]["skipped_files"])
     log.info("evaluated %s on %d events → %s", task, len(events), storage.join(out, SUMMARY))
     return report
