@@ -142,6 +142,7 @@ def _gnn_train_predict(ray_head: str, bucket: str, model: str, epochs: int, even
     return log
 
 
+@pytest.mark.slow  # 140 s: GNN training and scoring are covered in process by tests/test_icecube_train.py
 def test_job_submit_gnn_train_predict_on_s3(ray_head: str, bucket: str) -> None:
     _gnn_train_predict(ray_head, bucket, "small", epochs=1, events=600)
 
