@@ -65,6 +65,10 @@ def s3_endpoint() -> str | None:
     return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
 
 
+def s3_region() -> str | None:
+    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or None
+
+
 def s3_retries() -> int:
     """Attempts per S3 request (``NEUTRINO_RAY_S3_RETRIES``, default 8), with exponential backoff."""
     return int(os.environ.get("NEUTRINO_RAY_S3_RETRIES", "8"))
@@ -99,8 +103,7 @@ def _s3fs(endpoint: str | None, region: str | None, retries: int, read_timeout: 
 
 def s3() -> Any:
     """The process's S3 filesystem, built from this process's environment."""
-    return _s3fs(s3_endpoint(), os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"), s3_retries(),
-                 s3_read_timeout())
+    return _s3fs(s3_endpoint(), s3_region(), s3_retries(), s3_read_timeout())
 
 
 def arrow_filesystem(uri: str) -> tuple[Any, str]:
@@ -113,7 +116,7 @@ def arrow_filesystem(uri: str) -> tuple[Any, str]:
     import pyarrow.fs as pafs
 
     if is_s3(uri):
-        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        region = s3_region()
         retries = pafs.AwsStandardS3RetryStrategy(max_attempts=s3_retries())
         kwargs: dict[str, Any] = {"retry_strategy": retries, "connect_timeout": 10,
                                   "request_timeout": s3_read_timeout()}
