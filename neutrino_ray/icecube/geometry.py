@@ -22,10 +22,16 @@ ORIGIN_DEPTH = 1948.07
 
 
 def _read_resource(name: str) -> pa.Table:
+    """A shipped CSV table; its leading ``#`` lines say what it is and where it comes from."""
     path = files("neutrino_ray.icecube") / "resources" / name
+    skip = 0
+    for line in path.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        skip += 1
     return pacsv.read_csv(
         str(path), parse_options=pacsv.ParseOptions(ignore_empty_lines=True),
-        read_options=pacsv.ReadOptions(skip_rows=2),
+        read_options=pacsv.ReadOptions(skip_rows=skip),
     )
 
 
@@ -53,19 +59,20 @@ class Geometry:
 
 @lru_cache(maxsize=1)
 def icecube86() -> Geometry:
-    """Expand the shipped string/segment table into the 5,160 in-ice sensor positions."""
+    """Expand the shipped segment table (DOM positions linear along stretches of each string, exact to
+    0.05 m against the real positions) into the 5,160 in-ice sensor positions."""
     seg = _read_resource("icecube86_strings.csv").to_pydict()
-    x = np.empty(N_SENSORS)
-    y = np.empty(N_SENSORS)
+    x = np.full(N_SENSORS, np.nan)
+    y = np.full(N_SENSORS, np.nan)
     z = np.full(N_SENSORS, np.nan)
-    for s, sx, sy, first, last, z0, dz in zip(
-        seg["string"], seg["x"], seg["y"], seg["dom_first"], seg["dom_last"], seg["z_first"], seg["dz"]
+    for s, first, last, x0, y0, z0, dx, dy, dz in zip(
+        seg["string"], seg["dom_first"], seg["dom_last"], seg["x_first"], seg["y_first"], seg["z_first"],
+        seg["dx"], seg["dy"], seg["dz"], strict=True,
     ):
         doms = np.arange(first, last + 1)
         ids = (s - 1) * DOMS_PER_STRING + (doms - 1)
-        x[ids], y[ids] = sx, sy
-        z[ids] = z0 + dz * (doms - first)
-    if np.isnan(z).any():
+        x[ids], y[ids], z[ids] = x0 + dx * (doms - first), y0 + dy * (doms - first), z0 + dz * (doms - first)
+    if np.isnan(x).any() or np.isnan(y).any() or np.isnan(z).any():
         raise ValueError("icecube86_strings.csv does not cover every DOM of 86 strings x 60")
     sensor = np.arange(N_SENSORS)
     return Geometry(

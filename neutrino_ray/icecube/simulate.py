@@ -51,13 +51,19 @@ PMT_JITTER_MAX = 3 * PMT_JITTER
 E_MIN, E_MAX = 1.0e2, 1.0e8  # GeV: 100 GeV .. 100 PeV, the range of the Kaggle simulation
 # dN/dE ~ E^-1.55 at generation: harder than the atmospheric flux, like the Kaggle sample whose
 # pulse counts (median 63, mean 164 per event) need a long bright tail. Calibrated, see the tests.
-SPECTRAL_INDEX = 1.55
+SPECTRAL_INDEX = 1.8
 # Generated interaction mix, ν_μ CC enriched (tracks are what direction reconstruction is about):
 # after the trigger ~80 % of the events are tracks, which puts the LineFit error where the Kaggle
 # data has it (1.21 rad); an equal-flavour mix gives ~1.45 rad. Muon-neutrino CC gives tracks,
 # the rest cascades.
 INTERACTIONS = ("numu_cc", "nue_cc", "nutau_cc", "nc")
-INTERACTION_P = np.array([0.80, 0.10, 0.05, 0.05])
+INTERACTION_P = np.array([0.70, 0.70, 0.70, 0.90]) / 3.0
+TAU_TO_MU = 0.174  # branching ratio tau -> mu nu nu: a nu_tau CC event with a muon track
+TAU_MUON_FRACTION = 0.33  # mean share of the tau energy the decay muon takes
+# Kinematic angle between the neutrino and the muon it makes (mean, Learned & Mannheim 2000):
+# 0.7 deg (E_nu / TeV)^-0.7; the cascade of a CC or NC interaction keeps the neutrino's direction.
+KINEMATIC_ANGLE_TEV = np.deg2rad(0.7)
+KINEMATIC_POWER = 0.7
 NUMU_CC, NUE_CC, NUTAU_CC, NC = 0, 1, 2, 3
 TAU_VISIBLE_FRACTION = 0.6  # mean share of the tau energy that stays visible (rest: neutrinos)
 
@@ -73,10 +79,11 @@ CASCADE_Z = (-600.0, 600.0)  # m
 #   track:   K_TRACK * (1 + E_mu / E_crit) * exp(-d / L_att) / sqrt(d) * seen   (line source;
 #            seen = the fraction of the track stretch that lights the DOM where the muon exists)
 # with L_att = sqrt(L_abs * L_scat / 3) (diffusion length) from the depth-dependent ice.
-K_CASCADE = 0.25  # pe m / GeV
-K_TRACK = 6.0  # pe m^0.5
+K_CASCADE = 0.35  # pe m / GeV
+K_TRACK = 8.0  # pe m^0.5
 # Cascades emit most light forward (Cherenkov cone of the shower particles), partly kept after
-# scattering: angular factor 1 + CASCADE_FORWARD cos(angle to the shower axis), averaging to 1.
+# scattering: angular factor 1 + CASCADE_FORWARD exp(-d / L_scat) cos(angle to the shower axis), averaging
+# to 1; the light forgets its direction over about one effective scattering length L_scat.
 CASCADE_FORWARD = 0.9
 MIN_DISTANCE = 3.0  # m, regularises the 1/d laws next to a DOM
 HQE_EFFICIENCY = 1.35  # DeepCore high-quantum-efficiency DOMs (strings 79-86, DOMs 11-60)
@@ -87,18 +94,31 @@ MU_PRUNE = 0.01  # pe
 REACH_ATT_LEN = 40.0  # m
 PULSE_SPLIT = 2.0  # a DOM with n pe yields min(n, ceil(2 sqrt(n))) pulses (waveform unfolding)
 
-# Charge of one photo-electron after pulse extraction, quantised like the Kaggle charges.
-SPE_MEAN, SPE_SIGMA, SPE_THRESHOLD = 1.0, 0.3, 0.25  # pe
+# Charge of one photo-electron after pulse extraction (IceCube's SPE template, arXiv:2002.00997: a
+# Gaussian at 1 pe plus a low-charge exponential), the 0.25 pe discriminator, and the 0.025 pe steps of
+# the Kaggle charges.
+SPE_GAUSS_MEAN, SPE_GAUSS_SIGMA = 1.0, 0.3  # pe
+SPE_EXP_FRACTION, SPE_EXP_SCALE = 0.2, 0.5  # share and scale (pe) of the exponential component
+SPE_THRESHOLD = 0.25  # pe
+SPE_MEAN = (1 - SPE_EXP_FRACTION) * SPE_GAUSS_MEAN + SPE_EXP_FRACTION * SPE_EXP_SCALE
+SPE_SIGMA = float(np.sqrt((1 - SPE_EXP_FRACTION) * (SPE_GAUSS_SIGMA**2 + SPE_GAUSS_MEAN**2)
+                          + SPE_EXP_FRACTION * 2 * SPE_EXP_SCALE**2 - SPE_MEAN**2))
 CHARGE_QUANTUM = 0.025  # pe
+# Late light: PMT afterpulses (R7081: ~6 % per photo-electron, in groups near 0.6, 2 and 8 us;
+# arXiv:1612.05093 sec. 3.2). A bright DOM and its neighbours pulse again microseconds later, in HLC.
+AFTERPULSE_PROB = 0.06  # afterpulses per photo-electron
+AFTERPULSE_DELAYS = np.array([600.0, 2000.0, 8000.0])  # ns, group centres (relative width 15 %)
+AFTERPULSE_GROUP_P = np.array([0.25, 0.5, 0.25])
 
 # ----------------------------------------------------------------------------------------------
 # DAQ
 NOISE_RATE = 560e-9  # hits per ns per DOM (560 Hz)
-HLC_WINDOW = 1000  # ns, local coincidence with a neighbouring DOM (dom_number +- 1) on the string
+HLC_WINDOW = 1000  # ns, hard local coincidence (HLC) with a DOM up to HLC_SPAN positions away on the string
+HLC_SPAN = 2  # nearest or next-to-nearest neighbour (arXiv:1612.05093, sec. 6.3)
 TRIGGER_HITS, TRIGGER_WINDOW = 8, 5000  # SMT8: 8 HLC hits within 5 us
 READOUT_BEFORE, READOUT_AFTER = 4000, 6000  # ns around the trigger window
-TRIGGER_TIME = 10_000  # ns, where the trigger window starts in the output frame
-TRIGGER_TIME_JITTER = 1000  # ns, uniform extra offset so that the frame is not too regular
+TRIGGER_TIME = 9_600  # ns, where the trigger window starts in the output frame
+TRIGGER_TIME_JITTER = 500  # ns, uniform extra offset so that the frame is not too regular
 MIN_SIGNAL_PULSES = TRIGGER_HITS  # candidates with fewer signal pulses cannot trigger: skipped early
 
 # Chunking: bounded memory, bounded work.
@@ -215,6 +235,26 @@ class _Events:
         return _Events(**{k: v[idx] for k, v in self.__dict__.items()})
 
 
+def _perpendicular_basis(u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    helper = np.where(np.abs(u[:, 2:3]) < 0.9, [[0.0, 0.0, 1.0]], [[1.0, 0.0, 0.0]])
+    e1 = np.cross(u, helper)
+    e1 /= np.linalg.norm(e1, axis=1, keepdims=True)
+    return e1, np.cross(u, e1)
+
+
+def _kinematic_scatter(rng: np.random.Generator, u: np.ndarray, energy: np.ndarray, is_track: np.ndarray
+                       ) -> np.ndarray:
+    """Muon directions: the neutrino's, turned by a Rayleigh-distributed kinematic angle whose mean is
+    KINEMATIC_ANGLE_TEV (E/TeV)^-KINEMATIC_POWER (capped at 30 deg), about a random axis. Cascades: unchanged."""
+    mean = np.minimum(KINEMATIC_ANGLE_TEV * (energy / 1.0e3) ** -KINEMATIC_POWER, np.deg2rad(30.0))
+    psi = np.where(is_track, rng.rayleigh(mean / np.sqrt(np.pi / 2)), 0.0)
+    phi = rng.random(len(u)) * 2 * np.pi
+    e1, e2 = _perpendicular_basis(u)
+    out = (np.cos(psi)[:, None] * u
+           + np.sin(psi)[:, None] * (np.cos(phi)[:, None] * e1 + np.sin(phi)[:, None] * e2))
+    return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
 def _power_law(rng: np.random.Generator, n: int) -> np.ndarray:
     """Energies (GeV) from dN/dE ~ E^-SPECTRAL_INDEX between E_MIN and E_MAX (inverse CDF)."""
     g = 1.0 - SPECTRAL_INDEX
@@ -228,20 +268,18 @@ def _sample_events(rng: np.random.Generator, n: int) -> _Events:
     zenith = np.arccos(rng.uniform(-1.0, 1.0, n))
     energy = _power_law(rng, n)
     interaction = rng.choice(len(INTERACTIONS), size=n, p=INTERACTION_P)
-    is_track = interaction == NUMU_CC
+    is_track = (interaction == NUMU_CC) | ((interaction == NUTAU_CC) & (rng.random(n) < TAU_TO_MU))
     y = rng.random(n) ** 2  # inelasticity: fraction to the hadronic cascade, mean 1/3
-    u = direction_of_travel(azimuth, zenith)
+    u_nu = direction_of_travel(azimuth, zenith)
+    u = _kinematic_scatter(rng, u_nu, energy, is_track)
 
     # Tracks: impact point uniform on a disk perpendicular to u, vertex anywhere upstream from where
     # the muon can still reach the detector.
-    helper = np.where(np.abs(u[:, 2:3]) < 0.9, [[0.0, 0.0, 1.0]], [[1.0, 0.0, 0.0]])
-    e1 = np.cross(u, helper)
-    e1 /= np.linalg.norm(e1, axis=1, keepdims=True)
-    e2 = np.cross(u, e1)
+    e1, e2 = _perpendicular_basis(u)
     b = TRACK_DISK_RADIUS * np.sqrt(rng.random(n))
     phi = rng.random(n) * 2 * np.pi
     p0_track = b[:, None] * (np.cos(phi)[:, None] * e1 + np.sin(phi)[:, None] * e2)
-    mu_e0 = (1.0 - y) * energy
+    mu_e0 = (1.0 - y) * energy * np.where(interaction == NUTAU_CC, TAU_MUON_FRACTION, 1.0)
     mu_range = muon_range(mu_e0)
     s_vertex = rng.uniform(-mu_range - TRACK_HALF_LENGTH, TRACK_HALF_LENGTH)
 
@@ -388,7 +426,8 @@ def _dom_light(src: _Sources, det: _Detector) -> _DomLight:
     # around the foot point; a muon that exists over only part of it gives that fraction.
     width = np.sqrt(np.maximum(rho, MIN_DISTANCE) / inv_att)
     seen = _normal_cdf((src.s_end[s] - sp) / width) - _normal_cdf((src.s_start[s] - sp) / width)
-    spread = np.where(trk, seen / np.sqrt(dd), (1.0 + CASCADE_FORWARD * proj / dd) / dd)
+    memory = CASCADE_FORWARD * np.exp(-d / scat)
+    spread = np.where(trk, seen / np.sqrt(dd), (1.0 + memory * proj / dd) / dd)
     mu = src.brightness[s] * det.efficiency[sensor] * np.exp(-d * inv_att) * spread
     return _DomLight(
         event=src.event[s], sensor=sensor, distance=d,
@@ -400,7 +439,19 @@ def _dom_light(src: _Sources, det: _Detector) -> _DomLight:
 
 
 def _spe_charges(rng: np.random.Generator, n: int) -> np.ndarray:
-    return rng.normal(SPE_MEAN, SPE_SIGMA, n)
+    """Single photo-electron charges from the SPE template (before the discriminator)."""
+    gauss = rng.normal(SPE_GAUSS_MEAN, SPE_GAUSS_SIGMA, n)
+    return np.where(rng.random(n) < SPE_EXP_FRACTION, rng.exponential(SPE_EXP_SCALE, n), gauss)
+
+
+def _afterpulses(rng: np.random.Generator, n_pe: np.ndarray, t_direct: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """(index into n_pe, time) of the afterpulses of DOMs that saw n_pe photo-electrons at about t_direct."""
+    n_ap = rng.poisson(AFTERPULSE_PROB * n_pe)
+    k = np.repeat(np.arange(len(n_pe)), n_ap)
+    group = rng.choice(len(AFTERPULSE_DELAYS), size=len(k), p=AFTERPULSE_GROUP_P)
+    centre = AFTERPULSE_DELAYS[group]
+    return k, t_direct[k] + centre * (1.0 + 0.15 * rng.standard_normal(len(k)))
 
 
 def _signal_pulses(rng: np.random.Generator, ev: _Events, det: _Detector
@@ -421,7 +472,12 @@ def _signal_pulses(rng: np.random.Generator, ev: _Events, det: _Detector
     jitter = np.clip(rng.normal(0.0, PMT_JITTER, len(p)), -PMT_JITTER_MAX, PMT_JITTER_MAX)
     time = light.t_direct[p] + delay + jitter
     share = np.repeat(n_pe / n_pulse, n_pulse)
-    charge = _spe_charges(rng, len(p)) * np.sqrt(share) + (share - np.sqrt(share)) * SPE_MEAN
+    charge = np.where(share > 1, rng.normal(share * SPE_MEAN, np.sqrt(share) * SPE_SIGMA),
+                      _spe_charges(rng, len(p)))
+    k, t_ap = _afterpulses(rng, n_pe, light.t_direct[hit])
+    p = np.r_[p, hit[k]]
+    time = np.r_[time, t_ap]
+    charge = np.r_[charge, _spe_charges(rng, len(k))]
     ok = charge >= SPE_THRESHOLD
     return light.event[p][ok], light.sensor[p][ok], time[ok], charge[ok]
 
@@ -429,7 +485,7 @@ def _signal_pulses(rng: np.random.Generator, ev: _Events, det: _Detector
 # ----------------------------------------------------------------------------------------------
 # 3. DAQ: noise, local coincidence, trigger, readout
 def local_coincidence(event: np.ndarray, sensor: np.ndarray, time: np.ndarray) -> np.ndarray:
-    """HLC flag: a neighbouring DOM on the same string (dom_number +- 1) has a hit within +-1 us.
+    """HLC flag: a DOM up to HLC_SPAN positions away on the same string has a hit within +-1 us.
 
     All hits of all events at once: a composite key (event, sensor, time) sorts every DOM's hits
     into one contiguous, time-ordered run, so each neighbour window is two binary searches.
@@ -439,7 +495,8 @@ def local_coincidence(event: np.ndarray, sensor: np.ndarray, time: np.ndarray) -
     sorted_key = np.sort(key)
     dom = det.dom_number[sensor]
     hlc = np.zeros(len(key), dtype=bool)
-    for step, has_neighbour in ((-1, dom > 1), (1, dom < 60)):
+    steps = [k for k in range(-HLC_SPAN, HLC_SPAN + 1) if k]
+    for step, has_neighbour in ((k, (dom + k >= 1) & (dom + k <= 60)) for k in steps):
         nb = key + step * TIME_SPAN
         lo = np.searchsorted(sorted_key, nb - HLC_WINDOW, side="left")
         hi = np.searchsorted(sorted_key, nb + HLC_WINDOW, side="right")
