@@ -99,6 +99,7 @@ def add_actor_args(p: argparse.ArgumentParser, batch_size: int) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from neutrino_ray.icecube.features import DEFAULT_MAX_PULSES
+    from neutrino_ray.icecube.linefit import KAGGLE_CHARGE_CAP
     from neutrino_ray.icecube.predict import DEFAULT_BATCH_SIZE, DEFAULT_EVENTS_PER_TASK, GNN_EVENTS_PER_TASK
     from neutrino_ray.nova.models import MODELS as NOVA_MODELS
     from neutrino_ray.nova.targets import TASKS
@@ -227,11 +228,15 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("data", metavar="DATA", help="Kaggle-layout dataset URI")
     pr.add_argument("--split", choices=["train", "test"], default="test", help="split to score (test)")
     pr.add_argument("--model", default="linefit",
-                    help="'linefit' (default) or a trained model's URI (OUT/model of 'icecube train')")
+                    help="'linefit' (default: the Kaggle public baseline, a least-squares line through the "
+                         "auxiliary = False pulses, all pulses when fewer than 2), 'linefit-all' (every pulse), "
+                         "'linefit-clean' (linefit after improved LineFit's scattered-light cleaning), or a "
+                         "trained model's URI (OUT/model of 'icecube train')")
     pr.add_argument("--out", required=True, help="output URI (a folder)")
     pr.add_argument("--max-pulses", type=_positive, default=None,
-                    help=f"LineFit's pulse cap: non-auxiliary first, then earliest ({DEFAULT_MAX_PULSES}); a "
-                         "trained model always uses the cap it was trained with")
+                    help=f"LineFit: fit at most this many of the selected pulses, highest charge first "
+                         f"({KAGGLE_CHARGE_CAP}, as the Kaggle notebook); a trained model always uses the pulse "
+                         "cap it was trained with")
     pr.add_argument("--events-per-task", type=_positive, default=None,
                     help=f"events per Ray Data read task, cut at row groups ({DEFAULT_EVENTS_PER_TASK} for "
                          f"LineFit, {GNN_EVENTS_PER_TASK} for a model)")

@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from neutrino_ray.icecube import linefit as lf
 from neutrino_ray.icecube.features import (
     DEFAULT_MAX_PULSES,
     N_FEATURES,
@@ -58,6 +59,14 @@ def test_geometry_matches_reference_within_2m() -> None:
     assert err.max() <= 2.0, f"max position error {err.max():.2f} m at sensor {sid[err.argmax()]}"
 
 
+def test_geometry_matches_the_competitions_sensor_geometry_within_10cm() -> None:
+    pd = pytest.importorskip("pandas")
+    ref = pd.read_csv(_reference("kaggle_sensor_geometry.csv"))
+    assert ref.sensor_id.tolist() == list(range(N_SENSORS))
+    err = np.abs(icecube86().xyz - ref[["x", "y", "z"]].to_numpy()).max(axis=1)
+    assert err.max() <= 0.1, f"max coordinate error {err.max():.3f} m at sensor {err.argmax()}"
+
+
 def test_ice_table_matches_reference() -> None:
     pd = pytest.importorskip("pandas")
     ref = pd.read_parquet(_reference("ice_transparency.parquet"))
@@ -102,6 +111,79 @@ def test_linefit_degenerate_events_get_finite_default() -> None:
     az, zen, ok = linefit(xyz, t, offsets)
     assert not ok.any()
     assert np.isfinite(az).all() and np.isfinite(zen).all()
+
+
+def _slow_linefit_variant(variant: str, xyz: np.ndarray, t: np.ndarray, charge: np.ndarray,
+                          aux: np.ndarray) -> np.ndarray | None:
+    """One event, written the obvious way: the variant's pulse choice, then least squares r = r0 + v t."""
+    idx = list(range(len(t)))
+    if variant != "linefit-all":
+        hlc = [i for i in idx if not aux[i]]
+        idx = hlc if len(hlc) >= 2 else idx
+    idx = sorted(sorted(idx, key=lambda i: (-charge[i], i))[:lf.KAGGLE_CHARGE_CAP])
+    if variant == "linefit-clean":
+        def scattered(i: int) -> bool:
+            for j in idx:
+                d = float(np.linalg.norm(xyz[i] - xyz[j]))
+                if j != i and d <= lf.CLEAN_RADIUS and t[i] - t[j] > d / lf.C_VACUUM + lf.CLEAN_DELAY:
+                    return True
+            return False
+        cleaned = [i for i in idx if not scattered(i)]
+        idx = cleaned if len(cleaned) >= 2 else idx
+    if len(set(t[idx].tolist())) < 2:
+        return None
+    design = np.stack([np.ones(len(idx)), t[idx]], axis=1)
+    v = np.linalg.lstsq(design, xyz[idx], rcond=None)[0][1]
+    return -v / np.linalg.norm(v)
+
+
+@pytest.mark.parametrize("variant", lf.VARIANTS)
+def test_linefit_variants_equal_slow_reference(variant: str) -> None:
+    """Every variant against its per-event definition, on events with scattered-looking late pulses,
+    few or no HLC pulses, ties in charge and more pulses than the charge cap."""
+    rng = np.random.default_rng(11)
+    counts = np.r_[1, 2, 3, 900, 1_200, rng.integers(2, 120, 40)]
+    offsets = np.r_[0, np.cumsum(counts)]
+    n_pulses = int(offsets[-1])
+    xyz = rng.uniform(-300, 300, (n_pulses, 3))
+    t = rng.uniform(9_000, 15_000, n_pulses).round()
+    charge = rng.choice([0.5, 1.0, 1.025, 2.5], n_pulses)
+    aux = rng.random(n_pulses) < 0.6
+    aux[offsets[1]:offsets[2]] = True  # an event without HLC pulses: falls back to all
+    az, zen, ok = lf.fit(variant, offsets, xyz, t, charge, aux)
+    cleaned_any = False
+    for e in range(len(counts)):
+        lo, hi = offsets[e], offsets[e + 1]
+        want = _slow_linefit_variant(variant, xyz[lo:hi], t[lo:hi], charge[lo:hi], aux[lo:hi])
+        if want is None:
+            assert not ok[e]
+            continue
+        assert ok[e]
+        np.testing.assert_allclose(angles_to_direction(az[e:e + 1], zen[e:e + 1])[0], want, atol=1e-7)
+        if variant == "linefit-clean":
+            sel = lf.select("linefit", offsets[e:e + 2] - lo, xyz[lo:hi], t[lo:hi], charge[lo:hi], aux[lo:hi])
+            clean = lf.select(variant, offsets[e:e + 2] - lo, xyz[lo:hi], t[lo:hi], charge[lo:hi], aux[lo:hi])
+            cleaned_any |= bool(clean.sum() < sel.sum())
+    if variant == "linefit-clean":
+        assert cleaned_any, "the cleaning never removed a pulse: the test data does not exercise it"
+
+
+@pytest.mark.parametrize("variant", lf.VARIANTS)
+def test_linefit_variants_exact_on_straight_lines(variant: str) -> None:
+    """Light moving at c along a line: whichever pulses a variant keeps, it recovers the direction."""
+    xyz, t, offsets, az, zen = _straight_line_events(np.random.default_rng(1), 300)
+    rng = np.random.default_rng(2)
+    aux = rng.random(len(t)) < 0.6
+    charge = rng.integers(1, 200, len(t)) * 0.025
+    az_fit, zen_fit, ok = lf.fit(variant, offsets, xyz, t, charge, aux)
+    assert ok.all()
+    assert angular_distance(az, zen, az_fit, zen_fit).max() < 1e-3
+
+
+def test_linefit_unknown_variant_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown LineFit variant"):
+        lf.fit("linefit-magic", np.array([0, 2]), np.zeros((2, 3)), np.array([0.0, 1.0]), np.ones(2),
+               np.zeros(2, bool))
 
 
 def test_angles_round_trip_and_ranges() -> None:

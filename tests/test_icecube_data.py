@@ -16,9 +16,9 @@ from kaggle import random_events, write_batch, write_dataset
 from neutrino_ray import storage
 from neutrino_ray.cli import main
 from neutrino_ray.icecube import data as icdata
-from neutrino_ray.icecube.features import features_from_table, featurise, positions_and_times
+from neutrino_ray.icecube import linefit as lf
+from neutrino_ray.icecube.features import list_offsets, list_values
 from neutrino_ray.icecube.geometry import icecube86
-from neutrino_ray.icecube.linefit import linefit
 from neutrino_ray.icecube.predict import Scoring, predict
 
 
@@ -70,10 +70,11 @@ def test_predict_local_matches_in_process_linefit(tmp_path: Path) -> None:
     # Same answer as running the pure cores over the whole split in this process.
     ref_parts = []
     for task in icdata.iter_split_tasks(str(root), "test", 10_000):
-        feats = featurise(icdata.read_task_events(task, 5160), icecube86().xyz)
-        flat, off = features_from_table(feats)
-        az, zen, _ = linefit(*positions_and_times(flat), off)
-        ref_parts.append(pa.table({"event_id": feats.column("event_id"), "azimuth": az, "zenith": zen}))
+        events = icdata.read_task_events(task, 5160)
+        off = list_offsets(events.column("time"))
+        sensor, t, q, aux = (list_values(events.column(c)) for c in ("sensor_id", "time", "charge", "auxiliary"))
+        az, zen, _ = lf.fit("linefit", off, icecube86().xyz[sensor], t.astype(float), q, aux.astype(bool))
+        ref_parts.append(pa.table({"event_id": events.column("event_id"), "azimuth": az, "zenith": zen}))
     ref = pa.concat_tables(ref_parts).sort_by("event_id")
     np.testing.assert_allclose(sub.column("azimuth").to_numpy(), ref.column("azimuth").to_numpy(), atol=1e-9)
     np.testing.assert_allclose(sub.column("zenith").to_numpy(), ref.column("zenith").to_numpy(), atol=1e-9)

@@ -1,5 +1,6 @@
 """Tests of the IceCube event simulator: Kaggle layout, DAQ logic against slow reference code,
-physics sanity (causality) and calibration against the published Kaggle figures."""
+physics sanity (causality, kinematic angle, afterpulses) and calibration against the published
+figures of the real Kaggle data."""
 
 from __future__ import annotations
 
@@ -10,10 +11,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from neutrino_ray.icecube import linefit as lf
 from neutrino_ray.icecube import simulate as sim
-from neutrino_ray.icecube.features import select_pulses
 from neutrino_ray.icecube.geometry import N_SENSORS, icecube86
-from neutrino_ray.icecube.linefit import linefit
 from neutrino_ray.icecube.metrics import angular_distance
 
 PULSE_SCHEMA = pa.schema([
@@ -83,7 +83,10 @@ def test_value_ranges(small):
     assert set(tr.column("interaction").to_pylist()) <= set(sim.INTERACTIONS)
     topo = np.array(tr.column("topology").to_pylist())
     inter = np.array(tr.column("interaction").to_pylist())
-    assert np.array_equal(topo == "track", inter == "numu_cc")
+    # Tracks: every nu_mu CC event, and the nu_tau CC events whose tau decays to a muon.
+    assert np.all(topo[inter == "numu_cc"] == "track")
+    assert np.all(topo[np.isin(inter, ["nue_cc", "nc"])] == "cascade")
+    assert 0 < np.mean(topo[inter == "nutau_cc"] == "track") < 0.5
 
 
 def test_n_pulses_matches(small):
@@ -130,7 +133,7 @@ def _slow_hlc(event, sensor, t):
     for e, s, ti in zip(event, sensor, t, strict=True):
         dom = s % 60 + 1
         found = False
-        for step in (-1, 1):
+        for step in (-2, -1, 1, 2):  # HLC: nearest or next-to-nearest neighbour on the string
             if 1 <= dom + step <= 60:
                 found = found or any(abs(t2 - ti) <= 1000 for t2 in hits.get((e, s + step), ()))
         out.append(found)
@@ -182,10 +185,12 @@ def test_absurd_trigger_efficiency_raises(monkeypatch):
 
 # ---------------------------------------------------------------------------------------------
 # Physics sanity
-def test_signal_respects_causality():
+def test_signal_respects_causality(monkeypatch):
     """No signal photon arrives before light could: for tracks the earliest time from any point of
     the muon's line (moving at c from the vertex) travelling at c/n_group, for cascades the straight
-    path from the vertex. Only the PMT jitter may make a pulse slightly early."""
+    path from the vertex. Only the PMT jitter may make a pulse slightly early. (Afterpulses, which
+    come microseconds late, are switched off here: they are tested on their own.)"""
+    monkeypatch.setattr(sim, "AFTERPULSE_PROB", 0.0)
     rng = np.random.default_rng(5)
     det = sim._detector()
     ev = sim._sample_events(rng, 3000)
@@ -207,8 +212,9 @@ def test_signal_respects_causality():
     assert ev.is_track[e].any() and (~ev.is_track[e]).any()
 
 
-def test_track_light_follows_the_muon():
+def test_track_light_follows_the_muon(monkeypatch):
     """First-photon times on DOMs close to a through-going muon grow along its direction of travel."""
+    monkeypatch.setattr(sim, "INTERACTION_P", np.array([1.0, 0.0, 0.0, 0.0]))  # muon neutrinos only
     rng = np.random.default_rng(9)
     det = sim._detector()
     ev = sim._sample_events(rng, 600)
@@ -232,43 +238,102 @@ def test_track_light_follows_the_muon():
     assert len(corr) >= 5 and np.median(corr) > 0.9 and min(corr) > 0.5
 
 
+def test_kinematic_angle_shrinks_with_energy():
+    """The muon leaves at an angle to the neutrino, 0.7 deg (E/TeV)^-0.7 on average; cascades keep
+    the neutrino's direction."""
+    rng = np.random.default_rng(3)
+    n = 20_000
+    u = sim.direction_of_travel(rng.random(n) * 2 * np.pi, np.arccos(rng.uniform(-1, 1, n)))
+    for energy in (1e2, 1e3, 1e5):
+        mu = sim._kinematic_scatter(rng, u, np.full(n, energy), np.ones(n, bool))
+        angle = np.degrees(np.arccos(np.clip(np.einsum("ij,ij->i", u, mu), -1, 1)))
+        assert np.mean(angle) == pytest.approx(0.7 * (energy / 1e3) ** -0.7, rel=0.05)
+    same = sim._kinematic_scatter(rng, u, np.full(n, 1e2), np.zeros(n, bool))
+    np.testing.assert_allclose(same, u, atol=1e-12)
+
+
+def test_afterpulses_follow_the_pmt():
+    """About 6 % afterpulses per photo-electron, in the three delay groups near 0.6, 2 and 8 us."""
+    rng = np.random.default_rng(4)
+    n_pe = np.full(50_000, 20)
+    k, t = sim._afterpulses(rng, n_pe, np.full(len(n_pe), 100.0))
+    assert len(k) / n_pe.sum() == pytest.approx(sim.AFTERPULSE_PROB, rel=0.03)
+    delay = t - 100.0
+    groups = np.digitize(delay, [1_200, 4_000])
+    np.testing.assert_allclose(np.bincount(groups, minlength=3) / len(delay), sim.AFTERPULSE_GROUP_P, atol=0.01)
+    for g, centre in enumerate(sim.AFTERPULSE_DELAYS):
+        assert np.median(delay[groups == g]) == pytest.approx(centre, rel=0.03)
+
+
 # ---------------------------------------------------------------------------------------------
-# Calibration against the Kaggle data (median 63 / mean 164 pulses, LineFit 1.21 rad)
-def _linefit_error(batch: sim.SimulatedBatch) -> float:
-    p = batch.pulses
+# Calibration against the real Kaggle data, measured the way the field measures it: the Kaggle public
+# LineFit fits only the auxiliary = False pulses (1.214 rad on the real test set). The bands are the
+# "IceCube realism" issue's, around the published figures of the real files (stats.REAL_KAGGLE).
+FULL_BANDS = {
+    "linefit": (1.15, 1.28),
+    "pulses_q1": (48 * 0.85, 48 * 1.15), "pulses_median": (63 * 0.85, 63 * 1.15), "pulses_q3": (89 * 0.85, 89 * 1.15),
+    "pulses_mean": (120, 220), "pulses_p99": (800, 1600), "frac_le_100": (0.75, 0.86),
+    "aux_frac_le_100": (0.55, 0.80),
+    "charge_q1": (0.775 * 0.8, 0.775 * 1.2), "charge_median": (1.075 * 0.8, 1.075 * 1.2),
+    "charge_q3": (1.775 * 0.8, 1.775 * 1.2),
+    "first_time_median": (5830, 6430), "span_median": (9870, 12060),
+}
+# A few thousand events: the mean, the 99th percentile and the pulse-pooled charge quartiles are
+# dominated by the rare very bright events, so their bands are wider; the rest as in full.
+DEFAULT_BANDS = {**FULL_BANDS, "linefit": (1.12, 1.31), "pulses_mean": (90, 320), "pulses_p99": (650, 2000),
+                 "frac_le_100": (0.72, 0.88), "charge_q3": (1.775 * 0.75, 1.775 * 1.25)}
+
+
+def _calibration_figures(batch: sim.SimulatedBatch) -> dict[str, float]:
+    """The calibration statistics of a simulated batch, computed directly from its pulses."""
+    p, tr = batch.pulses, batch.truth
     eid = _np(p, "event_id")
     starts = np.flatnonzero(np.r_[True, eid[1:] != eid[:-1]])
     offsets = np.r_[starts, len(eid)].astype(np.int64)
     t = _np(p, "time").astype(np.float64)
-    keep, new_offsets = select_pulses(offsets, t, _np(p, "auxiliary").astype(bool), 256)
-    xyz = icecube86().xyz[_np(p, "sensor_id")[keep]]
-    az, zen, _ = linefit(xyz, t[keep], new_offsets)
-    tr = batch.truth
-    return float(np.mean(angular_distance(_np(tr, "azimuth"), _np(tr, "zenith"), az, zen)))
+    q = _np(p, "charge")
+    aux = _np(p, "auxiliary").astype(bool)
+    xyz = icecube86().xyz[_np(p, "sensor_id")]
+    n = np.diff(offsets)
+    small = np.repeat(n <= 100, n)
+    first, last = t[offsets[:-1]], t[offsets[1:] - 1]
+    truth = (_np(tr, "azimuth"), _np(tr, "zenith"))
+    fig = {
+        "pulses_q1": np.quantile(n, 0.25), "pulses_median": np.median(n), "pulses_q3": np.quantile(n, 0.75),
+        "pulses_mean": n.mean(), "pulses_p99": np.quantile(n, 0.99), "frac_le_100": np.mean(n <= 100),
+        "aux_frac_le_100": aux[small].mean(),
+        "charge_q1": np.quantile(q, 0.25), "charge_median": np.median(q), "charge_q3": np.quantile(q, 0.75),
+        "first_time_median": np.median(first), "span_median": np.median(last - first),
+        "charge_off_grid": np.abs(q / 0.025 - np.round(q / 0.025)).max(),
+    }
+    for variant in lf.VARIANTS:
+        az, zen, _ = lf.fit(variant, offsets, xyz, t, q, aux)
+        fig[variant] = float(np.mean(angular_distance(*truth, az, zen)))
+    return {k: float(v) for k, v in fig.items()}
 
 
-def test_pulse_count_calibration(calibration):
-    n = _np(calibration.truth, "n_pulses")
-    assert 40 <= np.median(n) <= 90
-    assert 100 <= n.mean() <= 250
-    assert n.max() > 1000  # a long tail
+def _check_calibration(fig: dict[str, float], bands: dict[str, tuple[float, float]]) -> None:
+    off = {k: (round(fig[k], 4), lo, hi) for k, (lo, hi) in bands.items() if not lo <= fig[k] <= hi}
+    assert not off, f"outside the calibration bands (value, low, high): {off}"
+    assert fig["linefit-all"] > fig["linefit"] + 0.1, "the all-pulse fit must be worse than the aux = False fit"
+    assert fig["charge_off_grid"] < 1e-9, "every charge must be a multiple of 0.025 pe"
 
 
-def test_linefit_calibration(calibration):
-    assert 1.00 <= _linefit_error(calibration) <= 1.35
+def test_calibration_against_the_real_data(calibration):
+    _check_calibration(_calibration_figures(calibration), DEFAULT_BANDS)
 
 
 def test_mix_of_topologies(calibration):
     topo = np.array(calibration.truth.column("topology").to_pylist())
-    assert 0.5 < (topo == "track").mean() < 0.95
+    inter = np.array(calibration.truth.column("interaction").to_pylist())
+    assert 0.2 < (topo == "track").mean() < 0.45  # equal flavours: tracks are the minority
+    assert set(inter) == set(sim.INTERACTIONS)
 
 
 @pytest.mark.slow
 def test_speed_and_full_calibration():
     t0 = time.perf_counter()
-    batch = sim.simulate_batch(99, 20_000, 0)
-    rate = 20_000 / (time.perf_counter() - t0)
-    assert rate >= 800, f"{rate:.0f} events/s"
-    n = _np(batch.truth, "n_pulses")
-    assert 40 <= np.median(n) <= 90 and 100 <= n.mean() <= 250
-    assert 1.00 <= _linefit_error(batch) <= 1.35
+    batch = sim.simulate_batch(99, 40_000, 0)
+    rate = 40_000 / (time.perf_counter() - t0)
+    assert rate >= 1_200, f"{rate:.0f} events/s"  # one core; 1,000,000 events <= 15 min on two
+    _check_calibration(_calibration_figures(batch), FULL_BANDS)

@@ -1,4 +1,4 @@
-"""Throughput benchmark: read, featurise, LineFit (one core each) and end-to-end predict (Ray)."""
+"""Throughput benchmark: read, featurise, the LineFit variants (one core each) and end-to-end predict (Ray)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ import ray
 
 from neutrino_ray import runtime, storage
 from neutrino_ray.icecube import data as icdata
-from neutrino_ray.icecube.features import DEFAULT_MAX_PULSES, features_from_table, featurise, positions_and_times
-from neutrino_ray.icecube.linefit import linefit
-from neutrino_ray.icecube.predict import DEFAULT_EVENTS_PER_TASK, predict
+from neutrino_ray.icecube.features import DEFAULT_MAX_PULSES, featurise
+from neutrino_ray.icecube.linefit import KAGGLE_CHARGE_CAP, VARIANTS
+from neutrino_ray.icecube.predict import DEFAULT_EVENTS_PER_TASK, linefit_events, predict
 from neutrino_ray.icecube.simwrite import simulate_dataset
 
 MAX_EVENTS_PER_BATCH = 200_000  # the Kaggle batch size
@@ -66,7 +66,8 @@ def bench(events: int, data: str, seed: int = 11) -> dict[str, float]:
     geometry = icdata.load_geometry(data)
     n = len(meta)
     tasks = list(icdata.iter_split_tasks(data, "test", DEFAULT_EVENTS_PER_TASK, meta=meta))
-    t_read = t_feat = t_fit = 0.0
+    t_read = t_feat = 0.0
+    t_fit = dict.fromkeys(VARIANTS, 0.0)
     n_pulses = 0
     threads = pa.cpu_count(), pa.io_thread_count()
     pa.set_cpu_count(1)  # one core, really: no Arrow decode threads
@@ -75,13 +76,13 @@ def bench(events: int, data: str, seed: int = 11) -> dict[str, float]:
         a = time.perf_counter()
         ev = icdata.read_task_events(task, len(geometry))
         b = time.perf_counter()
-        feats = featurise(ev, geometry, DEFAULT_MAX_PULSES)
+        featurise(ev, geometry, DEFAULT_MAX_PULSES)
         c = time.perf_counter()
-        flat, offsets = features_from_table(feats)
-        xyz, t = positions_and_times(flat)
-        linefit(xyz, t, offsets)
-        d = time.perf_counter()
-        t_read, t_feat, t_fit = t_read + b - a, t_feat + c - b, t_fit + d - c
+        t_read, t_feat = t_read + b - a, t_feat + c - b
+        for variant in VARIANTS:
+            c = time.perf_counter()
+            linefit_events(ev, geometry, variant, KAGGLE_CHARGE_CAP)
+            t_fit[variant] += time.perf_counter() - c
         n_pulses += int(pa.compute.sum(pa.compute.list_value_length(ev.column("time"))).as_py())
     pa.set_cpu_count(threads[0])
     pa.set_io_thread_count(threads[1])
@@ -93,7 +94,8 @@ def bench(events: int, data: str, seed: int = 11) -> dict[str, float]:
     figures: dict[str, float] = {
         "events": n, "pulses": n_pulses,
         "read_events_per_s": n / t_read, "read_pulses_per_s": n_pulses / t_read,
-        "featurise_events_per_s": n / t_feat, "linefit_events_per_s": n / t_fit,
+        "featurise_events_per_s": n / t_feat,
+        **{f"{v.replace('-', '_')}_events_per_s": n / t_fit[v] for v in VARIANTS},
         "predict_end_to_end_events_per_s": e2e, "predict_inference_events_per_s": m["inference_events_per_second"],
         "driver_peak_rss_mib": max(single_rss, _peak_rss_mib()),
         "ray_worker_peak_rss_mib": _ray_workers_peak_rss_mib(),
@@ -105,8 +107,9 @@ def bench(events: int, data: str, seed: int = 11) -> dict[str, float]:
           f"{figures['read_pulses_per_s'] / 1e6:.1f} M pulses/s, 1 core")
     print(f"{'featurise (cap ' + str(DEFAULT_MAX_PULSES) + ', geometry join)':<36}"
           f"{figures['featurise_events_per_s']:>12,.0f}  1 core")
-    print(f"{'LineFit':<36}{figures['linefit_events_per_s']:>12,.0f}  1 core")
-    print(f"{'predict end to end (Ray Data)':<36}{e2e:>12,.0f}  {runtime.cpu_count()} CPUs, parquet → "
+    for v in VARIANTS:
+        print(f"{v + ' (pulse selection + fit)':<36}{figures[v.replace('-', '_') + '_events_per_s']:>12,.0f}  1 core")
+    print(f"{'predict end to end (Ray Data, linefit)':<36}{e2e:>12,.0f}  {runtime.cpu_count()} CPUs, parquet → "
           f"submission.csv in {m['wall_seconds']:.1f} s (Ray already up)")
     print(f"peak RSS: driver {figures['driver_peak_rss_mib']:.0f} MiB, largest Ray worker "
           f"{figures['ray_worker_peak_rss_mib']:.0f} MiB")

@@ -12,6 +12,7 @@ Arrow tables with one row per event (pulse columns as lists), so events are neve
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -46,6 +47,21 @@ def geometry_uri(data: str) -> str:
     return storage.join(data, "sensor_geometry.csv")
 
 
+def list_batches(data: str, split: str) -> dict[int, str]:
+    """batch_id → URI of every ``{split}/batch_{id}.parquet`` that a storage listing finds, sorted by id."""
+    folder = storage.join(data, split)
+    try:
+        entries = storage.listdir(folder)
+    except FileNotFoundError:
+        entries = []
+    found = {}
+    for uri in entries:
+        m = re.fullmatch(r"batch_(\d+)\.parquet", uri.rstrip("/").rsplit("/", 1)[-1])
+        if m:
+            found[int(m.group(1))] = batch_uri(data, split, int(m.group(1)))
+    return dict(sorted(found.items()))
+
+
 def load_geometry(data: str) -> np.ndarray:
     """(n_sensors, 3) positions indexed by sensor_id, from the dataset's ``sensor_geometry.csv``."""
     uri = geometry_uri(data)
@@ -78,6 +94,63 @@ def load_meta(data: str, split: str, with_truth: bool = False) -> pa.Table:
         raise DataError(f"{uri}: meta for split {split!r} not found (is {data} a Kaggle-layout dataset?)") from e
     except KeyError as e:
         raise DataError(str(e.args[0])) from e
+    return _checked_meta(t, uri)
+
+
+def load_batch_meta(data: str, split: str, batch_id: int, with_truth: bool = False) -> pa.Table:
+    """The meta rows of one batch file, read with a ``batch_id`` filter pushed down to the Parquet reader
+    (row groups whose statistics exclude the batch are skipped), validated and sorted as :func:`load_meta`."""
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}; expected one of {SPLITS}")
+    uri = meta_uri(data, split)
+    cols = list(META_COLUMNS) + (["azimuth", "zenith"] if with_truth else [])
+    try:
+        with storage.open_input(uri) as f:
+            names = pq.read_schema(f).names
+            missing = [c for c in cols if c not in names]
+            if missing:
+                raise DataError(f"{uri}: missing columns {missing} (has {names})")
+            f.seek(0)
+            t = pq.read_table(f, columns=cols, filters=[("batch_id", "==", int(batch_id))])
+    except FileNotFoundError as e:
+        raise DataError(f"{uri}: meta for split {split!r} not found (is {data} a Kaggle-layout dataset?)") from e
+    except (pa.ArrowInvalid, OSError) as e:
+        raise DataError(f"{uri}: not a readable Parquet file: {e}") from e
+    return _checked_meta(t, uri)
+
+
+def meta_batch_counts(data: str, split: str) -> dict[int, int]:
+    """Events per batch_id of a split's meta, streamed one row group of the ``batch_id`` column at a time
+    (memory independent of the number of events)."""
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}; expected one of {SPLITS}")
+    uri = meta_uri(data, split)
+    counts: dict[int, int] = {}
+    try:
+        with storage.open_input(uri) as f:
+            pf = pq.ParquetFile(f)
+            missing = [c for c in META_COLUMNS if c not in pf.schema_arrow.names]
+            if missing:
+                raise DataError(f"{uri}: missing columns {missing} (has {pf.schema_arrow.names})")
+            typ = pf.schema_arrow.field("batch_id").type
+            if not pa.types.is_integer(typ):
+                raise DataError(f"{uri}: column batch_id must be integer, found {typ}")
+            for rg in range(pf.num_row_groups):
+                col = pf.read_row_group(rg, columns=["batch_id"]).column(0)
+                if col.null_count:
+                    raise DataError(f"{uri}: column batch_id has nulls")
+                vc = pc.value_counts(col).flatten()
+                for b, n in zip(vc[0].to_pylist(), vc[1].to_pylist()):
+                    counts[b] = counts.get(b, 0) + n
+    except FileNotFoundError as e:
+        raise DataError(f"{uri}: meta for split {split!r} not found (is {data} a Kaggle-layout dataset?)") from e
+    except (pa.ArrowInvalid, OSError) as e:
+        raise DataError(f"{uri}: not a readable Parquet file: {e}") from e
+    return dict(sorted(counts.items()))
+
+
+def _checked_meta(t: pa.Table, uri: str) -> pa.Table:
+    """Meta columns integer without nulls, event ids unique, 0 <= first <= last; sorted for reading."""
     for c in META_COLUMNS:
         if not pa.types.is_integer(t.schema.field(c).type):
             raise DataError(f"{uri}: column {c} must be integer, found {t.schema.field(c).type}")

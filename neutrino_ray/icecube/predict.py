@@ -1,9 +1,10 @@
 """Batch inference on Ray Data: read → featurise → reconstruct → one atomic ``submission.csv``.
 
-Read tasks (see :mod:`neutrino_ray.icecube.data`) become one Ray Data block each. LineFit runs fused
-with the read and featurisation in one task per block. A trained model runs on an actor pool: each
-actor loads the model once from storage (on a GPU with ``gpus_per_actor``), then reads, featurises
-(with the model's own pulse cap) and scores its read tasks in batches of ``batch_size`` packed events.
+Read tasks (see :mod:`neutrino_ray.icecube.data`) become one Ray Data block each. A LineFit variant
+(:mod:`~neutrino_ray.icecube.linefit`) runs fused with the read in one task per block, on the raw
+pulses. A trained model runs on an actor pool: each actor loads the model once from storage (on a GPU
+with ``gpus_per_actor``), then reads, featurises (with the model's own pulse cap) and scores its read
+tasks in batches of ``batch_size`` packed events.
 Pulses never leave the worker that decoded them; only (event_id, azimuth, zenith) come back to the
 driver, which checks that every event of the split's meta is present exactly once before publishing.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -23,9 +25,9 @@ from ray.data import ActorPoolStrategy
 from neutrino_ray import runtime, storage
 from neutrino_ray.errors import InputError
 from neutrino_ray.icecube import data as icdata
+from neutrino_ray.icecube import linefit as lf
 from neutrino_ray.icecube import pipeline
-from neutrino_ray.icecube.features import DEFAULT_MAX_PULSES, features_from_table, positions_and_times
-from neutrino_ray.icecube.linefit import linefit
+from neutrino_ray.icecube.features import list_offsets, list_values
 
 log = logging.getLogger("neutrino_ray")
 
@@ -35,12 +37,21 @@ DEFAULT_BATCH_SIZE = 256  # events per model forward pass
 SUBMISSION = "submission.csv"
 
 
-def linefit_block(batch: pa.Table) -> pa.Table:
-    """Ray Data UDF: featurised events → event_id, azimuth, zenith, ok."""
-    feats, offsets = features_from_table(batch)
-    xyz, t = positions_and_times(feats)
-    az, zen, ok = linefit(xyz, t, offsets)
-    return pa.table({"event_id": batch.column("event_id"), "azimuth": az, "zenith": zen, "ok": ok})
+def linefit_events(events: pa.Table, geometry: np.ndarray, variant: str, cap: int) -> pa.Table:
+    """A LineFit variant on events with pulse list columns → event_id, azimuth, zenith, ok."""
+    offsets = list_offsets(events.column("sensor_id"))
+    xyz = geometry[list_values(events.column("sensor_id"))]
+    t = list_values(events.column("time")).astype(np.float64)
+    charge = list_values(events.column("charge"))
+    aux = list_values(events.column("auxiliary")).astype(bool)
+    az, zen, ok = lf.fit(variant, offsets, xyz, t, charge, aux, cap)
+    return pa.table({"event_id": events.column("event_id"), "azimuth": az, "zenith": zen, "ok": ok})
+
+
+def linefit_block(batch: pa.Table, geometry: np.ndarray, variant: str, cap: int) -> pa.Table:
+    """Ray Data UDF: read tasks → their events' LineFit directions."""
+    return pa.concat_tables(linefit_events(icdata.read_task_events(task, len(geometry)), geometry, variant, cap)
+                            for task, _ in pipeline.iter_tasks(batch))
 
 
 class DirectionScorer:
@@ -84,8 +95,8 @@ class PredictResult:
 class Scoring:
     """How to score: LineFit, or a trained model on an actor pool."""
 
-    model: str = "linefit"  # "linefit" or the URI of a trained model (OUT/model of `icecube train`)
-    max_pulses: int | None = None  # LineFit's cap; a trained model uses its own
+    model: str = "linefit"  # a LineFit variant (lf.VARIANTS) or the URI of a trained model (OUT/model)
+    max_pulses: int | None = None  # LineFit's charge cap; a trained model uses its own pulse cap
     events_per_task: int | None = None
     batch_size: int = DEFAULT_BATCH_SIZE
     actors: int | None = None
@@ -94,7 +105,7 @@ class Scoring:
 
     @property
     def is_linefit(self) -> bool:
-        return self.model == "linefit"
+        return self.model in lf.VARIANTS
 
 
 def check_model(scoring: Scoring) -> tuple[int, dict[str, Any]]:
@@ -103,7 +114,7 @@ def check_model(scoring: Scoring) -> tuple[int, dict[str, Any]]:
     from neutrino_ray.icecube.train import load_task_and_model
 
     if scoring.is_linefit:
-        return scoring.max_pulses or DEFAULT_MAX_PULSES, {"model": "linefit"}
+        return scoring.max_pulses or lf.KAGGLE_CHARGE_CAP, {"model": scoring.model}
     if scoring.model in SIZES:
         raise InputError(f"--model {scoring.model!r} is an architecture, not a trained model: train it with "
                          f"'neutrino-ray icecube train DATA --model {scoring.model} --out OUT', then pass "
@@ -120,8 +131,9 @@ def build_dataset(tasks: list[icdata.ReadTask], geometry: np.ndarray, scoring: S
                   max_pulses: int) -> ray.data.Dataset:
     """The lazy Ray Data pipeline: LineFit fused into the read tasks, or an actor pool holding the model."""
     if scoring.is_linefit:
-        ds = pipeline.events_dataset(tasks, geometry, max_pulses)
-        return ds.map_batches(linefit_block, batch_format="pyarrow", batch_size=None, zero_copy_batch=True)
+        ds: ray.data.Dataset = ray.data.from_arrow(pipeline.task_tables(tasks))
+        return ds.map_batches(partial(linefit_block, geometry=geometry, variant=scoring.model, cap=max_pulses),
+                              batch_format="pyarrow", batch_size=1, zero_copy_batch=True)
     use_gpu = scoring.gpus_per_actor > 0
     actors = runtime.actor_pool_size(scoring.actors, scoring.cpus_per_actor, scoring.gpus_per_actor)
     scored: ray.data.Dataset = ray.data.from_arrow(pipeline.task_tables(tasks))
@@ -154,7 +166,7 @@ def run_inference(data: str, split: str, scoring: Scoring | None = None) -> Pred
     check_complete(result, meta, data, split)
     sub = result.select(["event_id", "azimuth", "zenith"])
     degenerate = int(len(result) - np.count_nonzero(result.column("ok").to_numpy(zero_copy_only=False)))
-    details.update(max_pulses=max_pulses, events_per_task=per_task)
+    details.update({"charge_cap" if scoring.is_linefit else "max_pulses": max_pulses, "events_per_task": per_task})
     if not scoring.is_linefit:
         details.update(batch_size=scoring.batch_size, cpus_per_actor=scoring.cpus_per_actor,
                        gpus_per_actor=scoring.gpus_per_actor)
