@@ -35,7 +35,7 @@ MIN_HLC_PULSES = 2  # fewer HLC pulses than this: the Kaggle baseline falls back
 CLEAN_RADIUS = 156.0  # m, improved LineFit's neighbourhood
 CLEAN_DELAY = 778.0  # ns, improved LineFit's allowed delay
 C_VACUUM = 0.299792458  # m/ns
-_MAX_PAIRS = 4_000_000  # pulse pairs held at once by the cleaning (bounded memory)
+_MAX_PAIRS = 4_000_000  # DOM pairs held at once by the cleaning (bounded memory)
 
 
 def direction_to_angles(d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -91,11 +91,11 @@ def charge_cap(offsets: np.ndarray, mask: np.ndarray, charge: np.ndarray, cap: i
     """``mask`` limited to the ``cap`` highest-charge selected pulses of each event (ties: the earlier pulse)."""
     ev = event_index(offsets)
     n_sel = np.bincount(ev, mask, minlength=len(offsets) - 1)
-    over = (n_sel > cap)[ev] & mask
-    if not over.any():
+    over = np.flatnonzero((n_sel > cap)[ev] & mask)  # only events over the cap are ranked
+    if not len(over):
         return mask
-    idx = np.flatnonzero(over)  # only events over the cap are ranked
-    order = idx[np.lexsort((idx, -charge[idx], ev[idx]))]
+    by_charge = over[np.argsort(-charge[over], kind="stable")]  # stable: ties keep the earlier pulse first
+    order = by_charge[np.argsort(ev[by_charge], kind="stable")]  # then grouped by event (a radix sort)
     e_sorted = ev[order]
     first = np.r_[True, e_sorted[1:] != e_sorted[:-1]]
     start = np.maximum.accumulate(np.where(first, np.arange(len(order)), 0))
@@ -105,28 +105,56 @@ def charge_cap(offsets: np.ndarray, mask: np.ndarray, charge: np.ndarray, cap: i
 
 
 def scattered_light(offsets: np.ndarray, mask: np.ndarray, xyz: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """Improved LineFit's delay cleaning: True for selected pulses with an earlier selected pulse within
-    CLEAN_RADIUS whose light could have reached them more than CLEAN_DELAY ns sooner."""
+    """Improved LineFit's delay cleaning: True for selected pulses i with an earlier selected pulse j within
+    CLEAN_RADIUS such that t_i - t_j > |r_i - r_j| / c + CLEAN_DELAY.
+
+    Pulse pairs are never formed. For a pulse on DOM a only the earliest selected pulse of each DOM b
+    matters, so per DOM a the threshold T_a = min over DOMs b within reach of (first time on b + d_ab / c)
+    is computed, and pulse i is scattered iff t_i > T_a + CLEAN_DELAY (b = a included: a later pulse on the
+    DOM of an earlier one). A DOM is compared only with the DOMs of its event first hit more than
+    CLEAN_DELAY before its own last pulse: most events' HLC light comes within a microsecond, so few pairs."""
     sel = np.flatnonzero(mask)
-    ev = event_index(offsets)[sel]
-    counts = np.bincount(ev, minlength=len(offsets) - 1)
-    starts = np.cumsum(counts) - counts
-    n = counts[ev]  # each selected pulse is paired with every selected pulse of its event
-    bad = np.zeros(len(sel), dtype=bool)
-    pos = np.arange(len(sel))
-    i0 = 0
-    while i0 < len(sel):  # chunks of pulses with at most _MAX_PAIRS pairs
-        cum = np.cumsum(n[i0:])
-        i1 = i0 + max(1, int(np.searchsorted(cum, _MAX_PAIRS, side="right")))
-        a = np.repeat(pos[i0:i1], n[i0:i1])
-        b = np.arange(len(a)) - np.repeat(np.cumsum(n[i0:i1]) - n[i0:i1], n[i0:i1]) + starts[ev[a]]
-        pa_, pb = sel[a], sel[b]
-        d = np.sqrt(((xyz[pa_] - xyz[pb]) ** 2).sum(axis=1))
-        late = (d <= CLEAN_RADIUS) & (t[pa_] - t[pb] > d / C_VACUUM + CLEAN_DELAY)
-        bad[pos[i0:i1]] = np.bincount(a - i0, late, minlength=i1 - i0) > 0
-        i0 = i1
     out = np.zeros(len(mask), dtype=bool)
-    out[sel[bad]] = True
+    if not len(sel):
+        return out
+    ev = event_index(offsets)[sel].astype(np.int64)
+    r, ts = xyz[sel], t[sel]
+    # DOMs of each event: pulses at the same position (to 1 cm) in the same event form one group.
+    cm = np.rint((r - r.min(axis=0)) * 100.0).astype(np.int64)
+    span = cm.max(axis=0) + 1
+    pos_key = (cm[:, 0] * span[1] + cm[:, 1]) * span[2] + cm[:, 2]
+    order = np.argsort(pos_key, kind="stable")
+    order = order[np.argsort(ev[order], kind="stable")]  # by event, then by DOM
+    new = np.r_[True, (ev[order][1:] != ev[order][:-1]) | (pos_key[order][1:] != pos_key[order][:-1])]
+    g_start = np.flatnonzero(new)
+    group = np.empty(len(sel), dtype=np.int64)
+    group[order] = np.cumsum(new) - 1
+    g_first = np.minimum.reduceat(ts[order], g_start)  # earliest selected pulse per DOM
+    g_pos = r[order[g_start]]
+    g_event = ev[order[g_start]]
+    g_last = np.maximum.reduceat(ts[order], g_start)
+    # Only DOMs b hit more than CLEAN_DELAY before a DOM a's last pulse can clean a pulse on a: with the
+    # DOMs of each event ordered by first time, those b are one range per a (a vectorised look-up).
+    t0 = float(g_first.min())
+    t_span = float(g_last.max()) - t0 + 2 * CLEAN_DELAY + 1.0
+    tkey = g_event * t_span + (g_first - t0)  # exact: < 2^53 for any block
+    by_time = np.argsort(tkey, kind="stable")
+    sorted_key = tkey[by_time]
+    lo = np.searchsorted(sorted_key, g_event * t_span, side="left")
+    count = np.searchsorted(sorted_key, g_event * t_span + (g_last - t0 - CLEAN_DELAY), side="left") - lo
+    threshold = np.full(len(g_start), np.inf)
+    a0 = 0
+    cum = np.cumsum(count)
+    while a0 < len(count):  # chunks of at most _MAX_PAIRS DOM pairs (bounded memory)
+        a1 = max(a0 + 1, int(np.searchsorted(cum, (cum[a0 - 1] if a0 else 0) + _MAX_PAIRS, side="right")))
+        c = count[a0:a1]
+        a = np.repeat(np.arange(a0, a1), c)
+        b = by_time[np.arange(len(a)) - np.repeat(np.cumsum(c) - c, c) + np.repeat(lo[a0:a1], c)]
+        d = np.sqrt(((g_pos[a] - g_pos[b]) ** 2).sum(axis=1))
+        near = d <= CLEAN_RADIUS
+        np.minimum.at(threshold, a[near], g_first[b[near]] + d[near] / C_VACUUM)
+        a0 = a1
+    out[sel[ts > threshold[group] + CLEAN_DELAY]] = True
     return out
 
 
