@@ -101,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     from neutrino_ray.icecube.features import DEFAULT_MAX_PULSES
     from neutrino_ray.icecube.linefit import KAGGLE_CHARGE_CAP
     from neutrino_ray.icecube.predict import DEFAULT_BATCH_SIZE, DEFAULT_EVENTS_PER_TASK, GNN_EVENTS_PER_TASK
+    from neutrino_ray.icecube.stats import DEFAULT_EVENTS_PER_TASK as STATS_EVENTS_PER_TASK
     from neutrino_ray.nova.models import MODELS as NOVA_MODELS
     from neutrino_ray.nova.targets import TASKS
 
@@ -251,6 +252,24 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--predictions", required=True, help="submission URI (CSV or Parquet)")
     ev.add_argument("--out", required=True, help="output URI (a folder)")
 
+    stt = ic_sub.add_parser("stats", formatter_class=fmt, epilog=ENV_HELP,
+                            help="dataset profile: stats.json, summary.md + plots, beside the real data's figures",
+                            description="Profile a split of a Kaggle-layout dataset (real or simulated): pulses per "
+                                        "event, auxiliary fraction by event size, charge, pulse and first-pulse "
+                                        "times, event spans, sensors hit and, with truth, zenith and the LineFit "
+                                        "scores, side by side with the published figures of the real Kaggle data. "
+                                        "Plans per batch file: one Ray task per batch file reads only its own meta, "
+                                        "truth and pulses; the partial profiles are merged exactly. Publishes "
+                                        "OUT/stats.json, OUT/summary.md and PNG histograms, and prints the table.")
+    stt.add_argument("data", metavar="DATA", help="Kaggle-layout dataset URI")
+    stt.add_argument("--split", choices=["train", "test"], default="train", help="split to profile (train)")
+    stt.add_argument("--out", required=True, help="output URI (a folder)")
+    stt.add_argument("--events-per-task", type=_positive, default=STATS_EVENTS_PER_TASK,
+                     help=f"events read at once inside a batch file's task, cut at row groups "
+                          f"({STATS_EVENTS_PER_TASK})")
+    stt.add_argument("--no-linefit", action="store_true",
+                     help="skip the LineFit scores (the pulse profile and truth figures only)")
+
     km = sub.add_parser("km3net", help="KM3NeT track/shower classification (scikit-learn on Ray)")
     km_sub = km.add_subparsers(dest="action", required=True, metavar="ACTION")
     data_help = "feature data URI: a .h5/.parquet/.root file or a folder/prefix of them"
@@ -361,6 +380,16 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         r = evaluate(args.data, args.split, args.predictions, args.out, command=command)
         print(f"mean angular error {r['mean_angular_error']:.4f} rad over {r['n_events']} events "
               f"→ {storage.join(args.out, REPORT)}")
+    elif args.command == "icecube" and args.action == "stats":
+        from neutrino_ray.icecube.stats import STATS, side_by_side, stats
+
+        r = stats(args.data, args.split, args.out, args.events_per_task, linefit=not args.no_linefit,
+                  command=command)
+        rows = [("quantity", "this dataset", "real Kaggle data", "definition"), *side_by_side(r)]
+        widths = [max(len(row[i]) for row in rows) for i in range(3)]
+        for row in rows:
+            print("  ".join(c.ljust(w) for c, w in zip(row[:3], widths)) + "  " + row[3])
+        print(f"profiled {r['events']} events in {r['batch_files']} batch files → {storage.join(args.out, STATS)}")
     elif args.command == "demo":
         from neutrino_ray.icecube.demo import demo
 
