@@ -142,7 +142,7 @@ def test_linefit_variants_equal_slow_reference(variant: str) -> None:
     """Every variant against its per-event definition, on events with scattered-looking late pulses,
     few or no HLC pulses, ties in charge and more pulses than the charge cap."""
     rng = np.random.default_rng(11)
-    counts = np.r_[1, 2, 3, 900, 1_200, rng.integers(2, 120, 40)]
+    counts = np.r_[1, 2, 3, 900, 1_200, 2_500, rng.integers(2, 120, 40)]
     offsets = np.r_[0, np.cumsum(counts)]
     n_pulses = int(offsets[-1])
     xyz = rng.uniform(-300, 300, (n_pulses, 3))

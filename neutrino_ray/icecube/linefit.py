@@ -79,46 +79,65 @@ def linefit(xyz: np.ndarray, t: np.ndarray, offsets: np.ndarray,
 
 # ----------------------------------------------------------------------------------------------
 # Pulse selections (boolean masks over the flat pulses of a block of events)
-def hlc_or_all(offsets: np.ndarray, auxiliary: np.ndarray) -> np.ndarray:
+def hlc_or_all(offsets: np.ndarray, auxiliary: np.ndarray, ev: np.ndarray | None = None) -> np.ndarray:
     """The Kaggle baseline's pulses: auxiliary == False, or every pulse of an event with fewer than 2 such."""
-    ev = event_index(offsets)
+    ev = event_index(offsets) if ev is None else ev
     hlc = ~auxiliary.astype(bool)
     n_hlc = np.bincount(ev, hlc, minlength=len(offsets) - 1)
     return hlc | (n_hlc < MIN_HLC_PULSES)[ev]
 
 
-def charge_cap(offsets: np.ndarray, mask: np.ndarray, charge: np.ndarray, cap: int) -> np.ndarray:
-    """``mask`` limited to the ``cap`` highest-charge selected pulses of each event (ties: the earlier pulse)."""
-    ev = event_index(offsets)
+_CAP_BINS = 256  # charge bins (1/8 octave, 2^-16 … 2^16 pe) of charge_cap's pre-selection
+
+
+def charge_cap(offsets: np.ndarray, mask: np.ndarray, charge: np.ndarray, cap: int,
+               ev: np.ndarray | None = None) -> np.ndarray:
+    """``mask`` limited to the ``cap`` highest-charge selected pulses of each event (ties: the earlier pulse).
+
+    Only the events over the cap are ranked, and without sorting their pulses: a histogram per event in
+    1/8-octave charge bins finds the bin holding the cap-th highest charge; pulses above it are kept,
+    pulses below it dropped, and only that one bin's pulses are sorted (by charge, then position)."""
+    ev = event_index(offsets) if ev is None else ev
     n_sel = np.bincount(ev, mask, minlength=len(offsets) - 1)
-    over = np.flatnonzero((n_sel > cap)[ev] & mask)  # only events over the cap are ranked
-    if not len(over):
+    over_event = n_sel > cap
+    idx = np.flatnonzero(over_event[ev] & mask)
+    if not len(idx):
         return mask
-    by_charge = over[np.argsort(-charge[over], kind="stable")]  # stable: ties keep the earlier pulse first
-    order = by_charge[np.argsort(ev[by_charge], kind="stable")]  # then grouped by event (a radix sort)
-    e_sorted = ev[order]
+    n_over = int(over_event.sum())
+    rank_of_event = np.cumsum(over_event) - 1
+    er = rank_of_event[ev[idx]]
+    q = charge[idx]
+    b = np.clip(np.floor(np.log2(np.maximum(q, 1e-300)) * 8.0).astype(np.int64) + _CAP_BINS // 2, 0, _CAP_BINS - 1)
+    hist = np.bincount(er * _CAP_BINS + b, minlength=n_over * _CAP_BINS).reshape(n_over, _CAP_BINS)
+    at_or_above = np.cumsum(hist[:, ::-1], axis=1)[:, ::-1]  # pulses in bins >= k, non-increasing in k
+    boundary = (at_or_above >= cap).sum(axis=1) - 1  # the bin holding the cap-th highest charge
+    above = np.where(boundary + 1 < _CAP_BINS,
+                     at_or_above[np.arange(n_over), np.minimum(boundary + 1, _CAP_BINS - 1)], 0)
+    out = mask.copy()
+    bb = boundary[er]
+    out[idx[b < bb]] = False
+    tie = np.flatnonzero(b == bb)  # the boundary bins' pulses: rank them exactly
+    order = tie[np.lexsort((idx[tie], -q[tie], er[tie]))]
+    e_sorted = er[order]
     first = np.r_[True, e_sorted[1:] != e_sorted[:-1]]
     start = np.maximum.accumulate(np.where(first, np.arange(len(order)), 0))
-    out = mask.copy()
-    out[order[(np.arange(len(order)) - start) >= cap]] = False
+    out[idx[order[(np.arange(len(order)) - start) >= (cap - above)[e_sorted]]]] = False
     return out
 
 
-def scattered_light(offsets: np.ndarray, mask: np.ndarray, xyz: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """Improved LineFit's delay cleaning: True for selected pulses i with an earlier selected pulse j within
-    CLEAN_RADIUS such that t_i - t_j > |r_i - r_j| / c + CLEAN_DELAY.
+def scattered_light(ev: np.ndarray, r: np.ndarray, ts: np.ndarray) -> np.ndarray:
+    """Improved LineFit's delay cleaning, for pulses with event index ``ev``, positions ``r`` and times
+    ``ts``: True for pulses i with an earlier pulse j of their event within CLEAN_RADIUS such that
+    t_i - t_j > |r_i - r_j| / c + CLEAN_DELAY.
 
     Pulse pairs are never formed. For a pulse on DOM a only the earliest selected pulse of each DOM b
     matters, so per DOM a the threshold T_a = min over DOMs b within reach of (first time on b + d_ab / c)
     is computed, and pulse i is scattered iff t_i > T_a + CLEAN_DELAY (b = a included: a later pulse on the
     DOM of an earlier one). A DOM is compared only with the DOMs of its event first hit more than
     CLEAN_DELAY before its own last pulse: most events' HLC light comes within a microsecond, so few pairs."""
-    sel = np.flatnonzero(mask)
-    out = np.zeros(len(mask), dtype=bool)
-    if not len(sel):
-        return out
-    ev = event_index(offsets)[sel].astype(np.int64)
-    r, ts = xyz[sel], t[sel]
+    if not len(ts):
+        return np.zeros(0, dtype=bool)
+    ev = ev.astype(np.int64)
     # DOMs of each event: pulses at the same position (to 1 cm) in the same event form one group.
     cm = np.rint((r - r.min(axis=0)) * 100.0).astype(np.int64)
     span = cm.max(axis=0) + 1
@@ -127,7 +146,7 @@ def scattered_light(offsets: np.ndarray, mask: np.ndarray, xyz: np.ndarray, t: n
     order = order[np.argsort(ev[order], kind="stable")]  # by event, then by DOM
     new = np.r_[True, (ev[order][1:] != ev[order][:-1]) | (pos_key[order][1:] != pos_key[order][:-1])]
     g_start = np.flatnonzero(new)
-    group = np.empty(len(sel), dtype=np.int64)
+    group = np.empty(len(ts), dtype=np.int64)
     group[order] = np.cumsum(new) - 1
     g_first = np.minimum.reduceat(ts[order], g_start)  # earliest selected pulse per DOM
     g_pos = r[order[g_start]]
@@ -154,31 +173,40 @@ def scattered_light(offsets: np.ndarray, mask: np.ndarray, xyz: np.ndarray, t: n
         near = d <= CLEAN_RADIUS
         np.minimum.at(threshold, a[near], g_first[b[near]] + d[near] / C_VACUUM)
         a0 = a1
-    out[sel[ts > threshold[group] + CLEAN_DELAY]] = True
-    return out
+    return ts > threshold[group] + CLEAN_DELAY
 
 
 def select(variant: str, offsets: np.ndarray, xyz: np.ndarray, t: np.ndarray, charge: np.ndarray,
-           auxiliary: np.ndarray, cap: int = KAGGLE_CHARGE_CAP) -> np.ndarray:
-    """The boolean mask of the pulses a LineFit variant fits."""
+           auxiliary: np.ndarray, cap: int = KAGGLE_CHARGE_CAP, sensor: np.ndarray | None = None,
+           ev: np.ndarray | None = None) -> np.ndarray:
+    """The boolean mask of the pulses a LineFit variant fits. ``xyz``: per-pulse positions, or with
+    ``sensor`` the geometry table it indexes (positions are then looked up only where needed)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown LineFit variant {variant!r}; expected one of {VARIANTS}")
+    ev = event_index(offsets) if ev is None else ev
     if variant == "linefit-all":
-        return charge_cap(offsets, np.ones(len(t), dtype=bool), charge, cap)
-    mask = charge_cap(offsets, hlc_or_all(offsets, auxiliary), charge, cap)
+        return charge_cap(offsets, np.ones(len(t), dtype=bool), charge, cap, ev)
+    mask = charge_cap(offsets, hlc_or_all(offsets, auxiliary, ev), charge, cap, ev)
     if variant == "linefit":
         return mask
-    if variant != "linefit-clean":
-        raise ValueError(f"unknown LineFit variant {variant!r}; expected one of {VARIANTS}")
-    cleaned = mask & ~scattered_light(offsets, mask, xyz, t)
-    ev = event_index(offsets)
+    sel = np.flatnonzero(mask)
+    r = xyz[sel] if sensor is None else xyz[sensor[sel]]
+    cleaned = mask.copy()
+    cleaned[sel[scattered_light(ev[sel], r, t[sel])]] = False
     n_left = np.bincount(ev, cleaned, minlength=len(offsets) - 1)
     return np.where((n_left < MIN_HLC_PULSES)[ev], mask, cleaned)
 
 
 def fit(variant: str, offsets: np.ndarray, xyz: np.ndarray, t: np.ndarray, charge: np.ndarray,
-        auxiliary: np.ndarray, cap: int = KAGGLE_CHARGE_CAP) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(azimuth, zenith, ok) of a LineFit variant for every event of a block (flat pulses + offsets)."""
-    mask = select(variant, offsets, xyz, t, charge, auxiliary, cap)
-    counts = np.bincount(event_index(offsets), mask, minlength=len(offsets) - 1).astype(np.int64)
+        auxiliary: np.ndarray, cap: int = KAGGLE_CHARGE_CAP, sensor: np.ndarray | None = None
+        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(azimuth, zenith, ok) of a LineFit variant for every event of a block (flat pulses + offsets);
+    ``xyz`` and ``sensor`` as in :func:`select`."""
+    ev = event_index(offsets)
+    mask = select(variant, offsets, xyz, t, charge, auxiliary, cap, sensor, ev)
+    counts = np.bincount(ev, mask, minlength=len(offsets) - 1).astype(np.int64)
     new_offsets = np.zeros(len(counts) + 1, dtype=np.int64)
     np.cumsum(counts, out=new_offsets[1:])
-    return linefit(xyz[mask], t[mask].astype(np.float64), new_offsets)
+    idx = np.flatnonzero(mask)
+    r = xyz[idx] if sensor is None else xyz[sensor[idx]]
+    return linefit(r, t[idx].astype(np.float64), new_offsets)

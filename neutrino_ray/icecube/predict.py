@@ -40,11 +40,11 @@ SUBMISSION = "submission.csv"
 def linefit_events(events: pa.Table, geometry: np.ndarray, variant: str, cap: int) -> pa.Table:
     """A LineFit variant on events with pulse list columns → event_id, azimuth, zenith, ok."""
     offsets = list_offsets(events.column("sensor_id"))
-    xyz = geometry[list_values(events.column("sensor_id"))]
-    t = list_values(events.column("time")).astype(np.float64)
+    sensor = list_values(events.column("sensor_id"))
+    t = list_values(events.column("time"))
     charge = list_values(events.column("charge"))
     aux = list_values(events.column("auxiliary")).astype(bool)
-    az, zen, ok = lf.fit(variant, offsets, xyz, t, charge, aux, cap)
+    az, zen, ok = lf.fit(variant, offsets, geometry, t, charge, aux, cap, sensor=sensor)
     return pa.table({"event_id": events.column("event_id"), "azimuth": az, "zenith": zen, "ok": ok})
 
 

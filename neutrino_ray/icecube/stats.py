@@ -346,7 +346,7 @@ REAL_KAGGLE: dict[str, dict[str, Any]] = {
     "pulses_per_event.max": _fact(178_250, "most pulses in an event, all train batches"),
     "pulses_per_event.mean": _fact(164.4, "mean pulses per event, all train batches"),
     "fraction_events_le_100_pulses": _fact(0.804, f"fraction of events with ≤ 100 pulses, {_B1}"),
-    "fraction_events_gt_1000_pulses": _fact(0.011, "fraction of events with > 1,000 pulses (published EDA)"),
+    "fraction_events_gt_1000_pulses": _fact(0.011, "fraction of events with > 1,000 pulses, all train batches"),
     "auxiliary.fraction_events_le_150_pulses": _fact(
         2 / 3, "auxiliary (no local coincidence) pulses / all pulses in events with ≤ 150 pulses: ≈ 2/3"),
     "charge.min": _fact(0.025, f"smallest pulse charge (pe), {_B1}"),
