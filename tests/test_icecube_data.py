@@ -306,15 +306,20 @@ BAD_INPUT = {
 }
 
 
+@pytest.mark.parametrize("command", ["predict", "stats"])
 @pytest.mark.parametrize("case", BAD_INPUT)
-def test_bad_input_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str) -> None:
-    """Exit code 2, one line naming the file, the event or row and the problem, and nothing published."""
+def test_bad_input_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str,
+                                  command: str) -> None:
+    """Exit code 2, one line naming the file, the event or row and the problem, and nothing published:
+    the same for scoring (``predict``) and for profiling (``stats``) the split."""
     root = _dataset(tmp_path)
     expected = BAD_INPUT[case](root)
-    code, err = _run_predict(root, tmp_path / "out", capsys)
-    line = one_line_error(code, err)
+    out = tmp_path / "out"
+    code = main(["-q", "icecube", command, str(root), "--split", "test", "--out", str(out)])
+    line = one_line_error(code, capsys.readouterr().err)
     assert f"neutrino-ray: error: {root}/{expected}" in line, line
-    _assert_nothing_published(tmp_path / "out")
+    _assert_nothing_published(out)
+    assert not (out / "stats.json").exists()
 
 
 def test_float_time_is_read_as_int64(tmp_path: Path) -> None:
