@@ -655,8 +655,13 @@ def profile_batch(data: str, split: str, batch_id: int, geometry: np.ndarray,
     meta = icdata.load_batch_meta(data, split, batch_id, with_truth=truth and split == "train")
     if len(meta) == 0:
         raise icdata.DataError(f"{icdata.meta_uri(data, split)}: no meta rows for batch {batch_id}")
-    az, zen = batch_truth(data, split, meta) if truth else (None, None)
     tasks = icdata.plan_batch(icdata.batch_uri(data, split, batch_id), batch_id, meta, events_per_task)
+    try:
+        az, zen = batch_truth(data, split, meta) if truth else (None, None)
+    except icdata.DataError:
+        for task in tasks:  # a meta that disagrees with its pulse file is the error to report first
+            icdata.read_task_events(task, len(geometry))
+        raise
     parts, row = [], 0
     for task in tasks:
         k = len(task.event_id)
