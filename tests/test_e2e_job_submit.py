@@ -96,6 +96,12 @@ def test_job_submit_simulate_predict_on_s3(ray_head: str, bucket: str) -> None:
     report = evaluate(data, "test", f"{out}/submission.csv", f"{bucket}/eval")
     assert 0.5 < report["mean_angular_error"] < 1.6
     assert storage.exists(f"{bucket}/eval/report.json") and storage.exists(f"{bucket}/eval/error_histogram.png")
+    prof = _submit(ray_head, "icecube_stats.py", data, "--split", "test", "--out", f"{bucket}/stats")
+    assert prof.returncode == 0, prof.stdout[-3000:] + prof.stderr[-3000:]
+    with storage.open_input(f"{bucket}/stats/stats.json") as f:
+        st = json.load(f)
+    assert st["events"] == 800 and st["batch_files"] == 2
+    assert st["linefit"]["mean_angular_error"]["linefit"] == pytest.approx(report["mean_angular_error"], rel=1e-9)
 
     # Bad input through the same path: the job fails with the file named, and nothing is published.
     storage.write_bytes(f"{data}/test/batch_3.parquet", b"PAR1 this is not parquet")

@@ -92,7 +92,8 @@ def test_deterministic_for_a_seed(dataset: Path, tmp_path: Path) -> None:
 def test_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["-q", "demo", "--out", str(tmp_path / "demo"), "--events", "2500"]) == 0
     out = capsys.readouterr().out
-    assert "LineFit mean angular error on the test split" in out
+    assert "LineFit, the Kaggle public baseline (auxiliary = False pulses), on the test split" in out
+    assert "the same fit on the real Kaggle test set: 1.214 rad" in out
     report = json.loads((tmp_path / "demo/evaluation/report.json").read_text())
     assert report["n_events"] == 500
     assert 0.8 < report["mean_angular_error"] < 1.6

@@ -489,7 +489,8 @@ def rayjobs(rel: str) -> dict[str, dict[str, Any]]:
 
 
 EXPECTED_JOBS = {"icecube-simulate": "jobs/icecube_simulate.py", "icecube-train": "jobs/icecube_train.py",
-                 "icecube-predict": "jobs/icecube_predict.py", "nova-train": "jobs/nova_train.py",
+                 "icecube-predict": "jobs/icecube_predict.py", "icecube-stats": "jobs/icecube_stats.py",
+                 "nova-train": "jobs/nova_train.py",
                  "nova-predict": "jobs/nova_predict.py", "km3net-train": "jobs/km3net_train.py",
                  "km3net-predict": "jobs/km3net_predict.py"}
 
@@ -510,7 +511,7 @@ def test_rayjob_entrypoints_parse_with_the_project_cli(env: str) -> None:
 @pytest.mark.parametrize("env", ENVS)
 def test_pipeline_steps_chain(env: str) -> None:
     a = {name: parse_entrypoint(job["spec"]["entrypoint"])[1] for name, job in rayjobs(ENVS[env][1]).items()}
-    assert a["icecube-train"].data == a["icecube-simulate"].out == a["icecube-predict"].data
+    assert a["icecube-train"].data == a["icecube-simulate"].out == a["icecube-predict"].data == a["icecube-stats"].data
     assert a["icecube-predict"].model == a["icecube-train"].out + "/model"
     assert a["nova-predict"].model == a["nova-train"].out + "/model"
     assert a["km3net-predict"].model == a["km3net-train"].out

@@ -25,7 +25,7 @@ neutrino-ray demo finished in {wall:.0f} s
   submission  {storage.join(preds, SUBMISSION)}  ({pred['events']} test events, \
 {pred['inference_events_per_second']:.0f} events/s)
   evaluation  {storage.join(report_dir, REPORT)}  (+ PNG plots)
-  LineFit (the Kaggle public baseline: auxiliary = False pulses) mean angular error on the test split: \
-{report['mean_angular_error']:.4f} rad (median {report['median_angular_error']:.4f}); the same fit on the real \
-Kaggle data: 1.214 rad (public leaderboard)""")
+  LineFit, the Kaggle public baseline (auxiliary = False pulses), on the test split: mean angular error \
+{report['mean_angular_error']:.4f} rad (median {report['median_angular_error']:.4f});
+  the same fit on the real Kaggle test set: 1.214 rad (public leaderboard)""")
     return report
