@@ -82,6 +82,10 @@ def load_geometry(data: str) -> np.ndarray:
     return xyz
 
 
+def _no_meta(uri: str, data: str, split: str) -> DataError:
+    return DataError(f"{uri}: meta for split {split!r} not found (is {data} a Kaggle-layout dataset?)")
+
+
 def load_meta(data: str, split: str, with_truth: bool = False) -> pa.Table:
     """The split's meta table sorted by (batch_id, first_pulse_index), validated."""
     if split not in SPLITS:
@@ -91,7 +95,7 @@ def load_meta(data: str, split: str, with_truth: bool = False) -> pa.Table:
     try:
         t = storage.read_parquet(uri, columns=cols)
     except FileNotFoundError as e:
-        raise DataError(f"{uri}: meta for split {split!r} not found (is {data} a Kaggle-layout dataset?)") from e
+        raise _no_meta(uri, data, split) from e
     except KeyError as e:
         raise DataError(str(e.args[0])) from e
     return _checked_meta(t, uri)
@@ -113,7 +117,7 @@ def load_batch_meta(data: str, split: str, batch_id: int, with_truth: bool = Fal
             f.seek(0)
             t = pq.read_table(f, columns=cols, filters=[("batch_id", "==", int(batch_id))])
     except FileNotFoundError as e:
-        raise DataError(f"{uri}: meta for split {split!r} not found (is {data} a Kaggle-layout dataset?)") from e
+        raise _no_meta(uri, data, split) from e
     except (pa.ArrowInvalid, OSError) as e:
         raise DataError(f"{uri}: not a readable Parquet file: {e}") from e
     return _checked_meta(t, uri)
@@ -143,7 +147,7 @@ def meta_batch_counts(data: str, split: str) -> dict[int, int]:
                 for b, n in zip(vc[0].to_pylist(), vc[1].to_pylist()):
                     counts[b] = counts.get(b, 0) + n
     except FileNotFoundError as e:
-        raise DataError(f"{uri}: meta for split {split!r} not found (is {data} a Kaggle-layout dataset?)") from e
+        raise _no_meta(uri, data, split) from e
     except (pa.ArrowInvalid, OSError) as e:
         raise DataError(f"{uri}: not a readable Parquet file: {e}") from e
     return dict(sorted(counts.items()))
