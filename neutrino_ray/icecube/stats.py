@@ -291,9 +291,8 @@ def profile_events(events: pa.Table, geometry: np.ndarray, azimuth: np.ndarray |
     if len(azimuth) != n or len(zenith) != n:
         raise ValueError(f"{len(azimuth)} azimuths and {len(zenith)} zeniths for {n} events")
     prof.azimuth, prof.zenith = Moments.of(azimuth), Moments.of(zenith)
-    xyz = geometry[sensor]
     for v in variants:
-        az, zen, ok = lf.fit(v, offsets, xyz, t, charge, aux)
+        az, zen, ok = lf.fit(v, offsets, geometry, t, charge, aux, sensor=sensor)
         err = angular_distance(azimuth, zenith, az, zen)
         prof.linefit[v] = (float(err.sum()), n, int(n - np.count_nonzero(ok)))
     return prof
