@@ -31,6 +31,13 @@ def list_values(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return arr.flatten().to_numpy(zero_copy_only=False)
 
 
+def flat_pulses(events: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(offsets, sensor_id, time, charge, auxiliary as bool) of a table of events with pulse list columns."""
+    return (list_offsets(events.column("sensor_id")), list_values(events.column("sensor_id")),
+            list_values(events.column("time")), list_values(events.column("charge")),
+            list_values(events.column("auxiliary")).astype(bool))
+
+
 def event_index(offsets: np.ndarray) -> np.ndarray:
     """For each flat element, the index of its event."""
     counts = np.diff(offsets)
@@ -110,11 +117,7 @@ def featurise(events: pa.Table, geometry_xyz: np.ndarray, max_pulses: int = DEFA
     ``geometry_xyz`` is the (n_sensors, 3) position table indexed by sensor_id; sensor ids were
     validated on ingest.
     """
-    offsets = list_offsets(events.column("sensor_id"))
-    sensor = list_values(events.column("sensor_id"))
-    time = list_values(events.column("time"))
-    charge = list_values(events.column("charge"))
-    aux = list_values(events.column("auxiliary")).astype(bool)
+    offsets, sensor, time, charge, aux = flat_pulses(events)
     keep, new_offsets = select_pulses(offsets, time, aux, max_pulses)
     feats = pulse_features(geometry_xyz[sensor[keep]], time[keep], charge[keep], aux[keep])
     per_pulse = pa.FixedSizeListArray.from_arrays(pa.array(feats.reshape(-1)), N_FEATURES)

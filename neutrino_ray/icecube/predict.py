@@ -27,7 +27,7 @@ from neutrino_ray.errors import InputError
 from neutrino_ray.icecube import data as icdata
 from neutrino_ray.icecube import linefit as lf
 from neutrino_ray.icecube import pipeline
-from neutrino_ray.icecube.features import list_offsets, list_values
+from neutrino_ray.icecube.features import flat_pulses
 
 log = logging.getLogger("neutrino_ray")
 
@@ -39,11 +39,7 @@ SUBMISSION = "submission.csv"
 
 def linefit_events(events: pa.Table, geometry: np.ndarray, variant: str, cap: int) -> pa.Table:
     """A LineFit variant on events with pulse list columns → event_id, azimuth, zenith, ok."""
-    offsets = list_offsets(events.column("sensor_id"))
-    sensor = list_values(events.column("sensor_id"))
-    t = list_values(events.column("time"))
-    charge = list_values(events.column("charge"))
-    aux = list_values(events.column("auxiliary")).astype(bool)
+    offsets, sensor, t, charge, aux = flat_pulses(events)
     az, zen, ok = lf.fit(variant, offsets, geometry, t, charge, aux, cap, sensor=sensor)
     return pa.table({"event_id": events.column("event_id"), "azimuth": az, "zenith": zen, "ok": ok})
 

@@ -50,7 +50,7 @@ import ray
 from neutrino_ray import runtime, storage
 from neutrino_ray.icecube import data as icdata
 from neutrino_ray.icecube import linefit as lf
-from neutrino_ray.icecube.features import PULSE_COLUMNS, list_offsets, list_values
+from neutrino_ray.icecube.features import PULSE_COLUMNS, flat_pulses
 from neutrino_ray.icecube.metrics import angular_distance
 from neutrino_ray.icecube.pipeline import checked_truth
 from neutrino_ray.plotting import png, pyplot
@@ -255,14 +255,15 @@ def profile_events(events: pa.Table, geometry: np.ndarray, azimuth: np.ndarray |
     LineFit ``variants`` are fitted and scored with the competition metric.
     """
     n = len(events)
-    offsets = list_offsets(events.column("time")) if n else np.zeros(1, np.int64)
+    if n:
+        offsets, sensor, t, charge, aux = flat_pulses(events)
+        sensor, t, charge = sensor.astype(np.int64), t.astype(np.int64), charge.astype(np.float64)
+    else:
+        offsets, sensor, t = np.zeros(1, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
+        charge, aux = np.zeros(0), np.zeros(0, bool)
     counts = np.diff(offsets)
     if n and counts.min() < 1:
         raise ValueError("every event needs at least one pulse")
-    t = list_values(events.column("time")).astype(np.int64) if n else np.zeros(0, np.int64)
-    charge = list_values(events.column("charge")).astype(np.float64) if n else np.zeros(0)
-    aux = list_values(events.column("auxiliary")).astype(bool) if n else np.zeros(0, bool)
-    sensor = list_values(events.column("sensor_id")).astype(np.int64) if n else np.zeros(0, np.int64)
     starts = offsets[:-1]
     n_aux = np.add.reduceat(aux.astype(np.int64), starts) if n else np.zeros(0, np.int64)
     first = np.minimum.reduceat(t, starts) if n else np.zeros(0, np.int64)
