@@ -51,6 +51,13 @@ def _positive_float(v: str) -> float:
     return x
 
 
+def _unit_interval(v: str) -> float:
+    x = float(v)
+    if not 0 < x < 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), got {v}")
+    return x
+
+
 def _non_negative_float(v: str) -> float:
     x = float(v)
     if not x >= 0:
@@ -78,11 +85,15 @@ def add_training_args(p: argparse.ArgumentParser, batch_size: int, lr: float) ->
     p.add_argument("--max-failures", type=_non_negative, default=3,
                    help="worker failures to recover from the latest checkpoint (3)")
     p.add_argument("--seed", type=int, default=0, help="seed for weights, shuffling and balancing (0)")
+    p.add_argument("--ema", type=_unit_interval, default=None, dest="ema_decay", metavar="DECAY",
+                   help="keep an exponential moving average of the weights with this decay (e.g. 0.999); "
+                        "validation and the published model use it (off)")
 
 
 def training_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return {k: getattr(args, k) for k in ("workers", "gpus_per_worker", "cpus_per_worker", "max_minutes", "epochs",
-                                          "batch_size", "lr", "checkpoint_minutes", "max_failures", "seed")}
+                                          "batch_size", "lr", "checkpoint_minutes", "max_failures", "seed",
+                                          "ema_decay")}
 
 
 def add_actor_args(p: argparse.ArgumentParser, batch_size: int) -> None:
@@ -98,6 +109,11 @@ def add_actor_args(p: argparse.ArgumentParser, batch_size: int) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from neutrino_ray.icecube.architectures import (
+        ARCHITECTURES,
+        TRANSFORMER_INFERENCE_MAX_PULSES,
+        TRANSFORMER_MAX_PULSES,
+    )
     from neutrino_ray.icecube.features import DEFAULT_MAX_PULSES
     from neutrino_ray.icecube.linefit import KAGGLE_CHARGE_CAP
     from neutrino_ray.icecube.predict import DEFAULT_BATCH_SIZE, DEFAULT_EVENTS_PER_TASK, GNN_EVENTS_PER_TASK
@@ -210,14 +226,22 @@ def build_parser() -> argparse.ArgumentParser:
                                        "learning_curve.png) for 'icecube predict --model OUT/model'.")
     tr.add_argument("data", metavar="DATA", help="Kaggle-layout dataset URI (its train split and meta are used)")
     tr.add_argument("--out", required=True, help="output URI (a folder): checkpoints in OUT/train, model in OUT/model")
-    tr.add_argument("--model", choices=["small", "dynedge"], default="small",
-                    help="architecture: 'small' (~0.1M parameters, CPU-friendly) or 'dynedge' (GraphNeT's "
-                         "competition benchmark shape, 1.35M parameters) (small)")
+    tr.add_argument("--model", choices=list(ARCHITECTURES), default="small",
+                    help="architecture: the DynEdge-class GNNs 'small' (~0.1M parameters, CPU-friendly) and "
+                         "'dynedge' (GraphNeT's competition benchmark shape, 1.35M parameters), or the "
+                         "IceMix-class transformers 'transformer-tiny' (0.33M, CPU-friendly), "
+                         "'transformer-small' (7.0M) and 'transformer-base' (GraphNeT's DeepIce default "
+                         "shape, 30.4M) (small)")
     add_training_args(tr, batch_size=128, lr=1e-3)
     tr.add_argument("--loss", choices=["vmf", "vmf+angle"], default="vmf",
                     help="von Mises-Fisher negative log-likelihood, optionally plus the angular distance (vmf)")
-    tr.add_argument("--max-pulses", type=_positive, default=DEFAULT_MAX_PULSES,
-                    help=f"pulse cap per event, stored with the model and used again by predict ({DEFAULT_MAX_PULSES})")
+    tr.add_argument("--max-pulses", type=_positive, default=None,
+                    help="training pulse cap per event, stored with the model; the aux = False pulses are kept "
+                         f"first, then the earliest ({TRANSFORMER_MAX_PULSES} for a transformer, "
+                         f"{DEFAULT_MAX_PULSES} for DynEdge, whose predict uses the same cap)")
+    tr.add_argument("--inference-max-pulses", type=_positive, default=None,
+                    help="transformers only: the pulse cap 'predict' uses by default, stored with the model "
+                         f"({TRANSFORMER_INFERENCE_MAX_PULSES}, as IceMix)")
     tr.add_argument("--val-events", type=_positive, default=5_000,
                     help="held-out validation slice: the last N events of the train split (5000)")
 
@@ -228,16 +252,22 @@ def build_parser() -> argparse.ArgumentParser:
                                        "(event_id,azimuth,zenith) and OUT/_SUCCESS.json.")
     pr.add_argument("data", metavar="DATA", help="Kaggle-layout dataset URI")
     pr.add_argument("--split", choices=["train", "test"], default="test", help="split to score (test)")
-    pr.add_argument("--model", default="linefit",
+    pr.add_argument("--model", action="append", default=None, metavar="MODEL",
                     help="'linefit' (default: the Kaggle public baseline, a least-squares line through the "
                          "auxiliary = False pulses, all pulses when fewer than 2), 'linefit-all' (every pulse), "
                          "'linefit-clean' (linefit after improved LineFit's scattered-light cleaning), or a "
-                         "trained model's URI (OUT/model of 'icecube train')")
+                         "trained model's URI (OUT/model of 'icecube train'); repeat it with several trained "
+                         "models to score their ensemble (weighted mean of the unit directions)")
+    pr.add_argument("--weights", type=_positive_float, nargs="+", default=None,
+                    help="ensemble: one weight per --model, in order (equal)")
+    pr.add_argument("--kappa-weighted", action="store_true",
+                    help="ensemble: weight each member's direction by its predicted vMF concentration κ too")
     pr.add_argument("--out", required=True, help="output URI (a folder)")
     pr.add_argument("--max-pulses", type=_positive, default=None,
                     help=f"LineFit: fit at most this many of the selected pulses, highest charge first "
-                         f"({KAGGLE_CHARGE_CAP}, as the Kaggle notebook); a trained model always uses the pulse "
-                         "cap it was trained with")
+                         f"({KAGGLE_CHARGE_CAP}, as the Kaggle notebook); a transformer: its inference pulse cap "
+                         "(default: the one stored with it, 768 unless trained otherwise); a DynEdge model "
+                         "always uses the pulse cap it was trained with")
     pr.add_argument("--events-per-task", type=_positive, default=None,
                     help=f"events per Ray Data read task, cut at row groups ({DEFAULT_EVENTS_PER_TASK} for "
                          f"LineFit, {GNN_EVENTS_PER_TASK} for a model)")
@@ -319,17 +349,18 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="throughput benchmarks")
     b_sub = b.add_subparsers(dest="detector", required=True, metavar="DETECTOR")
     bi = b_sub.add_parser("icecube", formatter_class=fmt,
-                          help="events/s for read, featurise, LineFit, the GNNs and end-to-end predict",
+                          help="events/s for read, featurise, LineFit, the GNNs and transformers, end-to-end predict",
                           description="Generate (or reuse) N test events and time each stage.")
     bi.add_argument("--events", type=_non_negative, default=200_000,
                     help="events for the read/featurise/LineFit stages, 0 to skip them (200000)")
     bi.add_argument("--data", default="bench-data/icecube", help="dataset folder, reused if it matches "
                                                                  "(bench-data/icecube)")
     bi.add_argument("--seed", type=int, default=11, help="random seed for generation (11)")
-    bi.add_argument("--gnn", default="small,dynedge",
-                    help="GNN sizes to benchmark, comma-separated, or 'none' (small,dynedge)")
+    bi.add_argument("--gnn", default="small,dynedge,transformer-tiny",
+                    help="models to benchmark, comma-separated (" + ", ".join(ARCHITECTURES) + "), or 'none' "
+                         "(small,dynedge,transformer-tiny)")
     bi.add_argument("--gnn-events", type=_positive, default=20_000,
-                    help="test events for the GNN stages, in their own dataset DATA-gnn (20000)")
+                    help="test events for the model stages, in their own dataset DATA-gnn (20000)")
     return p
 
 
@@ -360,7 +391,8 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         from neutrino_ray.icecube.train import train
 
         res = train(args.data, args.out, args.model, loss=args.loss, max_pulses=args.max_pulses,
-                    val_events=args.val_events, command=command, **training_kwargs(args))
+                    inference_max_pulses=args.inference_max_pulses, val_events=args.val_events, command=command,
+                    **training_kwargs(args))
         t = res.config["training"]
         print(f"trained {args.model} ({res.config['n_parameters']:,} parameters) on {t['events']} events in "
               f"{t['minutes']:.1f} min ({t['events_per_second']} events/s); validation mean angular error "
@@ -369,8 +401,11 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     elif args.command == "icecube" and args.action == "predict":
         from neutrino_ray.icecube.predict import SUBMISSION, Scoring, predict
 
-        scoring = Scoring(args.model, args.max_pulses, args.events_per_task, args.batch_size, args.actors,
-                          args.cpus_per_actor, args.gpus_per_actor)
+        models = tuple(args.model or ["linefit"])
+        scoring = Scoring(models[0] if len(models) == 1 else models, args.max_pulses, args.events_per_task,
+                          args.batch_size, args.actors, args.cpus_per_actor, args.gpus_per_actor,
+                          weights=None if args.weights is None else tuple(args.weights),
+                          kappa_weighted=args.kappa_weighted)
         m = predict(args.data, args.split, args.out, scoring, command=command)
         print(f"predicted {m['events']} events in {m['wall_seconds']:.1f} s "
               f"({m['events_per_second']:.0f} events/s end to end) → {storage.join(args.out, SUBMISSION)}")
@@ -395,14 +430,15 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
         demo(args.out, args.events, args.seed)
     elif args.command == "bench":
+        from neutrino_ray.icecube.architectures import ARCHITECTURES
         from neutrino_ray.icecube.bench import bench, bench_gnn
 
         if args.events:
             bench(args.events, args.data, args.seed)
         sizes = [] if args.gnn == "none" else [s.strip() for s in args.gnn.split(",") if s.strip()]
-        unknown = sorted(set(sizes) - {"small", "dynedge"})
+        unknown = sorted(set(sizes) - set(ARCHITECTURES))
         if unknown:
-            raise InputError(f"--gnn: unknown model sizes {unknown}; expected small, dynedge or none")
+            raise InputError(f"--gnn: unknown models {unknown}; expected some of {', '.join(ARCHITECTURES)}, or none")
         if sizes:
             bench_gnn(sizes, args.gnn_events, args.data.rstrip("/") + "-gnn")
     return 0

@@ -19,6 +19,7 @@ summary), ``metrics.json`` (the history) and ``learning_curve.png``.
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import json
 import logging
@@ -84,6 +85,7 @@ class Settings:
     warmup_fraction: float = 0.03
     min_lr_fraction: float = 0.02
     grad_clip: float = 1.0
+    ema_decay: float | None = None  # keep an exponential moving average of the weights; validate and publish it
     checkpoint_minutes: float = 5.0
     log_every_steps: int = 50  # a progress line every this many steps, and at least once a minute
     shuffle_buffer: int = 1024
@@ -187,12 +189,15 @@ def worker_loop(cfg: dict[str, Any]) -> None:
         torch.set_num_threads(max(1, int(cfg["cpus_per_worker"])))
     torch.manual_seed(s.seed)
     model = task.build_model()
+    ema = copy.deepcopy(model) if s.ema_decay else None
     p, opt_state = Progress(), None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             saved = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=False)
         model.load_state_dict(saved["model"])
+        if ema is not None:
+            ema.load_state_dict(saved.get("ema") or saved["model"])
         opt_state = saved["optimizer"]
         p = Progress(**saved["progress"])
         p.restarts += 1
@@ -205,6 +210,8 @@ def worker_loop(cfg: dict[str, Any]) -> None:
     if opt_state is not None:
         opt.load_state_dict(opt_state)
     use_bf16 = device.type == "cuda"
+    if ema is not None:
+        ema.to(device).eval().requires_grad_(False)
 
     def autocast() -> Any:
         return torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
@@ -214,7 +221,7 @@ def worker_loop(cfg: dict[str, Any]) -> None:
 
     def save_point(train_loss: float, events_per_second: float) -> None:
         """Validate, record, and report a checkpoint (every worker reports; rank 0 writes the files)."""
-        val = _validate(core, task, val_shard, s, device, autocast)
+        val = _validate(ema if ema is not None else core, task, val_shard, s, device, autocast)
         entry = {"epoch": p.epoch, "step": p.step, "events": p.events, "minutes": round(p.seconds / 60, 3),
                  "train_loss": train_loss, "train_events_per_second": round(events_per_second, 1),
                  "lr": opt.param_groups[0]["lr"], **val}
@@ -226,6 +233,7 @@ def worker_loop(cfg: dict[str, Any]) -> None:
             ckpt = None
             if rank == 0:
                 torch.save({"model": core.state_dict(), "optimizer": opt.state_dict(), "progress": asdict(p),
+                            "ema": None if ema is None else ema.state_dict(),
                             "scheduler": {"kind": "warmup-cosine", "total_steps": total_steps,
                                           "warmup_steps": s.warmup_steps,
                                           "warmup_fraction": s.warmup_fraction, "min_lr_fraction": s.min_lr_fraction},
@@ -272,6 +280,8 @@ def worker_loop(cfg: dict[str, Any]) -> None:
             if s.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
             opt.step()
+            if ema is not None:
+                update_ema(ema, core, s.ema_decay or 0.0, p.step)
             p.step += 1
             p.events += int(flags[3])
             dt = time.monotonic() - t0
@@ -301,6 +311,17 @@ def worker_loop(cfg: dict[str, Any]) -> None:
         if trained_this_run:
             save_point(loss_sum / loss_n if loss_n else float("nan"), win_events / max(win_seconds, 1e-9))
             clock = last_save = time.monotonic()
+
+
+def update_ema(ema: nn.Module, model: nn.Module, decay: float, step: int) -> None:
+    """ema ← d·ema + (1 − d)·model with d = min(decay, (1 + step) / (10 + step)): early steps are not
+    dominated by the random initialisation."""
+    d = min(decay, (1 + step) / (10 + step))
+    with torch.no_grad():
+        for e, w in zip(ema.parameters(), model.parameters(), strict=True):
+            e.lerp_(w.detach(), 1 - d)
+        for eb, wb in zip(ema.buffers(), model.buffers(), strict=True):
+            eb.copy_(wb)
 
 
 @dataclass
@@ -371,7 +392,7 @@ def publish(task: Task, s: Settings, saved: dict[str, Any], command: list[str] |
             started: float, cpus_per_worker: float, data_summary: dict[str, Any] | None = None) -> TrainResult:
     """The final checkpoint → ``OUT/model/`` (weights, config, metrics, learning curve), atomically."""
     model = task.build_model()
-    model.load_state_dict(saved["model"])
+    model.load_state_dict(saved.get("ema") or saved["model"])  # the EMA weights when training kept them
     p = Progress(**saved["progress"])
     last = p.history[-1] if p.history else {}
     config = {

@@ -58,14 +58,16 @@ def write_dataset(root: Path, batches: dict[int, dict[str, np.ndarray]], split: 
     return root
 
 
-def model_artefact(path: Path, **overrides: object) -> Path:
-    """A direction-model folder as `icecube train` writes it (random `small` weights), config fields overridden."""
+def model_artefact(path: Path, size: str = "small", **overrides: object) -> Path:
+    """A direction-model folder as `icecube train` writes it (random weights), config fields overridden."""
     import torch
 
     from neutrino_ray import training
+    from neutrino_ray.icecube.architectures import default_max_pulses
     from neutrino_ray.icecube.train import DirectionTask
 
-    task = DirectionTask("small")
+    task = DirectionTask(size, max_pulses=default_max_pulses(size),
+                         inference_max_pulses=768 if size.startswith("transformer") else None)
     torch.manual_seed(0)
     model = task.build_model()
     config = training.artefact_config(task, model) | overrides

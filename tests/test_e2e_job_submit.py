@@ -124,14 +124,14 @@ def test_job_submit_km3net_train_predict_on_s3(ray_head: str, bucket: str) -> No
     assert manifest["rows"]["predictions.parquet"] == 3000 and manifest["accuracy"] > 0.6
 
 
-def _gnn_train_predict(ray_head: str, bucket: str, model: str, epochs: int, events: int) -> str:
+def _gnn_train_predict(ray_head: str, bucket: str, model: str, epochs: int, events: int, *train_args: str) -> str:
     """Simulate, train with checkpoints on S3, then score with the trained model from S3; returns the job log."""
     data, run, pred = f"{bucket}/icecube", f"{bucket}/gnn", f"{bucket}/gnn-pred"
     sim = _submit(ray_head, "icecube_simulate.py", data, "--events-per-batch", str(events), "--train-batches", "1",
                   "--test-batches", "1", "--seed", "4")
     assert sim.returncode == 0, sim.stdout[-3000:] + sim.stderr[-3000:]
     tr = _submit(ray_head, "icecube_train.py", data, "--out", run, "--model", model, "--workers", "2",
-                 "--epochs", str(epochs), "--batch-size", "32", "--val-events", "200")
+                 "--epochs", str(epochs), "--batch-size", "32", "--val-events", "200", *train_args)
     log = tr.stdout + tr.stderr
     assert tr.returncode == 0, log[-5000:]
     assert f"model {model}:" in log and "parameters" in log and "val_mean_angular_error" in log
@@ -151,6 +151,38 @@ def _gnn_train_predict(ray_head: str, bucket: str, model: str, epochs: int, even
 @pytest.mark.slow  # 140 s: GNN training and scoring are covered in process by tests/test_icecube_train.py
 def test_job_submit_gnn_train_predict_on_s3(ray_head: str, bucket: str) -> None:
     _gnn_train_predict(ray_head, bucket, "small", epochs=1, events=600)
+
+
+@pytest.mark.slow
+def test_job_submit_transformer_train_and_ensemble_predict_on_s3(ray_head: str, bucket: str, tmp_path: Path) -> None:
+    """Transformer training with EMA weights, then an ensemble of it and a DynEdge model, all on S3."""
+    from kaggle import model_artefact
+
+    _gnn_train_predict(ray_head, bucket, "transformer-tiny", 1, 600, "--ema", "0.99")
+    config = json.loads(storage.read_bytes(f"{bucket}/gnn/model/config.json"))
+    assert config["max_pulses"] == 192 and config["inference_max_pulses"] == 768
+    assert config["training"]["settings"]["ema_decay"] == 0.99
+    assert config["sizes"]["family"] == "transformer"
+    local = model_artefact(tmp_path / "small")  # a second member, uploaded as `train` would publish it
+    for f in local.iterdir():
+        storage.write_bytes(f"{bucket}/small/model/{f.name}", f.read_bytes())
+    out = f"{bucket}/ensemble"
+    pr = _submit(ray_head, "icecube_predict.py", f"{bucket}/icecube", "--model", f"{bucket}/gnn/model",
+                 "--model", f"{bucket}/small/model", "--weights", "2", "1", "--kappa-weighted",
+                 "--max-pulses", "256", "--out", out, "--events-per-task", "100", "--batch-size", "64")
+    assert pr.returncode == 0, pr.stdout[-3000:] + pr.stderr[-3000:]
+    m = storage.read_manifest(out)
+    assert m["model"] == "ensemble" and m["kappa_weighted"] and m["max_pulses"] == 256
+    assert [x["architecture"] for x in m["members"]] == ["transformer-tiny", "small"]
+    assert [round(x["weight"], 6) for x in m["members"]] == [0.666667, 0.333333]
+    with storage.open_input(f"{out}/submission.csv") as f:
+        sub = pacsv.read_csv(f)
+    assert len(sub) == 600 and len(np.unique(sub.column("event_id").to_numpy())) == 600
+    # Mismatched members are refused before any work: nothing is published.
+    bad = _submit(ray_head, "icecube_predict.py", f"{bucket}/icecube", "--model", f"{bucket}/gnn/model",
+                  "--model", f"{bucket}/small/model", "--out", f"{bucket}/bad-ensemble")
+    assert bad.returncode != 0 and "different pulse caps" in bad.stdout + bad.stderr
+    assert not storage.exists(f"{bucket}/bad-ensemble/_SUCCESS.json")
 
 
 @pytest.mark.slow

@@ -177,3 +177,58 @@ def test_train_entrypoint_parses_its_flags() -> None:
     with pytest.raises(SystemExit) as e:
         main(["icecube", "train", "data", "--out", "o", "--model", "huge"])
     assert e.value.code == 2
+
+
+def test_transformer_trains_with_ema_and_scores_alone_and_in_an_ensemble(dataset: Path, tmp_path: Path) -> None:
+    from neutrino_ray import training
+    from neutrino_ray.icecube.predict import ensemble_directions
+    from neutrino_ray.icecube.train import predict_vectors
+
+    out = tmp_path / "run"
+    res = train(str(dataset), str(out), "transformer-tiny", workers=1, epochs=1, batch_size=64, val_events=300,
+                ema_decay=0.9)
+    cfg = res.config
+    assert cfg["model"] == "transformer-tiny" and cfg["sizes"]["family"] == "transformer"
+    assert cfg["max_pulses"] == 192 and cfg["inference_max_pulses"] == 768
+    assert np.isfinite(cfg["training"]["final_validation"]["val_mean_angular_error"])
+    # The published weights are the EMA's, not the last step's.
+    ckpt = max((out / "train").glob("checkpoint_*"))
+    saved = torch.load(ckpt / training.STATE_FILE, map_location="cpu", weights_only=False)
+    published = torch.load(out / "model" / "model.pt", map_location="cpu", weights_only=True)
+    name = "head.weight"
+    assert torch.equal(published[name], saved["ema"][name]) and not torch.equal(published[name], saved["model"][name])
+
+    # Alone: the inference cap stored with the model (768), recorded in the manifest beside the training cap.
+    m = predict(str(dataset), "test", str(tmp_path / "p1"), Scoring(model=str(out / "model"), batch_size=100,
+                                                                     events_per_task=400))
+    assert m["events"] == 1600 and m["max_pulses"] == 768 and m["train_max_pulses"] == 192
+
+    # In an ensemble with a DynEdge model: one featurisation at the common cap, weighted, κ-weighted.
+    gnn = model_artefact(tmp_path / "gnn")
+    members = (str(out / "model"), str(gnn))
+    pred = tmp_path / "p2"
+    m = predict(str(dataset), "test", str(pred), Scoring(model=members, max_pulses=256, weights=(3.0, 1.0),
+                                                         kappa_weighted=True, batch_size=100, events_per_task=400))
+    assert m["model"] == "ensemble" and m["max_pulses"] == 256
+    sub = pacsv.read_csv(pred / "submission.csv")
+    meta = icdata.load_meta(str(dataset), "test")
+    geometry = icdata.load_geometry(str(dataset))
+    loaded = [load_task_and_model(u)[:2] for u in members]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ids, dirs = [], []
+        for t in pipeline.task_tables(list(icdata.iter_split_tasks(str(dataset), "test", 400, meta))):
+            events = pipeline.read_featurise(t, geometry, 256)
+            outs = [predict_vectors(task, model, events, 100, torch.device("cpu")) for task, model in loaded]
+            ids.append(events.column("event_id").to_numpy())
+            dirs.append(ensemble_directions(np.stack([o[0] for o in outs]), np.stack([o[1] for o in outs]),
+                                            np.array([0.75, 0.25]), kappa_weighted=True))
+    finally:
+        torch.set_num_threads(threads)
+    order = np.argsort(np.concatenate(ids))
+    want = np.concatenate(dirs)[order]
+    got = np.stack([np.sin(sub.column("zenith").to_numpy()) * np.cos(sub.column("azimuth").to_numpy()),
+                    np.sin(sub.column("zenith").to_numpy()) * np.sin(sub.column("azimuth").to_numpy()),
+                    np.cos(sub.column("zenith").to_numpy())], axis=1)
+    np.testing.assert_allclose(got, want, atol=1e-6)

@@ -121,9 +121,11 @@ def _random_model(out: str, size: str) -> str:
     import json
 
     from neutrino_ray import training
+    from neutrino_ray.icecube.architectures import TRANSFORMER_INFERENCE_MAX_PULSES, default_max_pulses, is_transformer
     from neutrino_ray.icecube.train import DirectionTask
 
-    task = DirectionTask(size)
+    task = DirectionTask(size, max_pulses=default_max_pulses(size),
+                         inference_max_pulses=TRANSFORMER_INFERENCE_MAX_PULSES if is_transformer(size) else None)
     model = task.build_model()
     uri = storage.join(out, f"random-{size}")
     storage.write_bytes(storage.join(uri, training.WEIGHTS), training.weights_bytes(model))
@@ -131,12 +133,23 @@ def _random_model(out: str, size: str) -> str:
     return uri
 
 
+PEERS = {  # forward-pass events/s (2 threads, fp32, padded batches, real pulse quartiles, cap 192), training step
+    "dynedge": "GraphNeT DynEdge (1.35M, torch-cluster k-NN): 32 events/s scoring end to end, 12 training",
+    "transformer-small": "GraphNeT DeepIce hidden 192, depth 8 (6,892,512 parameters): 16.8 events/s forward, "
+                         "6.95 training",
+    "transformer-base": "GraphNeT DeepIce default (30,170,976 parameters): 5.04 events/s forward at batch 32, "
+                        "4.23 at batch 128, 1.84 training",
+}
+
+
 def bench_gnn(sizes: list[str], events: int, data: str, seed: int = 12) -> dict[str, dict[str, float]]:
-    """Per model size: forward and training-step events/s in this process (all cores), and end-to-end
-    predict events/s (Ray Data actor pool, parquet → published submission.csv), on ``events`` test events."""
+    """Per architecture: forward and training-step events/s in this process (all cores), and end-to-end
+    predict events/s (Ray Data actor pool, parquet → published submission.csv) with the largest actor's
+    peak RSS, on ``events`` test events; transformers at pulse caps 192 (training) and 768 (inference)."""
     import torch
 
     from neutrino_ray.icecube import pipeline
+    from neutrino_ray.icecube.architectures import TRANSFORMER_INFERENCE_MAX_PULSES, default_max_pulses, is_transformer
     from neutrino_ray.icecube.models import direction_loss
     from neutrino_ray.icecube.predict import Scoring
     from neutrino_ray.icecube.train import DirectionTask, predict_directions
@@ -145,22 +158,22 @@ def bench_gnn(sizes: list[str], events: int, data: str, seed: int = 12) -> dict[
     meta = icdata.load_meta(data, "test")
     geometry = icdata.load_geometry(data)
     tasks = list(icdata.iter_split_tasks(data, "test", DEFAULT_EVENTS_PER_TASK, meta=meta))
-    featurised = pa.concat_tables(pipeline.read_featurise(t, geometry, DEFAULT_MAX_PULSES)
-                                  for t in pipeline.task_tables(tasks))
-    n_fwd, n_train = min(len(featurised), 2048), min(len(featurised), 512)
     truth = icdata.split_truth(data, "test").sort_by("event_id")
-    labelled = featurised.slice(0, n_train).sort_by("event_id")
-    rows = np.searchsorted(truth.column("event_id").to_numpy(), labelled.column("event_id").to_numpy())
-    labelled = labelled.append_column("azimuth", truth.column("azimuth").take(rows))
-    labelled = labelled.append_column("zenith", truth.column("zenith").take(rows))
     cpu = torch.device("cpu")
     results: dict[str, dict[str, float]] = {}
-    runtime.init_ray()
     for size in sizes:
-        task = DirectionTask(size)
+        cap = default_max_pulses(size)
+        featurised = pa.concat_tables(pipeline.read_featurise(t, geometry, cap) for t in pipeline.task_tables(tasks))
+        big = size in ("dynedge", "transformer-small", "transformer-base")
+        n_fwd, n_train = min(len(featurised), 1024 if big else 2048), min(len(featurised), 256 if big else 512)
+        labelled = featurised.slice(0, n_train).sort_by("event_id")
+        rows = np.searchsorted(truth.column("event_id").to_numpy(), labelled.column("event_id").to_numpy())
+        labelled = labelled.append_column("azimuth", truth.column("azimuth").take(rows))
+        labelled = labelled.append_column("zenith", truth.column("zenith").take(rows))
+        task = DirectionTask(size, max_pulses=cap)
         torch.manual_seed(0)
         model = task.build_model()
-        predict_directions(task, model, featurised.slice(0, 256), 256, cpu)  # warm-up
+        predict_directions(task, model, featurised.slice(0, 64), 256, cpu)  # warm-up
         t0 = time.perf_counter()
         predict_directions(task, model, featurised.slice(0, n_fwd), 256, cpu)
         forward = n_fwd / (time.perf_counter() - t0)
@@ -174,18 +187,32 @@ def bench_gnn(sizes: list[str], events: int, data: str, seed: int = 12) -> dict[
             loss.backward()
             opt.step()
         train_rate = n_train / (time.perf_counter() - t0)
+        r = {"n_parameters": float(sum(p.numel() for p in model.parameters())), "mean_pulses_at_cap": float(
+            np.mean(featurised.column("n_selected").to_numpy())), "forward_events_per_s": forward,
+             "train_events_per_s": train_rate}
+        caps = [cap, TRANSFORMER_INFERENCE_MAX_PULSES] if is_transformer(size) else [cap]
         with tempfile.TemporaryDirectory() as tmp:
             uri = _random_model(tmp, size)
-            m = predict(data, "test", storage.join(tmp, "pred"), Scoring(model=uri))
-        results[size] = {"forward_events_per_s": forward, "train_events_per_s": train_rate,
-                         "predict_end_to_end_events_per_s": m["events"] / m["wall_seconds"],
-                         "n_parameters": float(sum(p.numel() for p in model.parameters()))}
-    print(f"\nGNN stages: {len(meta)} test events from {data}, {torch.get_num_threads()} torch threads in-process; "
-          f"predict on {runtime.cpu_count()} CPUs (one 1-CPU actor each)")
-    print(f"{'model':<10}{'parameters':>12}{'forward ev/s':>14}{'train ev/s':>12}{'predict e2e ev/s':>18}")
+            for c in caps:
+                ray.shutdown()  # fresh actors: their peak memory is this run's
+                runtime.init_ray()
+                m = predict(data, "test", storage.join(tmp, f"pred-{c}"), Scoring(model=uri, max_pulses=c))
+                r[f"predict_end_to_end_events_per_s_cap{c}"] = m["events"] / m["wall_seconds"]
+                r[f"actor_peak_rss_mib_cap{c}"] = _ray_workers_peak_rss_mib()
+        results[size] = r
+    print(f"\nmodel stages: {len(meta)} test events from {data}, {torch.get_num_threads()} torch threads in-process "
+          f"(forward: 256 events per packed batch; training: 128); predict on {runtime.cpu_count()} CPUs (one "
+          "1-CPU actor each, Ray up), peak RSS of the largest actor")
+    print(f"{'model':<19}{'parameters':>12}{'forward ev/s':>14}{'train ev/s':>12}{'cap':>6}{'predict e2e ev/s':>18}"
+          f"{'actor peak MiB':>16}")
     for size, r in results.items():
-        print(f"{size:<10}{r['n_parameters']:>12,.0f}{r['forward_events_per_s']:>14,.0f}"
-              f"{r['train_events_per_s']:>12,.1f}{r['predict_end_to_end_events_per_s']:>18,.1f}")
-    print("peer (GraphNeT DynEdge, torch-cluster k-NN, same machine class): 32 events/s scoring end to end, "
-          "12 events/s training")
+        caps = sorted(int(k.rsplit("cap", 1)[1]) for k in r if k.startswith("predict_end_to_end"))
+        for i, c in enumerate(caps):
+            head = (f"{size:<19}{r['n_parameters']:>12,.0f}{r['forward_events_per_s']:>14,.1f}"
+                    f"{r['train_events_per_s']:>12,.1f}") if i == 0 else " " * 57
+            print(f"{head}{c:>6}{r[f'predict_end_to_end_events_per_s_cap{c}']:>18,.1f}"
+                  f"{r[f'actor_peak_rss_mib_cap{c}']:>16,.0f}")
+    for size in results:
+        if size in PEERS:
+            print(f"peer for {size} (same machine class): {PEERS[size]}")
     return results

@@ -40,22 +40,25 @@ class Groups:
     """Events of one batch grouped by length for padded, batched distance computations.
 
     Each group holds ``node`` (b, L) indices into the packed nodes of b events padded to the group's
-    longest event L, and ``real`` (b, L) marking real (not padding) slots.
+    longest event L, ``real`` (b, L) marking real (not padding) slots, and ``events`` (b) the events'
+    indices in the batch.
     """
 
     node: list[Tensor]
     real: list[Tensor]
+    events: list[Tensor]
 
 
-def group_events(ptr: Tensor, max_elements: int = 1 << 22) -> Groups:
-    """Group events whose lengths are within a factor √2 of each other, each group ≤ max_elements b·L²."""
+def group_events(ptr: Tensor, max_elements: int = 1 << 22, per_octave: int = 2) -> Groups:
+    """Group events whose lengths are within a factor 2^(1/per_octave) of each other, each group
+    ≤ max_elements b·L² (a longer event is a group of its own)."""
     counts = ptr[1:] - ptr[:-1]
-    order = torch.argsort(counts)
+    order = torch.argsort(counts, stable=True)
     sorted_counts = counts[order]
-    # Half-octave length classes: padding costs at most 2× in the b·L² distance matrices.
-    cls = torch.ceil(2 * torch.log2(sorted_counts.clamp(min=1).double())).long()
+    # Length classes (half-octave by default): padding costs at most 2× in the b·L² distance matrices.
+    cls = torch.ceil(per_octave * torch.log2(sorted_counts.clamp(min=1).double())).long()
     bounds = torch.nonzero(cls[1:] != cls[:-1]).flatten().add(1).tolist()
-    node, real = [], []
+    node, real, events = [], [], []
     for lo, hi in zip([0, *bounds], [*bounds, len(order)]):
         length = int(sorted_counts[hi - 1])
         step = max(1, max_elements // max(1, length * length))
@@ -66,7 +69,8 @@ def group_events(ptr: Tensor, max_elements: int = 1 << 22) -> Groups:
             idx = ptr[ev][:, None] + slot[None, :]
             node.append(torch.where(is_real, idx, ptr[ev][:, None]))  # padding points at the event's first node
             real.append(is_real)
-    return Groups(node, real)
+            events.append(ev)
+    return Groups(node, real, events)
 
 
 def knn(x: Tensor, groups: Groups, k: int = N_NEIGHBOURS) -> tuple[Tensor, Tensor]:

@@ -3,14 +3,17 @@
 Read tasks (see :mod:`neutrino_ray.icecube.data`) become one Ray Data block each. A LineFit variant
 (:mod:`~neutrino_ray.icecube.linefit`) runs fused with the read in one task per block, on the raw
 pulses. A trained model runs on an actor pool: each actor loads the model once from storage (on a GPU
-with ``gpus_per_actor``), then reads, featurises (with the model's own pulse cap) and scores its read
-tasks in batches of ``batch_size`` packed events.
+with ``gpus_per_actor``), then reads, featurises (with the model's inference pulse cap) and scores its
+read tasks in batches of ``batch_size`` packed events. An ensemble is several models in each actor,
+each loaded once: the events are featurised once, with the members' common pulse cap, and the
+members' unit directions averaged with weights (times κ when asked).
 Pulses never leave the worker that decoded them; only (event_id, azimuth, zenith) come back to the
 driver, which checks that every event of the split's meta is present exactly once before publishing.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -51,9 +54,11 @@ def linefit_block(batch: pa.Table, geometry: np.ndarray, variant: str, cap: int)
 
 
 class DirectionScorer:
-    """Ray Data actor: loads a trained model once, then scores read tasks (read → featurise → model)."""
+    """Ray Data actor: loads each trained model of the ensemble once, then scores read tasks (read →
+    featurise once, with the ensemble's common pulse cap → every member → the weighted mean direction)."""
 
-    def __init__(self, model_uri: str, geometry: np.ndarray, batch_size: int, threads: int, use_gpu: bool):
+    def __init__(self, model_uris: list[str], weights: list[float], kappa_weighted: bool, max_pulses: int,
+                 geometry: np.ndarray, batch_size: int, threads: int, use_gpu: bool):
         import torch
 
         from neutrino_ray.icecube.train import load_task_and_model
@@ -61,17 +66,43 @@ class DirectionScorer:
         self.device = torch.device("cuda" if use_gpu else "cpu")
         if not use_gpu:
             torch.set_num_threads(threads)
-        self.task, self.model, _ = load_task_and_model(model_uri)
-        self.model.to(self.device)
+        self.members = []
+        for uri in model_uris:
+            task, model, _ = load_task_and_model(uri)
+            self.members.append((task, model.to(self.device)))
+        self.weights, self.kappa_weighted, self.max_pulses = np.asarray(weights), kappa_weighted, max_pulses
         self.geometry, self.batch_size = geometry, batch_size
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from neutrino_ray.icecube.train import predict_directions
+        from neutrino_ray.icecube.train import predict_vectors
 
-        events = pipeline.read_featurise(batch, self.geometry, self.task.max_pulses)
-        az, zen, _ = predict_directions(self.task, self.model, events, self.batch_size, self.device)
+        events = pipeline.read_featurise(batch, self.geometry, self.max_pulses)
+        outs = [predict_vectors(task, model, events, self.batch_size, self.device) for task, model in self.members]
+        mu = ensemble_directions(np.stack([o[0] for o in outs]), np.stack([o[1] for o in outs]), self.weights,
+                                 self.kappa_weighted)
+        az, zen = lf.direction_to_angles(mu)
         return pa.table({"event_id": events.column("event_id"), "azimuth": az, "zenith": zen,
                          "ok": np.ones(len(az), dtype=bool)})
+
+
+def ensemble_directions(mu: np.ndarray, kappa: np.ndarray, weights: np.ndarray,
+                        kappa_weighted: bool = False) -> np.ndarray:
+    """The ensemble's unit directions (N, 3) from its members' unit directions ``mu`` (M, N, 3) and
+    concentrations ``kappa`` (M, N): the normalised sum of w_m·μ_m, with w_m·κ_m when ``kappa_weighted``
+    (the members' vMF likelihoods multiplied: the maximum of Π_m vMF(x; μ_m, κ_m) is along Σ_m κ_m μ_m).
+    Where the weighted sum vanishes (members pointing opposite ways), the most weighted member's
+    direction is taken."""
+    w = np.broadcast_to(np.asarray(weights, np.float64)[:, None], kappa.shape)
+    if kappa_weighted:
+        w = w * kappa
+    s = (w[:, :, None] * mu).sum(axis=0)
+    norm = np.linalg.norm(s, axis=1)
+    out = s / np.where(norm > 0, norm, 1.0)[:, None]
+    flat = norm <= 1e-12 * np.maximum(w.sum(axis=0), 1e-300)
+    if flat.any():
+        best = np.argmax(w[:, flat], axis=0)
+        out[flat] = mu[best, np.flatnonzero(flat)]
+    return out
 
 
 @dataclass
@@ -89,53 +120,108 @@ class PredictResult:
 
 @dataclass(frozen=True)
 class Scoring:
-    """How to score: LineFit, or a trained model on an actor pool."""
+    """How to score: LineFit, or a trained model or an ensemble of them on an actor pool."""
 
-    model: str = "linefit"  # a LineFit variant (lf.VARIANTS) or the URI of a trained model (OUT/model)
-    max_pulses: int | None = None  # LineFit's charge cap; a trained model uses its own pulse cap
+    # A LineFit variant (lf.VARIANTS), the URI of a trained model (OUT/model), or several URIs (an ensemble).
+    model: str | tuple[str, ...] = "linefit"
+    max_pulses: int | None = None  # LineFit's charge cap; a trained model's inference cap (transformers only)
     events_per_task: int | None = None
     batch_size: int = DEFAULT_BATCH_SIZE
     actors: int | None = None
     cpus_per_actor: float = 1.0
     gpus_per_actor: float = 0.0
+    weights: tuple[float, ...] | None = None  # ensemble weights, one per model (default: equal)
+    kappa_weighted: bool = False  # ensemble: weight each member's direction by its κ as well
+
+    @property
+    def members(self) -> tuple[str, ...]:
+        return (self.model,) if isinstance(self.model, str) else tuple(self.model)
 
     @property
     def is_linefit(self) -> bool:
-        return self.model in lf.VARIANTS
+        return len(self.members) == 1 and self.members[0] in lf.VARIANTS
 
 
-def check_model(scoring: Scoring) -> tuple[int, dict[str, Any]]:
-    """The pulse cap to use and a description of the model; a bad model fails here, before any work."""
-    from neutrino_ray.icecube.models import SIZES
+@dataclass(frozen=True)
+class Plan:
+    """What :func:`check_models` settled: the pulse cap and, for trained models, the normalised weights."""
+
+    max_pulses: int
+    weights: tuple[float, ...]
+    details: dict[str, Any]
+
+
+def check_models(scoring: Scoring) -> Plan:
+    """The pulse cap, weights and a description of the model(s); bad models, mismatched ensemble members
+    and bad weights fail here, before any work."""
+    from neutrino_ray.icecube.architectures import ARCHITECTURES, is_transformer
     from neutrino_ray.icecube.train import load_task_and_model
 
+    members = scoring.members
+    if not members:
+        raise InputError("--model: no model given")
     if scoring.is_linefit:
-        return scoring.max_pulses or lf.KAGGLE_CHARGE_CAP, {"model": scoring.model}
-    if scoring.model in SIZES:
-        raise InputError(f"--model {scoring.model!r} is an architecture, not a trained model: train it with "
-                         f"'neutrino-ray icecube train DATA --model {scoring.model} --out OUT', then pass "
-                         f"--model OUT/model")
-    task, _, config = load_task_and_model(scoring.model)
-    if scoring.max_pulses is not None and scoring.max_pulses != task.max_pulses:
-        raise InputError(f"{scoring.model}: model was trained with a pulse cap of {task.max_pulses}; "
-                         f"--max-pulses {scoring.max_pulses} would feed it other inputs (leave it out)")
-    return task.max_pulses, {"model": scoring.model, "architecture": config["model"],
-                             "n_parameters": config["n_parameters"]}
+        if scoring.weights is not None or scoring.kappa_weighted:
+            raise InputError("--weights and --kappa-weighted are for ensembles of trained models, not LineFit")
+        return Plan(scoring.max_pulses or lf.KAGGLE_CHARGE_CAP, (1.0,), {"model": members[0]})
+    for uri in members:
+        if uri in lf.VARIANTS:
+            raise InputError(f"--model {uri}: LineFit cannot be a member of an ensemble of trained models")
+        if uri in ARCHITECTURES:
+            raise InputError(f"--model {uri!r} is an architecture, not a trained model: train it with "
+                             f"'neutrino-ray icecube train DATA --model {uri} --out OUT', then pass "
+                             f"--model OUT/model")
+    if len(set(members)) != len(members):
+        raise InputError(f"--model: the same model is given twice ({', '.join(members)}); use --weights instead")
+    weights = scoring.weights if scoring.weights is not None else (1.0,) * len(members)
+    if len(weights) != len(members):
+        raise InputError(f"--weights: {len(weights)} weights for {len(members)} models")
+    if not all(np.isfinite(w) and w > 0 for w in weights):
+        raise InputError(f"--weights {' '.join(map(str, weights))}: every weight must be finite and > 0")
+    loaded = []
+    for uri in members:
+        task, _, config = load_task_and_model(uri)  # refuses a feature set other than this build's
+        if scoring.max_pulses is not None and scoring.max_pulses != task.max_pulses \
+                and not is_transformer(config["model"]):
+            raise InputError(f"{uri}: a {config['model']} model was trained with a pulse cap of {task.max_pulses} "
+                             f"and scores with it; --max-pulses {scoring.max_pulses} would feed it other inputs "
+                             "(leave it out; only transformers take another cap at inference)")
+        loaded.append((uri, task, config, scoring.max_pulses or task.predict_max_pulses))
+    features = {json.dumps(c.get("features"), sort_keys=True) for _, _, c, _ in loaded}
+    caps = {cap for *_, cap in loaded}
+    if len(features) > 1:
+        raise InputError("ensemble members were trained on different feature definitions: "
+                         + "; ".join(f"{u}: {c.get('features')}" for u, _, c, _ in loaded))
+    if len(caps) > 1:
+        raise InputError("ensemble members would score with different pulse caps ("
+                         + ", ".join(f"{u}: {cap}" for u, _, _, cap in loaded)
+                         + "); they share one featurisation: pass --max-pulses N with the DynEdge members' "
+                           "training cap (transformers take any cap)")
+    total = float(sum(weights))
+    norm = tuple(float(w) / total for w in weights)
+    described = [{"model": u, "architecture": c["model"], "n_parameters": c["n_parameters"],
+                  "train_max_pulses": t.max_pulses, "weight": w} for (u, t, c, _), w in zip(loaded, norm)]
+    if len(members) == 1:
+        details = {k: v for k, v in described[0].items() if k != "weight"}
+    else:
+        details = {"model": "ensemble", "members": described, "kappa_weighted": scoring.kappa_weighted}
+    return Plan(caps.pop(), norm, details)
 
 
-def build_dataset(tasks: list[icdata.ReadTask], geometry: np.ndarray, scoring: Scoring,
-                  max_pulses: int) -> ray.data.Dataset:
-    """The lazy Ray Data pipeline: LineFit fused into the read tasks, or an actor pool holding the model."""
+def build_dataset(tasks: list[icdata.ReadTask], geometry: np.ndarray, scoring: Scoring, plan: Plan) -> ray.data.Dataset:
+    """The lazy Ray Data pipeline: LineFit fused into the read tasks, or an actor pool holding the model(s)."""
+    ds: ray.data.Dataset = ray.data.from_arrow(pipeline.task_tables(tasks))
     if scoring.is_linefit:
-        ds: ray.data.Dataset = ray.data.from_arrow(pipeline.task_tables(tasks))
-        return ds.map_batches(partial(linefit_block, geometry=geometry, variant=scoring.model, cap=max_pulses),
+        return ds.map_batches(partial(linefit_block, geometry=geometry, variant=scoring.members[0],
+                                      cap=plan.max_pulses),
                               batch_format="pyarrow", batch_size=1, zero_copy_batch=True)
     use_gpu = scoring.gpus_per_actor > 0
     actors = runtime.actor_pool_size(scoring.actors, scoring.cpus_per_actor, scoring.gpus_per_actor)
-    scored: ray.data.Dataset = ray.data.from_arrow(pipeline.task_tables(tasks))
-    return scored.map_batches(
+    return ds.map_batches(
         DirectionScorer, batch_format="pyarrow", batch_size=1, zero_copy_batch=True,
-        fn_constructor_kwargs={"model_uri": scoring.model, "geometry": geometry, "batch_size": scoring.batch_size,
+        fn_constructor_kwargs={"model_uris": list(scoring.members), "weights": list(plan.weights),
+                               "kappa_weighted": scoring.kappa_weighted, "max_pulses": plan.max_pulses,
+                               "geometry": geometry, "batch_size": scoring.batch_size,
                                "threads": max(1, int(scoring.cpus_per_actor)), "use_gpu": use_gpu},
         compute=ActorPoolStrategy(size=actors), num_cpus=scoring.cpus_per_actor,
         num_gpus=scoring.gpus_per_actor if use_gpu else None)
@@ -145,7 +231,8 @@ def run_inference(data: str, split: str, scoring: Scoring | None = None) -> Pred
     """Score every event of the split; returns the sorted, checked submission table."""
     scoring = scoring or Scoring()
     start = time.perf_counter()
-    max_pulses, details = check_model(scoring)  # bad models and inputs fail before Ray starts
+    plan = check_models(scoring)  # bad models and inputs fail before Ray starts
+    max_pulses, details = plan.max_pulses, dict(plan.details)
     meta = icdata.load_meta(data, split)
     geometry = icdata.load_geometry(data)
     per_task = scoring.events_per_task or (DEFAULT_EVENTS_PER_TASK if scoring.is_linefit else GNN_EVENTS_PER_TASK)
@@ -153,7 +240,7 @@ def run_inference(data: str, split: str, scoring: Scoring | None = None) -> Pred
     if not tasks:
         raise icdata.DataError(f"{icdata.meta_uri(data, split)}: no events in split {split!r}")
     runtime.init_ray()
-    ds = build_dataset(tasks, geometry, scoring, max_pulses)
+    ds = build_dataset(tasks, geometry, scoring, plan)
     parts = [b for b in ds.iter_batches(batch_format="pyarrow", batch_size=None)]
     result = pa.concat_tables(parts) if parts else None
     if result is None:

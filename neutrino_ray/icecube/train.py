@@ -1,4 +1,5 @@
-"""Training the IceCube direction GNN: the task plugged into the shared scaffold, and the data it streams.
+"""Training the IceCube direction models (DynEdge GNNs, transformers): the task plugged into the shared
+scaffold, and the data it streams.
 
 The train split's meta is cut into a training part and a held-out validation slice (its last
 ``val_events`` events in file order, so both stay contiguous reads). Both stream through Ray Data as
@@ -22,7 +23,13 @@ from torch_geometric.data import Batch
 from neutrino_ray import training
 from neutrino_ray.errors import InputError
 from neutrino_ray.icecube import data as icdata
-from neutrino_ray.icecube import features, models, pipeline
+from neutrino_ray.icecube import features, models, pipeline, transformer
+from neutrino_ray.icecube.architectures import (
+    ARCHITECTURES,
+    TRANSFORMER_INFERENCE_MAX_PULSES,
+    default_max_pulses,
+    is_transformer,
+)
 from neutrino_ray.icecube.linefit import angles_to_direction, direction_to_angles
 
 log = logging.getLogger("neutrino_ray")
@@ -40,22 +47,36 @@ def feature_set() -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class DirectionTask:
-    """Direction (azimuth, zenith) with a vMF concentration, from featurised IceCube events."""
+    """Direction (azimuth, zenith) with a vMF concentration, from featurised IceCube events.
+
+    ``max_pulses`` is the pulse cap of training; ``inference_max_pulses`` the one ``predict`` uses by
+    default (a transformer attends over any number of pulses; a DynEdge model scores with its training
+    cap)."""
 
     size: str = "small"
     max_pulses: int = features.DEFAULT_MAX_PULSES
     loss_kind: str = "vmf"
     sizes: dict[str, Any] | None = None  # layer sizes when loaded from an artefact
+    inference_max_pulses: int | None = None  # None: max_pulses
 
     name: ClassVar[str] = TASK
     val_metric: ClassVar[str] = "val_mean_angular_error"
     validation_keys: ClassVar[tuple[str, ...]] = ("n", "loss_sum", "angle_sum")
 
-    def model_config(self) -> models.DynEdgeConfig:
-        return models.DynEdgeConfig.from_dict(self.sizes) if self.sizes else models.SIZES[self.size]
+    @property
+    def predict_max_pulses(self) -> int:
+        return self.inference_max_pulses or self.max_pulses
+
+    def model_config(self) -> models.DynEdgeConfig | transformer.TransformerConfig:
+        if self.sizes:
+            if self.sizes.get("family") == "transformer":
+                return transformer.TransformerConfig.from_dict(self.sizes)
+            return models.DynEdgeConfig.from_dict(self.sizes)
+        return transformer.SIZES[self.size] if is_transformer(self.size) else models.SIZES[self.size]
 
     def build_model(self) -> nn.Module:
-        return models.DynEdge(self.model_config())
+        cfg = self.model_config()
+        return transformer.Transformer(cfg) if isinstance(cfg, transformer.TransformerConfig) else models.DynEdge(cfg)
 
     def collate(self, batch: pa.Table, device: torch.device) -> Batch:
         """Featurised event rows → a packed PyG batch (x, ptr, batch, n_pulses[, y unit vectors])."""
@@ -87,13 +108,27 @@ class DirectionTask:
                 "val_mean_angular_error": sums["angle_sum"] / n}
 
     def config(self) -> dict[str, Any]:
-        return {"model": self.size, "sizes": self.model_config().to_dict(), "max_pulses": self.max_pulses,
-                "loss": self.loss_kind, "features": feature_set(), "k": self.model_config().k}
+        cfg = self.model_config()
+        out = {"model": self.size, "sizes": cfg.to_dict(), "max_pulses": self.max_pulses,
+               "inference_max_pulses": self.predict_max_pulses, "loss": self.loss_kind, "features": feature_set()}
+        if isinstance(cfg, models.DynEdgeConfig):
+            out["k"] = cfg.k
+        return out
 
 
 def predict_directions(task: DirectionTask, model: nn.Module, events: pa.Table, batch_size: int,
                        device: torch.device) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(azimuth, zenith, κ) for featurised events, in mini-batches of ``batch_size`` events."""
+    mu, kappa = predict_vectors(task, model, events, batch_size, device)
+    if not len(mu):
+        return np.zeros(0), np.zeros(0), np.zeros(0)
+    az, zen = direction_to_angles(mu)
+    return az, zen, kappa
+
+
+def predict_vectors(task: DirectionTask, model: nn.Module, events: pa.Table, batch_size: int,
+                    device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """(unit directions (N, 3), κ (N)) for featurised events, in mini-batches of ``batch_size`` events."""
     parts, kappas = [], []
     model.eval()
     with torch.inference_mode():
@@ -105,9 +140,8 @@ def predict_directions(task: DirectionTask, model: nn.Module, events: pa.Table, 
             parts.append(mu.cpu().numpy())
             kappas.append(kappa.cpu().numpy())
     if not parts:
-        return np.zeros(0), np.zeros(0), np.zeros(0)
-    az, zen = direction_to_angles(np.concatenate(parts))
-    return az, zen, np.concatenate(kappas)
+        return np.zeros((0, 3)), np.zeros(0)
+    return np.concatenate(parts), np.concatenate(kappas)
 
 
 def load_task_and_model(uri: str) -> tuple[DirectionTask, nn.Module, dict[str, Any]]:
@@ -117,7 +151,7 @@ def load_task_and_model(uri: str) -> tuple[DirectionTask, nn.Module, dict[str, A
         theirs, ours = config.get("features"), feature_set()
         raise InputError(f"{uri}: model was trained with another feature set ({theirs}); this build computes {ours}")
     task = DirectionTask(size=config["model"], max_pulses=int(config["max_pulses"]), loss_kind=config["loss"],
-                         sizes=config["sizes"])
+                         sizes=config["sizes"], inference_max_pulses=config.get("inference_max_pulses"))
     model = task.build_model()
     try:
         model.load_state_dict(state)
@@ -134,14 +168,23 @@ def split_meta(meta: pa.Table, val_events: int, uri: str) -> tuple[pa.Table, pa.
 
 
 def train(data: str, out: str, size: str = "small", *, loss: str = "vmf",
-          max_pulses: int = features.DEFAULT_MAX_PULSES, val_events: int = 5_000,
+          max_pulses: int | None = None, inference_max_pulses: int | None = None, val_events: int = 5_000,
           events_per_task: int = DEFAULT_EVENTS_PER_TASK, command: list[str] | None = None,
           **settings: Any) -> training.TrainResult:
     """Train a direction model on DATA's train split; the artefact lands at ``OUT/model``.
 
-    ``settings`` are :class:`~neutrino_ray.training.Settings` fields (workers, epochs, max_minutes, ...)."""
-    if size not in models.SIZES:
-        raise InputError(f"unknown model {size!r}: expected one of {sorted(models.SIZES)}")
+    ``max_pulses`` is the training pulse cap (192 for a transformer, 256 for DynEdge when None);
+    ``inference_max_pulses`` the cap ``predict`` uses by default (768 for a transformer; a DynEdge model
+    always scores with its training cap). ``settings`` are :class:`~neutrino_ray.training.Settings`
+    fields (workers, epochs, max_minutes, ema_decay, ...)."""
+    if size not in ARCHITECTURES:
+        raise InputError(f"unknown model {size!r}: expected one of {', '.join(ARCHITECTURES)}")
+    max_pulses = max_pulses or default_max_pulses(size)
+    if is_transformer(size):
+        inference_max_pulses = inference_max_pulses or max(max_pulses, TRANSFORMER_INFERENCE_MAX_PULSES)
+    elif inference_max_pulses not in (None, max_pulses):
+        raise InputError(f"--inference-max-pulses {inference_max_pulses}: a DynEdge model scores with its "
+                         f"training cap ({max_pulses}); only transformers take another cap at inference")
     if loss not in models.LOSSES:
         raise InputError(f"unknown loss {loss!r}: expected one of {models.LOSSES}")
     meta = icdata.load_meta(data, "train", with_truth=True)  # bad inputs fail before Ray starts
@@ -152,10 +195,10 @@ def train(data: str, out: str, size: str = "small", *, loss: str = "vmf",
     train_truth, val_truth = split_meta(truth, val_events, uri)
     train_tasks = list(icdata.iter_split_tasks(data, "train", events_per_task, meta=train_meta))
     val_tasks = list(icdata.iter_split_tasks(data, "train", events_per_task, meta=val_meta))
-    task = DirectionTask(size=size, max_pulses=max_pulses, loss_kind=loss)
+    task = DirectionTask(size=size, max_pulses=max_pulses, loss_kind=loss, inference_max_pulses=inference_max_pulses)
     n_params = models.n_parameters(task.build_model())
     print(f"model {size}: {n_params:,} parameters; {len(train_meta)} training events, {len(val_meta)} validation "
-          f"events; pulse cap {max_pulses}", flush=True)
+          f"events; pulse cap {max_pulses} in training, {task.predict_max_pulses} at inference", flush=True)
     s = training.prepare(out, **settings)
     cpus = training.DATA_TASK_CPUS
     train_ds = pipeline.events_dataset(train_tasks, geometry, max_pulses, train_truth, num_cpus=cpus)

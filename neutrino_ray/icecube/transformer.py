@@ -1,0 +1,294 @@
+"""An IceMix/DeepIce-class transformer for IceCube directions, over packed events without batch-wide padding.
+
+Read top to bottom: the model's shapes, the inputs (pulse features, ice at the DOM's depth, log pulse
+count) and their Fourier embedding, the relative space-time embedding of every pulse pair, the two
+block kinds (with the space-time bias, and plain), and the network that runs them on chunks of events
+of similar length.
+
+The design follows the Kaggle 2nd-place IceMix model (``DrHB/icecube-2nd-place``; GraphNeT's
+``DeepIce``): sinusoidal embeddings of position (×4096 in units of 500 m), time (×4096 in units of
+30 µs), charge (×1024 in log10 / 3) and log10 of the pulse count, a learned embedding of the auxiliary
+flag, then ``depth_rel`` blocks whose attention logits and values carry a relative bias built from the
+interval ds² = |Δr|² − (c·Δt)² of each pulse pair, then a CLS token and ``depth`` plain pre-norm blocks,
+and a linear head on the CLS token: a 3-vector whose length is the vMF concentration κ (the same head
+and loss as :class:`~neutrino_ray.icecube.models.DynEdge`).
+
+What differs from GraphNeT's ``DeepIce``, and why:
+- **No padding to the batch's longest event.** The batch stays packed (one (P, F) pulse matrix and
+  ``ptr``, PyG's layout); the encoder runs on *chunks* of events of similar length (quarter-octave
+  length classes, :func:`~neutrino_ray.icecube.models.group_events`), each padded only to its own
+  longest event and masked. An event's result does not depend on what else is in its batch.
+- **The space-time bias is never materialised per head.** IceMix adds q_i·R_ij to the logits and
+  Σ_j a_ij R_ij to the values, with R_ij = W φ(s_ij) + b a projection of the sinusoidal embedding φ of
+  the signed interval s_ij. Both are linear in R, so they are computed as (W^T q_i)·φ_ij + q_i·b and
+  W (Σ_j a_ij φ_ij) + b: only φ (b, L, L, head_size) exists, once per chunk for all ``depth_rel``
+  blocks, never R. A chunk holds at most ``CHUNK_BUDGET`` elements of b·L²·(head_size + heads), so
+  peak attention memory is bounded by the chunk, not the batch (one event longer than the budget is a
+  chunk of its own).
+- **Ice**: effective scattering and absorption lengths at the DOM's depth (the shipped SPICE table,
+  a buffer of the model, so an artefact carries the table it was trained with) join the pulse inputs,
+  as in GraphNeT's ``DeepIceWithDynEdge``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from neutrino_ray.icecube.features import POSITION_SCALE, TIME_SCALE
+from neutrino_ray.icecube.geometry import ORIGIN_DEPTH, south_pole_ice
+from neutrino_ray.icecube.models import MICROSECONDS_PER_UNIT, group_events
+
+N_RAW = 9  # x, y, z (per 125 m), t (µs), each from the event's mean; log charge, auxiliary, two log ice
+# lengths, log pulse count
+ICE_LOG_CENTRE = (math.log(25.0), math.log(100.0))  # typical scattering, absorption lengths (m)
+LIGHT_SPEED = 0.3  # m/ns, as IceMix
+TIME_TO_POSITION = TIME_SCALE * LIGHT_SPEED / POSITION_SCALE  # time feature unit → position feature unit
+CHUNK_BUDGET = 1 << 23  # elements of b·L²·(head_size + heads) per chunk: 32 MiB per float32 tensor
+LENGTH_CLASSES_PER_OCTAVE = 4  # chunks of events within a factor 2^(1/4) in length: < 19 % padding
+
+
+# ---------------------------------------------------------------------------------------------------
+# Shapes
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    """Shapes. ``transformer-base`` is GraphNeT's ``DeepIce`` default (hidden 384, Fourier base 128,
+    4 relative-bias blocks, 12 plain blocks, head size 32); ``transformer-small`` its hidden-192,
+    depth-8 variant."""
+
+    hidden: int
+    depth: int  # plain blocks after the CLS token
+    depth_rel: int  # blocks with the space-time bias, before the CLS token
+    head_size: int = 32
+    fourier: int = 128  # sinusoidal embedding width per input quantity
+    fourier_mlp: int = 1536  # hidden width of the embedding MLP
+    mlp_ratio: int = 4
+    layer_scale: float | None = None  # LayerScale's initial value (CaiT); None: off
+
+    @property
+    def heads(self) -> int:
+        return self.hidden // self.head_size
+
+    def to_dict(self) -> dict[str, object]:
+        return {"family": "transformer", **asdict(self)}
+
+    @staticmethod
+    def from_dict(d: dict[str, object]) -> TransformerConfig:
+        d = {k: v for k, v in d.items() if k != "family"}
+        return TransformerConfig(**d)  # type: ignore[arg-type]
+
+
+SIZES = {
+    "transformer-tiny": TransformerConfig(hidden=64, depth=2, depth_rel=1, head_size=16, fourier=32,
+                                          fourier_mlp=256),
+    "transformer-small": TransformerConfig(hidden=192, depth=8, depth_rel=4),
+    "transformer-base": TransformerConfig(hidden=384, depth=12, depth_rel=4, layer_scale=1.0),
+}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Inputs and their embedding
+
+
+def sinusoidal(x: Tensor, dim: int) -> Tensor:
+    """(..., dim) sin/cos embedding with periods 2π … 2π·10⁴ (the transformer's positional encoding)."""
+    half = dim // 2
+    dtype = torch.promote_types(x.dtype, torch.float32)  # float32, or float64 for float64 inputs
+    freqs = torch.exp(torch.arange(half, device=x.device, dtype=dtype) * (-math.log(10_000) / (half - 1)))
+    arg = x.to(dtype)[..., None] * freqs
+    out = torch.empty((*x.shape, 2 * half), dtype=dtype, device=x.device)
+    torch.sin(arg, out=out[..., :half])
+    torch.cos(arg, out=out[..., half:])
+    return out
+
+
+class Embedding(nn.Module):
+    """Per pulse: Fourier embeddings of x, y, z, time (relative to the event's mean), charge, the ice's
+    log scattering and absorption lengths at the DOM, log10 of the event's pulse count; a learned
+    embedding of the auxiliary flag; then an MLP (Linear, LayerNorm, GELU, Linear) to the hidden width."""
+
+    ice_depth: Tensor
+    ice_log_lengths: Tensor
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        ice = south_pole_ice()
+        self.register_buffer("ice_depth", torch.tensor(ice.depth, dtype=torch.float32))
+        self.register_buffer("ice_log_lengths", torch.tensor(
+            np.log(np.stack([ice.scattering_len, ice.absorption_len], axis=1)), dtype=torch.float32))
+        self.fourier = cfg.fourier
+        self.aux = nn.Embedding(2, cfg.fourier // 2)
+        n_in = 3 * cfg.fourier + cfg.fourier + cfg.fourier + cfg.fourier + cfg.fourier // 2 + cfg.fourier // 2 + N_RAW
+        self.mlp = nn.Sequential(nn.Linear(n_in, cfg.fourier_mlp), nn.LayerNorm(cfg.fourier_mlp), nn.GELU(),
+                                 nn.Linear(cfg.fourier_mlp, cfg.hidden))
+
+    def ice_at(self, z: Tensor) -> Tensor:
+        """(P, 2) log effective scattering and absorption lengths (m) at detector z (feature units): the
+        logs interpolated linearly in depth, held constant beyond the table."""
+        depth = ORIGIN_DEPTH - z.to(self.ice_depth.dtype) * POSITION_SCALE
+        depth = depth.clamp(self.ice_depth[0], self.ice_depth[-1])
+        i = torch.searchsorted(self.ice_depth, depth).clamp(1, len(self.ice_depth) - 1)
+        d0, d1 = self.ice_depth[i - 1], self.ice_depth[i]
+        w = ((depth - d0) / (d1 - d0))[:, None]
+        return self.ice_log_lengths[i - 1] * (1 - w) + self.ice_log_lengths[i] * w
+
+    def forward(self, x: Tensor, r_rel: Tensor, t_rel: Tensor, log_n: Tensor) -> Tensor:
+        """x (P, 6) pulse features, r_rel (P, 3) and t_rel (P) position and time relative to the event's
+        mean (feature units), log_n (P) log10 of the event's pulse count."""
+        f = self.fourier
+        ice = self.ice_at(x[:, 2])
+        h = torch.cat([
+            sinusoidal(4096 * x[:, :3], f).flatten(1),  # position
+            sinusoidal(4096 * t_rel, f),  # time
+            sinusoidal(1024 * x[:, 4], f),  # charge
+            sinusoidal(256 * ice, f // 2).flatten(1),  # ice: log scattering and absorption lengths
+            sinusoidal(256 * log_n, f // 2),  # log10 pulse count of the event
+            self.aux(x[:, 5].long()),  # auxiliary flag
+            # The same quantities as plain numbers of order one: a linear path the first steps can use.
+            r_rel * 4, (t_rel * MICROSECONDS_PER_UNIT)[:, None], x[:, 4:6], ice - ice.new_tensor(ICE_LOG_CENTRE),
+            log_n[:, None] - 2,
+        ], dim=1)
+        return self.mlp(h)
+
+
+def spacetime_embedding(pos: Tensor, t: Tensor, dim: int) -> Tensor:
+    """(b, L, L, dim) sinusoidal embedding of s_ij = sign(ds²)·√|ds²|, ds² = |r_i − r_j|² − (c·(t_i − t_j))²,
+    in units of 500 m, clipped at ±4 (2 km) and scaled by 1024 (IceMix's encoding). No gradient flows
+    into it: its inputs are data."""
+    with torch.no_grad():
+        dtype = torch.promote_types(pos.dtype, torch.float32)  # bf16 inputs are computed in float32
+        pos, t = pos.to(dtype), t.to(dtype)
+        dr2 = (pos[:, :, None, :] - pos[:, None, :, :]).pow(2).sum(-1)
+        dt2 = ((t[:, :, None] - t[:, None, :]) * TIME_TO_POSITION).pow(2)
+        ds2 = dr2 - dt2
+        s = torch.sign(ds2) * torch.sqrt(ds2.abs())
+        return sinusoidal(1024 * s.clamp(-4, 4), dim)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Blocks
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over a padded chunk; with ``rel`` (the space-time embedding φ) it adds
+    IceMix's relative bias to the logits and the values: q_i·R_ij and Σ_j a_ij R_ij, R = rel_proj(φ)."""
+
+    def __init__(self, dim: int, heads: int, relative: bool):
+        super().__init__()
+        self.heads, self.head_size = heads, dim // heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.rel_proj = nn.Linear(self.head_size, self.head_size) if relative else None
+
+    def forward(self, x: Tensor, real: Tensor, rel: Tensor | None = None) -> Tensor:
+        """x (b, L, C), real (b, L) True for real (not padding) slots, rel (b, L, L, head_size) or None."""
+        b, L, C = x.shape
+        q, k, v = self.qkv(x).view(b, L, 3, self.heads, self.head_size).permute(2, 0, 3, 1, 4)  # 3 × (b, H, L, d)
+        if self.rel_proj is None or rel is None:
+            mask = None if bool(real.all()) else real[:, None, None, :]
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        else:
+            w, bias = self.rel_proj.weight.to(q.dtype), self.rel_proj.bias.to(q.dtype)
+            rel = rel.to(q.dtype)
+            q = q * self.head_size ** -0.5
+            # q_i·(W φ_ij + b) = (Wᵀ q_i)·φ_ij + q_i·b, computed per query row without forming R.
+            qw = q @ w  # (b, H, L, d): row i of q times W
+            logits = q @ k.transpose(-1, -2)
+            logits = logits + torch.einsum("bhid,bijd->bhij", qw, rel) + (q @ bias)[..., None]
+            logits = logits.masked_fill(~real[:, None, None, :], float("-inf"))
+            attn = logits.softmax(-1)
+            # Σ_j a_ij (W φ_ij + b) = W (Σ_j a_ij φ_ij) + b, the attention weights summing to one.
+            out = attn @ v + torch.einsum("bhij,bijd->bhid", attn, rel) @ w.T + bias
+        return self.proj(out.transpose(1, 2).reshape(b, L, C))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + γ₁·attn(LN(x)), then x + γ₂·MLP(LN(x)); γ is LayerScale (or 1)."""
+
+    def __init__(self, cfg: TransformerConfig, relative: bool):
+        super().__init__()
+        dim = cfg.hidden
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, cfg.heads, relative)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, cfg.mlp_ratio * dim), nn.GELU(), nn.Linear(cfg.mlp_ratio * dim, dim))
+        if cfg.layer_scale is None:
+            self.gamma1 = self.gamma2 = None
+        else:
+            self.gamma1 = nn.Parameter(torch.full((dim,), cfg.layer_scale))
+            self.gamma2 = nn.Parameter(torch.full((dim,), cfg.layer_scale))
+
+    def forward(self, x: Tensor, real: Tensor, rel: Tensor | None = None) -> Tensor:
+        a = self.attn(self.norm1(x), real, rel)
+        x = x + (a if self.gamma1 is None else self.gamma1 * a)
+        m = self.mlp(self.norm2(x))
+        return x + (m if self.gamma2 is None else self.gamma2 * m)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The network
+
+
+class Transformer(nn.Module):
+    """Pulses → direction vector whose length is the vMF concentration κ (same call as DynEdge)."""
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = Embedding(cfg)
+        self.rel_blocks = nn.ModuleList(Block(cfg, relative=True) for _ in range(cfg.depth_rel))
+        self.cls = nn.Parameter(torch.zeros(1, 1, cfg.hidden))
+        self.blocks = nn.ModuleList(Block(cfg, relative=False) for _ in range(cfg.depth))
+        self.norm = nn.LayerNorm(cfg.hidden)
+        self.head = nn.Linear(2 * cfg.hidden, 3)
+        self.apply(_init)
+        nn.init.trunc_normal_(self.cls, std=0.02)
+
+    def forward(self, x: Tensor, ptr: Tensor, n_pulses: Tensor) -> Tensor:
+        """x (P, F) packed pulse features, ptr (B + 1) event starts, n_pulses (B) pulses before the cap."""
+        n_events = ptr.shape[0] - 1
+        counts = ptr[1:] - ptr[:-1]
+        event = torch.repeat_interleave(torch.arange(n_events, device=x.device), counts)
+        sums = torch.zeros(n_events, 4, device=x.device, dtype=x.dtype).index_add_(0, event, x[:, :4])
+        rel = x[:, :4] - (sums / counts.clamp(min=1).to(x.dtype)[:, None])[event]  # from the event's mean
+        t_rel = rel[:, 3]
+        log_n = torch.log10(n_pulses.to(x.dtype).clamp(min=1))[event]
+        tokens = self.embed(x, rel[:, :3], t_rel, log_n)  # (P, C): no padding
+        out = tokens.new_zeros(n_events, 3)
+        budget = max(1, CHUNK_BUDGET // (self.cfg.head_size + self.cfg.heads))
+        groups = group_events(ptr, budget, per_octave=LENGTH_CLASSES_PER_OCTAVE)
+        for node, real, events in zip(groups.node, groups.real, groups.events):
+            out = out.index_copy(0, events, self.encode(tokens[node], real, x[node, :3], t_rel[node]))
+        return out
+
+    def encode(self, h: Tensor, real: Tensor, pos: Tensor, t: Tensor) -> Tensor:
+        """One chunk: h (b, L, C) padded tokens, real (b, L), pos (b, L, 3), t (b, L) → (b, 3)."""
+        rel = spacetime_embedding(pos, t, self.cfg.head_size) if self.rel_blocks else None
+        for blk in self.rel_blocks:
+            h = blk(h, real, rel)
+        h = torch.cat([self.cls.expand(h.shape[0], 1, -1).to(h.dtype), h], dim=1)
+        real = torch.cat([real.new_ones(real.shape[0], 1), real], dim=1)
+        for blk in self.blocks:
+            h = blk(h, real)
+        h = self.norm(h)
+        pulses = real[:, 1:, None].to(h.dtype)
+        mean = (h[:, 1:] * pulses).sum(1) / pulses.sum(1)
+        return self.head(torch.cat([h[:, 0], mean], dim=1))  # the CLS token and the mean over the pulses
+
+
+def _init(m: nn.Module) -> None:
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+
+def build_model(size: str | TransformerConfig) -> Transformer:
+    return Transformer(SIZES[size] if isinstance(size, str) else size)
