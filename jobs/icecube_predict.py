@@ -1,4 +1,4 @@
-"""Ray job entrypoint: Batch inference (LineFit or a trained model) → OUT/submission.csv.
+"""Ray job entrypoint: batch inference (LineFit, a trained model, or an ensemble of them) → OUT/submission.csv.
 
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- python jobs/icecube_predict.py --help
 

@@ -1,4 +1,4 @@
-"""Ray job entrypoint: train the IceCube direction GNN with Ray Train → OUT/model.
+"""Ray job entrypoint: train an IceCube direction model (DynEdge GNN or transformer) with Ray Train → OUT/model.
 
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- python jobs/icecube_train.py --help
 

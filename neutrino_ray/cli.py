@@ -229,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--model", choices=list(ARCHITECTURES), default="small",
                     help="architecture: the DynEdge-class GNNs 'small' (~0.1M parameters, CPU-friendly) and "
                          "'dynedge' (GraphNeT's competition benchmark shape, 1.35M parameters), or the "
-                         "IceMix-class transformers 'transformer-tiny' (0.33M, CPU-friendly), "
+                         "IceMix-class transformers 'transformer-tiny' (0.23M, CPU-friendly), "
                          "'transformer-small' (7.0M) and 'transformer-base' (GraphNeT's DeepIce default "
                          "shape, 30.4M) (small)")
     add_training_args(tr, batch_size=128, lr=1e-3)
@@ -273,6 +273,22 @@ def build_parser() -> argparse.ArgumentParser:
                          f"LineFit, {GNN_EVENTS_PER_TASK} for a model)")
     add_actor_args(pr, DEFAULT_BATCH_SIZE)
 
+    ca = ic_sub.add_parser("calibrate", formatter_class=fmt, epilog=ENV_HELP,
+                           help="fit a monotone recalibration of a model's κ on held-out events → OUT/model",
+                           description="Score held-out events with a trained model (for --split train: the "
+                                       "model's own validation slice), fit κ → κ' so that the vMF containment "
+                                       "radii cover 50/68/90 %% of the true errors, and republish the model "
+                                       "with calibration.json, which 'icecube predict' then applies.")
+    ca.add_argument("data", metavar="DATA", help="Kaggle-layout dataset URI (with truth for the split)")
+    ca.add_argument("--model", required=True, help="the trained model's URI (OUT/model of 'icecube train')")
+    ca.add_argument("--split", choices=["train", "test"], default="train",
+                    help="held-out events: train (the model's validation slice) or a test split with truth (train)")
+    ca.add_argument("--events", type=_positive, default=None,
+                    help="calibrate on the last N events of the split (default: the model's validation slice "
+                         "for train, every event for test)")
+    ca.add_argument("--max-pulses", type=_positive, default=None, help="transformers: the inference pulse cap")
+    add_actor_args(ca, DEFAULT_BATCH_SIZE)
+
     ev = ic_sub.add_parser("evaluate", formatter_class=fmt, epilog=ENV_HELP,
                            help="score predictions: report.json + plots",
                            description="Compare predictions with the split's truth (train meta, or "
@@ -281,6 +297,21 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--split", choices=["train", "test"], default="test", help="split (test)")
     ev.add_argument("--predictions", required=True, help="submission URI (CSV or Parquet)")
     ev.add_argument("--out", required=True, help="output URI (a folder)")
+
+    cm = ic_sub.add_parser("compare", formatter_class=fmt, epilog=ENV_HELP,
+                           help="several reconstructions side by side: report.json, summary.md, overlaid plots",
+                           description="Score each predictions file (submission.csv or predictions.parquet) "
+                                       "against the split's truth with the competition formula, with bootstrap "
+                                       "68 %% intervals, breakdowns by energy, pulse count, true zenith and "
+                                       "topology, coverage of the uncertainties where given; publish "
+                                       "report.json, summary.md and PNG plots to OUT.")
+    cm.add_argument("data", metavar="DATA", help="Kaggle-layout dataset URI (with truth for the split)")
+    cm.add_argument("--split", choices=["train", "test"], default="test", help="split (test)")
+    cm.add_argument("--predictions", nargs="+", required=True, metavar="URI",
+                    help="predictions files, one per model (local or S3)")
+    cm.add_argument("--labels", nargs="+", default=None, metavar="LABEL",
+                    help="a label per predictions file (default: the name of the folder holding it)")
+    cm.add_argument("--out", required=True, help="output URI (a folder)")
 
     stt = ic_sub.add_parser("stats", formatter_class=fmt, epilog=ENV_HELP,
                             help="dataset profile: stats.json, summary.md + plots, beside the real data's figures",
@@ -409,6 +440,25 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         m = predict(args.data, args.split, args.out, scoring, command=command)
         print(f"predicted {m['events']} events in {m['wall_seconds']:.1f} s "
               f"({m['events_per_second']:.0f} events/s end to end) → {storage.join(args.out, SUBMISSION)}")
+    elif args.command == "icecube" and args.action == "calibrate":
+        from neutrino_ray.icecube.calibrate import calibrate
+        from neutrino_ray.icecube.predict import Scoring
+
+        cal = calibrate(args.data, args.model, args.split, args.events,
+                        Scoring(args.model, args.max_pulses, None, args.batch_size, args.actors, args.cpus_per_actor,
+                                args.gpus_per_actor), command=command)
+        before, after = cal["coverage_before"], cal["coverage_after"]
+        print(f"calibrated on {cal['events']} held-out events: coverage at 50/68/90 % "
+              f"{before['50']:.3f}/{before['68']:.3f}/{before['90']:.3f} → {after['50']:.3f}/{after['68']:.3f}/"
+              f"{after['90']:.3f}; stored in {storage.join(args.model, 'calibration.json')}")
+    elif args.command == "icecube" and args.action == "compare":
+        from neutrino_ray.icecube.compare import SUMMARY, compare
+
+        rep = compare(args.data, args.split, args.predictions, args.labels, args.out, command=command)
+        for m in rep["models"]:
+            print(f"{m['label']:<24} mean angular error {m['mean_angular_error']:.4f} rad "
+                  f"[{m['mean_interval_68'][0]:.4f}, {m['mean_interval_68'][1]:.4f}], {m['n_events']} events")
+        print(f"→ {storage.join(args.out, SUMMARY)}")
     elif args.command == "icecube" and args.action == "evaluate":
         from neutrino_ray.icecube.evaluate import REPORT, evaluate
 

@@ -79,8 +79,20 @@ def test_predict_local_matches_in_process_linefit(tmp_path: Path) -> None:
     np.testing.assert_allclose(sub.column("azimuth").to_numpy(), ref.column("azimuth").to_numpy(), atol=1e-9)
     np.testing.assert_allclose(sub.column("zenith").to_numpy(), ref.column("zenith").to_numpy(), atol=1e-9)
     manifest = json.loads((out / "_SUCCESS.json").read_text())
-    assert manifest["rows"]["submission.csv"] == len(ids) == m["events"]
+    assert manifest["rows"]["submission.csv"] == len(ids) == m["events"] == manifest["rows"]["predictions.parquet"]
     assert manifest["degenerate_events"] >= 3  # the 1-pulse events
+    # predictions.parquet: the same events and directions, the pulse counts; no κ from LineFit (null, said why).
+    pred = pq.read_table(out / "predictions.parquet")
+    assert pred.column_names == ["event_id", "azimuth", "zenith", "kappa", "sigma_50", "sigma_68", "sigma_90",
+                                 "n_pulses", "model"]
+    assert np.array_equal(pred.column("event_id").to_numpy(), ids)
+    np.testing.assert_allclose(pred.column("azimuth").to_numpy(), sub.column("azimuth").to_numpy(), atol=1e-9)
+    np.testing.assert_allclose(pred.column("zenith").to_numpy(), sub.column("zenith").to_numpy(), atol=1e-9)
+    meta = meta.sort_by("event_id")
+    counts = meta.column("last_pulse_index").to_numpy() - meta.column("first_pulse_index").to_numpy() + 1
+    assert np.array_equal(pred.column("n_pulses").to_numpy(), counts)
+    assert pred.column("kappa").null_count == len(pred) and set(pred.column("model").to_pylist()) == {"linefit"}
+    assert "LineFit predicts no concentration" in manifest["uncertainty"]
     assert not [p for p in out.iterdir() if p.name.startswith(storage.STAGING_PREFIX)]
 
 
@@ -341,7 +353,7 @@ def test_republish_overwrites_cleanly(tmp_path: Path) -> None:
     first = (out / "submission.csv").read_bytes()
     predict(str(root), "test", str(out))
     assert (out / "submission.csv").read_bytes() == first
-    assert sorted(p.name for p in out.iterdir()) == ["_SUCCESS.json", "submission.csv"]
+    assert sorted(p.name for p in out.iterdir()) == ["_SUCCESS.json", "predictions.parquet", "submission.csv"]
 
 
 def test_write_batch_helper_layout(tmp_path: Path) -> None:

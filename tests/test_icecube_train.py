@@ -182,7 +182,7 @@ def test_train_entrypoint_parses_its_flags() -> None:
 def test_transformer_trains_with_ema_and_scores_alone_and_in_an_ensemble(dataset: Path, tmp_path: Path) -> None:
     from neutrino_ray import training
     from neutrino_ray.icecube.predict import ensemble_directions
-    from neutrino_ray.icecube.train import predict_vectors
+    from neutrino_ray.icecube.train import load_calibration, predict_vectors
 
     out = tmp_path / "run"
     res = train(str(dataset), str(out), "transformer-tiny", workers=1, epochs=1, batch_size=64, val_events=300,
@@ -202,6 +202,40 @@ def test_transformer_trains_with_ema_and_scores_alone_and_in_an_ensemble(dataset
     m = predict(str(dataset), "test", str(tmp_path / "p1"), Scoring(model=str(out / "model"), batch_size=100,
                                                                      events_per_task=400))
     assert m["events"] == 1600 and m["max_pulses"] == 768 and m["train_max_pulses"] == 192
+    pred = pq.read_table(tmp_path / "p1" / "predictions.parquet")
+    kappa = pred.column("kappa").to_numpy()
+    assert (kappa > 0).all() and (pred.column("sigma_50").to_numpy() < pred.column("sigma_90").to_numpy()).all()
+    sub1 = pacsv.read_csv(tmp_path / "p1" / "submission.csv")
+    assert pred.column("event_id").equals(sub1.column("event_id"))
+    np.testing.assert_allclose(pred.column("zenith").to_numpy(), sub1.column("zenith").to_numpy(), atol=1e-9)
+    # evaluate with the uncertainties: coverage, its curve, pulls, coverage by energy and pulse count, plots.
+    from neutrino_ray.icecube.evaluate import evaluate
+    from neutrino_ray.icecube.metrics import angular_distance
+    from neutrino_ray.icecube.uncertainty import vmf_quantile
+
+    rep = evaluate(str(dataset), "test", str(tmp_path / "p1" / "predictions.parquet"), str(tmp_path / "e1"))
+    unc = rep["uncertainty"]
+    truth = icdata.split_truth(str(dataset), "test").sort_by("event_id")
+    err = angular_distance(truth.column("azimuth").to_numpy(), truth.column("zenith").to_numpy(),
+                           pred.column("azimuth").to_numpy(), pred.column("zenith").to_numpy())
+    assert unc["coverage_68"] == pytest.approx(np.mean(err <= vmf_quantile(kappa, 0.68)), abs=1e-9)
+    assert len(unc["coverage_curve"]["observed"]) == 19 and unc["by_energy_gev"] and unc["by_n_pulses"]
+    assert (tmp_path / "e1" / "reliability.png").exists() and (tmp_path / "e1" / "error_vs_sigma.png").exists()
+
+    # calibrate on the model's own validation slice (300 held-out train events), then predict applies it.
+    from neutrino_ray.icecube.calibrate import calibrate
+    from neutrino_ray.icecube.uncertainty import apply_kappa_calibration
+
+    cal = calibrate(str(dataset), str(out / "model"), "train")
+    assert cal["events"] == 300 and cal["held_out"] == "the last 300 events of the train split"
+    assert (out / "model" / "calibration.json").exists() and (out / "model" / "model.pt").exists()
+    assert json.loads((out / "model" / "_SUCCESS.json").read_text())["kappa_calibration"]["events"] == 300
+    m = predict(str(dataset), "test", str(tmp_path / "p3"), Scoring(model=str(out / "model"), batch_size=100,
+                                                                     events_per_task=400))
+    assert m["kappa_calibrated"] is True and "recalibrated" in m["uncertainty"]
+    pred3 = pq.read_table(tmp_path / "p3" / "predictions.parquet")
+    np.testing.assert_allclose(pred3.column("kappa").to_numpy(), apply_kappa_calibration(cal, kappa), rtol=1e-6)
+    assert pred3.column("zenith").equals(pred.column("zenith"))
 
     # In an ensemble with a DynEdge model: one featurisation at the common cap, weighted, κ-weighted.
     gnn = model_artefact(tmp_path / "gnn")
@@ -222,8 +256,9 @@ def test_transformer_trains_with_ema_and_scores_alone_and_in_an_ensemble(dataset
             events = pipeline.read_featurise(t, geometry, 256)
             outs = [predict_vectors(task, model, events, 100, torch.device("cpu")) for task, model in loaded]
             ids.append(events.column("event_id").to_numpy())
-            dirs.append(ensemble_directions(np.stack([o[0] for o in outs]), np.stack([o[1] for o in outs]),
-                                            np.array([0.75, 0.25]), kappa_weighted=True))
+            ks = [apply_kappa_calibration(load_calibration(u), o[1]) for u, o in zip(members, outs)]  # tiny's
+            dirs.append(ensemble_directions(np.stack([o[0] for o in outs]), np.stack(ks), np.array([0.75, 0.25]),
+                                            kappa_weighted=True)[0])
     finally:
         torch.set_num_threads(threads)
     order = np.argsort(np.concatenate(ids))

@@ -92,8 +92,8 @@ def _reference(model: T.Transformer, x: torch.Tensor, n_pulses: int) -> torch.Te
     return model.head(torch.cat([h[0], h[1:].mean(0)]))
 
 
-def test_packed_attention_equals_a_slow_per_event_reference() -> None:
-    lengths = [1, 2, 7, 30, 31, 5, 64, 1, 12]  # one-pulse events, and one at the training cap of this test
+def test_packed_attention_equals_a_slow_per_event_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    lengths = [1, 2, 7, 30, 31, 5, 192, 1, 12]  # one-pulse events, and one at the training cap (192)
     x, ptr, n = _batch(lengths)
     x = x.double()
     model = _model(T.TransformerConfig(**{**CFG.__dict__, "layer_scale": 0.5}))
@@ -102,6 +102,8 @@ def test_packed_attention_equals_a_slow_per_event_reference() -> None:
         for e in range(len(lengths)):
             want = _reference(model, x[ptr[e]:ptr[e + 1]], int(n[e]))
             torch.testing.assert_close(got[e], want, rtol=1e-9, atol=1e-9)
+        monkeypatch.setattr(T, "CHUNK_BUDGET", 1)  # forced chunking: every event a chunk of its own
+        torch.testing.assert_close(model(x, ptr, n), got, rtol=1e-9, atol=1e-9)
 
 
 def test_an_events_result_does_not_depend_on_its_batch_nor_on_pulse_order() -> None:
@@ -185,13 +187,15 @@ def test_ensemble_maths_on_hand_made_vectors() -> None:
     ex, ey, ez = np.eye(3)
     mu = np.stack([np.stack([ex, ex, ez]), np.stack([ey, -ex, ez])])  # 2 members x 3 events
     kappa = np.array([[1.0, 5.0, 2.0], [3.0, 5.0, 9.0]])
-    got = ensemble_directions(mu, kappa, np.array([0.5, 0.5]))
+    got, k = ensemble_directions(mu, kappa, np.array([0.5, 0.5]))
     np.testing.assert_allclose(got[0], (ex + ey) / math.sqrt(2))
     np.testing.assert_allclose(got[1], ex)  # opposite, equal weights: the first (most weighted) member
     np.testing.assert_allclose(got[2], ez)
-    got = ensemble_directions(mu, kappa, np.array([0.75, 0.25]))
+    # κ of the weighted product: |Σ w κ μ|; agreeing members sharpen it, opposite ones cancel.
+    np.testing.assert_allclose(k, [math.hypot(0.5, 1.5), 0.0, 5.5])
+    got, _ = ensemble_directions(mu, kappa, np.array([0.75, 0.25]))
     np.testing.assert_allclose(got[0], (3 * ex + ey) / math.sqrt(10))
-    got = ensemble_directions(mu, kappa, np.array([0.5, 0.5]), kappa_weighted=True)
+    got, _ = ensemble_directions(mu, kappa, np.array([0.5, 0.5]), kappa_weighted=True)
     np.testing.assert_allclose(got[0], (ex + 3 * ey) / math.sqrt(10))  # κ 1 against κ 3
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -11,6 +12,7 @@ import pyarrow as pa
 
 from neutrino_ray import storage
 from neutrino_ray.icecube import data as icdata
+from neutrino_ray.icecube import uncertainty
 from neutrino_ray.icecube.metrics import angular_dist_score, angular_distance, summarise
 from neutrino_ray.plotting import png, pyplot
 
@@ -29,8 +31,10 @@ def read_predictions(uri: str) -> pa.Table:
     missing = {"event_id", "azimuth", "zenith"} - set(t.column_names)
     if missing:
         raise icdata.DataError(f"{uri}: missing columns {sorted(missing)}")
-    t = t.select(["event_id", "azimuth", "zenith"]).cast(
-        pa.schema([("event_id", pa.int64()), ("azimuth", pa.float64()), ("zenith", pa.float64())]))
+    cols = [("event_id", pa.int64()), ("azimuth", pa.float64()), ("zenith", pa.float64())]
+    if "kappa" in t.column_names:  # predictions.parquet: a per-event vMF concentration (null for LineFit)
+        cols.append(("kappa", pa.float64()))
+    t = t.select([c for c, _ in cols]).cast(pa.schema(cols))
     az, zen = t.column("azimuth").to_numpy(), t.column("zenith").to_numpy()
     bad = np.flatnonzero(~np.isfinite(az) | ~np.isfinite(zen))
     if len(bad):
@@ -49,10 +53,29 @@ def _bins(values: np.ndarray, errors: np.ndarray, edges: np.ndarray, label: str)
     return out
 
 
-def evaluate(data: str, split: str, predictions: str, out: str,
-             command: list[str] | None = None) -> dict[str, Any]:
-    """Compare predictions with the split's truth; publish report.json and PNG plots atomically."""
-    truth = icdata.split_truth(data, split).sort_by("event_id")
+@dataclass
+class Scored:
+    """Predictions aligned with the split's truth, event by event (sorted by event_id)."""
+
+    pred: pa.Table
+    truth: pa.Table
+    errors: np.ndarray  # angular error (rad) per event, the competition's formula
+    n_pulses: np.ndarray
+    energy: np.ndarray | None
+    topology: np.ndarray | None
+
+    @property
+    def kappa(self) -> np.ndarray | None:
+        """The predicted vMF concentrations, when the predictions carry them (predictions.parquet of a model)."""
+        if "kappa" not in self.pred.column_names or self.pred.column("kappa").null_count == len(self.pred):
+            return None
+        return self.pred.column("kappa").to_numpy()
+
+
+def score(data: str, split: str, predictions: str, truth: pa.Table | None = None,
+          meta: pa.Table | None = None) -> Scored:
+    """Read predictions and align them with the truth; a clear error for other events or bad rows."""
+    truth = (truth if truth is not None else icdata.split_truth(data, split)).sort_by("event_id")
     pred = read_predictions(predictions)
     t_ids, p_ids = truth.column("event_id").to_numpy(), pred.column("event_id").to_numpy()
     if len(np.unique(p_ids)) != len(p_ids):
@@ -61,28 +84,55 @@ def evaluate(data: str, split: str, predictions: str, out: str,
         missing, extra = np.setdiff1d(t_ids, p_ids), np.setdiff1d(p_ids, t_ids)
         raise icdata.DataError(f"{predictions}: event ids differ from the {split} split: {len(missing)} missing "
                                f"(e.g. {missing[:3].tolist()}), {len(extra)} unknown (e.g. {extra[:3].tolist()})")
+    if "kappa" in pred.column_names and 0 < pred.column("kappa").null_count < len(pred):
+        raise icdata.DataError(f"{predictions}: kappa is null for {pred.column('kappa').null_count} of "
+                               f"{len(pred)} events")
     az_t, zen_t = truth.column("azimuth").to_numpy(), truth.column("zenith").to_numpy()
     az_p, zen_p = pred.column("azimuth").to_numpy(), pred.column("zenith").to_numpy()
-    err = angular_distance(az_t, zen_t, az_p, zen_p)
-    meta = icdata.load_meta(data, split).sort_by("event_id")
+    meta = (meta if meta is not None else icdata.load_meta(data, split)).sort_by("event_id")
     n_pulses = (meta.column("last_pulse_index").to_numpy() - meta.column("first_pulse_index").to_numpy() + 1)
+    energy = truth.column("energy").to_numpy() if "energy" in truth.column_names else None
+    topology = np.asarray(truth.column("topology").to_pylist()) if "topology" in truth.column_names else None
+    return Scored(pred, truth, angular_distance(az_t, zen_t, az_p, zen_p), n_pulses, energy, topology)
+
+
+N_PULSES_EDGES = np.array([1, 16, 32, 64, 128, 256, 512, 1024, 1e9])
+ZENITH_EDGES = np.linspace(0, np.pi, 7)
+
+
+def energy_edges(energy: np.ndarray) -> np.ndarray:
+    """Half-decade bins over the energies present (GeV)."""
+    return 10.0 ** np.arange(np.floor(np.log10(energy.min())), np.ceil(np.log10(energy.max())) + 0.5, 0.5)
+
+
+def evaluate(data: str, split: str, predictions: str, out: str,
+             command: list[str] | None = None) -> dict[str, Any]:
+    """Compare predictions with the split's truth; publish report.json and PNG plots atomically."""
+    sc = score(data, split, predictions)
+    err, n_pulses, energy = sc.errors, sc.n_pulses, sc.energy
+    az_t, zen_t = sc.truth.column("azimuth").to_numpy(), sc.truth.column("zenith").to_numpy()
+    az_p, zen_p = sc.pred.column("azimuth").to_numpy(), sc.pred.column("zenith").to_numpy()
     report: dict[str, Any] = {
         "split": split, "predictions": predictions,
         "mean_angular_error": angular_dist_score(az_t, zen_t, az_p, zen_p),
         **{k: v for k, v in summarise(err).items() if k != "mean_angular_error"},
-        "by_n_pulses": _bins(n_pulses, err, np.array([1, 16, 32, 64, 128, 256, 512, 1024, 1e9]), "n_pulses"),
-        "by_true_zenith": _bins(zen_t, err, np.linspace(0, np.pi, 7), "zenith"),
+        "by_n_pulses": _bins(n_pulses, err, N_PULSES_EDGES, "n_pulses"),
+        "by_true_zenith": _bins(zen_t, err, ZENITH_EDGES, "zenith"),
     }
-    energy = truth.column("energy").to_numpy() if "energy" in truth.column_names else None
     if energy is not None:
-        edges = 10.0 ** np.arange(np.floor(np.log10(energy.min())), np.ceil(np.log10(energy.max())) + 0.5, 0.5)
-        report["by_energy_gev"] = _bins(energy, err, edges, "energy_gev")
-    if "topology" in truth.column_names:
-        topo = np.asarray(truth.column("topology").to_pylist())
-        report["by_topology"] = {str(k): summarise(err[topo == k]) for k in np.unique(topo)}
+        report["by_energy_gev"] = _bins(energy, err, energy_edges(energy), "energy_gev")
+    if sc.topology is not None:
+        report["by_topology"] = {str(k): summarise(err[sc.topology == k]) for k in np.unique(sc.topology)}
+    kappa = sc.kappa
+    if kappa is not None:
+        report["uncertainty"] = uncertainty.uncertainty_report(
+            err, kappa, energy, n_pulses, N_PULSES_EDGES, None if energy is None else energy_edges(energy))
+    plots = _plots(err, zen_t, zen_p, energy, n_pulses)
+    if kappa is not None:
+        plots.update(_uncertainty_plots(err, kappa, report["uncertainty"]))
     with storage.Output(out, command=command, inputs=[data, predictions]) as output:
         output.write(REPORT, json.dumps(report, indent=2).encode())
-        for name, png in _plots(err, zen_t, zen_p, energy, n_pulses).items():
+        for name, png in plots.items():
             output.write(name, png)
         output.commit(kind="icecube-evaluate", rows={REPORT: len(err)}, events=len(err),
                       mean_angular_error=report["mean_angular_error"])
@@ -123,4 +173,46 @@ def _plots(err: np.ndarray, zen_t: np.ndarray, zen_p: np.ndarray, energy: np.nda
     ax.set(xscale="log", xlabel=label, ylabel="mean angular error (rad)", title=f"Error vs {label.split(' (')[0]}")
     ax.grid(alpha=0.3)
     out[name] = png(fig)
+    return out
+
+
+def _uncertainty_plots(err: np.ndarray, kappa: np.ndarray, rep: dict[str, Any]) -> dict[str, bytes]:
+    """Reliability diagram (predicted containment against observed), and error against predicted σ₆₈."""
+    plt = pyplot()
+    out = {}
+    n = len(err)
+    curve = rep["coverage_curve"]
+    pred_p, obs = np.array(curve["predicted"]), np.array(curve["observed"])
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="calibrated")
+    ax.errorbar(pred_p, obs, yerr=np.sqrt(obs * (1 - obs) / n), fmt="o-", ms=3, capsize=2,
+                label=f"observed ({n:,} events; binomial 1σ)")
+    ax.set(xlabel="predicted containment probability", ylabel="fraction of events with error inside",
+           title="Reliability of the vMF uncertainties", xlim=(0, 1), ylim=(0, 1))
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    out["reliability.png"] = png(fig)
+
+    s68 = uncertainty.vmf_quantile(kappa, 0.68)
+    edges = np.quantile(s68, np.linspace(0, 1, 13))
+    edges = np.unique(edges)
+    idx = np.clip(np.digitize(s68, edges) - 1, 0, len(edges) - 2)
+    counts = np.bincount(idx, minlength=len(edges) - 1)
+    ok = counts > 0
+    mean_s = np.bincount(idx, s68, minlength=len(edges) - 1)[ok] / counts[ok]
+    q68 = np.array([np.quantile(err[idx == b], 0.68) for b in np.flatnonzero(ok)])  # a dozen bins
+    mean_e = np.bincount(idx, err, minlength=len(edges) - 1)[ok] / counts[ok]
+    sem = np.array([err[idx == b].std(ddof=1) / np.sqrt(c) if c > 1 else np.nan
+                    for b, c in zip(np.flatnonzero(ok), counts[ok])])
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    ax.plot([0, np.pi], [0, np.pi], "k--", lw=1, label="68 % quantile = σ₆₈ (calibrated)")
+    ax.plot(mean_s, q68, "o-", label="68 % quantile of the true error")
+    ax.errorbar(mean_s, mean_e, yerr=sem, fmt="s:", ms=3, capsize=2, label="mean true error ± s.e.m.")
+    for x, y, c in zip(mean_s, q68, counts[ok]):
+        ax.annotate(f"{c:,}", (x, y), fontsize=6, textcoords="offset points", xytext=(2, 4))
+    ax.set(xlabel="predicted σ₆₈ (rad), bins of equal counts", ylabel="angular error (rad)",
+           title="Error against predicted uncertainty", xlim=(0, min(np.pi, 1.1 * edges[-1])), ylim=(0, np.pi))
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    out["error_vs_sigma.png"] = png(fig)
     return out

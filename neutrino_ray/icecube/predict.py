@@ -29,7 +29,7 @@ from neutrino_ray import runtime, storage
 from neutrino_ray.errors import InputError
 from neutrino_ray.icecube import data as icdata
 from neutrino_ray.icecube import linefit as lf
-from neutrino_ray.icecube import pipeline
+from neutrino_ray.icecube import pipeline, uncertainty
 from neutrino_ray.icecube.features import flat_pulses
 
 log = logging.getLogger("neutrino_ray")
@@ -38,13 +38,15 @@ DEFAULT_EVENTS_PER_TASK = 20_000  # LineFit: big blocks, ~1 s of work each
 GNN_EVENTS_PER_TASK = 2_000  # a trained model: smaller blocks spread evenly over the actors
 DEFAULT_BATCH_SIZE = 256  # events per model forward pass
 SUBMISSION = "submission.csv"
+PREDICTIONS = "predictions.parquet"  # the same events with per-event uncertainties
 
 
 def linefit_events(events: pa.Table, geometry: np.ndarray, variant: str, cap: int) -> pa.Table:
-    """A LineFit variant on events with pulse list columns → event_id, azimuth, zenith, ok."""
+    """A LineFit variant on events with pulse list columns → event_id, azimuth, zenith, ok, n_pulses."""
     offsets, sensor, t, charge, aux = flat_pulses(events)
     az, zen, ok = lf.fit(variant, offsets, geometry, t, charge, aux, cap, sensor=sensor)
-    return pa.table({"event_id": events.column("event_id"), "azimuth": az, "zenith": zen, "ok": ok})
+    return pa.table({"event_id": events.column("event_id"), "azimuth": az, "zenith": zen, "ok": ok,
+                     "n_pulses": np.diff(offsets)})
 
 
 def linefit_block(batch: pa.Table, geometry: np.ndarray, variant: str, cap: int) -> pa.Table:
@@ -58,10 +60,10 @@ class DirectionScorer:
     featurise once, with the ensemble's common pulse cap → every member → the weighted mean direction)."""
 
     def __init__(self, model_uris: list[str], weights: list[float], kappa_weighted: bool, max_pulses: int,
-                 geometry: np.ndarray, batch_size: int, threads: int, use_gpu: bool):
+                 geometry: np.ndarray, batch_size: int, threads: int, use_gpu: bool, calibrated: bool = True):
         import torch
 
-        from neutrino_ray.icecube.train import load_task_and_model
+        from neutrino_ray.icecube.train import load_calibration, load_task_and_model
 
         self.device = torch.device("cuda" if use_gpu else "cpu")
         if not use_gpu:
@@ -69,7 +71,7 @@ class DirectionScorer:
         self.members = []
         for uri in model_uris:
             task, model, _ = load_task_and_model(uri)
-            self.members.append((task, model.to(self.device)))
+            self.members.append((task, model.to(self.device), load_calibration(uri) if calibrated else None))
         self.weights, self.kappa_weighted, self.max_pulses = np.asarray(weights), kappa_weighted, max_pulses
         self.geometry, self.batch_size = geometry, batch_size
 
@@ -77,22 +79,28 @@ class DirectionScorer:
         from neutrino_ray.icecube.train import predict_vectors
 
         events = pipeline.read_featurise(batch, self.geometry, self.max_pulses)
-        outs = [predict_vectors(task, model, events, self.batch_size, self.device) for task, model in self.members]
-        mu = ensemble_directions(np.stack([o[0] for o in outs]), np.stack([o[1] for o in outs]), self.weights,
-                                 self.kappa_weighted)
+        outs = [predict_vectors(task, model, events, self.batch_size, self.device) for task, model, _ in self.members]
+        kappas = [uncertainty.apply_kappa_calibration(cal, o[1]) for o, (*_, cal) in zip(outs, self.members)]
+        mu, kappa = ensemble_directions(np.stack([o[0] for o in outs]), np.stack(kappas), self.weights,
+                                        self.kappa_weighted)
         az, zen = lf.direction_to_angles(mu)
         return pa.table({"event_id": events.column("event_id"), "azimuth": az, "zenith": zen,
-                         "ok": np.ones(len(az), dtype=bool)})
+                         "ok": np.ones(len(az), dtype=bool), "n_pulses": events.column("n_pulses"),
+                         "kappa": kappa})
 
 
 def ensemble_directions(mu: np.ndarray, kappa: np.ndarray, weights: np.ndarray,
-                        kappa_weighted: bool = False) -> np.ndarray:
-    """The ensemble's unit directions (N, 3) from its members' unit directions ``mu`` (M, N, 3) and
-    concentrations ``kappa`` (M, N): the normalised sum of w_m·μ_m, with w_m·κ_m when ``kappa_weighted``
-    (the members' vMF likelihoods multiplied: the maximum of Π_m vMF(x; μ_m, κ_m) is along Σ_m κ_m μ_m).
-    Where the weighted sum vanishes (members pointing opposite ways), the most weighted member's
-    direction is taken."""
+                        kappa_weighted: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """The ensemble's unit directions (N, 3) and concentrations (N) from its members' unit directions
+    ``mu`` (M, N, 3) and concentrations ``kappa`` (M, N), with weights summing to one.
+
+    The direction is the normalised sum of w_m·μ_m, or of w_m·κ_m·μ_m when ``kappa_weighted`` (the
+    members' vMF likelihoods multiplied: Π_m vMF(x; μ_m, κ_m)^w_m peaks along Σ_m w_m κ_m μ_m). Where the
+    weighted sum vanishes (members pointing opposite ways), the most weighted member's direction is taken.
+    The concentration is that of the weighted product, |Σ_m w_m κ_m μ_m|: members that agree sharpen it,
+    members that disagree blur it."""
     w = np.broadcast_to(np.asarray(weights, np.float64)[:, None], kappa.shape)
+    ens_kappa = np.linalg.norm((w[:, :, None] * kappa[:, :, None] * mu).sum(axis=0), axis=1)
     if kappa_weighted:
         w = w * kappa
     s = (w[:, :, None] * mu).sum(axis=0)
@@ -102,12 +110,13 @@ def ensemble_directions(mu: np.ndarray, kappa: np.ndarray, weights: np.ndarray,
     if flat.any():
         best = np.argmax(w[:, flat], axis=0)
         out[flat] = mu[best, np.flatnonzero(flat)]
-    return out
+    return out, ens_kappa
 
 
 @dataclass
 class PredictResult:
     submission: pa.Table
+    predictions: pa.Table  # the same events with κ, containment radii, pulse counts and the model
     events: int
     degenerate: int
     seconds: float
@@ -132,6 +141,7 @@ class Scoring:
     gpus_per_actor: float = 0.0
     weights: tuple[float, ...] | None = None  # ensemble weights, one per model (default: equal)
     kappa_weighted: bool = False  # ensemble: weight each member's direction by its κ as well
+    calibrated: bool = True  # apply each model's κ calibration (calibration.json), where it has one
 
     @property
     def members(self) -> tuple[str, ...]:
@@ -222,18 +232,23 @@ def build_dataset(tasks: list[icdata.ReadTask], geometry: np.ndarray, scoring: S
         fn_constructor_kwargs={"model_uris": list(scoring.members), "weights": list(plan.weights),
                                "kappa_weighted": scoring.kappa_weighted, "max_pulses": plan.max_pulses,
                                "geometry": geometry, "batch_size": scoring.batch_size,
-                               "threads": max(1, int(scoring.cpus_per_actor)), "use_gpu": use_gpu},
+                               "threads": max(1, int(scoring.cpus_per_actor)), "use_gpu": use_gpu,
+                               "calibrated": scoring.calibrated},
         compute=ActorPoolStrategy(size=actors), num_cpus=scoring.cpus_per_actor,
         num_gpus=scoring.gpus_per_actor if use_gpu else None)
 
 
-def run_inference(data: str, split: str, scoring: Scoring | None = None) -> PredictResult:
-    """Score every event of the split; returns the sorted, checked submission table."""
+def run_inference(data: str, split: str, scoring: Scoring | None = None,
+                  last_events: int | None = None) -> PredictResult:
+    """Score every event of the split (or its last ``last_events`` in file order, as training's validation
+    slice); returns the sorted, checked submission and predictions tables."""
     scoring = scoring or Scoring()
     start = time.perf_counter()
     plan = check_models(scoring)  # bad models and inputs fail before Ray starts
     max_pulses, details = plan.max_pulses, dict(plan.details)
     meta = icdata.load_meta(data, split)
+    if last_events is not None:
+        meta = meta.slice(max(0, len(meta) - last_events))
     geometry = icdata.load_geometry(data)
     per_task = scoring.events_per_task or (DEFAULT_EVENTS_PER_TASK if scoring.is_linefit else GNN_EVENTS_PER_TASK)
     tasks = list(icdata.iter_split_tasks(data, split, per_task, meta=meta))
@@ -248,12 +263,49 @@ def run_inference(data: str, split: str, scoring: Scoring | None = None) -> Pred
     result = result.sort_by("event_id")
     check_complete(result, meta, data, split)
     sub = result.select(["event_id", "azimuth", "zenith"])
+    members = scoring.members
+    predictions = predictions_table(result, members[0] if len(members) == 1 else "ensemble:" + ",".join(members))
     degenerate = int(len(result) - np.count_nonzero(result.column("ok").to_numpy(zero_copy_only=False)))
     details.update({"charge_cap" if scoring.is_linefit else "max_pulses": max_pulses, "events_per_task": per_task})
     if not scoring.is_linefit:
         details.update(batch_size=scoring.batch_size, cpus_per_actor=scoring.cpus_per_actor,
                        gpus_per_actor=scoring.gpus_per_actor)
-    return PredictResult(sub, len(sub), degenerate, time.perf_counter() - start, details)
+    if scoring.is_linefit:
+        details["uncertainty"] = ("none: LineFit predicts no concentration; kappa and sigma_* are null "
+                                  "(empirical LineFit uncertainties are not implemented yet)")
+    else:
+        from neutrino_ray.icecube.train import load_calibration
+
+        calibrated = [scoring.calibrated and load_calibration(u) is not None for u in scoring.members]
+        how = ("recalibrated on held-out events ('icecube calibrate')" if all(calibrated)
+               else "not recalibrated" if not any(calibrated) else "recalibrated for some members only")
+        details["uncertainty"] = f"vMF: sigma_* are the exact containment radii of the predicted kappa, {how}"
+        details["kappa_calibrated"] = calibrated if len(calibrated) > 1 else calibrated[0]
+    return PredictResult(sub, predictions, len(sub), degenerate, time.perf_counter() - start, details)
+
+
+PREDICTION_SCHEMA = pa.schema([
+    ("event_id", pa.int64()), ("azimuth", pa.float64()), ("zenith", pa.float64()), ("kappa", pa.float64()),
+    ("sigma_50", pa.float64()), ("sigma_68", pa.float64()), ("sigma_90", pa.float64()),
+    ("n_pulses", pa.int64()), ("model", pa.string()),
+])
+
+
+def predictions_table(result: pa.Table, model: str) -> pa.Table:
+    """``predictions.parquet``: per event the direction, the vMF concentration κ and the angular radii (rad)
+    containing 50, 68 and 90 % of it (null for LineFit, which predicts no κ), the pulse count, the model."""
+    n = len(result)
+    cols: dict[str, Any] = {c: result.column(c) for c in ("event_id", "azimuth", "zenith")}
+    if "kappa" in result.column_names:
+        kappa = result.column("kappa").to_numpy().astype(np.float64)
+        cols["kappa"] = kappa
+        cols.update(uncertainty.sigmas(kappa))
+    else:
+        for c in ("kappa", "sigma_50", "sigma_68", "sigma_90"):
+            cols[c] = pa.nulls(n, pa.float64())
+    cols["n_pulses"] = result.column("n_pulses").cast(pa.int64())
+    cols["model"] = pa.array([model] * n, pa.string()) if n else pa.array([], pa.string())
+    return pa.table(cols).cast(PREDICTION_SCHEMA)
 
 
 def check_complete(result: pa.Table, meta: pa.Table, data: str, split: str) -> None:
@@ -282,9 +334,10 @@ def predict(data: str, split: str, out: str, scoring: Scoring | None = None,
     res = run_inference(data, split, scoring)  # inputs fail before outputs are touched
     with storage.Output(out, command=command, inputs=[data], started=started) as output:
         output.write(SUBMISSION, storage.csv_bytes(res.submission))
+        output.write(PREDICTIONS, storage.parquet_bytes(res.predictions))
         manifest = output.commit(
             kind="icecube-predict", split=split, **res.details,
-            rows={SUBMISSION: res.events}, events=res.events, degenerate_events=res.degenerate,
+            rows={SUBMISSION: res.events, PREDICTIONS: res.events}, events=res.events, degenerate_events=res.degenerate,
             inference_seconds=round(res.seconds, 3), inference_events_per_second=round(res.events_per_second, 1),
         )
     log.info("predicted %d events in %.1f s (%.0f events/s); %d degenerate events got the default "

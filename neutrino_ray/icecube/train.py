@@ -10,6 +10,7 @@ shard and collates Arrow batches into packed PyG batches.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -20,10 +21,10 @@ import torch
 from torch import nn
 from torch_geometric.data import Batch
 
-from neutrino_ray import training
+from neutrino_ray import storage, training
 from neutrino_ray.errors import InputError
 from neutrino_ray.icecube import data as icdata
-from neutrino_ray.icecube import features, models, pipeline, transformer
+from neutrino_ray.icecube import features, models, pipeline, transformer, uncertainty
 from neutrino_ray.icecube.architectures import (
     ARCHITECTURES,
     TRANSFORMER_INFERENCE_MAX_PULSES,
@@ -144,6 +145,20 @@ def predict_vectors(task: DirectionTask, model: nn.Module, events: pa.Table, bat
     return np.concatenate(parts), np.concatenate(kappas)
 
 
+def load_calibration(uri: str) -> dict[str, Any] | None:
+    """The κ calibration stored with the model at ``uri`` (``calibration.json``, by 'icecube calibrate'), if any."""
+    cal_uri = storage.join(uri, uncertainty.CALIBRATION)
+    try:
+        cal = json.loads(storage.read_bytes(cal_uri))
+    except FileNotFoundError:
+        return None
+    except json.JSONDecodeError as e:
+        raise InputError(f"{cal_uri}: not a calibration file ({e})") from e
+    if cal.get("format") != uncertainty.CALIBRATION_FORMAT:
+        raise InputError(f"{cal_uri}: a {cal.get('format')!r} file, expected {uncertainty.CALIBRATION_FORMAT!r}")
+    return cal
+
+
 def load_task_and_model(uri: str) -> tuple[DirectionTask, nn.Module, dict[str, Any]]:
     """A trained direction model from ``uri`` (OUT/model), checked against this build's features."""
     config, state = training.load_artefact(uri, TASK)
@@ -203,4 +218,6 @@ def train(data: str, out: str, size: str = "small", *, loss: str = "vmf",
     cpus = training.DATA_TASK_CPUS
     train_ds = pipeline.events_dataset(train_tasks, geometry, max_pulses, train_truth, num_cpus=cpus)
     val_ds = pipeline.events_dataset(val_tasks, geometry, max_pulses, val_truth, num_cpus=cpus)
-    return training.fit(task, s, train_ds, val_ds, len(train_meta), command=command, inputs=[data])
+    return training.fit(task, s, train_ds, val_ds, len(train_meta), command=command, inputs=[data],
+                        data_summary={"train_events": len(train_meta), "val_events": len(val_meta),
+                                      "validation": "the last val_events events of the train split"})

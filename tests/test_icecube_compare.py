@@ -1,0 +1,120 @@
+"""`icecube compare`: figures equal the competition formula on hand-made submissions; bad inputs; S3."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+from kaggle import random_events, write_dataset
+
+from neutrino_ray import storage
+from neutrino_ray.cli import main
+from neutrino_ray.icecube.compare import bootstrap_mean, compare
+from neutrino_ray.icecube.uncertainty import sigmas
+
+
+def _kaggle_metric(az_true: np.ndarray, zen_true: np.ndarray, az_pred: np.ndarray, zen_pred: np.ndarray) -> float:
+    """The competition's `angular_dist_score`, written out again here from its published definition."""
+    sa1, ca1, sz1, cz1 = np.sin(az_true), np.cos(az_true), np.sin(zen_true), np.cos(zen_true)
+    sa2, ca2, sz2, cz2 = np.sin(az_pred), np.cos(az_pred), np.sin(zen_pred), np.cos(zen_pred)
+    scalar_prod = np.clip(sz1 * sz2 * (ca1 * ca2 + sa1 * sa2) + cz1 * cz2, -1, 1)
+    return float(np.average(np.abs(np.arccos(scalar_prod))))
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("cmp")
+    return write_dataset(root, {1: random_events(np.random.default_rng(3), 400, counts=np.full(400, 3))})
+
+
+def _submissions(root: Path, out: Path) -> tuple[list[str], list[np.ndarray]]:
+    truth = pq.read_table(root / "test_truth.parquet").sort_by("event_id")
+    ids, az, zen = (truth.column(c).to_numpy() for c in ("event_id", "azimuth", "zenith"))
+    rng = np.random.default_rng(1)
+    paths, preds = [], []
+    for name, noise in (("good", 0.1), ("bad", 0.8)):
+        pa_ = np.mod(az + rng.normal(0, noise, len(az)), 2 * np.pi)
+        pz = np.clip(zen + rng.normal(0, noise, len(zen)), 0, np.pi)
+        kappa = np.full(len(ids), 1 / noise ** 2)
+        order = rng.permutation(len(ids))  # any row order
+        t = pa.table({"event_id": ids[order], "azimuth": pa_[order], "zenith": pz[order]})
+        if name == "good":  # a predictions.parquet with uncertainties
+            s = sigmas(kappa[order])
+            t = t.append_column("kappa", pa.array(kappa[order]))
+            for k, v in s.items():
+                t = t.append_column(k, pa.array(v))
+            path = out / name / "predictions.parquet"
+            path.parent.mkdir(parents=True)
+            pq.write_table(t, path)
+        else:
+            path = out / name / "submission.csv"
+            path.parent.mkdir(parents=True)
+            pacsv.write_csv(t, path)
+        paths.append(str(path))
+        preds.append(np.stack([pa_, pz]))
+    return paths, [np.stack([az, zen]), *preds]
+
+
+def test_figures_equal_the_competition_formula(dataset: Path, tmp_path: Path) -> None:
+    paths, (true, good, bad) = _submissions(dataset, tmp_path)
+    rep = compare(str(dataset), "test", paths, ["good", "bad"], str(tmp_path / "out"))
+    got = {m["label"]: m for m in rep["models"]}
+    assert got["good"]["mean_angular_error"] == pytest.approx(_kaggle_metric(*true, *good), abs=1e-12)
+    assert got["bad"]["mean_angular_error"] == pytest.approx(_kaggle_metric(*true, *bad), abs=1e-12)
+    lo, hi = got["good"]["mean_interval_68"]
+    assert lo < got["good"]["mean_angular_error"] < hi
+    assert got["good"]["uncertainty"]["coverage_68"] > 0 and "uncertainty" not in got["bad"]
+    assert sum(b["n_events"] for b in got["good"]["by_true_zenith"]) == 400
+    out = tmp_path / "out"
+    assert {"report.json", "summary.md", "cumulative_error.png", "error_vs_n_pulses.png", "zenith_resolution.png",
+            "error_vs_true_zenith.png", "coverage.png"} <= {p.name for p in out.iterdir()}
+    md = (out / "summary.md").read_text()
+    assert "| good |" in md and "| bad |" in md and "1.214" in md
+    assert json.loads((out / "report.json").read_text())["models"][0]["label"] == "good"
+
+
+def test_bootstrap_interval_matches_the_standard_error() -> None:
+    rng = np.random.default_rng(0)
+    e = rng.exponential(1.0, 5_000)
+    lo, hi = bootstrap_mean(e, np.random.default_rng(1))
+    assert (hi - lo) / 2 == pytest.approx(e.std() / np.sqrt(len(e)), rel=0.15)
+
+
+def test_mismatched_event_sets_are_refused(dataset: Path, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    paths, _ = _submissions(dataset, tmp_path)
+    t = pacsv.read_csv(paths[1])
+    short = tmp_path / "short.csv"
+    pacsv.write_csv(t.slice(0, 399), short)
+    out = tmp_path / "out"
+    code = main(["-q", "icecube", "compare", str(dataset), "--predictions", paths[0], str(short),
+                 "--labels", "a", "b", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and f"{short}: event ids differ from the test split: 1 missing" in err
+    assert len(err.strip().splitlines()) == 1 and not out.exists()
+    code = main(["-q", "icecube", "compare", str(dataset), "--predictions", paths[0], "--labels", "a", "b",
+                 "--out", str(out)])
+    assert code == 2 and "2 labels for 1 predictions" in capsys.readouterr().err
+
+
+def test_compare_on_s3(dataset: Path, tmp_path: Path, bucket: str) -> None:
+    paths, (true, good, _) = _submissions(dataset, tmp_path)
+    data = f"{bucket}/icecube"
+    for f in dataset.rglob("*"):
+        if f.is_file():
+            storage.write_bytes(f"{data}/{f.relative_to(dataset)}", f.read_bytes())
+    uris = []
+    for p in paths:
+        uri = f"{bucket}/preds/{Path(p).parent.name}/{Path(p).name}"
+        storage.write_bytes(uri, Path(p).read_bytes())
+        uris.append(uri)
+    assert main(["-q", "icecube", "compare", data, "--predictions", *uris, "--out", f"{bucket}/cmp"]) == 0
+    rep = json.loads(storage.read_bytes(f"{bucket}/cmp/report.json"))
+    assert [m["label"] for m in rep["models"]] == ["good", "bad"]  # labels from the folders
+    assert rep["models"][0]["mean_angular_error"] == pytest.approx(_kaggle_metric(*true, *good), abs=1e-12)
+    assert storage.exists(f"{bucket}/cmp/_SUCCESS.json")
