@@ -90,16 +90,31 @@ def test_deterministic_for_a_seed(dataset: Path, tmp_path: Path) -> None:
 
 
 def test_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["-q", "demo", "--out", str(tmp_path / "demo"), "--events", "2500"]) == 0
+    assert main(["-q", "demo", "--out", str(tmp_path / "demo"), "--events", "2500", "--train-minutes", "0.2"]) == 0
     out = capsys.readouterr().out
-    assert "LineFit, the Kaggle public baseline (auxiliary = False pulses), on the test split" in out
-    assert "the same fit on the real Kaggle test set: 1.214 rad" in out
+    assert "Kaggle LineFit" in out and "1.214 rad (public LineFit, aux = False pulses, leaderboard)" in out
+    assert "small GNN" in out and "GNN uncertainties:" in out
+    assert "does NOT beat LineFit yet" in out or "the GNN beats LineFit by" in out
+    cmp = json.loads((tmp_path / "demo/comparison/report.json").read_text())
+    assert [m["label"] for m in cmp["models"]] == ["Kaggle LineFit", "small GNN"]
+    assert "uncertainty" in cmp["models"][1] and (tmp_path / "demo/gnn/model/calibration.json").exists()
     report = json.loads((tmp_path / "demo/evaluation/report.json").read_text())
     assert report["n_events"] == 500
     assert 0.8 < report["mean_angular_error"] < 1.6
     for name in ("error_histogram.png", "zenith_pred_vs_true.png", "error_vs_energy.png"):
         assert (tmp_path / "demo/evaluation" / name).read_bytes()[:4] == b"\x89PNG"
     assert {"by_energy_gev", "by_n_pulses", "by_topology"} <= set(report)
+
+
+@pytest.mark.slow  # 90 s; the local demo above covers the same code
+def test_demo_on_s3(bucket: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from neutrino_ray import storage
+
+    assert main(["-q", "demo", "--out", f"{bucket}/demo", "--events", "2500", "--train-minutes", "0.2"]) == 0
+    assert "small GNN" in capsys.readouterr().out
+    cmp = json.loads(storage.read_bytes(f"{bucket}/demo/comparison/report.json"))
+    assert [m["n_events"] for m in cmp["models"]] == [500, 500]
+    assert storage.exists(f"{bucket}/demo/gnn/model/calibration.json")
 
 
 def test_simulate_rejects_bad_arguments(tmp_path: Path) -> None:

@@ -192,7 +192,7 @@ def test_transformer_trains_with_ema_and_scores_alone_and_in_an_ensemble(dataset
     assert cfg["max_pulses"] == 192 and cfg["inference_max_pulses"] == 768
     assert np.isfinite(cfg["training"]["final_validation"]["val_mean_angular_error"])
     # The published weights are the EMA's, not the last step's.
-    ckpt = max((out / "train").glob("checkpoint_*"))
+    ckpt = max(p for p in (out / "train").glob("checkpoint_*") if p.is_dir())
     saved = torch.load(ckpt / training.STATE_FILE, map_location="cpu", weights_only=False)
     published = torch.load(out / "model" / "model.pt", map_location="cpu", weights_only=True)
     name = "head.weight"

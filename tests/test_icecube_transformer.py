@@ -227,3 +227,9 @@ def test_ensemble_members_must_agree_before_any_work(tmp_path: Path, capsys: pyt
     err = capsys.readouterr().err
     assert code == 2 and "different pulse caps" in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
+    # calibrate: one trained model, and it must know which train events were held out.
+    assert main(["-q", "icecube", "calibrate", str(tmp_path / "nodata"), "--model", "linefit"]) == 2
+    assert "calibrate takes one trained model" in capsys.readouterr().err
+    assert main(["-q", "icecube", "calibrate", str(tmp_path / "nodata"), "--model", tiny]) == 2
+    assert "does not say which train events were held out; pass --events N" in capsys.readouterr().err
+    assert not (Path(tiny) / "calibration.json").exists()

@@ -60,7 +60,8 @@ def calibrate(data: str, model: str, split: str = "train", events: int | None = 
     files = {name: storage.read_bytes(storage.join(model, name)) for name in previous["files"]
              if name != uncertainty.CALIBRATION}
     kept = {k: v for k, v in previous.items() if k not in RESERVED}
-    with storage.Output(model, command=command, inputs=[*previous.get("inputs", []), data], started=started) as out:
+    inputs = list(dict.fromkeys([*previous.get("inputs", []), data]))
+    with storage.Output(model, command=command, inputs=inputs, started=started) as out:
         for name, blob in files.items():
             out.write(name, blob)
         out.write(uncertainty.CALIBRATION, json.dumps(cal, indent=2).encode())

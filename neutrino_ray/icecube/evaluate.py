@@ -167,11 +167,17 @@ def _plots(err: np.ndarray, zen_t: np.ndarray, zen_p: np.ndarray, energy: np.nda
     idx = np.clip(np.digitize(x, edges) - 1, 0, len(edges) - 2)
     counts = np.bincount(idx, minlength=len(edges) - 1)
     mean = np.bincount(idx, err, minlength=len(edges) - 1) / np.maximum(counts, 1)
+    sq = np.bincount(idx, err * err, minlength=len(edges) - 1) / np.maximum(counts, 1)
+    sem = np.sqrt(np.maximum(sq - mean ** 2, 0) / np.maximum(counts - 1, 1))  # standard error of each bin's mean
     centers = np.sqrt(edges[1:] * edges[:-1])
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(centers[counts > 0], mean[counts > 0], "o-")
-    ax.set(xscale="log", xlabel=label, ylabel="mean angular error (rad)", title=f"Error vs {label.split(' (')[0]}")
+    ok = counts > 0
+    fig, (ax, axn) = plt.subplots(2, 1, figsize=(6, 5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    ax.errorbar(centers[ok], mean[ok], yerr=sem[ok], fmt="o-", ms=3, capsize=2)
+    ax.set(ylabel="mean angular error (rad)", title=f"Error vs {label.split(' (')[0]} (error bars: s.e. of the mean)")
     ax.grid(alpha=0.3)
+    axn.bar(centers[ok], counts[ok], width=np.diff(edges)[ok], color="0.6")
+    axn.set(xscale="log", yscale="log", xlabel=label, ylabel="events per bin")
+    axn.grid(alpha=0.3)
     out[name] = png(fig)
     return out
 
