@@ -26,7 +26,7 @@ from ray.cluster_utils import Cluster
 
 from neutrino_ray import storage
 from neutrino_ray.icecube import predict as icpredict
-from neutrino_ray.icecube.predict import SUBMISSION, Scoring, predict
+from neutrino_ray.icecube.predict import PREDICTIONS, SUBMISSION, Scoring, predict
 
 TESTS = Path(__file__).resolve().parent
 NODE = {"num_cpus": 1, "object_store_memory": 100 * 2**20, "node_ip_address": "127.0.0.1"}
@@ -169,9 +169,9 @@ def test_a_driver_killed_mid_run_leaves_no_partial_output_and_a_rerun_publishes_
     log, _ = rerun.communicate(timeout=300)
     assert rerun.returncode == 0, log[-3000:]
     manifest = storage.read_manifest(out)
-    assert manifest["events"] == 3000 and manifest["files"] == [SUBMISSION]
+    assert manifest["events"] == 3000 and manifest["files"] == [PREDICTIONS, SUBMISSION]
     entries = [p.rstrip("/").rsplit("/", 1)[-1] for p in storage.listdir(out)]
-    assert sorted(entries) == [storage.SUCCESS, SUBMISSION], entries  # the killed run's staging is gone
+    assert sorted(entries) == [storage.SUCCESS, PREDICTIONS, SUBMISSION], entries  # the killed run's staging is gone
     new = predict(str(data), "test", str(tmp_path / "undisturbed"), Scoring(events_per_task=200))
     assert new["events"] == 3000
     assert _submission(out) == _submission(str(tmp_path / "undisturbed")) != old_bytes
