@@ -512,7 +512,7 @@ def test_rayjob_entrypoints_parse_with_the_project_cli(env: str) -> None:
 def test_pipeline_steps_chain(env: str) -> None:
     a = {name: parse_entrypoint(job["spec"]["entrypoint"])[1] for name, job in rayjobs(ENVS[env][1]).items()}
     assert a["icecube-train"].data == a["icecube-simulate"].out == a["icecube-predict"].data == a["icecube-stats"].data
-    assert a["icecube-predict"].model == a["icecube-train"].out + "/model"
+    assert a["icecube-predict"].model == [a["icecube-train"].out + "/model"]  # --model repeats (ensembles)
     assert a["nova-predict"].model == a["nova-train"].out + "/model"
     assert a["km3net-predict"].model == a["km3net-train"].out
     outs = [x.out for x in a.values()]

@@ -78,7 +78,7 @@ def test_ray_payloads_carry_no_secret(bucket: str, tmp_path: Path, model: str) -
     from neutrino_ray import runtime
     from neutrino_ray.icecube import data as icdata
     from neutrino_ray.icecube import pipeline
-    from neutrino_ray.icecube.predict import Scoring, build_dataset
+    from neutrino_ray.icecube.predict import Scoring, build_dataset, check_models
 
     local = write_dataset(tmp_path / "d", {1: random_events(np.random.default_rng(3), 50)})
     data = f"{bucket}/d"
@@ -92,7 +92,7 @@ def test_ray_payloads_carry_no_secret(bucket: str, tmp_path: Path, model: str) -
     scoring = Scoring("linefit" if model == "linefit" else f"{bucket}/model", events_per_task=10)
     tasks = list(icdata.iter_split_tasks(data, "test", 10))
     runtime.init_ray()
-    ds = build_dataset(tasks, icdata.load_geometry(data), scoring, 256)
+    ds = build_dataset(tasks, icdata.load_geometry(data), scoring, check_models(scoring))
     payload = ray.cloudpickle.dumps(ds) + b"".join(storage.parquet_bytes(t) for t in pipeline.task_tables(tasks))
     assert f"{data}/test/batch_1.parquet".encode() in payload  # the URIs do travel
     assert CANARY.encode() not in payload and os.environ["AWS_SECRET_ACCESS_KEY"] == CANARY
