@@ -262,6 +262,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="ensemble: one weight per --model, in order (equal)")
     pr.add_argument("--kappa-weighted", action="store_true",
                     help="ensemble: weight each member's direction by its predicted vMF concentration κ too")
+    pr.add_argument("--uncertainty-events", type=_non_negative, default=20_000,
+                    help="LineFit: fit its empirical uncertainty (vMF κ per pulse count) on the last N events of "
+                         "DATA's train split, written to OUT/linefit_uncertainty.json; 0: none, kappa and "
+                         "sigma_* null (20000)")
     pr.add_argument("--out", required=True, help="output URI (a folder)")
     pr.add_argument("--max-pulses", type=_positive, default=None,
                     help=f"LineFit: fit at most this many of the selected pulses, highest charge first "
@@ -442,7 +446,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         scoring = Scoring(models[0] if len(models) == 1 else models, args.max_pulses, args.events_per_task,
                           args.batch_size, args.actors, args.cpus_per_actor, args.gpus_per_actor,
                           weights=None if args.weights is None else tuple(args.weights),
-                          kappa_weighted=args.kappa_weighted)
+                          kappa_weighted=args.kappa_weighted, uncertainty_events=args.uncertainty_events)
         m = predict(args.data, args.split, args.out, scoring, command=command)
         print(f"predicted {m['events']} events in {m['wall_seconds']:.1f} s "
               f"({m['events_per_second']:.0f} events/s end to end) → {storage.join(args.out, SUBMISSION)}")

@@ -81,7 +81,8 @@ def test_predict_local_matches_in_process_linefit(tmp_path: Path) -> None:
     manifest = json.loads((out / "_SUCCESS.json").read_text())
     assert manifest["rows"]["submission.csv"] == len(ids) == m["events"] == manifest["rows"]["predictions.parquet"]
     assert manifest["degenerate_events"] >= 3  # the 1-pulse events
-    # predictions.parquet: the same events and directions, the pulse counts; no κ from LineFit (null, said why).
+    # predictions.parquet: the same events and directions, the pulse counts; no κ for LineFit without a train
+    # split to fit its empirical uncertainty on (null, said why).
     pred = pq.read_table(out / "predictions.parquet")
     assert pred.column_names == ["event_id", "azimuth", "zenith", "kappa", "sigma_50", "sigma_68", "sigma_90",
                                  "n_pulses", "model"]
@@ -92,7 +93,7 @@ def test_predict_local_matches_in_process_linefit(tmp_path: Path) -> None:
     counts = meta.column("last_pulse_index").to_numpy() - meta.column("first_pulse_index").to_numpy() + 1
     assert np.array_equal(pred.column("n_pulses").to_numpy(), counts)
     assert pred.column("kappa").null_count == len(pred) and set(pred.column("model").to_pylist()) == {"linefit"}
-    assert "LineFit predicts no concentration" in manifest["uncertainty"]
+    assert "has no train split" in manifest["uncertainty"] and "linefit_uncertainty.json" not in manifest["files"]
     assert not [p for p in out.iterdir() if p.name.startswith(storage.STAGING_PREFIX)]
 
 

@@ -71,3 +71,48 @@ def test_calibration_repairs_a_deliberately_miscalibrated_model() -> None:
     np.testing.assert_allclose(after, [0.5, 0.68, 0.9], atol=0.02)
     assert np.all(np.diff(cal["log_kappa_out"]) >= 0)  # monotone
     assert apply_kappa_calibration(None, claimed) is claimed
+
+
+def test_linefit_uncertainty_recovers_kappa_per_pulse_count() -> None:
+    from neutrino_ray.icecube.uncertainty import fit_pulse_count_kappa, pulse_count_kappa
+
+    rng = np.random.default_rng(8)
+    n = np.round(10 ** rng.uniform(0.5, 3, size=40_000)).astype(int)
+    true_kappa = 0.5 + n / 20.0  # sharper with more pulses
+    err = _draw_vmf(true_kappa, rng)
+    model = fit_pulse_count_kappa(n[:20_000], err[:20_000])
+    got = pulse_count_kappa(model, n[20_000:])
+    np.testing.assert_allclose(coverage(err[20_000:], got), [0.5, 0.68, 0.9], atol=0.02)
+    mid = (n[20_000:] > 20) & (n[20_000:] < 500)  # inside the outer knots
+    assert np.median(np.abs(np.log(got[mid] / true_kappa[20_000:][mid]))) < 0.15
+    assert model["events"] == 20_000 and model["bins"] == 20
+
+
+def test_linefit_predictions_carry_an_empirical_uncertainty_fitted_on_train(tmp_path) -> None:
+    import json
+
+    import pyarrow.parquet as pq
+
+    from neutrino_ray.icecube.predict import Scoring, predict
+    from neutrino_ray.icecube.uncertainty import LINEFIT_UNCERTAINTY, pulse_count_kappa
+    from tests.kaggle import random_events, write_dataset
+
+    rng = np.random.default_rng(9)
+    root = write_dataset(tmp_path / "d", {1: random_events(rng, 300)}, split="train")
+    write_dataset(root, {2: random_events(rng, 200, first_id=10_000)}, split="test")
+    out = tmp_path / "p"
+    manifest = predict(str(root), "test", str(out), Scoring(uncertainty_events=250))
+    model = json.loads((out / LINEFIT_UNCERTAINTY).read_text())
+    assert model["fitted_on"]["events"] == 250 and model["fitted_on"]["split"] == "train"
+    assert LINEFIT_UNCERTAINTY in manifest["files"] and "empirical" in manifest["uncertainty"]
+    pred = pq.read_table(out / "predictions.parquet")
+    assert pred.column("kappa").null_count == 0
+    np.testing.assert_allclose(pred.column("kappa").to_numpy(),
+                               pulse_count_kappa(model, pred.column("n_pulses").to_numpy()))
+    np.testing.assert_allclose(pred.column("sigma_68").to_numpy(),
+                               vmf_quantile(pred.column("kappa").to_numpy(), 0.68))
+    # Random truths: LineFit knows nothing, so its fitted κ is near the uniform sphere's 0.
+    assert np.median(pred.column("kappa").to_numpy()) < 0.5
+    manifest = predict(str(root), "test", str(tmp_path / "p0"), Scoring(uncertainty_events=0))
+    assert pq.read_table(tmp_path / "p0" / "predictions.parquet").column("kappa").null_count == 200
+    assert "--uncertainty-events 0" in manifest["uncertainty"] and LINEFIT_UNCERTAINTY not in manifest["files"]

@@ -133,9 +133,13 @@ def _plots(models: list[dict[str, Any]], scored: list[Scored]) -> dict[str, byte
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for m, sc in zip(models, scored):
         e = np.sort(sc.errors)
-        ax.plot(e, np.arange(1, len(e) + 1) / len(e), label=f"{m['label']} (mean {m['mean_angular_error']:.3f} rad)")
+        f = np.arange(1, len(e) + 1) / len(e)
+        line = ax.plot(e, f, label=f"{m['label']} (mean {m['mean_angular_error']:.3f} rad)")[0]
+        band = np.sqrt(f * (1 - f) / len(e))  # binomial 1σ of each fraction
+        ax.fill_between(e, f - band, f + band, color=line.get_color(), alpha=0.25, lw=0)
     ax.set(xlabel="angular error (rad)", ylabel="fraction of events with a smaller error", xlim=(0, np.pi),
-           ylim=(0, 1), title=f"Cumulative error distribution ({len(scored[0].errors):,} events)")
+           ylim=(0, 1), title=f"Cumulative error distribution ({len(scored[0].errors):,} events; "
+                              "bands: binomial 1σ)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     out["cumulative_error.png"] = png(fig)

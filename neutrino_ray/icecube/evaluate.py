@@ -14,7 +14,7 @@ from neutrino_ray import storage
 from neutrino_ray.icecube import data as icdata
 from neutrino_ray.icecube import uncertainty
 from neutrino_ray.icecube.metrics import angular_dist_score, angular_distance, summarise
-from neutrino_ray.plotting import png, pyplot
+from neutrino_ray.plotting import counts_with_errors, png, pyplot
 
 log = logging.getLogger("neutrino_ray")
 
@@ -147,18 +147,29 @@ def _plots(err: np.ndarray, zen_t: np.ndarray, zen_p: np.ndarray, energy: np.nda
     plt = pyplot()
     out = {}
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.hist(err, bins=90, range=(0, np.pi), color="tab:blue")
+    edges = np.linspace(0, np.pi, 91)
+    counts_with_errors(ax, edges, np.histogram(err, bins=edges)[0], "tab:blue", f"{len(err):,} events (±√N)")
     ax.axvline(err.mean(), color="k", ls="--", label=f"mean {err.mean():.3f} rad")
     ax.axvline(np.median(err), color="tab:red", ls=":", label=f"median {np.median(err):.3f} rad")
-    ax.set(xlabel="angular error (rad)", ylabel="events", title="Angular error")
+    ax.set(xlabel="angular error (rad)", ylabel=f"events per {np.pi / 90:.3f} rad", title="Angular error")
     ax.legend()
     out["error_histogram.png"] = png(fig)
 
     fig, ax = plt.subplots(figsize=(5, 4.5))
     h = ax.hist2d(zen_t, zen_p, bins=60, range=[[0, np.pi], [0, np.pi]], cmap="viridis")
-    fig.colorbar(h[3], ax=ax, label="events")
+    fig.colorbar(h[3], ax=ax, label="events per bin")
     ax.plot([0, np.pi], [0, np.pi], "w--", lw=1)
+    prof = np.linspace(0, np.pi, 13)  # profile: mean predicted zenith per true-zenith bin ± its s.e.
+    idx = np.clip(np.digitize(zen_t, prof) - 1, 0, len(prof) - 2)
+    n = np.bincount(idx, minlength=len(prof) - 1)
+    mean = np.bincount(idx, zen_p, minlength=len(prof) - 1) / np.maximum(n, 1)
+    sq = np.bincount(idx, zen_p * zen_p, minlength=len(prof) - 1) / np.maximum(n, 1)
+    sem = np.sqrt(np.maximum(sq - mean ** 2, 0) / np.maximum(n - 1, 1))
+    ok = n > 0
+    ax.errorbar(((prof[1:] + prof[:-1]) / 2)[ok], mean[ok], yerr=sem[ok], fmt="o", color="tab:red", ms=3,
+                capsize=2, label="mean predicted ± s.e.m.")
     ax.set(xlabel="true zenith (rad)", ylabel="predicted zenith (rad)", title="Zenith: predicted vs true")
+    ax.legend(fontsize=7, loc="upper left")
     out["zenith_pred_vs_true.png"] = png(fig)
 
     x, label, name = ((energy, "true energy (GeV)", "error_vs_energy.png") if energy is not None

@@ -121,6 +121,7 @@ class PredictResult:
     degenerate: int
     seconds: float
     details: dict[str, Any]
+    files: dict[str, bytes]  # further files published beside them (LineFit's fitted uncertainty)
 
     @property
     def events_per_second(self) -> float:
@@ -142,6 +143,7 @@ class Scoring:
     weights: tuple[float, ...] | None = None  # ensemble weights, one per model (default: equal)
     kappa_weighted: bool = False  # ensemble: weight each member's direction by its κ as well
     calibrated: bool = True  # apply each model's κ calibration (calibration.json), where it has one
+    uncertainty_events: int = 20_000  # LineFit: train events its empirical κ per pulse count is fitted on
 
     @property
     def members(self) -> tuple[str, ...]:
@@ -218,6 +220,35 @@ def check_models(scoring: Scoring) -> Plan:
     return Plan(caps.pop(), norm, details)
 
 
+def fit_linefit_uncertainty(data: str, variant: str, cap: int, geometry: np.ndarray,
+                            events: int) -> tuple[dict[str, Any] | None, str]:
+    """LineFit's empirical uncertainty (κ per pulse count, :func:`uncertainty.fit_pulse_count_kappa`),
+    fitted in the driver on the last ``events`` events of the train split's last batch file and their
+    true directions; (None, the reason) where it cannot be."""
+    from neutrino_ray.icecube.metrics import angular_distance
+
+    if events <= 0:
+        return None, "none: --uncertainty-events 0; kappa and sigma_* are null"
+    batches = icdata.list_batches(data, "train")
+    if not batches or not storage.exists(icdata.meta_uri(data, "train")):
+        return None, (f"none: {data} has no train split (train_meta.parquet and train/batch_*.parquet) to fit "
+                      "LineFit's empirical uncertainty on; kappa and sigma_* are null")
+    batch_id = max(batches)
+    meta = icdata.load_batch_meta(data, "train", batch_id, with_truth=True)
+    meta = meta.slice(max(0, len(meta) - events))
+    fitted = pa.concat_tables(linefit_events(icdata.read_task_events(t, len(geometry)), geometry, variant, cap)
+                              for t in icdata.plan_batch(batches[batch_id], batch_id, meta, len(meta)))
+    rows = np.searchsorted(meta.column("event_id").to_numpy(), fitted.column("event_id").to_numpy())
+    err = angular_distance(meta.column("azimuth").to_numpy()[rows], meta.column("zenith").to_numpy()[rows],
+                           fitted.column("azimuth").to_numpy(), fitted.column("zenith").to_numpy())
+    model = uncertainty.fit_pulse_count_kappa(fitted.column("n_pulses").to_numpy(), err)
+    model["fitted_on"] = {"data": data, "split": "train", "batch_id": batch_id, "events": len(fitted),
+                          "variant": variant, "charge_cap": cap}
+    return model, (f"empirical: kappa is LineFit's vMF concentration for the event's pulse count, fitted on "
+                   f"the last {len(fitted)} events of train batch {batch_id} ({uncertainty.LINEFIT_UNCERTAINTY}); "
+                   "sigma_* are its exact containment radii")
+
+
 def build_dataset(tasks: list[icdata.ReadTask], geometry: np.ndarray, scoring: Scoring, plan: Plan) -> ray.data.Dataset:
     """The lazy Ray Data pipeline: LineFit fused into the read tasks, or an actor pool holding the model(s)."""
     ds: ray.data.Dataset = ray.data.from_arrow(pipeline.task_tables(tasks))
@@ -250,6 +281,9 @@ def run_inference(data: str, split: str, scoring: Scoring | None = None,
     if last_events is not None:
         meta = meta.slice(max(0, len(meta) - last_events))
     geometry = icdata.load_geometry(data)
+    linefit_model, linefit_reason = (fit_linefit_uncertainty(data, scoring.members[0], max_pulses, geometry,
+                                                             scoring.uncertainty_events)
+                                     if scoring.is_linefit else (None, ""))
     per_task = scoring.events_per_task or (DEFAULT_EVENTS_PER_TASK if scoring.is_linefit else GNN_EVENTS_PER_TASK)
     tasks = list(icdata.iter_split_tasks(data, split, per_task, meta=meta))
     if not tasks:
@@ -262,6 +296,11 @@ def run_inference(data: str, split: str, scoring: Scoring | None = None,
         raise icdata.DataError(f"{data}: split {split!r} produced no predictions")
     result = result.sort_by("event_id")
     check_complete(result, meta, data, split)
+    files = {}
+    if linefit_model is not None:
+        result = result.append_column("kappa", pa.array(
+            uncertainty.pulse_count_kappa(linefit_model, result.column("n_pulses").to_numpy())))
+        files[uncertainty.LINEFIT_UNCERTAINTY] = json.dumps(linefit_model, indent=2).encode()
     sub = result.select(["event_id", "azimuth", "zenith"])
     members = scoring.members
     predictions = predictions_table(result, members[0] if len(members) == 1 else "ensemble:" + ",".join(members))
@@ -271,8 +310,7 @@ def run_inference(data: str, split: str, scoring: Scoring | None = None,
         details.update(batch_size=scoring.batch_size, cpus_per_actor=scoring.cpus_per_actor,
                        gpus_per_actor=scoring.gpus_per_actor)
     if scoring.is_linefit:
-        details["uncertainty"] = ("none: LineFit predicts no concentration; kappa and sigma_* are null "
-                                  "(empirical LineFit uncertainties are not implemented yet)")
+        details["uncertainty"] = linefit_reason
     else:
         from neutrino_ray.icecube.train import load_calibration
 
@@ -281,7 +319,7 @@ def run_inference(data: str, split: str, scoring: Scoring | None = None,
                else "not recalibrated" if not any(calibrated) else "recalibrated for some members only")
         details["uncertainty"] = f"vMF: sigma_* are the exact containment radii of the predicted kappa, {how}"
         details["kappa_calibrated"] = calibrated if len(calibrated) > 1 else calibrated[0]
-    return PredictResult(sub, predictions, len(sub), degenerate, time.perf_counter() - start, details)
+    return PredictResult(sub, predictions, len(sub), degenerate, time.perf_counter() - start, details, files)
 
 
 PREDICTION_SCHEMA = pa.schema([
@@ -293,7 +331,7 @@ PREDICTION_SCHEMA = pa.schema([
 
 def predictions_table(result: pa.Table, model: str) -> pa.Table:
     """``predictions.parquet``: per event the direction, the vMF concentration κ and the angular radii (rad)
-    containing 50, 68 and 90 % of it (null for LineFit, which predicts no κ), the pulse count, the model."""
+    containing 50, 68 and 90 % of it (null where there is no κ), the pulse count, the model."""
     n = len(result)
     cols: dict[str, Any] = {c: result.column(c) for c in ("event_id", "azimuth", "zenith")}
     if "kappa" in result.column_names:
@@ -335,6 +373,8 @@ def predict(data: str, split: str, out: str, scoring: Scoring | None = None,
     with storage.Output(out, command=command, inputs=[data], started=started) as output:
         output.write(SUBMISSION, storage.csv_bytes(res.submission))
         output.write(PREDICTIONS, storage.parquet_bytes(res.predictions))
+        for name, blob in res.files.items():
+            output.write(name, blob)
         manifest = output.commit(
             kind="icecube-predict", split=split, **res.details,
             rows={SUBMISSION: res.events, PREDICTIONS: res.events}, events=res.events, degenerate_events=res.degenerate,

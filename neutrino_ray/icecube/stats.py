@@ -53,7 +53,7 @@ from neutrino_ray.icecube import linefit as lf
 from neutrino_ray.icecube.features import PULSE_COLUMNS, flat_pulses
 from neutrino_ray.icecube.metrics import angular_distance
 from neutrino_ray.icecube.pipeline import checked_truth
-from neutrino_ray.plotting import png, pyplot
+from neutrino_ray.plotting import counts_with_errors, png, pyplot
 
 log = logging.getLogger("neutrino_ray")
 
@@ -564,25 +564,34 @@ def plots(profile: Profile) -> dict[str, bytes]:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     edges = np.unique(np.round(np.logspace(0, np.log10(h.values.max() + 1), 60)))
-    ax.hist(h.values, bins=edges, weights=h.counts, color="tab:blue")
+    counts_with_errors(ax, edges, np.histogram(h.values, bins=edges, weights=h.counts)[0], "tab:blue",
+                       f"{int(h.counts.sum()):,} events (±√N)", log_x=True)
     ax.axvline(h.quantiles([0.5])[0], color="k", ls="--", label=f"median {h.quantiles([0.5])[0]}")
-    ax.set(xscale="log", yscale="log", xlabel="pulses per event", ylabel="events", title="Pulses per event")
+    ax.set(xscale="log", yscale="log", xlabel="pulses per event", ylabel="events per bin (log-spaced bins)",
+           title="Pulses per event")
     ax.legend()
     out["pulses_per_event.png"] = png(fig)
 
     fig, ax = plt.subplots(figsize=(6, 4))
     lo, hi = max(float(c.rep_min.min()), 1e-3), float(c.rep_min.max())
-    ax.hist(c.rep_min, bins=np.logspace(np.log10(lo), np.log10(hi) + 1e-9, 80), weights=c.counts, color="tab:orange")
-    ax.set(xscale="log", yscale="log", xlabel="charge (pe)", ylabel="pulses", title="Pulse charge")
+    edges = np.logspace(np.log10(lo), np.log10(hi) + 1e-9, 80)
+    counts_with_errors(ax, edges, np.histogram(c.rep_min, bins=edges, weights=c.counts)[0], "tab:orange",
+                       f"{int(c.counts.sum()):,} pulses (±√N)", log_x=True)
+    ax.set(xscale="log", yscale="log", xlabel="charge (pe)", ylabel="pulses per bin (log-spaced bins)",
+           title="Pulse charge")
+    ax.legend()
     out["charge.png"] = png(fig)
 
     for name, hist, label in (("first_pulse_time.png", profile.first_time, "first-pulse time (ns)"),
                               ("span.png", profile.span, "event span: last − first pulse time (ns)")):
         fig, ax = plt.subplots(figsize=(6, 4))
         a, b = hist.quantiles([0.001, 0.999])
-        ax.hist(hist.values, bins=100, range=(a, max(b, a + 1)), weights=hist.counts, color="tab:green")
-        ax.set(xlabel=label, ylabel="events", title=label.split(" (")[0].split(":")[0].capitalize()
-               + " (0.1–99.9 %)")
+        t_edges = np.linspace(a, max(b, a + 1), 101)
+        counts_with_errors(ax, t_edges, np.histogram(hist.values, bins=t_edges, weights=hist.counts)[0], "tab:green",
+                           f"{int(hist.counts.sum()):,} events (±√N)")
+        ax.set(xlabel=label, ylabel=f"events per {t_edges[1] - t_edges[0]:.0f} ns",
+               title=label.split(" (")[0].split(":")[0].capitalize() + " (0.1–99.9 %)")
+        ax.legend()
         out[name] = png(fig)
 
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -592,7 +601,12 @@ def plots(profile: Profile) -> dict[str, bytes]:
     aux = np.bincount(idx, h.weights, minlength=len(edges) - 1)
     ok = pulses > 0
     centers = np.sqrt(edges[1:] * np.maximum(edges[:-1], 1))
-    ax.plot(centers[ok], aux[ok] / pulses[ok], "o-", label="this dataset")
+    frac = aux[ok] / pulses[ok]
+    events = np.bincount(idx, h.counts, minlength=len(edges) - 1)[ok]
+    # Binomial error on the fraction, counting events (not pulses) as the trials: the pulses of one event
+    # share its light, so the event count is the honest sample size.
+    ax.errorbar(centers[ok], frac, yerr=np.sqrt(frac * (1 - frac) / np.maximum(events, 1)), fmt="o-", ms=3,
+                capsize=2, label="this dataset (binomial 1σ over events)")
     ax.axhline(2 / 3, color="k", ls=":", label="real Kaggle data, ≤ 150 pulses (≈ 2/3)")
     ax.set(xscale="log", ylim=(0, 1), xlabel="pulses per event", ylabel="auxiliary fraction of pulses",
            title="Auxiliary fraction vs event size")

@@ -104,6 +104,21 @@ def _best_kappa(errors: np.ndarray, grid: np.ndarray) -> float:
     return best
 
 
+def _binned_kappa(x: np.ndarray, errors: np.ndarray, n_bins: int,
+                  min_events: int) -> tuple[list[float], list[float], list[int]]:
+    """Events in bins of equal counts in ``x`` (at least ``min_events`` each): per bin the median x and
+    the log of the κ whose 50/68/90 % radii best contain the bin's true errors (a log grid), and the count."""
+    n_bins = max(1, min(n_bins, len(x) // min_events))
+    order = np.argsort(x, kind="stable")
+    grid = np.logspace(-3, 6, 721)
+    xs, ys, ws = [], [], []
+    for part in np.array_split(order, n_bins):  # ≤ n_bins bins
+        xs.append(float(np.median(x[part])))
+        ys.append(float(np.log(_best_kappa(errors[part], grid))))
+        ws.append(len(part))
+    return xs, ys, ws
+
+
 def fit_kappa_calibration(kappa: np.ndarray, errors: np.ndarray, n_bins: int = 20,
                           min_events: int = 200) -> dict[str, object]:
     """Fit κ' = g(κ), monotone non-decreasing, on held-out events with their true errors.
@@ -114,19 +129,11 @@ def fit_kappa_calibration(kappa: np.ndarray, errors: np.ndarray, n_bins: int = 2
     interpolated linearly and held constant beyond the outer knots."""
     from sklearn.isotonic import IsotonicRegression
 
-    kappa = np.asarray(kappa, np.float64)
-    errors = np.asarray(errors, np.float64)
-    n_bins = max(1, min(n_bins, len(kappa) // min_events))
-    order = np.argsort(kappa)
-    grid = np.logspace(-3, 6, 721)
-    x, y, w = [], [], []
-    for part in np.array_split(order, n_bins):  # ≤ 20 bins
-        x.append(float(np.median(np.log(np.maximum(kappa[part], 1e-12)))))
-        y.append(float(np.log(_best_kappa(errors[part], grid))))
-        w.append(len(part))
+    log_kappa = np.log(np.maximum(np.asarray(kappa, np.float64), 1e-12))
+    x, y, w = _binned_kappa(log_kappa, np.asarray(errors, np.float64), n_bins, min_events)
     y_mono = IsotonicRegression(increasing=True).fit(x, y, sample_weight=w).predict(x)
     return {"format": CALIBRATION_FORMAT, "log_kappa_in": x, "log_kappa_out": [float(v) for v in y_mono],
-            "events": len(kappa), "bins": n_bins, "method": "per-bin coverage fit at 50/68/90 %, isotonic in κ"}
+            "events": len(log_kappa), "bins": len(x), "method": "per-bin coverage fit at 50/68/90 %, isotonic in κ"}
 
 
 def apply_kappa_calibration(calibration: dict[str, object] | None, kappa: np.ndarray) -> np.ndarray:
@@ -136,3 +143,32 @@ def apply_kappa_calibration(calibration: dict[str, object] | None, kappa: np.nda
     xs = np.asarray(calibration["log_kappa_in"], np.float64)
     ys = np.asarray(calibration["log_kappa_out"], np.float64)
     return np.exp(np.interp(np.log(np.maximum(kappa, 1e-12)), xs, ys))
+
+
+# ---------------------------------------------------------------------------------------------------
+# LineFit: no κ of its own; an empirical κ per pulse count, fitted on train events with their truth
+
+
+LINEFIT_UNCERTAINTY = "linefit_uncertainty.json"  # beside predictions.parquet in predict's output
+LINEFIT_UNCERTAINTY_FORMAT = "neutrino-ray LineFit uncertainty v1"
+
+
+def fit_pulse_count_kappa(n_pulses: np.ndarray, errors: np.ndarray, n_bins: int = 20,
+                          min_events: int = 200) -> dict[str, object]:
+    """An empirical κ as a function of the pulse count, for a reconstruction that predicts none (LineFit):
+    events in bins of equal counts in log pulse count, per bin the κ whose 50/68/90 % radii best contain
+    the bin's true errors; knots of log n → log κ, interpolated linearly, constant beyond the outer knots.
+    Not forced monotone: LineFit is poor on bright cascades, which have many pulses."""
+    log_n = np.log(np.maximum(np.asarray(n_pulses, np.float64), 1.0))
+    x, y, w = _binned_kappa(log_n, np.asarray(errors, np.float64), n_bins, min_events)
+    return {"format": LINEFIT_UNCERTAINTY_FORMAT, "log_n_pulses": x, "log_kappa": y, "bin_events": w,
+            "events": len(log_n), "bins": len(x),
+            "method": "per pulse-count bin (equal counts), the vMF κ whose 50/68/90 % radii best contain "
+                      "the true errors of train events"}
+
+
+def pulse_count_kappa(model: dict[str, object], n_pulses: np.ndarray) -> np.ndarray:
+    """κ per event from :func:`fit_pulse_count_kappa`'s knots."""
+    xs = np.asarray(model["log_n_pulses"], np.float64)
+    ys = np.asarray(model["log_kappa"], np.float64)
+    return np.exp(np.interp(np.log(np.maximum(np.asarray(n_pulses, np.float64), 1.0)), xs, ys))
