@@ -17,8 +17,9 @@ $(BIN)/python:
 # TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu" for the CPU wheel.
 TORCH_PIP_ARGS ?=
 $(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q "pip>=25.1"  # --group (PEP 735 dependency groups)
 	$(BIN)/python -m pip install -q "torch==2.13.0" $(TORCH_PIP_ARGS)
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e . --group dev
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -16,7 +16,7 @@ from neutrino_ray import storage
 from neutrino_ray.cli import main
 from neutrino_ray.errors import InputError
 from neutrino_ray.km3net import features, models
-from neutrino_ray.km3net.predict import load_model
+from neutrino_ray.km3net.artefact import load_model
 from neutrino_ray.km3net.train import split_and_balance, train
 
 

@@ -15,6 +15,7 @@ from sklearn.metrics import accuracy_score, confusion_matrix, roc_auc_score, roc
 from neutrino_ray import storage
 from neutrino_ray.errors import InputError
 from neutrino_ray.km3net import features, models
+from neutrino_ray.km3net.artefact import load_model
 from neutrino_ray.km3net.data import load_table
 from neutrino_ray.plotting import png, pyplot
 
@@ -172,8 +173,6 @@ def _plots(report: dict[str, Any], table: pa.Table, truth: np.ndarray, p: np.nda
 def evaluate(data: str, model_uri: str, out: str, energy_cut: float | None = None, skip_bad: bool = False,
              command: list[str] | None = None) -> dict[str, Any]:
     """Analyse a trained model on labelled data; publish report.json and the plots atomically."""
-    from neutrino_ray.km3net.predict import load_model
-
     started = time.time()
     model, meta = load_model(model_uri)
     table, skipped = load_table(data, need_truth=True, skip_bad=skip_bad)

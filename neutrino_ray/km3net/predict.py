@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import pickle
 import time
 from typing import Any
 
@@ -13,41 +11,13 @@ import pyarrow as pa
 import ray
 
 from neutrino_ray import runtime, storage
-from neutrino_ray.errors import InputError
 from neutrino_ray.km3net import features, models
+from neutrino_ray.km3net.artefact import load_model
 from neutrino_ray.km3net.data import list_inputs, read_validated
-from neutrino_ray.km3net.train import FORMAT, METADATA_FILE, MODEL_FILE
 
 log = logging.getLogger("neutrino_ray")
 
 PREDICTIONS = "predictions.parquet"
-
-
-def load_model(uri: str) -> tuple[Any, dict[str, Any]]:
-    """The estimator and its metadata; refuses artefacts of another format or feature list.
-
-    The model is a pickle: load only models you trust (your own object storage).
-    """
-    try:
-        meta = json.loads(storage.read_bytes(storage.join(uri, METADATA_FILE)))
-    except FileNotFoundError as e:
-        raise InputError(f"{uri}: no trained model here ({METADATA_FILE} not found)") from e
-    except json.JSONDecodeError as e:
-        raise InputError(f"{storage.join(uri, METADATA_FILE)}: not valid JSON: {e}") from e
-    if meta.get("format") != FORMAT:
-        raise InputError(f"{uri}: model format {meta.get('format')!r} is not {FORMAT!r}")
-    if meta.get("features") != list(features.FEATURES):
-        have, want = meta.get("features") or [], list(features.FEATURES)
-        raise InputError(f"{uri}: model was trained on a different feature list (missing here: "
-                         f"{sorted(set(have) - set(want))}, new here: {sorted(set(want) - set(have))}, "
-                         f"order differs: {have != want}); retrain it")
-    if meta.get("label_definition") != features.LABEL_DEFINITION:
-        raise InputError(f"{uri}: model label {meta.get('label_definition')!r} is not {features.LABEL_DEFINITION!r}")
-    try:
-        model = pickle.loads(storage.read_bytes(storage.join(uri, MODEL_FILE)))
-    except FileNotFoundError as e:
-        raise InputError(f"{uri}: {MODEL_FILE} missing") from e
-    return model, meta
 
 
 def score_table(model: Any, table: pa.Table) -> pa.Table:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import pickle
 import platform
 import time
 from typing import Any
@@ -26,13 +25,12 @@ import neutrino_ray
 from neutrino_ray import runtime, storage
 from neutrino_ray.errors import InputError
 from neutrino_ray.km3net import features, models
+from neutrino_ray.km3net.artefact import FORMAT, write_model
 from neutrino_ray.km3net.data import load_table
+from neutrino_ray.km3net.evaluate import analyse
 
 log = logging.getLogger("neutrino_ray")
 
-MODEL_FILE = "model.pkl"
-METADATA_FILE = "metadata.json"
-FORMAT = "neutrino-ray km3net model v1"
 
 
 def _scores(model: Any, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -140,8 +138,6 @@ def train(data: str, model: str, out: str, workers: int = 1, search: str = "grid
           max_train_events: int | None = 20_000, skip_bad: bool = False,
           command: list[str] | None = None) -> dict[str, Any]:
     """Search, refit, evaluate on the held-out split, and publish the model artefact atomically."""
-    from neutrino_ray.km3net.evaluate import analyse
-
     if model not in models.MODELS:
         raise InputError(f"unknown model {model!r}; expected one of {models.MODELS}")
     if balance not in models.BALANCING:
@@ -181,8 +177,7 @@ def train(data: str, model: str, out: str, workers: int = 1, search: str = "grid
         "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     with storage.Output(out, command=command, inputs=[data], started=started) as output:
-        output.write(MODEL_FILE, pickle.dumps(final))
-        output.write(METADATA_FILE, json.dumps(meta, indent=2, default=str).encode())
+        write_model(output, final, meta)
         output.write("cv_results.json", json.dumps(cv_table, indent=2, default=str).encode())
         output.write("analysis/report.json", json.dumps(analysis, indent=2, default=str).encode())
         for name, png in pngs.items():
