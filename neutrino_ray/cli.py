@@ -109,18 +109,7 @@ def add_actor_args(p: argparse.ArgumentParser, batch_size: int) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from neutrino_ray.icecube.architectures import (
-        ARCHITECTURES,
-        TRANSFORMER_INFERENCE_MAX_PULSES,
-        TRANSFORMER_MAX_PULSES,
-    )
-    from neutrino_ray.icecube.features import DEFAULT_MAX_PULSES
-    from neutrino_ray.icecube.linefit import KAGGLE_CHARGE_CAP
-    from neutrino_ray.icecube.predict import DEFAULT_BATCH_SIZE, DEFAULT_EVENTS_PER_TASK, GNN_EVENTS_PER_TASK
-    from neutrino_ray.icecube.stats import DEFAULT_EVENTS_PER_TASK as STATS_EVENTS_PER_TASK
-    from neutrino_ray.nova.models import MODELS as NOVA_MODELS
-    from neutrino_ray.nova.targets import TASKS
-
+    """The CLI: one small builder per command below."""
     fmt = argparse.RawDescriptionHelpFormatter
     p = argparse.ArgumentParser(
         prog="neutrino-ray", epilog=ENV_HELP, formatter_class=fmt,
@@ -131,7 +120,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true",
                    help="log warnings and errors only (no Ray Data progress); results are still printed")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_simulate(sub, fmt)
+    _add_nova(sub, fmt)
+    _add_icecube(sub, fmt)
+    _add_km3net(sub, fmt)
+    _add_demo(sub, fmt)
+    _add_bench(sub, fmt)
+    return p
 
+
+def _add_simulate(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
+    """The ``simulate`` command and its subcommands."""
     sim = sub.add_parser("simulate", help="write simulated datasets in the real formats")
     sim_sub = sim.add_subparsers(dest="detector", required=True, metavar="DETECTOR")
     s = sim_sub.add_parser("icecube", formatter_class=fmt, epilog=ENV_HELP,
@@ -166,6 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="class mix, e.g. 'numu_cc=0.5,nue_cc=0.25,nc=0.25' (families: numu_cc, nue_cc, nutau_cc, "
                          "nc, nu_on_e, cosmic, other; CC modes: qe, res, dis, other_mode); default: like the real "
                          "files (88%% numu CC, 1%% nue CC, 11%% NC; DIS 55%%, RES 28%%, QE 12%%)")
+
+
+def _add_nova(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
+    """The ``nova`` command and its subcommands."""
+    from neutrino_ray.nova.models import MODELS as NOVA_MODELS
+    from neutrino_ray.nova.targets import TASKS
 
     nova = sub.add_parser("nova", help="NOvA-style pixel-map CNNs (Ray Train) and analysis")
     nova_sub = nova.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -215,68 +220,16 @@ def build_parser() -> argparse.ArgumentParser:
     ne.add_argument("--threshold", type=float, default=0.5, help="numu-cc selection cut on prob_numu-CC (0.5)")
     ne.add_argument("--skip-bad", action="store_true", help="skip bad files (as predict did)")
 
+
+def _add_icecube(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
+    """The ``icecube`` command and its subcommands."""
+    from neutrino_ray.icecube.predict import DEFAULT_BATCH_SIZE
+    from neutrino_ray.icecube.stats import DEFAULT_EVENTS_PER_TASK as STATS_EVENTS_PER_TASK
+
     ic = sub.add_parser("icecube", help="IceCube reconstruction pipelines")
     ic_sub = ic.add_subparsers(dest="action", required=True, metavar="ACTION")
-    tr = ic_sub.add_parser("train", formatter_class=fmt, epilog=ENV_HELP,
-                           help="train a DynEdge-class direction GNN with Ray Train → OUT/model",
-                           description="Data-parallel training (Ray Train, DDP: gloo on CPUs, NCCL + bf16 on GPUs) of "
-                                       "a direction GNN on DATA's train split, streamed through Ray Data. Checkpoints "
-                                       "go to OUT/train (re-running with the same OUT resumes); the final model is "
-                                       "published to OUT/model (model.pt, config.json, metrics.json, "
-                                       "learning_curve.png) for 'icecube predict --model OUT/model'.")
-    tr.add_argument("data", metavar="DATA", help="Kaggle-layout dataset URI (its train split and meta are used)")
-    tr.add_argument("--out", required=True, help="output URI (a folder): checkpoints in OUT/train, model in OUT/model")
-    tr.add_argument("--model", choices=list(ARCHITECTURES), default="small",
-                    help="architecture: the DynEdge-class GNNs 'small' (~0.1M parameters, CPU-friendly) and "
-                         "'dynedge' (GraphNeT's competition benchmark shape, 1.35M parameters), or the "
-                         "IceMix-class transformers 'transformer-tiny' (0.23M, CPU-friendly), "
-                         "'transformer-small' (7.0M) and 'transformer-base' (GraphNeT's DeepIce default "
-                         "shape, 30.4M) (small)")
-    add_training_args(tr, batch_size=128, lr=1e-3)
-    tr.add_argument("--loss", choices=["vmf", "vmf+angle"], default="vmf",
-                    help="von Mises-Fisher negative log-likelihood, optionally plus the angular distance (vmf)")
-    tr.add_argument("--max-pulses", type=_positive, default=None,
-                    help="training pulse cap per event, stored with the model; the aux = False pulses are kept "
-                         f"first, then the earliest ({TRANSFORMER_MAX_PULSES} for a transformer, "
-                         f"{DEFAULT_MAX_PULSES} for DynEdge, whose predict uses the same cap)")
-    tr.add_argument("--inference-max-pulses", type=_positive, default=None,
-                    help="transformers only: the pulse cap 'predict' uses by default, stored with the model "
-                         f"({TRANSFORMER_INFERENCE_MAX_PULSES}, as IceMix)")
-    tr.add_argument("--val-events", type=_positive, default=5_000,
-                    help="held-out validation slice: the last N events of the train split (5000)")
-
-    pr = ic_sub.add_parser("predict", formatter_class=fmt, epilog=ENV_HELP,
-                           help="batch inference → OUT/submission.csv",
-                           description="Score every event of a split with Ray Data (LineFit in read tasks, or a "
-                                       "trained model on an actor pool) and publish OUT/submission.csv "
-                                       "(event_id,azimuth,zenith) and OUT/_SUCCESS.json.")
-    pr.add_argument("data", metavar="DATA", help="Kaggle-layout dataset URI")
-    pr.add_argument("--split", choices=["train", "test"], default="test", help="split to score (test)")
-    pr.add_argument("--model", action="append", default=None, metavar="MODEL",
-                    help="'linefit' (default: the Kaggle public baseline, a least-squares line through the "
-                         "auxiliary = False pulses, all pulses when fewer than 2), 'linefit-all' (every pulse), "
-                         "'linefit-clean' (linefit after improved LineFit's scattered-light cleaning), or a "
-                         "trained model's URI (OUT/model of 'icecube train'); repeat it with several trained "
-                         "models to score their ensemble (weighted mean of the unit directions)")
-    pr.add_argument("--weights", type=_positive_float, nargs="+", default=None,
-                    help="ensemble: one weight per --model, in order (equal)")
-    pr.add_argument("--kappa-weighted", action="store_true",
-                    help="ensemble: weight each member's direction by its predicted vMF concentration κ too")
-    pr.add_argument("--uncertainty-events", type=_non_negative, default=20_000,
-                    help="LineFit: fit its empirical uncertainty (vMF κ per pulse count) on the last N events of "
-                         "DATA's train split, written to OUT/linefit_uncertainty.json; 0: none, kappa and "
-                         "sigma_* null (20000)")
-    pr.add_argument("--out", required=True, help="output URI (a folder)")
-    pr.add_argument("--max-pulses", type=_positive, default=None,
-                    help=f"LineFit: fit at most this many of the selected pulses, highest charge first "
-                         f"({KAGGLE_CHARGE_CAP}, as the Kaggle notebook); a transformer: its inference pulse cap "
-                         "(default: the one stored with it, 768 unless trained otherwise); a DynEdge model "
-                         "always uses the pulse cap it was trained with")
-    pr.add_argument("--events-per-task", type=_positive, default=None,
-                    help=f"events per Ray Data read task, cut at row groups ({DEFAULT_EVENTS_PER_TASK} for "
-                         f"LineFit, {GNN_EVENTS_PER_TASK} for a model)")
-    add_actor_args(pr, DEFAULT_BATCH_SIZE)
-
+    _add_icecube_train(ic_sub, fmt)
+    _add_icecube_predict(ic_sub, fmt)
     ca = ic_sub.add_parser("calibrate", formatter_class=fmt, epilog=ENV_HELP,
                            help="fit a monotone recalibration of a model's κ on held-out events → OUT/model",
                            description="Score held-out events with a trained model (for --split train: the "
@@ -335,6 +288,85 @@ def build_parser() -> argparse.ArgumentParser:
     stt.add_argument("--no-linefit", action="store_true",
                      help="skip the LineFit scores (the pulse profile and truth figures only)")
 
+
+def _add_icecube_train(ic_sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
+    """``icecube train``: the Ray Train scaffold's flags plus the model's."""
+    from neutrino_ray.icecube.architectures import (
+        ARCHITECTURES,
+        TRANSFORMER_INFERENCE_MAX_PULSES,
+        TRANSFORMER_MAX_PULSES,
+    )
+    from neutrino_ray.icecube.features import DEFAULT_MAX_PULSES
+
+    tr = ic_sub.add_parser("train", formatter_class=fmt, epilog=ENV_HELP,
+                           help="train a DynEdge-class direction GNN with Ray Train → OUT/model",
+                           description="Data-parallel training (Ray Train, DDP: gloo on CPUs, NCCL + bf16 on GPUs) of "
+                                       "a direction GNN on DATA's train split, streamed through Ray Data. Checkpoints "
+                                       "go to OUT/train (re-running with the same OUT resumes); the final model is "
+                                       "published to OUT/model (model.pt, config.json, metrics.json, "
+                                       "learning_curve.png) for 'icecube predict --model OUT/model'.")
+    tr.add_argument("data", metavar="DATA", help="Kaggle-layout dataset URI (its train split and meta are used)")
+    tr.add_argument("--out", required=True, help="output URI (a folder): checkpoints in OUT/train, model in OUT/model")
+    tr.add_argument("--model", choices=list(ARCHITECTURES), default="small",
+                    help="architecture: the DynEdge-class GNNs 'small' (~0.1M parameters, CPU-friendly) and "
+                         "'dynedge' (GraphNeT's competition benchmark shape, 1.35M parameters), or the "
+                         "IceMix-class transformers 'transformer-tiny' (0.23M, CPU-friendly), "
+                         "'transformer-small' (7.0M) and 'transformer-base' (GraphNeT's DeepIce default "
+                         "shape, 30.4M) (small)")
+    add_training_args(tr, batch_size=128, lr=1e-3)
+    tr.add_argument("--loss", choices=["vmf", "vmf+angle"], default="vmf",
+                    help="von Mises-Fisher negative log-likelihood, optionally plus the angular distance (vmf)")
+    tr.add_argument("--max-pulses", type=_positive, default=None,
+                    help="training pulse cap per event, stored with the model; the aux = False pulses are kept "
+                         f"first, then the earliest ({TRANSFORMER_MAX_PULSES} for a transformer, "
+                         f"{DEFAULT_MAX_PULSES} for DynEdge, whose predict uses the same cap)")
+    tr.add_argument("--inference-max-pulses", type=_positive, default=None,
+                    help="transformers only: the pulse cap 'predict' uses by default, stored with the model "
+                         f"({TRANSFORMER_INFERENCE_MAX_PULSES}, as IceMix)")
+    tr.add_argument("--val-events", type=_positive, default=5_000,
+                    help="held-out validation slice: the last N events of the train split (5000)")
+
+
+def _add_icecube_predict(ic_sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
+    """``icecube predict``: what to score with, the output, the actor pool."""
+    from neutrino_ray.icecube.linefit import KAGGLE_CHARGE_CAP
+    from neutrino_ray.icecube.predict import DEFAULT_BATCH_SIZE, DEFAULT_EVENTS_PER_TASK, GNN_EVENTS_PER_TASK
+
+    pr = ic_sub.add_parser("predict", formatter_class=fmt, epilog=ENV_HELP,
+                           help="batch inference → OUT/submission.csv",
+                           description="Score every event of a split with Ray Data (LineFit in read tasks, or a "
+                                       "trained model on an actor pool) and publish OUT/submission.csv "
+                                       "(event_id,azimuth,zenith) and OUT/_SUCCESS.json.")
+    pr.add_argument("data", metavar="DATA", help="Kaggle-layout dataset URI")
+    pr.add_argument("--split", choices=["train", "test"], default="test", help="split to score (test)")
+    pr.add_argument("--model", action="append", default=None, metavar="MODEL",
+                    help="'linefit' (default: the Kaggle public baseline, a least-squares line through the "
+                         "auxiliary = False pulses, all pulses when fewer than 2), 'linefit-all' (every pulse), "
+                         "'linefit-clean' (linefit after improved LineFit's scattered-light cleaning), or a "
+                         "trained model's URI (OUT/model of 'icecube train'); repeat it with several trained "
+                         "models to score their ensemble (weighted mean of the unit directions)")
+    pr.add_argument("--weights", type=_positive_float, nargs="+", default=None,
+                    help="ensemble: one weight per --model, in order (equal)")
+    pr.add_argument("--kappa-weighted", action="store_true",
+                    help="ensemble: weight each member's direction by its predicted vMF concentration κ too")
+    pr.add_argument("--uncertainty-events", type=_non_negative, default=20_000,
+                    help="LineFit: fit its empirical uncertainty (vMF κ per pulse count) on the last N events of "
+                         "DATA's train split, written to OUT/linefit_uncertainty.json; 0: none, kappa and "
+                         "sigma_* null (20000)")
+    pr.add_argument("--out", required=True, help="output URI (a folder)")
+    pr.add_argument("--max-pulses", type=_positive, default=None,
+                    help=f"LineFit: fit at most this many of the selected pulses, highest charge first "
+                         f"({KAGGLE_CHARGE_CAP}, as the Kaggle notebook); a transformer: its inference pulse cap "
+                         "(default: the one stored with it, 768 unless trained otherwise); a DynEdge model "
+                         "always uses the pulse cap it was trained with")
+    pr.add_argument("--events-per-task", type=_positive, default=None,
+                    help=f"events per Ray Data read task, cut at row groups ({DEFAULT_EVENTS_PER_TASK} for "
+                         f"LineFit, {GNN_EVENTS_PER_TASK} for a model)")
+    add_actor_args(pr, DEFAULT_BATCH_SIZE)
+
+
+def _add_km3net(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
+    """The ``km3net`` command and its subcommands."""
     km = sub.add_parser("km3net", help="KM3NeT track/shower classification (scikit-learn on Ray)")
     km_sub = km.add_subparsers(dest="action", required=True, metavar="ACTION")
     data_help = "feature data URI: a .h5/.parquet/.root file or a folder/prefix of them"
@@ -374,6 +406,9 @@ def build_parser() -> argparse.ArgumentParser:
     ke.add_argument("--energy-cut", type=float, default=None, help="GeV: likelihood plots only above this true energy")
     ke.add_argument("--skip-bad", action="store_true", help="drop (and count) events with non-finite features")
 
+
+def _add_demo(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
+    """The ``demo`` command (the README's first)."""
     d = sub.add_parser("demo", formatter_class=fmt,
                        help="simulate → LineFit → train a small GNN → predict with uncertainties → compare",
                        description="The main job on embedded defaults: simulate a small dataset, score it with the "
@@ -386,6 +421,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--train-minutes", type=_positive_float, default=1.0,
                    help="the GNN's training budget in minutes (1; about 20 on 2 CPUs gets it below LineFit)")
     d.add_argument("--workers", type=_positive, default=2, help="Ray Train workers for the GNN (2)")
+
+
+def _add_bench(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
+    """The ``bench`` command and its subcommands."""
+    from neutrino_ray.icecube.architectures import ARCHITECTURES
 
     b = sub.add_parser("bench", help="throughput benchmarks")
     b_sub = b.add_subparsers(dest="detector", required=True, metavar="DETECTOR")
@@ -402,7 +442,6 @@ def build_parser() -> argparse.ArgumentParser:
                          "(small,dynedge,transformer-tiny)")
     bi.add_argument("--gnn-events", type=_positive, default=20_000,
                     help="test events for the model stages, in their own dataset DATA-gnn (20000)")
-    return p
 
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
