@@ -419,7 +419,7 @@ def _add_demo(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
     d.add_argument("--events", type=_positive, default=30_000, help="events to simulate (30000)")
     d.add_argument("--seed", type=int, default=7, help="random seed (7)")
     d.add_argument("--train-minutes", type=_positive_float, default=1.0,
-                   help="the GNN's training budget in minutes (1; about 20 on 2 CPUs gets it below LineFit)")
+                   help="the GNN's training budget in minutes (1; 5 on 2 CPUs gets it below LineFit)")
     d.add_argument("--workers", type=_positive, default=2, help="Ray Train workers for the GNN (2)")
 
 
@@ -442,6 +442,12 @@ def _add_bench(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
                          "(small,dynedge,transformer-tiny)")
     bi.add_argument("--gnn-events", type=_positive, default=20_000,
                     help="test events for the model stages, in their own dataset DATA-gnn (20000)")
+    bi.add_argument("--scale", default=None, metavar="BATCHES",
+                    help="instead: the scale benchmark, for each comma-separated number of batch files (e.g. "
+                         "10,100,660) a cheap train split (3 pulses per event) planned and scored with LineFit "
+                         "in a fresh driver process: plan time, driver and worker peak RSS, events/s")
+    bi.add_argument("--scale-events-per-batch", type=_positive, default=200_000,
+                    help="events per batch file for --scale (200000, the Kaggle batch size)")
 
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
@@ -530,8 +536,17 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         demo(args.out, args.events, args.seed, args.train_minutes, args.workers)
     elif args.command == "bench":
         from neutrino_ray.icecube.architectures import ARCHITECTURES
-        from neutrino_ray.icecube.bench import bench, bench_gnn
+        from neutrino_ray.icecube.bench import bench, bench_gnn, bench_scale
 
+        if args.scale is not None:
+            try:
+                batches = [int(x) for x in args.scale.split(",") if x.strip()]
+            except ValueError as e:
+                raise InputError(f"--scale {args.scale}: expected comma-separated batch-file counts") from e
+            if not batches or min(batches) < 1:
+                raise InputError(f"--scale {args.scale}: expected positive batch-file counts")
+            bench_scale(batches, args.data.rstrip("/") + "-scale", args.scale_events_per_batch)
+            return 0
         if args.events:
             bench(args.events, args.data, args.seed)
         sizes = [] if args.gnn == "none" else [s.strip() for s in args.gnn.split(",") if s.strip()]

@@ -414,3 +414,21 @@ def test_pandas_written_kaggle_files_are_read(tmp_path: Path) -> None:
     sub = pd.read_csv(tmp_path / "out/submission.csv")
     assert list(sub.columns) == ["event_id", "azimuth", "zenith"] and len(sub) == 240
     assert sub.event_id.is_monotonic_increasing and np.isfinite(sub[["azimuth", "zenith"]]).all().all()
+
+
+def test_scale_layout_is_a_valid_split_and_the_scale_run_scores_all_of_it(tmp_path) -> None:
+    from neutrino_ray.icecube.bench import SCALE_PULSES_PER_EVENT, _scale_run, write_scale_layout
+
+    root = tmp_path / "scale"
+    write_scale_layout(root, batches=3, events_per_batch=400)
+    meta = icdata.load_meta(str(root), "train", with_truth=True)
+    assert len(meta) == 1200 and sorted(icdata.list_batches(str(root), "train")) == [1, 2, 3]
+    stamp = (root / "scale.json").stat().st_mtime_ns
+    write_scale_layout(root, batches=3, events_per_batch=400)  # reused, not rewritten
+    assert (root / "scale.json").stat().st_mtime_ns == stamp
+    task = next(icdata.iter_split_tasks(str(root), "train", 1000))
+    events = icdata.read_task_events(task, 5160)
+    assert set(pa.compute.list_value_length(events.column("time")).to_pylist()) == {SCALE_PULSES_PER_EVENT}
+    fig = _scale_run(str(root), str(tmp_path / "pred"))
+    assert fig["events"] == 1200 and fig["driver_peak_rss_mib"] > 0 and fig["events_per_s"] > 0
+    assert len(pacsv.read_csv(tmp_path / "pred" / "submission.csv")) == 1200

@@ -92,10 +92,10 @@ def test_linefit_predictions_carry_an_empirical_uncertainty_fitted_on_train(tmp_
     import json
 
     import pyarrow.parquet as pq
+    from kaggle import random_events, write_dataset
 
     from neutrino_ray.icecube.predict import Scoring, predict
     from neutrino_ray.icecube.uncertainty import LINEFIT_UNCERTAINTY, pulse_count_kappa
-    from tests.kaggle import random_events, write_dataset
 
     rng = np.random.default_rng(9)
     root = write_dataset(tmp_path / "d", {1: random_events(rng, 300)}, split="train")

@@ -216,3 +216,94 @@ def bench_gnn(sizes: list[str], events: int, data: str, seed: int = 12) -> dict[
         if size in PEERS:
             print(f"peer for {size} (same machine class): {PEERS[size]}")
     return results
+
+
+# ---------------------------------------------------------------------------------------------------
+# Scale: plan and score a whole train split of many batch files (driver memory against split size)
+
+SCALE_PULSES_PER_EVENT = 3  # a cheap layout: the driver's costs scale with events and files, not pulses
+
+
+def write_scale_layout(root: Path, batches: int, events_per_batch: int, seed: int = 0) -> None:
+    """A cheap synthetic train split in the Kaggle layout: ``batches`` files of ``events_per_batch``
+    events with three pulses each, a valid ``train_meta.parquet`` (one row group per batch, true
+    directions) and the geometry. Reused when ``root/scale.json`` says it was written the same way."""
+    import json
+
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    from neutrino_ray.icecube.geometry import icecube86
+    from neutrino_ray.icecube.simwrite import PULSE_SCHEMA, ROW_GROUP_ROWS
+
+    spec = {"batches": batches, "events_per_batch": events_per_batch, "pulses": SCALE_PULSES_PER_EVENT, "seed": seed}
+    marker = root / "scale.json"
+    if marker.exists() and json.loads(marker.read_text()) == spec:
+        return
+    (root / "train").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    k, n = SCALE_PULSES_PER_EVENT, events_per_batch
+    meta_schema = pa.schema([("batch_id", pa.int64()), ("event_id", pa.int64()), ("first_pulse_index", pa.int64()),
+                             ("last_pulse_index", pa.int64()), ("azimuth", pa.float64()), ("zenith", pa.float64())])
+    with pq.ParquetWriter(root / "train_meta.parquet", meta_schema) as meta_writer:
+        for b in range(1, batches + 1):  # one batch file at a time: memory of one batch
+            ids = (b - 1) * 2 * n + 2 * np.arange(n, dtype=np.int64) + 1
+            pulses = pa.table({
+                "sensor_id": rng.integers(0, 5160, n * k).astype(np.int16),
+                "time": (6000 + np.tile(np.arange(k) * 300, n) + rng.integers(0, 100, n * k)).astype(np.int64),
+                "charge": 0.025 + rng.exponential(1.0, n * k),
+                "auxiliary": rng.random(n * k) < 0.5,
+                "event_id": np.repeat(ids, k),  # last, as the Kaggle files (the pandas index)
+            }).cast(PULSE_SCHEMA)
+            pq.write_table(pulses, root / "train" / f"batch_{b}.parquet", row_group_size=ROW_GROUP_ROWS)
+            first = np.arange(n, dtype=np.int64) * k
+            meta_writer.write_table(pa.table({
+                "batch_id": np.full(n, b, dtype=np.int64), "event_id": ids, "first_pulse_index": first,
+                "last_pulse_index": first + k - 1, "azimuth": rng.uniform(0, 2 * np.pi, n),
+                "zenith": np.arccos(rng.uniform(-1, 1, n))}, schema=meta_schema), row_group_size=n)
+    pacsv.write_csv(icecube86().to_table(), root / "sensor_geometry.csv")
+    marker.write_text(json.dumps(spec))
+
+
+def _scale_run(data: str, out: str) -> dict[str, float]:
+    """In a fresh process: plan the train split, then score it with LineFit end to end; peak memories."""
+    from neutrino_ray.icecube.predict import Scoring
+
+    runtime.init_ray()
+    t0 = time.perf_counter()
+    meta = icdata.load_meta(data, "train")
+    tasks = list(icdata.iter_split_tasks(data, "train", DEFAULT_EVENTS_PER_TASK, meta=meta))
+    plan_s = time.perf_counter() - t0
+    plan_rss = _peak_rss_mib()
+    n = len(meta)
+    del meta, tasks
+    m = predict(data, "train", out, Scoring(uncertainty_events=0))
+    return {"events": n, "plan_seconds": plan_s, "plan_peak_rss_mib": plan_rss,
+            "predict_wall_seconds": m["wall_seconds"], "events_per_s": n / m["wall_seconds"],
+            "driver_peak_rss_mib": _peak_rss_mib(), "ray_worker_peak_rss_mib": _ray_workers_peak_rss_mib()}
+
+
+def bench_scale(batches: list[int], root: str, events_per_batch: int = MAX_EVENTS_PER_BATCH) -> list[dict[str, float]]:
+    """For each number of batch files: write the cheap layout, then plan and score it in a fresh
+    process (so each driver peak is that run's own); print and return the figures."""
+    import multiprocessing
+    import shutil
+
+    rows = []
+    for b in batches:
+        data = Path(root) / f"scale-{b}x{events_per_batch}"
+        t0 = time.perf_counter()
+        write_scale_layout(data, b, events_per_batch)
+        write_s = time.perf_counter() - t0
+        out = Path(root) / f"scale-{b}x{events_per_batch}-pred"
+        shutil.rmtree(out, ignore_errors=True)
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            fig = pool.apply(_scale_run, (str(data), str(out)))
+        shutil.rmtree(out, ignore_errors=True)
+        rows.append({"batch_files": b, "write_seconds": write_s, **fig})
+        print(f"{b:>5} files, {fig['events']:>12,.0f} events: plan {fig['plan_seconds']:7.1f} s "
+              f"(driver {fig['plan_peak_rss_mib']:,.0f} MiB after planning); LineFit end to end "
+              f"{fig['events_per_s']:,.0f} events/s in {fig['predict_wall_seconds']:.0f} s; peak RSS driver "
+              f"{fig['driver_peak_rss_mib']:,.0f} MiB, largest Ray worker {fig['ray_worker_peak_rss_mib']:,.0f} MiB",
+              flush=True)
+    return rows
