@@ -1,4 +1,5 @@
-"""Ray job entrypoint: fit a trained IceCube model's κ calibration on held-out events → OUT/model/calibration.json.
+"""Ray job entrypoint: fit a trained IceCube model's κ calibration on held-out events → MODEL/calibration.json
+(or, with several --model and --out, an ensemble's → an ensemble artefact at OUT).
 
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- python jobs/icecube_calibrate.py --help
 

@@ -231,13 +231,24 @@ def _add_icecube(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
     _add_icecube_train(ic_sub, fmt)
     _add_icecube_predict(ic_sub, fmt)
     ca = ic_sub.add_parser("calibrate", formatter_class=fmt, epilog=ENV_HELP,
-                           help="fit a monotone recalibration of a model's κ on held-out events → OUT/model",
+                           help="fit a monotone recalibration of a model's (or an ensemble's) κ on held-out events",
                            description="Score held-out events with a trained model (for --split train: the "
                                        "model's own validation slice), fit κ → κ' so that the vMF containment "
                                        "radii cover 50/68/90 %% of the true errors, and republish the model "
-                                       "with calibration.json, which 'icecube predict' then applies.")
+                                       "with calibration.json, which 'icecube predict' then applies. With several "
+                                       "--model, calibrate their ensemble's combined κ and publish an ensemble "
+                                       "artefact at --out.")
     ca.add_argument("data", metavar="DATA", help="Kaggle-layout dataset URI (with truth for the split)")
-    ca.add_argument("--model", required=True, help="the trained model's URI (OUT/model of 'icecube train')")
+    ca.add_argument("--model", required=True, action="append", metavar="MODEL",
+                    help="the trained model's URI (OUT/model of 'icecube train'); repeat it to calibrate an "
+                         "ensemble as a whole, published as an ensemble artefact at --out")
+    ca.add_argument("--weights", type=_positive_float, nargs="+", default=None,
+                    help="ensemble: one weight per --model, in order (equal)")
+    ca.add_argument("--kappa-weighted", action="store_true",
+                    help="ensemble: weight each member's direction by its κ too")
+    ca.add_argument("--out", default=None,
+                    help="ensemble: the ensemble artefact's URI (ensemble.json + calibration.json), for "
+                         "'icecube predict --model OUT'")
     ca.add_argument("--split", choices=["train", "test"], default="train",
                     help="held-out events: train (the model's validation slice) or a test split with truth (train)")
     ca.add_argument("--events", type=_positive, default=None,
@@ -499,13 +510,16 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         from neutrino_ray.icecube.calibrate import calibrate
         from neutrino_ray.icecube.predict import Scoring
 
-        cal = calibrate(args.data, args.model, args.split, args.events,
-                        Scoring(args.model, args.max_pulses, None, args.batch_size, args.actors, args.cpus_per_actor,
-                                args.gpus_per_actor), command=command)
+        models = tuple(args.model)
+        model = models[0] if len(models) == 1 else models
+        cal = calibrate(args.data, model, args.split, args.events,
+                        Scoring(model, args.max_pulses, None, args.batch_size, args.actors, args.cpus_per_actor,
+                                args.gpus_per_actor, weights=None if args.weights is None else tuple(args.weights),
+                                kappa_weighted=args.kappa_weighted), command=command, out=args.out)
         before, after = cal["coverage_before"], cal["coverage_after"]
         print(f"calibrated on {cal['events']} held-out events: coverage at 50/68/90 % "
               f"{before['50']:.3f}/{before['68']:.3f}/{before['90']:.3f} → {after['50']:.3f}/{after['68']:.3f}/"
-              f"{after['90']:.3f}; stored in {storage.join(args.model, 'calibration.json')}")
+              f"{after['90']:.3f}; stored in {cal['stored_in']}")
     elif args.command == "icecube" and args.action == "compare":
         from neutrino_ray.icecube.compare import SUMMARY, compare
 

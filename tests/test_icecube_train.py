@@ -267,3 +267,26 @@ def test_transformer_trains_with_ema_and_scores_alone_and_in_an_ensemble(dataset
                     np.sin(sub.column("zenith").to_numpy()) * np.sin(sub.column("azimuth").to_numpy()),
                     np.cos(sub.column("zenith").to_numpy())], axis=1)
     np.testing.assert_allclose(got, want, atol=1e-6)
+
+    # The ensemble calibrated as a whole → an ensemble artefact; predict --model ARTEFACT scores the same
+    # members, weights and κ rule, with the ensemble's calibration applied to the combined κ.
+    ens = tmp_path / "ens"
+    cal = calibrate(str(dataset), members, "train", 300, Scoring(model=members, max_pulses=256, weights=(3.0, 1.0),
+                                                                  kappa_weighted=True, batch_size=100),
+                    out=str(ens))
+    spec = json.loads((ens / "ensemble.json").read_text())
+    assert spec["members"] == list(members) and spec["weights"] == [0.75, 0.25] and spec["kappa_weighted"]
+    assert cal["events"] == 300 and (ens / "calibration.json").exists()
+    assert not (Path(members[1]) / "calibration.json").exists()  # the members are left as they were
+    m = predict(str(dataset), "test", str(tmp_path / "p4"), Scoring(model=str(ens), batch_size=100,
+                                                                     events_per_task=400))
+    assert m["ensemble_artefact"] == str(ens) and m["ensemble_kappa_calibrated"] is True and m["max_pulses"] == 256
+    assert pacsv.read_csv(tmp_path / "p4" / "submission.csv").equals(sub)  # same directions as the plain ensemble
+    raw = pq.read_table(pred / "predictions.parquet").column("kappa").to_numpy()
+    pred4 = pq.read_table(tmp_path / "p4" / "predictions.parquet")
+    np.testing.assert_allclose(pred4.column("kappa").to_numpy(), apply_kappa_calibration(cal, raw), rtol=1e-6)
+    assert set(pred4.column("model").to_pylist()) == {str(ens)}
+    with pytest.raises(InputError, match="its weights and κ rule are fixed"):
+        predict(str(dataset), "test", str(tmp_path / "p5"), Scoring(model=str(ens), weights=(1.0,)))
+    with pytest.raises(InputError, match="pass --out URI"):
+        calibrate(str(dataset), members, "train", 300, Scoring(model=members, max_pulses=256))

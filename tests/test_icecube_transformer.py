@@ -229,7 +229,12 @@ def test_ensemble_members_must_agree_before_any_work(tmp_path: Path, capsys: pyt
     assert not out.exists()
     # calibrate: one trained model, and it must know which train events were held out.
     assert main(["-q", "icecube", "calibrate", str(tmp_path / "nodata"), "--model", "linefit"]) == 2
-    assert "calibrate takes one trained model" in capsys.readouterr().err
+    assert "calibrate takes trained models" in capsys.readouterr().err
+    assert main(["-q", "icecube", "calibrate", str(tmp_path / "nodata"), "--model", gnn, "--model", tiny,
+                 "--max-pulses", "256"]) == 2
+    assert "pass --out URI" in capsys.readouterr().err
+    assert main(["-q", "icecube", "calibrate", str(tmp_path / "nodata"), "--model", gnn, "--out", str(out)]) == 2
+    assert "--out is for ensembles" in capsys.readouterr().err and not out.exists()
     assert main(["-q", "icecube", "calibrate", str(tmp_path / "nodata"), "--model", tiny]) == 2
     assert "does not say which train events were held out; pass --events N" in capsys.readouterr().err
     assert not (Path(tiny) / "calibration.json").exists()

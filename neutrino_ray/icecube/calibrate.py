@@ -6,6 +6,12 @@ split) all its events, or its last ``--events``. The model scores them through t
 ``predict`` with its raw κ; :func:`~neutrino_ray.icecube.uncertainty.fit_kappa_calibration` fits
 κ → κ'; the model artefact is republished atomically with ``calibration.json`` beside its weights, which
 ``predict`` applies from then on.
+
+An ensemble (several ``--model``, with ``--weights`` / ``--kappa-weighted``) is calibrated as a whole: its
+members score with their own calibrations, the combined κ (that of the product of their vMFs, which is
+overconfident where correlated members agree) is fitted the same way, and an *ensemble artefact* is
+published at ``--out``: ``ensemble.json`` (members, weights, κ rule, pulse cap) and ``calibration.json``.
+``predict --model OUT`` then scores that ensemble with its calibrated κ.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -22,30 +29,55 @@ from neutrino_ray.errors import InputError
 from neutrino_ray.icecube import data as icdata
 from neutrino_ray.icecube import uncertainty
 from neutrino_ray.icecube.metrics import angular_distance
-from neutrino_ray.icecube.predict import Scoring, check_models, run_inference
+from neutrino_ray.icecube.predict import ENSEMBLE, Scoring, check_models, ensemble_spec, run_inference
 
 log = logging.getLogger("neutrino_ray")
 RESERVED = ("output", "files", "inputs", "command", "code_version", "wall_seconds", "finished_at")  # Output's own
 
 
-def calibrate(data: str, model: str, split: str = "train", events: int | None = None,
-              scoring: Scoring | None = None, command: list[str] | None = None) -> dict[str, Any]:
-    """Fit and store the κ calibration of the model at ``model``; returns the calibration with coverage
-    on the calibration events before and after."""
+def _held_out_events(members: tuple[str, ...], split: str, events: int | None) -> int | None:
+    """The last N events of the split that no member trained on: ``events``, or for ``--split train`` the
+    smallest validation slice that the members' ``config.json`` records."""
+    if events is not None or split != "train":
+        return events
+    slices = []
+    for uri in members:
+        config = json.loads(storage.read_bytes(storage.join(uri, training.CONFIG)))
+        n = int((config.get("data") or {}).get("val_events") or 0)
+        if not n:
+            raise InputError(f"{uri}: the model's config.json does not say which train events were held out; "
+                             "pass --events N (the last N events of the split, which must not have been trained on)")
+        slices.append(n)
+    return min(slices)
+
+
+def calibrate(data: str, model: str | tuple[str, ...], split: str = "train", events: int | None = None,
+              scoring: Scoring | None = None, command: list[str] | None = None,
+              out: str | None = None) -> dict[str, Any]:
+    """Fit and store the κ calibration of the model at ``model``, or of the ensemble of several models
+    (published as an ensemble artefact at ``out``); returns the calibration with coverage on the
+    calibration events before and after."""
     started = time.time()
     if scoring is None:
         scoring = Scoring(model=model)
-    if len(scoring.members) != 1 or scoring.is_linefit:
-        raise InputError("--model: calibrate takes one trained model (calibrate ensemble members one by one)")
-    check_models(scoring)  # a bad model fails before any work
-    config = json.loads(storage.read_bytes(storage.join(model, training.CONFIG)))
-    if events is None and split == "train":
-        events = int((config.get("data") or {}).get("val_events") or 0) or None
-        if events is None:
-            raise InputError(f"{model}: the model's config.json does not say which train events were held out; "
-                             "pass --events N (the last N events of the split, which must not have been trained on)")
+    members = scoring.members
+    if scoring.is_linefit:
+        raise InputError("--model: calibrate takes trained models; LineFit's empirical uncertainty is fitted by "
+                         "'icecube predict --model linefit' itself (--uncertainty-events)")
+    ensemble = len(members) > 1
+    if ensemble and out is None:
+        raise InputError("calibrating an ensemble publishes an ensemble artefact: pass --out URI "
+                         "(then score it with 'icecube predict --model URI')")
+    if not ensemble and out is not None:
+        raise InputError("--out is for ensembles: a single model's calibration is stored with the model itself")
+    if not ensemble and storage.exists(storage.join(members[0], ENSEMBLE)):
+        raise InputError(f"{members[0]} is an ensemble artefact: recalibrate it from its members with "
+                         f"--model A --model B … --out {members[0]}")
+    plan = check_models(scoring)  # bad models, weights or caps fail before any work
+    events = _held_out_events(members, split, events)
     truth = icdata.split_truth(data, split).sort_by("event_id")  # fails for a split without truth
-    res = run_inference(data, split, Scoring(**{**scoring.__dict__, "calibrated": False}), last_events=events)
+    # Single model: its raw κ. Ensemble: calibrated members, the combined κ raw.
+    res = run_inference(data, split, replace(scoring, calibrated=ensemble), last_events=events)
     pred = res.predictions
     rows = np.searchsorted(truth.column("event_id").to_numpy(), pred.column("event_id").to_numpy())
     err = angular_distance(truth.column("azimuth").to_numpy()[rows], truth.column("zenith").to_numpy()[rows],
@@ -56,17 +88,29 @@ def calibrate(data: str, model: str, split: str = "train", events: int | None = 
     cal.update({"split": split, "held_out": f"the last {len(pred)} events of the {split} split",
                 "coverage_before": dict(zip(("50", "68", "90"), uncertainty.coverage(err, kappa).tolist())),
                 "coverage_after": dict(zip(("50", "68", "90"), uncertainty.coverage(err, after).tolist()))})
-    previous = storage.read_manifest(model)
-    files = {name: storage.read_bytes(storage.join(model, name)) for name in previous["files"]
-             if name != uncertainty.CALIBRATION}
-    kept = {k: v for k, v in previous.items() if k not in RESERVED}
-    inputs = list(dict.fromkeys([*previous.get("inputs", []), data]))
-    with storage.Output(model, command=command, inputs=inputs, started=started) as out:
-        for name, blob in files.items():
-            out.write(name, blob)
-        out.write(uncertainty.CALIBRATION, json.dumps(cal, indent=2).encode())
-        out.commit(**{**kept, "kappa_calibration": {"split": split, "events": len(pred),
-                                                     "coverage_after": cal["coverage_after"]}})
-    log.info("calibrated κ of %s on %d held-out events: coverage 50/68/90 %% %s → %s", model, len(pred),
+    summary = {"split": split, "events": len(pred), "coverage_after": cal["coverage_after"]}
+    if ensemble:
+        assert out is not None
+        spec = ensemble_spec(members, plan.weights, scoring.kappa_weighted, scoring.max_pulses)
+        with storage.Output(out, command=command, inputs=[data, *members], started=started) as output:
+            output.write(ENSEMBLE, json.dumps(spec, indent=2).encode())
+            output.write(uncertainty.CALIBRATION, json.dumps(cal, indent=2).encode())
+            output.commit(kind="icecube-ensemble", members=list(members), weights=list(plan.weights),
+                          kappa_weighted=scoring.kappa_weighted, kappa_calibration=summary)
+        where = out
+    else:
+        where = members[0]
+        previous = storage.read_manifest(where)
+        files = {name: storage.read_bytes(storage.join(where, name)) for name in previous["files"]
+                 if name != uncertainty.CALIBRATION}
+        kept = {k: v for k, v in previous.items() if k not in RESERVED}
+        inputs = list(dict.fromkeys([*previous.get("inputs", []), data]))
+        with storage.Output(where, command=command, inputs=inputs, started=started) as output:
+            for name, blob in files.items():
+                output.write(name, blob)
+            output.write(uncertainty.CALIBRATION, json.dumps(cal, indent=2).encode())
+            output.commit(**{**kept, "kappa_calibration": summary})
+    log.info("calibrated κ of %s on %d held-out events: coverage 50/68/90 %% %s → %s", where, len(pred),
              cal["coverage_before"], cal["coverage_after"])
-    return cal
+    return {**cal, "stored_in": storage.join(where, uncertainty.CALIBRATION)}
+

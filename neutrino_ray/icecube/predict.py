@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
@@ -60,7 +60,8 @@ class DirectionScorer:
     featurise once, with the ensemble's common pulse cap → every member → the weighted mean direction)."""
 
     def __init__(self, model_uris: list[str], weights: list[float], kappa_weighted: bool, max_pulses: int,
-                 geometry: np.ndarray, batch_size: int, threads: int, use_gpu: bool, calibrated: bool = True):
+                 geometry: np.ndarray, batch_size: int, threads: int, use_gpu: bool, calibrated: bool = True,
+                 ensemble_calibration: dict[str, Any] | None = None):
         import torch
 
         from neutrino_ray.icecube.train import load_calibration, load_task_and_model
@@ -74,6 +75,7 @@ class DirectionScorer:
             self.members.append((task, model.to(self.device), load_calibration(uri) if calibrated else None))
         self.weights, self.kappa_weighted, self.max_pulses = np.asarray(weights), kappa_weighted, max_pulses
         self.geometry, self.batch_size = geometry, batch_size
+        self.ensemble_calibration = ensemble_calibration
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from neutrino_ray.icecube.train import predict_vectors
@@ -83,6 +85,7 @@ class DirectionScorer:
         kappas = [uncertainty.apply_kappa_calibration(cal, o[1]) for o, (*_, cal) in zip(outs, self.members)]
         mu, kappa = ensemble_directions(np.stack([o[0] for o in outs]), np.stack(kappas), self.weights,
                                         self.kappa_weighted)
+        kappa = uncertainty.apply_kappa_calibration(self.ensemble_calibration, kappa)
         az, zen = lf.direction_to_angles(mu)
         return pa.table({"event_id": events.column("event_id"), "azimuth": az, "zenith": zen,
                          "ok": np.ones(len(az), dtype=bool), "n_pulses": events.column("n_pulses"),
@@ -144,6 +147,8 @@ class Scoring:
     kappa_weighted: bool = False  # ensemble: weight each member's direction by its κ as well
     calibrated: bool = True  # apply each model's κ calibration (calibration.json), where it has one
     uncertainty_events: int = 20_000  # LineFit: train events its empirical κ per pulse count is fitted on
+    ensemble_calibration: dict[str, Any] | None = None  # an ensemble artefact's κ calibration (of the combined κ)
+    ensemble_uri: str | None = None  # the ensemble artefact these members came from
 
     @property
     def members(self) -> tuple[str, ...]:
@@ -161,6 +166,45 @@ class Plan:
     max_pulses: int
     weights: tuple[float, ...]
     details: dict[str, Any]
+
+
+ENSEMBLE = "ensemble.json"  # an ensemble artefact: its members, weights and κ rule ('icecube calibrate --out')
+ENSEMBLE_FORMAT = "neutrino-ray icecube ensemble v1"
+
+
+def ensemble_spec(members: tuple[str, ...], weights: tuple[float, ...], kappa_weighted: bool,
+                  max_pulses: int | None) -> dict[str, Any]:
+    """``ensemble.json``: what an ensemble artefact scores with."""
+    return {"format": ENSEMBLE_FORMAT, "members": list(members), "weights": list(weights),
+            "kappa_weighted": kappa_weighted, "max_pulses": max_pulses}
+
+
+def resolve_ensemble(scoring: Scoring) -> Scoring:
+    """A ``--model`` that is an ensemble artefact (a folder with ``ensemble.json``) → its members, weights,
+    κ rule and pulse cap, and its calibration of the combined κ; any other scoring unchanged."""
+    from neutrino_ray.icecube.train import load_calibration
+
+    if len(scoring.members) != 1 or scoring.is_linefit:
+        return scoring
+    uri = scoring.members[0]
+    spec_uri = storage.join(uri, ENSEMBLE)
+    try:
+        spec = json.loads(storage.read_bytes(spec_uri))
+    except FileNotFoundError:
+        return scoring
+    except json.JSONDecodeError as e:
+        raise InputError(f"{spec_uri}: not an ensemble file ({e})") from e
+    if spec.get("format") != ENSEMBLE_FORMAT:
+        raise InputError(f"{spec_uri}: a {spec.get('format')!r} file, expected {ENSEMBLE_FORMAT!r}")
+    if scoring.weights is not None or scoring.kappa_weighted:
+        raise InputError(f"--model {uri} is an ensemble artefact: its weights and κ rule are fixed in {spec_uri}; "
+                         "drop --weights / --kappa-weighted")
+    if scoring.max_pulses is not None and scoring.max_pulses != spec.get("max_pulses"):
+        raise InputError(f"--model {uri} is an ensemble calibrated with --max-pulses {spec.get('max_pulses')}; "
+                         f"scoring it with {scoring.max_pulses} would void its calibration")
+    return replace(scoring, model=tuple(spec["members"]), weights=tuple(spec["weights"]),
+                   kappa_weighted=bool(spec["kappa_weighted"]), max_pulses=spec.get("max_pulses"),
+                   ensemble_calibration=load_calibration(uri) if scoring.calibrated else None, ensemble_uri=uri)
 
 
 def check_models(scoring: Scoring) -> Plan:
@@ -264,7 +308,8 @@ def build_dataset(tasks: list[icdata.ReadTask], geometry: np.ndarray, scoring: S
                                "kappa_weighted": scoring.kappa_weighted, "max_pulses": plan.max_pulses,
                                "geometry": geometry, "batch_size": scoring.batch_size,
                                "threads": max(1, int(scoring.cpus_per_actor)), "use_gpu": use_gpu,
-                               "calibrated": scoring.calibrated},
+                               "calibrated": scoring.calibrated,
+                               "ensemble_calibration": scoring.ensemble_calibration},
         compute=ActorPoolStrategy(size=actors), num_cpus=scoring.cpus_per_actor,
         num_gpus=scoring.gpus_per_actor if use_gpu else None)
 
@@ -273,7 +318,7 @@ def run_inference(data: str, split: str, scoring: Scoring | None = None,
                   last_events: int | None = None) -> PredictResult:
     """Score every event of the split (or its last ``last_events`` in file order, as training's validation
     slice); returns the sorted, checked submission and predictions tables."""
-    scoring = scoring or Scoring()
+    scoring = resolve_ensemble(scoring or Scoring())
     start = time.perf_counter()
     plan = check_models(scoring)  # bad models and inputs fail before Ray starts
     max_pulses, details = plan.max_pulses, dict(plan.details)
@@ -303,7 +348,8 @@ def run_inference(data: str, split: str, scoring: Scoring | None = None,
         files[uncertainty.LINEFIT_UNCERTAINTY] = json.dumps(linefit_model, indent=2).encode()
     sub = result.select(["event_id", "azimuth", "zenith"])
     members = scoring.members
-    predictions = predictions_table(result, members[0] if len(members) == 1 else "ensemble:" + ",".join(members))
+    predictions = predictions_table(result, members[0] if len(members) == 1 else
+                                    scoring.ensemble_uri or "ensemble:" + ",".join(members))
     degenerate = int(len(result) - np.count_nonzero(result.column("ok").to_numpy(zero_copy_only=False)))
     details.update({"charge_cap" if scoring.is_linefit else "max_pulses": max_pulses, "events_per_task": per_task})
     if not scoring.is_linefit:
@@ -317,6 +363,11 @@ def run_inference(data: str, split: str, scoring: Scoring | None = None,
         calibrated = [scoring.calibrated and load_calibration(u) is not None for u in scoring.members]
         how = ("recalibrated on held-out events ('icecube calibrate')" if all(calibrated)
                else "not recalibrated" if not any(calibrated) else "recalibrated for some members only")
+        if scoring.ensemble_uri is not None:
+            details["ensemble_artefact"] = scoring.ensemble_uri
+            how += (", and the ensemble's combined kappa recalibrated as a whole" if scoring.ensemble_calibration
+                    else ", the ensemble's combined kappa not recalibrated")
+            details["ensemble_kappa_calibrated"] = scoring.ensemble_calibration is not None
         details["uncertainty"] = f"vMF: sigma_* are the exact containment radii of the predicted kappa, {how}"
         details["kappa_calibrated"] = calibrated if len(calibrated) > 1 else calibrated[0]
     return PredictResult(sub, predictions, len(sub), degenerate, time.perf_counter() - start, details, files)
