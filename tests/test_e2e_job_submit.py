@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -70,8 +71,13 @@ def ray_head(s3_server: str, tmp_path_factory: pytest.TempPathFactory, ray_temp_
 
 
 def _submit(address: str, script: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return _ray("job", "submit", f"--address={address}", f"--working-dir={REPO}", "--",
-                "python", f"jobs/{script}", *args, timeout=420, check=False)
+    for _ in range(10):  # right after the head starts its job agent may still be registering: bounded retries
+        job = _ray("job", "submit", f"--address={address}", f"--working-dir={REPO}", "--",
+                   "python", f"jobs/{script}", *args, timeout=420, check=False)
+        if "No available agent" not in job.stderr:
+            break
+        time.sleep(3)
+    return job
 
 
 def test_job_submit_simulate_predict_on_s3(ray_head: str, bucket: str) -> None:
