@@ -297,8 +297,12 @@ def bench_scale(batches: list[int], root: str, events_per_batch: int = MAX_EVENT
         write_s = time.perf_counter() - t0
         out = Path(root) / f"scale-{b}x{events_per_batch}-pred"
         shutil.rmtree(out, ignore_errors=True)
-        with multiprocessing.get_context("spawn").Pool(1) as pool:
+        pool = multiprocessing.get_context("spawn").Pool(1)
+        try:
             fig = pool.apply(_scale_run, (str(data), str(out)))
+        finally:
+            pool.close()  # let the child exit on its own (its Ray shuts down cleanly)
+            pool.join()
         shutil.rmtree(out, ignore_errors=True)
         rows.append({"batch_files": b, "write_seconds": write_s, **fig})
         print(f"{b:>5} files, {fig['events']:>12,.0f} events: plan {fig['plan_seconds']:7.1f} s "
