@@ -432,3 +432,47 @@ def test_scale_layout_is_a_valid_split_and_the_scale_run_scores_all_of_it(tmp_pa
     fig = _scale_run(str(root), str(tmp_path / "pred"))
     assert fig["events"] == 1200 and fig["driver_peak_rss_mib"] > 0 and fig["events_per_s"] > 0
     assert len(pacsv.read_csv(tmp_path / "pred" / "submission.csv")) == 1200
+
+
+@pytest.mark.parametrize("command", ["predict", "stats"])
+def test_an_event_id_in_two_batches_is_one_line_error_naming_both(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                 command: str) -> None:
+    """Caught without one process holding every id: batch 3's range lies apart, batches 1 and 2 overlap
+    and are compared exactly."""
+    b1 = random_events(np.random.default_rng(1), 40, 0)
+    b2 = random_events(np.random.default_rng(2), 40, 0)
+    shared = np.intersect1d(np.unique(b1["event_id"]), np.unique(b2["event_id"]))
+    assert len(shared)
+    root = write_dataset(tmp_path / "d", {1: b1, 2: b2, 3: random_events(np.random.default_rng(3), 40, 10_000)})
+    out = tmp_path / "out"
+    code = main(["-q", "icecube", command, str(root), "--split", "test", "--out", str(out)])
+    line = one_line_error(code, capsys.readouterr().err)
+    assert (f"{root}/{META}: duplicate event_id {int(shared[0])} in batch 1 and batch 2 ({len(shared)} ids in both)"
+            in line), line
+    _assert_nothing_published(out)
+
+
+def test_the_plan_holds_a_summary_per_batch_and_light_specs_not_the_events(tmp_path: Path) -> None:
+    from neutrino_ray import runtime
+    from neutrino_ray.icecube import pipeline
+
+    batches = {b: random_events(np.random.default_rng(b), 300, 10_000 * b) for b in (1, 2, 3)}
+    root = write_dataset(tmp_path / "d", batches, row_group_size=400)
+    runtime.init_ray()
+    plan = pipeline.plan_split(str(root), "test", 100)
+    meta = icdata.load_meta(str(root), "test")
+    assert plan.events == len(meta) == 900 and sorted(plan.summary) == [1, 2, 3]
+    assert plan.summary[2].n_events == 300
+    assert plan.summary[2].min_event_id == int(np.min(batches[2]["event_id"]))
+    assert all(not pa.types.is_list(f.type) for t in plan.tables() for f in t.schema)  # no per-event arrays
+    # The specs, filled in from each batch's meta where they run, are the read tasks planned from the meta.
+    got = [icdata.spec_task(str(root), "test", s) for s in plan.specs]
+    want = list(icdata.iter_split_tasks(str(root), "test", 100, meta=meta))
+    assert [(t.uri, t.batch_id, t.rg_start, t.rg_stop) for t in got] == [(t.uri, t.batch_id, t.rg_start, t.rg_stop)
+                                                                         for t in want]
+    assert all(np.array_equal(g.event_id, w.event_id) and np.array_equal(g.first, w.first)
+               for g, w in zip(got, want, strict=True))
+    # The last N events in file order: the tail of batch 2 and all of batch 3.
+    tail = pipeline.plan_split(str(root), "test", 100, last_events=450)
+    ids = np.concatenate([icdata.spec_task(str(root), "test", s).event_id for s in tail.specs])
+    assert tail.events == 450 and np.array_equal(ids, meta.column("event_id").to_numpy()[-450:])

@@ -264,7 +264,7 @@ def test_real_kaggle_facts_have_rows() -> None:
 def test_batch_meta_reads_only_its_batch(sim: Path) -> None:
     meta = icdata.load_batch_meta(str(sim), "train", 2, with_truth=True)
     assert len(meta) == 80 and set(meta.column("batch_id").to_pylist()) == {2}
-    assert icdata.meta_batch_counts(str(sim), "train") == {1: 80, 2: 80}
+    assert {b: s.n_events for b, s in icdata.meta_batch_summary(str(sim), "train").items()} == {1: 80, 2: 80}
     assert list(icdata.list_batches(str(sim), "train")) == [1, 2]
 
 

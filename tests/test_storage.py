@@ -90,11 +90,13 @@ def test_ray_payloads_carry_no_secret(bucket: str, tmp_path: Path, model: str) -
         for path in model_dir.iterdir():
             storage.write_bytes(f"{bucket}/model/{path.name}", path.read_bytes())
     scoring = Scoring("linefit" if model == "linefit" else f"{bucket}/model", events_per_task=10)
-    tasks = list(icdata.iter_split_tasks(data, "test", 10))
     runtime.init_ray()
-    ds = build_dataset(tasks, icdata.load_geometry(data), scoring, check_models(scoring))
-    payload = ray.cloudpickle.dumps(ds) + b"".join(storage.parquet_bytes(t) for t in pipeline.task_tables(tasks))
-    assert f"{data}/test/batch_1.parquet".encode() in payload  # the URIs do travel
+    split_plan = pipeline.plan_split(data, "test", 10)
+    ds = build_dataset(split_plan, icdata.load_geometry(data), scoring, check_models(scoring))
+    payload = ray.cloudpickle.dumps(ds) + b"".join(storage.parquet_bytes(t) for t in split_plan.tables())
+    assert data.encode() in payload  # the URIs do travel
+    # The planning tasks' payloads too: the per-batch planning functions and their arguments.
+    payload += ray.cloudpickle.dumps((pipeline._plan_batch, split_plan.summary, split_plan.specs))
     assert CANARY.encode() not in payload and os.environ["AWS_SECRET_ACCESS_KEY"] == CANARY
 
 

@@ -267,16 +267,16 @@ def write_scale_layout(root: Path, batches: int, events_per_batch: int, seed: in
 
 def _scale_run(data: str, out: str) -> dict[str, float]:
     """In a fresh process: plan the train split, then score it with LineFit end to end; peak memories."""
+    from neutrino_ray.icecube.pipeline import plan_split
     from neutrino_ray.icecube.predict import Scoring
 
     runtime.init_ray()
     t0 = time.perf_counter()
-    meta = icdata.load_meta(data, "train")
-    tasks = list(icdata.iter_split_tasks(data, "train", DEFAULT_EVENTS_PER_TASK, meta=meta))
+    plan = plan_split(data, "train", DEFAULT_EVENTS_PER_TASK)  # what predict plans
     plan_s = time.perf_counter() - t0
     plan_rss = _peak_rss_mib()
-    n = len(meta)
-    del meta, tasks
+    n = plan.events
+    del plan
     m = predict(data, "train", out, Scoring(uncertainty_events=0))
     return {"events": n, "plan_seconds": plan_s, "plan_peak_rss_mib": plan_rss,
             "predict_wall_seconds": m["wall_seconds"], "events_per_s": n / m["wall_seconds"],

@@ -123,38 +123,97 @@ def load_batch_meta(data: str, split: str, batch_id: int, with_truth: bool = Fal
     return _checked_meta(t, uri)
 
 
-def meta_batch_counts(data: str, split: str) -> dict[int, int]:
-    """Events per batch_id of a split's meta, streamed one row group of the ``batch_id`` column at a time
-    (memory independent of the number of events)."""
+@dataclass(frozen=True)
+class BatchSummary:
+    """What the driver holds of one batch's meta: its event count and event-id range."""
+
+    batch_id: int
+    n_events: int
+    min_event_id: int
+    max_event_id: int
+
+
+def meta_batch_summary(data: str, split: str) -> dict[int, BatchSummary]:
+    """Per batch_id of a split's meta: event count and event-id range, streamed one row group at a time
+    (memory independent of the number of events), every row group checked as :func:`_checked_rows` does.
+    Duplicate ids are checked where a batch's meta is read (within a batch) and by
+    :func:`check_ids_across_batches` (across batches)."""
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; expected one of {SPLITS}")
     uri = meta_uri(data, split)
-    counts: dict[int, int] = {}
+    out: dict[int, BatchSummary] = {}
     try:
         with storage.open_input(uri) as f:
             pf = pq.ParquetFile(f)
             missing = [c for c in META_COLUMNS if c not in pf.schema_arrow.names]
             if missing:
                 raise DataError(f"{uri}: missing columns {missing} (has {pf.schema_arrow.names})")
-            typ = pf.schema_arrow.field("batch_id").type
-            if not pa.types.is_integer(typ):
-                raise DataError(f"{uri}: column batch_id must be integer, found {typ}")
             for rg in range(pf.num_row_groups):
-                col = pf.read_row_group(rg, columns=["batch_id"]).column(0)
-                if col.null_count:
-                    raise DataError(f"{uri}: column batch_id has nulls")
-                vc = pc.value_counts(col).flatten()
-                for b, n in zip(vc[0].to_pylist(), vc[1].to_pylist()):
-                    counts[b] = counts.get(b, 0) + n
+                t = _checked_rows(pf.read_row_group(rg, columns=list(META_COLUMNS)), uri)
+                agg = t.group_by("batch_id").aggregate([("event_id", "count"), ("event_id", "min"),
+                                                        ("event_id", "max")])
+                for b, n, lo, hi in zip(*(agg.column(c).to_pylist() for c in (
+                        "batch_id", "event_id_count", "event_id_min", "event_id_max"))):
+                    old = out.get(b)
+                    out[b] = BatchSummary(b, n, lo, hi) if old is None else BatchSummary(
+                        b, old.n_events + n, min(old.min_event_id, lo), max(old.max_event_id, hi))
     except FileNotFoundError as e:
         raise _no_meta(uri, data, split) from e
     except (pa.ArrowInvalid, OSError) as e:
         raise DataError(f"{uri}: not a readable Parquet file: {e}") from e
-    return dict(sorted(counts.items()))
+    return dict(sorted(out.items()))
+
+
+def check_batch_files(data: str, split: str, summary: dict[int, BatchSummary]) -> list[int]:
+    """Every batch the meta names has its pulse file (else a clear error); returns the batch files that
+    the meta does not name, which are not read."""
+    files = list_batches(data, split)
+    missing = [b for b in summary if b not in files]
+    if missing:
+        b = missing[0]
+        raise DataError(f"{batch_uri(data, split, b)}: pulse file for batch {b} not found "
+                        f"({summary[b].n_events} events in {meta_uri(data, split)}; {len(missing)} of "
+                        f"{len(summary)} batch files missing)")
+    return [b for b in files if b not in summary]
+
+
+def check_ids_across_batches(data: str, split: str, summary: dict[int, BatchSummary]) -> None:
+    """No event id in two batches, without one process holding every id: only batches whose id ranges
+    overlap (none, in the Kaggle files) are compared, pair by pair, reading their event ids."""
+    by_min = sorted(summary.values(), key=lambda s: (s.min_event_id, s.batch_id))
+    active: list[BatchSummary] = []
+    ids: dict[int, np.ndarray] = {}
+
+    def batch_ids(b: int) -> np.ndarray:
+        if b not in ids:
+            ids[b] = np.sort(load_batch_meta(data, split, b).column("event_id").to_numpy())
+        return ids[b]
+
+    for s in by_min:  # a sweep over the ranges: memory of the overlapping batches only
+        active = [a for a in active if a.max_event_id >= s.min_event_id]
+        for a in active:
+            common = np.intersect1d(batch_ids(a.batch_id), batch_ids(s.batch_id), assume_unique=True)
+            if len(common):
+                raise DataError(f"{meta_uri(data, split)}: duplicate event_id {int(common[0])} in batch "
+                                f"{a.batch_id} and batch {s.batch_id} ({len(common)} ids in both)")
+        active.append(s)
+        for b in [b for b in ids if b not in {a.batch_id for a in active}]:
+            del ids[b]
 
 
 def _checked_meta(t: pa.Table, uri: str) -> pa.Table:
     """Meta columns integer without nulls, event ids unique, 0 <= first <= last; sorted for reading."""
+    t = _checked_rows(t, uri)
+    ids = t.column("event_id").to_numpy()
+    uniq, counts = np.unique(ids, return_counts=True)
+    if (counts > 1).any():
+        raise DataError(f"{uri}: duplicate event_id {int(uniq[counts > 1][0])} "
+                        f"({int((counts > 1).sum())} duplicated ids)")
+    return t.sort_by([("batch_id", "ascending"), ("first_pulse_index", "ascending")])
+
+
+def _checked_rows(t: pa.Table, uri: str) -> pa.Table:
+    """The checks of each meta row on its own: integer columns (cast to int64) without nulls, 0 <= first <= last."""
     for c in META_COLUMNS:
         if not pa.types.is_integer(t.schema.field(c).type):
             raise DataError(f"{uri}: column {c} must be integer, found {t.schema.field(c).type}")
@@ -162,10 +221,6 @@ def _checked_meta(t: pa.Table, uri: str) -> pa.Table:
             raise DataError(f"{uri}: column {c} has nulls")
         t = t.set_column(t.schema.get_field_index(c), c, t.column(c).cast(pa.int64()))
     ids = t.column("event_id").to_numpy()
-    uniq, counts = np.unique(ids, return_counts=True)
-    if (counts > 1).any():
-        raise DataError(f"{uri}: duplicate event_id {int(uniq[counts > 1][0])} "
-                        f"({int((counts > 1).sum())} duplicated ids)")
     first = t.column("first_pulse_index").to_numpy()
     last = t.column("last_pulse_index").to_numpy()
     bad = np.flatnonzero((first < 0) | (last < first))
@@ -175,7 +230,7 @@ def _checked_meta(t: pa.Table, uri: str) -> pa.Table:
                if f >= 0 and lst == f - 1 else "need 0 <= first <= last")
         raise DataError(f"{uri}: event_id {int(ids[bad[0]])} has first_pulse_index {f} "
                         f"and last_pulse_index {lst} ({why})")
-    return t.sort_by([("batch_id", "ascending"), ("first_pulse_index", "ascending")])
+    return t
 
 
 @dataclass(frozen=True)
@@ -337,6 +392,78 @@ def iter_split_tasks(data: str, split: str, events_per_task: int,
             continue
         b = int(batch_ids[lo])
         yield from plan_batch(batch_uri(data, split, b), b, meta.slice(lo, hi - lo), events_per_task)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Planning without holding the split: the driver keeps a summary per batch and light task specs; the
+# per-event arrays of a task are filled in where it runs, from its batch's meta.
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A read task without its per-event arrays: rows [lo, hi) of a batch's validated, sorted meta (taken
+    from its row ``start`` on), reading row groups [rg_start, rg_stop) of the batch file. ``run`` names the
+    planning run, so that a worker's cached meta is never that of an earlier run."""
+
+    run: str
+    batch_id: int
+    start: int
+    lo: int
+    hi: int
+    rg_start: int
+    rg_stop: int
+
+
+_META_CACHE: dict[tuple[str, str, str, int, int], pa.Table] = {}  # this process's last few batch metas
+_META_CACHE_SIZE = 4
+
+
+def _batch_meta(run: str, data: str, split: str, batch_id: int, start: int) -> pa.Table:
+    """A batch's validated meta from row ``start`` on, read once per process and run (a few cached)."""
+    key = (run, data, split, batch_id, start)
+    if key not in _META_CACHE:
+        while len(_META_CACHE) >= _META_CACHE_SIZE:
+            _META_CACHE.pop(next(iter(_META_CACHE)))
+        _META_CACHE[key] = load_batch_meta(data, split, batch_id).slice(start)
+    return _META_CACHE[key]
+
+
+def plan_batch_specs(run: str, data: str, split: str, batch: BatchSummary, start: int,
+                     events_per_task: int) -> list[TaskSpec]:
+    """The read tasks of one batch (from its meta row ``start`` on) as specs: its meta read and validated
+    (duplicates within the batch, pulse ranges against the file), cut at row groups by :func:`plan_batch`."""
+    meta = _batch_meta(run, data, split, batch.batch_id, start)
+    if len(meta) != batch.n_events - start:
+        raise DataError(f"{meta_uri(data, split)}: batch {batch.batch_id} has {len(meta) + start} meta rows, "
+                        f"{batch.n_events} when the split was planned (the file changed during the run)")
+    specs, lo = [], 0
+    for t in plan_batch(batch_uri(data, split, batch.batch_id), batch.batch_id, meta, events_per_task):
+        specs.append(TaskSpec(run, batch.batch_id, start, lo, lo + len(t.event_id), t.rg_start, t.rg_stop))
+        lo += len(t.event_id)
+    return specs
+
+
+def spec_task(data: str, split: str, spec: TaskSpec) -> ReadTask:
+    """The read task of a spec, its per-event arrays from the batch's (cached) meta."""
+    meta = _batch_meta(spec.run, data, split, spec.batch_id, spec.start).slice(spec.lo, spec.hi - spec.lo)
+    return ReadTask(batch_uri(data, split, spec.batch_id), spec.batch_id, spec.rg_start, spec.rg_stop,
+                    *(meta.column(c).to_numpy() for c in ("event_id", "first_pulse_index", "last_pulse_index")))
+
+
+def batch_starts(summary: dict[int, BatchSummary], last_events: int | None = None) -> dict[int, int]:
+    """batch_id → the first meta row to read: every row of every batch, or only the split's last
+    ``last_events`` events in file order (batch by batch, then by first pulse)."""
+    if last_events is None:
+        return dict.fromkeys(summary, 0)
+    starts: dict[int, int] = {}
+    remaining = last_events
+    for b in reversed(list(summary.values())):
+        if remaining <= 0:
+            break
+        take = min(b.n_events, remaining)
+        starts[b.batch_id] = b.n_events - take
+        remaining -= take
+    return dict(sorted(starts.items()))
 
 
 def split_truth(data: str, split: str) -> pa.Table:

@@ -8,13 +8,16 @@ block of featurised events. The pure work is in :mod:`~neutrino_ray.icecube.data
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
 import pyarrow as pa
 import ray
 
+from neutrino_ray import runtime
 from neutrino_ray.icecube import data as icdata
 from neutrino_ray.icecube.features import featurise
 
@@ -44,8 +47,56 @@ def task_tables(tasks: list[icdata.ReadTask], truth: pa.Table | None = None) -> 
     return out
 
 
+@ray.remote
+def _plan_batch(run: str, data: str, split: str, batch: icdata.BatchSummary, start: int,
+                events_per_task: int) -> list[icdata.TaskSpec]:
+    return icdata.plan_batch_specs(run, data, split, batch, start, events_per_task)
+
+
+@dataclass
+class SplitPlan:
+    """What the driver holds of a split it scores: a summary per batch and light task specs."""
+
+    data: str
+    split: str
+    summary: dict[int, icdata.BatchSummary]
+    specs: list[icdata.TaskSpec]
+    events: int  # the events the specs cover
+
+    def tables(self) -> list[pa.Table]:
+        """One single-row Arrow table (→ one Ray Data block) per task spec."""
+        return [pa.table({"data": [self.data], "split": [self.split], "run": [s.run], "batch_id": [s.batch_id],
+                          "start": [s.start], "lo": [s.lo], "hi": [s.hi], "rg_start": [s.rg_start],
+                          "rg_stop": [s.rg_stop]}) for s in self.specs]
+
+
+def plan_split(data: str, split: str, events_per_task: int, last_events: int | None = None) -> SplitPlan:
+    """Plan a split (or its last ``last_events`` events in file order) without holding its meta: the
+    driver streams a summary per batch (row checks on the way), checks that every batch file is there
+    and that no id is in two batches; then (Ray started, if it is not) one Ray task per batch reads that
+    batch's meta, validates it against its pulse file and cuts it into task specs."""
+    summary = icdata.meta_batch_summary(data, split)
+    if not summary:
+        raise icdata.DataError(f"{icdata.meta_uri(data, split)}: no events in split {split!r}")
+    icdata.check_batch_files(data, split, summary)
+    icdata.check_ids_across_batches(data, split, summary)
+    starts = icdata.batch_starts(summary, last_events)
+    runtime.init_ray()
+    run = uuid.uuid4().hex
+    refs = [_plan_batch.remote(run, data, split, summary[b], start, events_per_task) for b, start in starts.items()]
+    specs = [s for batch_specs in ray.get(refs) for s in batch_specs]
+    return SplitPlan(data, split, summary, specs, sum(summary[b].n_events - start for b, start in starts.items()))
+
+
 def iter_tasks(batch: pa.Table) -> Iterator[tuple[icdata.ReadTask, dict[str, np.ndarray]]]:
-    """Read tasks (and their truth columns, if any) back from task rows."""
+    """Read tasks (and their truth columns, if any) back from task rows: rows of task specs
+    (:class:`SplitPlan`), whose arrays come from the batch's meta, or rows carrying their arrays."""
+    if "lo" in batch.column_names:
+        for row in batch.to_pylist():
+            spec = icdata.TaskSpec(row["run"], row["batch_id"], row["start"], row["lo"], row["hi"],
+                                   row["rg_start"], row["rg_stop"])
+            yield icdata.spec_task(row["data"], row["split"], spec), {}
+        return
     extra = [c for c in ("azimuth", "zenith") if c in batch.column_names]
     for row in batch.to_pylist():
         task = icdata.ReadTask(row["uri"], row["batch_id"], row["rg_start"], row["rg_stop"],

@@ -704,20 +704,14 @@ def profile_split(data: str, split: str, events_per_task: int = DEFAULT_EVENTS_P
                   linefit: bool = True) -> SplitProfile:
     """Profile a split with one Ray task per batch file; partial profiles merged on the driver as they arrive."""
     start = time.perf_counter()
-    counts = icdata.meta_batch_counts(data, split)  # validates the split; streams one column
-    meta = icdata.meta_uri(data, split)
-    if not counts:
-        raise icdata.DataError(f"{meta}: no events in split {split!r}")
-    files = icdata.list_batches(data, split)
-    missing = [b for b in counts if b not in files]
-    if missing:
-        b = missing[0]
-        raise icdata.DataError(f"{icdata.batch_uri(data, split, b)}: pulse file for batch {b} not found "
-                               f"({counts[b]} events in {meta}; {len(missing)} of {len(counts)} batch files missing)")
-    unused = [b for b in files if b not in counts]
+    summary = icdata.meta_batch_summary(data, split)  # validates the split's rows; streams the meta
+    if not summary:
+        raise icdata.DataError(f"{icdata.meta_uri(data, split)}: no events in split {split!r}")
+    unused = icdata.check_batch_files(data, split, summary)
     if unused:
         log.warning("%s: %d batch files have no meta rows (e.g. batch %d); they are not profiled",
                     storage.join(data, split), len(unused), unused[0])
+    icdata.check_ids_across_batches(data, split, summary)
     geometry = icdata.load_geometry(data)
     truth, no_truth = True, None
     if split != "train" and not storage.exists(truth_uri(data, split)):
@@ -726,7 +720,7 @@ def profile_split(data: str, split: str, events_per_task: int = DEFAULT_EVENTS_P
     variants = tuple(lf.VARIANTS) if linefit else ()
     runtime.init_ray()
     geo = ray.put(geometry)
-    pending = [_profile_batch_task.remote(data, split, b, geo, events_per_task, truth, variants) for b in counts]
+    pending = [_profile_batch_task.remote(data, split, b, geo, events_per_task, truth, variants) for b in summary]
     merged: Profile | None = None
     try:
         while pending:
@@ -738,9 +732,9 @@ def profile_split(data: str, split: str, events_per_task: int = DEFAULT_EVENTS_P
             ray.cancel(ref)
         raise
     assert merged is not None
-    if merged.events != sum(counts.values()):
+    if merged.events != sum(s.n_events for s in summary.values()):
         raise RuntimeError(f"{data} split {split!r}: profiled {merged.events} events, the meta has "
-                           f"{sum(counts.values())}; nothing was published")
+                           f"{sum(s.n_events for s in summary.values())}; nothing was published")
     return SplitProfile(merged, no_truth, None if linefit or not truth else "LineFit skipped (--no-linefit)",
                         time.perf_counter() - start)
 
