@@ -32,6 +32,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 import neutrino_ray
+from neutrino_ray.errors import InputError
 
 SUCCESS = "_SUCCESS.json"
 STAGING_PREFIX = "_staging-"
@@ -206,6 +207,21 @@ def open_input(uri: str, random_access: bool = False) -> Iterator[IO[bytes]]:
 def read_bytes(uri: str) -> bytes:
     with open_input(uri) as f, _errors(uri, "read"):
         return f.read()
+
+
+def read_format_json(uri: str, fmt: str, what: str) -> dict[str, Any] | None:
+    """A JSON file beside an artefact that names its format (``{"format": fmt, …}``): its contents, or None
+    where there is none; a one-line InputError for a file that is not JSON or of another format."""
+    try:
+        doc = json.loads(read_bytes(uri))
+    except FileNotFoundError:
+        return None
+    except json.JSONDecodeError as e:
+        raise InputError(f"{uri}: not {what} ({e})") from e
+    if not isinstance(doc, dict) or doc.get("format") != fmt:
+        got = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
+        raise InputError(f"{uri}: a {got!r} file, expected {fmt!r}")
+    return doc
 
 
 def read_parquet(uri: str, columns: list[str] | None = None) -> pa.Table:

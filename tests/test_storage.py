@@ -165,3 +165,18 @@ def test_killed_run_publishes_nothing_and_rerun_cleans_up(tmp_path: Path) -> Non
     assert sorted(p.name for p in out.iterdir()) == ["_SUCCESS.json", "sample_submission.parquet",
                                                      "sensor_geometry.csv", "test", "test_meta.parquet",
                                                      "test_truth.parquet", "train", "train_meta.parquet"]
+
+
+def test_format_json_files_beside_an_artefact(tmp_path: Path) -> None:
+    from neutrino_ray.errors import InputError
+
+    uri = str(tmp_path / "calibration.json")
+    assert storage.read_format_json(uri, "fmt v1", "a calibration file") is None  # absent: none
+    (tmp_path / "calibration.json").write_text("{not json")
+    with pytest.raises(InputError, match=r"calibration.json: not a calibration file \("):
+        storage.read_format_json(uri, "fmt v1", "a calibration file")
+    (tmp_path / "calibration.json").write_text('{"format": "other v2"}')
+    with pytest.raises(InputError, match=r"calibration.json: a 'other v2' file, expected 'fmt v1'"):
+        storage.read_format_json(uri, "fmt v1", "a calibration file")
+    (tmp_path / "calibration.json").write_text('{"format": "fmt v1", "x": 1}')
+    assert storage.read_format_json(uri, "fmt v1", "a calibration file") == {"format": "fmt v1", "x": 1}

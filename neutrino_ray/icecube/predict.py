@@ -188,14 +188,9 @@ def resolve_ensemble(scoring: Scoring) -> Scoring:
         return scoring
     uri = scoring.members[0]
     spec_uri = storage.join(uri, ENSEMBLE)
-    try:
-        spec = json.loads(storage.read_bytes(spec_uri))
-    except FileNotFoundError:
+    spec = storage.read_format_json(spec_uri, ENSEMBLE_FORMAT, "an ensemble file")
+    if spec is None:
         return scoring
-    except json.JSONDecodeError as e:
-        raise InputError(f"{spec_uri}: not an ensemble file ({e})") from e
-    if spec.get("format") != ENSEMBLE_FORMAT:
-        raise InputError(f"{spec_uri}: a {spec.get('format')!r} file, expected {ENSEMBLE_FORMAT!r}")
     if scoring.weights is not None or scoring.kappa_weighted:
         raise InputError(f"--model {uri} is an ensemble artefact: its weights and κ rule are fixed in {spec_uri}; "
                          "drop --weights / --kappa-weighted")

@@ -10,7 +10,6 @@ shard and collates Arrow batches into packed PyG batches.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -147,16 +146,8 @@ def predict_vectors(task: DirectionTask, model: nn.Module, events: pa.Table, bat
 
 def load_calibration(uri: str) -> dict[str, Any] | None:
     """The κ calibration stored with the model at ``uri`` (``calibration.json``, by 'icecube calibrate'), if any."""
-    cal_uri = storage.join(uri, uncertainty.CALIBRATION)
-    try:
-        cal = json.loads(storage.read_bytes(cal_uri))
-    except FileNotFoundError:
-        return None
-    except json.JSONDecodeError as e:
-        raise InputError(f"{cal_uri}: not a calibration file ({e})") from e
-    if cal.get("format") != uncertainty.CALIBRATION_FORMAT:
-        raise InputError(f"{cal_uri}: a {cal.get('format')!r} file, expected {uncertainty.CALIBRATION_FORMAT!r}")
-    return cal
+    return storage.read_format_json(storage.join(uri, uncertainty.CALIBRATION), uncertainty.CALIBRATION_FORMAT,
+                                     "a calibration file")
 
 
 def load_task_and_model(uri: str) -> tuple[DirectionTask, nn.Module, dict[str, Any]]:
