@@ -265,6 +265,37 @@ def write_bytes(uri: str, data: bytes) -> None:
         tmp.unlink(missing_ok=True)
 
 
+@contextmanager
+def open_output(uri: str) -> Iterator[IO[bytes]]:
+    """A binary file object to stream one object into (bounded memory): on S3 a multipart upload, locally
+    a temporary file renamed into place on success, so the object is never seen half-written."""
+    if is_s3(uri):
+        with _errors(uri, "write"), s3().open(_s3_key(uri), "wb", block_size=16 * 2**20) as f:
+            yield f
+        return
+    path = Path(_local_path(uri))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            yield f
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def csv_header(table: pa.Table) -> bytes:
+    """The header line of :func:`csv_bytes`."""
+    if any(c in name for name in table.column_names for c in ',"\n'):
+        raise ValueError(f"column names must not need quoting: {table.column_names}")
+    return (",".join(table.column_names) + "\n").encode()
+
+
+def csv_rows(table: pa.Table, f: IO[bytes]) -> None:
+    """The rows of :func:`csv_bytes`, written to ``f`` (parts of one CSV, streamed)."""
+    pacsv.write_csv(table, f, write_options=pacsv.WriteOptions(include_header=False, quoting_style="none"))
+
+
 def parquet_bytes(table: pa.Table, **kwargs: Any) -> bytes:
     buf = io.BytesIO()
     pq.write_table(table, buf, **kwargs)
@@ -273,11 +304,9 @@ def parquet_bytes(table: pa.Table, **kwargs: Any) -> bytes:
 
 def csv_bytes(table: pa.Table) -> bytes:
     """Plain CSV as pandas writes it: unquoted header and values, full float precision."""
-    if any(c in name for name in table.column_names for c in ',"\n'):
-        raise ValueError(f"column names must not need quoting: {table.column_names}")
     buf = io.BytesIO()
-    buf.write((",".join(table.column_names) + "\n").encode())
-    pacsv.write_csv(table, buf, write_options=pacsv.WriteOptions(include_header=False, quoting_style="none"))
+    buf.write(csv_header(table))
+    csv_rows(table, buf)
     return buf.getvalue()
 
 

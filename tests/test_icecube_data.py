@@ -476,3 +476,37 @@ def test_the_plan_holds_a_summary_per_batch_and_light_specs_not_the_events(tmp_p
     tail = pipeline.plan_split(str(root), "test", 100, last_events=450)
     ids = np.concatenate([icdata.spec_task(str(root), "test", s).event_id for s in tail.specs])
     assert tail.events == 450 and np.array_equal(ids, meta.column("event_id").to_numpy()[-450:])
+
+
+def test_parts_written_by_the_workers_assemble_to_the_in_memory_result(tmp_path: Path) -> None:
+    """predict streams the workers' sorted parts into the published files: byte for byte what collecting
+    every score in one process gives, with several parts per batch and several batches."""
+    from neutrino_ray.icecube.predict import run_inference
+
+    batches = {b: random_events(np.random.default_rng(20 + b), 120, 10_000 * b) for b in (1, 2, 3)}
+    root = write_dataset(tmp_path / "d", batches, row_group_size=150)
+    scoring = Scoring(events_per_task=40)
+    m = predict(str(root), "test", str(tmp_path / "p"), scoring)
+    assert m["parts"] >= 6 and m["events"] == 360
+    ref = run_inference(str(root), "test", scoring)
+    assert (tmp_path / "p" / "submission.csv").read_bytes() == storage.csv_bytes(ref.submission)
+    assert pq.read_table(tmp_path / "p" / "predictions.parquet").equals(ref.predictions)
+    assert m["degenerate_events"] == ref.degenerate
+    assert sorted(p.name for p in (tmp_path / "p").iterdir()) == ["_SUCCESS.json", "predictions.parquet",
+                                                                  "submission.csv"]  # no parts left behind
+
+
+def test_the_exactly_once_check_on_parts_catches_a_missing_or_doubled_part() -> None:
+    from neutrino_ray.icecube.predict import PART_SUMMARY, check_parts
+
+    def summary(rows: list[tuple[str, int, int, int]]) -> pa.Table:
+        return pa.table([[r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], [r[3] for r in rows],
+                         [r[1] for r in rows]], schema=PART_SUMMARY)
+
+    good = [("b", 10, 100, 190), ("a", 10, 0, 90), ("c", 5, 200, 240)]
+    assert check_parts(summary(good), 25, "d", "test") == (["a", "b", "c"], True)
+    assert check_parts(summary([("a", 10, 0, 150), ("b", 10, 100, 190)]), 20, "d", "test") == (["a", "b"], False)
+    with pytest.raises(RuntimeError, match=r"20 rows in 2 parts for 25 events\); nothing was published"):
+        check_parts(summary(good[:2]), 25, "d", "test")  # a part missing
+    with pytest.raises(RuntimeError, match="part a written twice"):
+        check_parts(summary([*good, good[1]]), 35, "d", "test")  # a part doubled

@@ -16,12 +16,16 @@ from __future__ import annotations
 import json
 import logging
 import time
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import ray
 from ray.data import ActorPoolStrategy
 
@@ -39,6 +43,7 @@ GNN_EVENTS_PER_TASK = 2_000  # a trained model: smaller blocks spread evenly ove
 DEFAULT_BATCH_SIZE = 256  # events per model forward pass
 SUBMISSION = "submission.csv"
 PREDICTIONS = "predictions.parquet"  # the same events with per-event uncertainties
+PARTS = "parts"  # the workers' sorted parts, in a staging folder beside the output, removed after publishing
 
 
 def linefit_events(events: pa.Table, geometry: np.ndarray, variant: str, cap: int) -> pa.Table:
@@ -49,10 +54,27 @@ def linefit_events(events: pa.Table, geometry: np.ndarray, variant: str, cap: in
                      "n_pulses": np.diff(offsets)})
 
 
-def linefit_block(batch: pa.Table, geometry: np.ndarray, variant: str, cap: int) -> pa.Table:
-    """Ray Data UDF: read tasks → their events' LineFit directions."""
-    return pa.concat_tables(linefit_events(icdata.read_task_events(task, len(geometry)), geometry, variant, cap)
-                            for task, _ in pipeline.iter_tasks(batch))
+def linefit_block(batch: pa.Table, geometry: np.ndarray, variant: str, cap: int, parts: str | None = None) -> pa.Table:
+    """Ray Data UDF: read tasks → their events' LineFit directions (or, with ``parts``, written there as a
+    part, and only the part's summary returned)."""
+    out = pa.concat_tables(linefit_events(icdata.read_task_events(task, len(geometry)), geometry, variant, cap)
+                           for task, _ in pipeline.iter_tasks(batch))
+    return out if parts is None else write_part(out, parts)
+
+
+PART_SUMMARY = pa.schema([("part", pa.string()), ("rows", pa.int64()), ("min_event_id", pa.int64()),
+                          ("max_event_id", pa.int64()), ("ok", pa.int64())])
+
+
+def write_part(result: pa.Table, parts: str) -> pa.Table:
+    """Write one task's scores, sorted by event_id, as a Parquet part under ``parts`` (named by its first
+    event id and row count, so a retried task rewrites the same part); return its one-row summary."""
+    t = result.sort_by("event_id")
+    ids = t.column("event_id").to_numpy()
+    name = f"part-{int(ids[0]):020d}-{len(t):09d}.parquet"
+    storage.write_bytes(storage.join(parts, name), storage.parquet_bytes(t))
+    ok = int(np.count_nonzero(t.column("ok").to_numpy(zero_copy_only=False)))
+    return pa.table([[name], [len(t)], [int(ids[0])], [int(ids[-1])], [ok]], schema=PART_SUMMARY)
 
 
 class DirectionScorer:
@@ -61,7 +83,7 @@ class DirectionScorer:
 
     def __init__(self, model_uris: list[str], weights: list[float], kappa_weighted: bool, max_pulses: int,
                  geometry: np.ndarray, batch_size: int, threads: int, use_gpu: bool, calibrated: bool = True,
-                 ensemble_calibration: dict[str, Any] | None = None):
+                 ensemble_calibration: dict[str, Any] | None = None, parts: str | None = None):
         import torch
 
         from neutrino_ray.icecube.train import load_calibration, load_task_and_model
@@ -75,7 +97,7 @@ class DirectionScorer:
             self.members.append((task, model.to(self.device), load_calibration(uri) if calibrated else None))
         self.weights, self.kappa_weighted, self.max_pulses = np.asarray(weights), kappa_weighted, max_pulses
         self.geometry, self.batch_size = geometry, batch_size
-        self.ensemble_calibration = ensemble_calibration
+        self.ensemble_calibration, self.parts = ensemble_calibration, parts
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from neutrino_ray.icecube.train import predict_vectors
@@ -87,9 +109,9 @@ class DirectionScorer:
                                         self.kappa_weighted)
         kappa = uncertainty.apply_kappa_calibration(self.ensemble_calibration, kappa)
         az, zen = lf.direction_to_angles(mu)
-        return pa.table({"event_id": events.column("event_id"), "azimuth": az, "zenith": zen,
-                         "ok": np.ones(len(az), dtype=bool), "n_pulses": events.column("n_pulses"),
-                         "kappa": kappa})
+        out = pa.table({"event_id": events.column("event_id"), "azimuth": az, "zenith": zen,
+                        "ok": np.ones(len(az), dtype=bool), "n_pulses": events.column("n_pulses"), "kappa": kappa})
+        return out if self.parts is None else write_part(out, self.parts)
 
 
 def ensemble_directions(mu: np.ndarray, kappa: np.ndarray, weights: np.ndarray,
@@ -289,12 +311,13 @@ def fit_linefit_uncertainty(data: str, variant: str, cap: int, geometry: np.ndar
 
 
 def build_dataset(split_plan: pipeline.SplitPlan, geometry: np.ndarray, scoring: Scoring,
-                  plan: Plan) -> ray.data.Dataset:
-    """The lazy Ray Data pipeline: LineFit fused into the read tasks, or an actor pool holding the model(s)."""
+                  plan: Plan, parts: str | None = None) -> ray.data.Dataset:
+    """The lazy Ray Data pipeline: LineFit fused into the read tasks, or an actor pool holding the model(s);
+    with ``parts``, each task's scores are written there where they are computed (see :func:`write_part`)."""
     ds: ray.data.Dataset = ray.data.from_arrow(split_plan.tables())
     if scoring.is_linefit:
         return ds.map_batches(partial(linefit_block, geometry=geometry, variant=scoring.members[0],
-                                      cap=plan.max_pulses),
+                                      cap=plan.max_pulses, parts=parts),
                               batch_format="pyarrow", batch_size=1, zero_copy_batch=True)
     use_gpu = scoring.gpus_per_actor > 0
     actors = runtime.actor_pool_size(scoring.actors, scoring.cpus_per_actor, scoring.gpus_per_actor)
@@ -305,51 +328,64 @@ def build_dataset(split_plan: pipeline.SplitPlan, geometry: np.ndarray, scoring:
                                "geometry": geometry, "batch_size": scoring.batch_size,
                                "threads": max(1, int(scoring.cpus_per_actor)), "use_gpu": use_gpu,
                                "calibrated": scoring.calibrated,
-                               "ensemble_calibration": scoring.ensemble_calibration},
+                               "ensemble_calibration": scoring.ensemble_calibration, "parts": parts},
         compute=ActorPoolStrategy(size=actors), num_cpus=scoring.cpus_per_actor,
         num_gpus=scoring.gpus_per_actor if use_gpu else None)
 
 
-def run_inference(data: str, split: str, scoring: Scoring | None = None,
-                  last_events: int | None = None) -> PredictResult:
-    """Score every event of the split (or its last ``last_events`` in file order, as training's validation
-    slice); returns the sorted, checked submission and predictions tables."""
+@dataclass
+class Prepared:
+    """Everything settled before any scoring: models, plan, geometry, LineFit's fitted uncertainty."""
+
+    data: str
+    split: str
+    scoring: Scoring
+    plan: Plan
+    split_plan: pipeline.SplitPlan
+    geometry: np.ndarray
+    linefit_model: dict[str, Any] | None
+    details: dict[str, Any]
+
+    @property
+    def model_name(self) -> str:
+        members = self.scoring.members
+        return members[0] if len(members) == 1 else self.scoring.ensemble_uri or "ensemble:" + ",".join(members)
+
+    @property
+    def files(self) -> dict[str, bytes]:
+        """Files published beside the predictions (LineFit's fitted uncertainty)."""
+        if self.linefit_model is None:
+            return {}
+        return {uncertainty.LINEFIT_UNCERTAINTY: json.dumps(self.linefit_model, indent=2).encode()}
+
+    def with_kappa(self, result: pa.Table) -> pa.Table:
+        """Scores with LineFit's empirical κ added, where it was fitted."""
+        if self.linefit_model is None:
+            return result
+        return result.append_column("kappa", pa.array(
+            uncertainty.pulse_count_kappa(self.linefit_model, result.column("n_pulses").to_numpy())))
+
+
+def prepare(data: str, split: str, scoring: Scoring | None = None, last_events: int | None = None) -> Prepared:
+    """Check the models, plan the split (or its last ``last_events`` events in file order), read the
+    geometry and fit LineFit's uncertainty: bad models and inputs fail here, before any scoring."""
     scoring = resolve_ensemble(scoring or Scoring())
-    start = time.perf_counter()
-    plan = check_models(scoring)  # bad models and inputs fail before Ray starts
-    max_pulses, details = plan.max_pulses, dict(plan.details)
+    plan = check_models(scoring)
+    details = dict(plan.details)
     per_task = scoring.events_per_task or (DEFAULT_EVENTS_PER_TASK if scoring.is_linefit else GNN_EVENTS_PER_TASK)
-    split_plan = pipeline.plan_split(data, split, per_task, last_events)  # bad meta fails before the scoring
+    split_plan = pipeline.plan_split(data, split, per_task, last_events)
     geometry = icdata.load_geometry(data)
-    linefit_model, linefit_reason = (fit_linefit_uncertainty(data, scoring.members[0], max_pulses, geometry,
+    linefit_model, linefit_reason = (fit_linefit_uncertainty(data, scoring.members[0], plan.max_pulses, geometry,
                                                              scoring.uncertainty_events)
                                      if scoring.is_linefit else (None, ""))
-    ds = build_dataset(split_plan, geometry, scoring, plan)
-    parts = [b for b in ds.iter_batches(batch_format="pyarrow", batch_size=None)]
-    result = pa.concat_tables(parts) if parts else None
-    if result is None:
-        raise icdata.DataError(f"{data}: split {split!r} produced no predictions")
-    result = result.sort_by("event_id")
-    check_complete(result, split_plan.events, data, split)
-    files = {}
-    if linefit_model is not None:
-        result = result.append_column("kappa", pa.array(
-            uncertainty.pulse_count_kappa(linefit_model, result.column("n_pulses").to_numpy())))
-        files[uncertainty.LINEFIT_UNCERTAINTY] = json.dumps(linefit_model, indent=2).encode()
-    sub = result.select(["event_id", "azimuth", "zenith"])
-    members = scoring.members
-    predictions = predictions_table(result, members[0] if len(members) == 1 else
-                                    scoring.ensemble_uri or "ensemble:" + ",".join(members))
-    degenerate = int(len(result) - np.count_nonzero(result.column("ok").to_numpy(zero_copy_only=False)))
-    details.update({"charge_cap" if scoring.is_linefit else "max_pulses": max_pulses, "events_per_task": per_task})
-    if not scoring.is_linefit:
-        details.update(batch_size=scoring.batch_size, cpus_per_actor=scoring.cpus_per_actor,
-                       gpus_per_actor=scoring.gpus_per_actor)
+    details.update({"charge_cap" if scoring.is_linefit else "max_pulses": plan.max_pulses, "events_per_task": per_task})
     if scoring.is_linefit:
         details["uncertainty"] = linefit_reason
     else:
         from neutrino_ray.icecube.train import load_calibration
 
+        details.update(batch_size=scoring.batch_size, cpus_per_actor=scoring.cpus_per_actor,
+                       gpus_per_actor=scoring.gpus_per_actor)
         calibrated = [scoring.calibrated and load_calibration(u) is not None for u in scoring.members]
         how = ("recalibrated on held-out events ('icecube calibrate')" if all(calibrated)
                else "not recalibrated" if not any(calibrated) else "recalibrated for some members only")
@@ -360,7 +396,26 @@ def run_inference(data: str, split: str, scoring: Scoring | None = None,
             details["ensemble_kappa_calibrated"] = scoring.ensemble_calibration is not None
         details["uncertainty"] = f"vMF: sigma_* are the exact containment radii of the predicted kappa, {how}"
         details["kappa_calibrated"] = calibrated if len(calibrated) > 1 else calibrated[0]
-    return PredictResult(sub, predictions, len(sub), degenerate, time.perf_counter() - start, details, files)
+    return Prepared(data, split, scoring, plan, split_plan, geometry, linefit_model, details)
+
+
+def run_inference(data: str, split: str, scoring: Scoring | None = None,
+                  last_events: int | None = None) -> PredictResult:
+    """Score every event of the split (or its last ``last_events`` in file order, as training's validation
+    slice) and collect the sorted, checked submission and predictions tables in this process (for the
+    held-out slices of calibration; ``predict`` writes parts instead)."""
+    start = time.perf_counter()
+    prep = prepare(data, split, scoring, last_events)
+    ds = build_dataset(prep.split_plan, prep.geometry, prep.scoring, prep.plan)
+    parts = [b for b in ds.iter_batches(batch_format="pyarrow", batch_size=None)]
+    if not parts:
+        raise icdata.DataError(f"{data}: split {split!r} produced no predictions")
+    result = pa.concat_tables(parts).sort_by("event_id")
+    check_complete(result, prep.split_plan.events, data, split)
+    result = prep.with_kappa(result)
+    degenerate = int(len(result) - np.count_nonzero(result.column("ok").to_numpy(zero_copy_only=False)))
+    return PredictResult(result.select(["event_id", "azimuth", "zenith"]), predictions_table(result, prep.model_name),
+                         len(result), degenerate, time.perf_counter() - start, prep.details, prep.files)
 
 
 PREDICTION_SCHEMA = pa.schema([
@@ -396,6 +451,12 @@ def check_complete(result: pa.Table, events: int, data: str, split: str) -> None
         raise RuntimeError(f"{data} split {split!r}: predictions do not match the meta "
                            f"({len(got)} rows for {events} events; {len(dup)} duplicated"
                            + (f", e.g. event_id {int(dup[0])}" if len(dup) else "") + "); nothing was published")
+    check_ranges(result)
+
+
+def check_ranges(result: pa.Table) -> None:
+    """All directions finite and in range; else nothing is published."""
+    got = result.column("event_id").to_numpy()
     az = result.column("azimuth").to_numpy()
     zen = result.column("zenith").to_numpy()
     bad = np.flatnonzero(~np.isfinite(az) | ~np.isfinite(zen) | (az < 0) | (az >= 2 * np.pi)
@@ -405,22 +466,84 @@ def check_complete(result: pa.Table, events: int, data: str, split: str) -> None
                            f"(azimuth {az[bad[0]]}, zenith {zen[bad[0]]}); nothing was published")
 
 
+def check_parts(summary: pa.Table, events: int, data: str, split: str) -> tuple[list[str], bool]:
+    """Exactly once, from the parts' summaries alone: no part twice, the planned number of events in all.
+    Returns the parts ordered by first event id, and whether their id ranges are disjoint (then their
+    concatenation in that order is sorted with no id twice; else ids must be checked after a sort)."""
+    names = summary.column("part").to_pylist()
+    rows = int(pc.sum(summary.column("rows")).as_py() or 0)
+    if len(set(names)) != len(names) or rows != events:
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise RuntimeError(f"{data} split {split!r}: predictions do not match the meta ({rows} rows in "
+                           f"{len(names)} parts for {events} events"
+                           + (f"; part {twice[0]} written twice" if twice else "") + "); nothing was published")
+    order = np.argsort(summary.column("min_event_id").to_numpy(), kind="stable")
+    lo = summary.column("min_event_id").to_numpy()[order]
+    hi = summary.column("max_event_id").to_numpy()[order]
+    return [names[i] for i in order], bool(np.all(lo[1:] > hi[:-1]))
+
+
+def assemble(output: storage.Output, parts: str, names: list[str], disjoint: bool, prep: Prepared) -> int:
+    """Stream the sorted parts into ``submission.csv`` and ``predictions.parquet`` in the output's staging
+    area, one part in memory at a time (all of them, sorted here, if their id ranges overlap); returns the
+    number of degenerate events."""
+    def tables() -> Iterator[pa.Table]:
+        if disjoint:
+            for name in names:
+                yield storage.read_parquet(storage.join(parts, name))
+        else:  # ids not ordered by batch (foreign data): one sort in memory
+            log.warning("%s: event ids of different read tasks interleave; sorting all %d parts in memory",
+                        prep.data, len(names))
+            t = pa.concat_tables(storage.read_parquet(storage.join(parts, n)) for n in names).sort_by("event_id")
+            check_complete(t, len(t), prep.data, prep.split)
+            yield t
+
+    degenerate = 0
+    with storage.open_output(output.staged(SUBMISSION)) as csv_f, \
+            storage.open_output(output.staged(PREDICTIONS)) as pq_f:
+        writer = pq.ParquetWriter(pq_f, PREDICTION_SCHEMA)
+        try:
+            csv_f.write(storage.csv_header(pa.table({c: [] for c in ("event_id", "azimuth", "zenith")})))
+            for t in tables():
+                check_ranges(t)
+                degenerate += len(t) - int(np.count_nonzero(t.column("ok").to_numpy(zero_copy_only=False)))
+                storage.csv_rows(t.select(["event_id", "azimuth", "zenith"]), csv_f)
+                writer.write_table(predictions_table(prep.with_kappa(t), prep.model_name))
+        finally:
+            writer.close()
+    return degenerate
+
+
 def predict(data: str, split: str, out: str, scoring: Scoring | None = None,
             command: list[str] | None = None) -> dict[str, Any]:
-    """Score a split and publish ``OUT/submission.csv`` plus ``_SUCCESS.json`` atomically."""
+    """Score a split and publish ``OUT/submission.csv``, ``OUT/predictions.parquet`` and ``_SUCCESS.json``
+    atomically. The workers write each read task's scores as a sorted Parquet part and return only its
+    summary; the driver checks the parts exactly once and streams them, in id order, into the published
+    files: its memory does not grow with the number of events."""
     started = time.time()
-    res = run_inference(data, split, scoring)  # inputs fail before outputs are touched
-    with storage.Output(out, command=command, inputs=[data], started=started) as output:
-        output.write(SUBMISSION, storage.csv_bytes(res.submission))
-        output.write(PREDICTIONS, storage.parquet_bytes(res.predictions))
-        for name, blob in res.files.items():
-            output.write(name, blob)
-        manifest = output.commit(
-            kind="icecube-predict", split=split, **res.details,
-            rows={SUBMISSION: res.events, PREDICTIONS: res.events}, events=res.events, degenerate_events=res.degenerate,
-            inference_seconds=round(res.seconds, 3), inference_events_per_second=round(res.events_per_second, 1),
-        )
+    start = time.perf_counter()
+    prep = prepare(data, split, scoring)  # inputs fail before outputs are touched
+    # The parts go to a staging folder of their own beside the output, so that the previous publication
+    # stays whole while this run scores; a killed run's parts are removed by the next publication there.
+    parts = storage.join(out, f"{storage.STAGING_PREFIX}{PARTS}-{uuid.uuid4().hex[:12]}")
+    try:
+        ds = build_dataset(prep.split_plan, prep.geometry, prep.scoring, prep.plan, parts)
+        blocks = list(ds.iter_batches(batch_format="pyarrow", batch_size=None))
+        summary = pa.concat_tables(blocks) if blocks else PART_SUMMARY.empty_table()
+        names, disjoint = check_parts(summary, prep.split_plan.events, data, split)
+        with storage.Output(out, command=command, inputs=[data], started=started) as output:
+            degenerate = assemble(output, parts, names, disjoint, prep)
+            for name, blob in prep.files.items():
+                output.write(name, blob)
+            events, seconds = prep.split_plan.events, time.perf_counter() - start
+            manifest = output.commit(
+                kind="icecube-predict", split=split, **prep.details,
+                rows={SUBMISSION: events, PREDICTIONS: events}, events=events, degenerate_events=degenerate,
+                parts=len(names), inference_seconds=round(seconds, 3),
+                inference_events_per_second=round(events / seconds, 1) if seconds > 0 else None)
+    finally:
+        storage.remove(parts, recursive=True)
     log.info("predicted %d events in %.1f s (%.0f events/s); %d degenerate events got the default "
-             "direction; wrote %s", res.events, res.seconds, res.events_per_second, res.degenerate,
+             "direction; wrote %s", events, seconds, events / seconds if seconds > 0 else float("nan"), degenerate,
              storage.join(out, SUBMISSION))
     return manifest
