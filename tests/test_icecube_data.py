@@ -510,3 +510,14 @@ def test_the_exactly_once_check_on_parts_catches_a_missing_or_doubled_part() -> 
         check_parts(summary(good[:2]), 25, "d", "test")  # a part missing
     with pytest.raises(RuntimeError, match="part a written twice"):
         check_parts(summary([*good, good[1]]), 35, "d", "test")  # a part doubled
+
+
+def test_driver_memory_does_not_grow_with_the_events_scored(tmp_path: Path) -> None:
+    """Plan and score 1M and then 5M cheap events (3 pulses each) with LineFit, each in a fresh driver
+    process: the driver's peak RSS may grow by at most 150 MiB for 5× the events."""
+    from neutrino_ray.icecube.bench import bench_scale
+
+    small, large = bench_scale([5, 25], str(tmp_path), events_per_batch=200_000)
+    assert (small["events"], large["events"]) == (1_000_000, 5_000_000)
+    growth = large["driver_peak_rss_mib"] - small["driver_peak_rss_mib"]
+    assert growth < 150, f"driver peak {small['driver_peak_rss_mib']:.0f} → {large['driver_peak_rss_mib']:.0f} MiB"
