@@ -116,3 +116,16 @@ def test_linefit_predictions_carry_an_empirical_uncertainty_fitted_on_train(tmp_
     manifest = predict(str(root), "test", str(tmp_path / "p0"), Scoring(uncertainty_events=0))
     assert pq.read_table(tmp_path / "p0" / "predictions.parquet").column("kappa").null_count == 200
     assert "--uncertainty-events 0" in manifest["uncertainty"] and LINEFIT_UNCERTAINTY not in manifest["files"]
+
+
+def test_errors_against_truth_align_by_event_id_in_any_order() -> None:
+    import pyarrow as pa
+
+    from neutrino_ray.icecube.metrics import angular_distance, errors_against_truth
+
+    truth = pa.table({"event_id": [30, 10, 20], "azimuth": [0.3, 0.1, 0.2], "zenith": [1.3, 1.1, 1.2]})
+    pred = pa.table({"event_id": [20, 30], "azimuth": [0.5, 0.3], "zenith": [1.0, 1.3]})
+    np.testing.assert_allclose(errors_against_truth(truth, pred),
+                               [angular_distance(0.2, 1.2, 0.5, 1.0), 0.0], atol=1e-12)
+    with pytest.raises(ValueError, match="no truth for event_id 40"):
+        errors_against_truth(truth, pa.table({"event_id": [40], "azimuth": [0.0], "zenith": [0.0]}))

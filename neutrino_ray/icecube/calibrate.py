@@ -22,13 +22,11 @@ import time
 from dataclasses import replace
 from typing import Any
 
-import numpy as np
-
 from neutrino_ray import storage, training
 from neutrino_ray.errors import InputError
 from neutrino_ray.icecube import data as icdata
 from neutrino_ray.icecube import uncertainty
-from neutrino_ray.icecube.metrics import angular_distance
+from neutrino_ray.icecube.metrics import errors_against_truth
 from neutrino_ray.icecube.predict import ENSEMBLE, Scoring, check_models, ensemble_spec, run_inference
 
 log = logging.getLogger("neutrino_ray")
@@ -79,9 +77,7 @@ def calibrate(data: str, model: str | tuple[str, ...], split: str = "train", eve
     # Single model: its raw κ. Ensemble: calibrated members, the combined κ raw.
     res = run_inference(data, split, replace(scoring, calibrated=ensemble), last_events=events)
     pred = res.predictions
-    rows = np.searchsorted(truth.column("event_id").to_numpy(), pred.column("event_id").to_numpy())
-    err = angular_distance(truth.column("azimuth").to_numpy()[rows], truth.column("zenith").to_numpy()[rows],
-                           pred.column("azimuth").to_numpy(), pred.column("zenith").to_numpy())
+    err = errors_against_truth(truth, pred)
     kappa = pred.column("kappa").to_numpy()
     cal = uncertainty.fit_kappa_calibration(kappa, err)
     after = uncertainty.apply_kappa_calibration(cal, kappa)

@@ -286,7 +286,7 @@ def fit_linefit_uncertainty(data: str, variant: str, cap: int, geometry: np.ndar
     """LineFit's empirical uncertainty (κ per pulse count, :func:`uncertainty.fit_pulse_count_kappa`),
     fitted in the driver on the last ``events`` events of the train split's last batch file and their
     true directions; (None, the reason) where it cannot be."""
-    from neutrino_ray.icecube.metrics import angular_distance
+    from neutrino_ray.icecube.metrics import errors_against_truth
 
     if events <= 0:
         return None, "none: --uncertainty-events 0; kappa and sigma_* are null"
@@ -299,9 +299,7 @@ def fit_linefit_uncertainty(data: str, variant: str, cap: int, geometry: np.ndar
     meta = meta.slice(max(0, len(meta) - events))
     fitted = pa.concat_tables(linefit_events(icdata.read_task_events(t, len(geometry)), geometry, variant, cap)
                               for t in icdata.plan_batch(batches[batch_id], batch_id, meta, len(meta)))
-    rows = np.searchsorted(meta.column("event_id").to_numpy(), fitted.column("event_id").to_numpy())
-    err = angular_distance(meta.column("azimuth").to_numpy()[rows], meta.column("zenith").to_numpy()[rows],
-                           fitted.column("azimuth").to_numpy(), fitted.column("zenith").to_numpy())
+    err = errors_against_truth(meta, fitted)
     model = uncertainty.fit_pulse_count_kappa(fitted.column("n_pulses").to_numpy(), err)
     model["fitted_on"] = {"data": data, "split": "train", "batch_id": batch_id, "events": len(fitted),
                           "variant": variant, "charge_cap": cap}
