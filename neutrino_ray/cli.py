@@ -263,7 +263,8 @@ def _add_icecube(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
                                        "test_truth.parquet) and publish report.json and PNG plots to OUT.")
     ev.add_argument("data", metavar="DATA", help="Kaggle-layout dataset URI")
     ev.add_argument("--split", choices=["train", "test"], default="test", help="split (test)")
-    ev.add_argument("--predictions", required=True, help="submission URI (CSV or Parquet)")
+    ev.add_argument("--predictions", required=True,
+                    help="submission URI: CSV or Parquet, or the OUT/predictions/ folder of --format parquet")
     ev.add_argument("--out", required=True, help="output URI (a folder)")
 
     cm = ic_sub.add_parser("compare", formatter_class=fmt, epilog=ENV_HELP,
@@ -347,7 +348,8 @@ def _add_icecube_predict(ic_sub: Any, fmt: type[argparse.HelpFormatter]) -> None
                            help="batch inference → OUT/submission.csv",
                            description="Score every event of a split with Ray Data (LineFit in read tasks, or a "
                                        "trained model on an actor pool) and publish OUT/submission.csv "
-                                       "(event_id,azimuth,zenith) and OUT/_SUCCESS.json.")
+                                       "(event_id,azimuth,zenith) or OUT/predictions/ and OUT/_SUCCESS.json. A "
+                                       "killed run re-run with the same command reuses the parts it finished.")
     pr.add_argument("data", metavar="DATA", help="Kaggle-layout dataset URI")
     pr.add_argument("--split", choices=["train", "test"], default="test", help="split to score (test)")
     pr.add_argument("--model", action="append", default=None, metavar="MODEL",
@@ -365,6 +367,10 @@ def _add_icecube_predict(ic_sub: Any, fmt: type[argparse.HelpFormatter]) -> None
                          "DATA's train split, written to OUT/linefit_uncertainty.json; 0: none, kappa and "
                          "sigma_* null (20000)")
     pr.add_argument("--out", required=True, help="output URI (a folder)")
+    pr.add_argument("--format", choices=["csv", "parquet"], default=None,
+                    help="csv: OUT/submission.csv (Kaggle format, sorted) and OUT/predictions.parquet; parquet: "
+                         "OUT/predictions/part-NNNNN.parquet in event-id order, listed in OUT/_SUCCESS.json "
+                         "(csv for --split test, parquet for train)")
     pr.add_argument("--max-pulses", type=_positive, default=None,
                     help=f"LineFit: fit at most this many of the selected pulses, highest charge first "
                          f"({KAGGLE_CHARGE_CAP}, as the Kaggle notebook); a transformer: its inference pulse cap "
@@ -496,16 +502,18 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
               f"{t['final_validation'].get('val_mean_angular_error', float('nan')):.4f} rad "
               f"→ {storage.join(args.out, 'model')}")
     elif args.command == "icecube" and args.action == "predict":
-        from neutrino_ray.icecube.predict import SUBMISSION, Scoring, predict
+        from neutrino_ray.icecube.predict import PREDICTIONS_DIR, SUBMISSION, Scoring, predict
 
         models = tuple(args.model or ["linefit"])
         scoring = Scoring(models[0] if len(models) == 1 else models, args.max_pulses, args.events_per_task,
                           args.batch_size, args.actors, args.cpus_per_actor, args.gpus_per_actor,
                           weights=None if args.weights is None else tuple(args.weights),
                           kappa_weighted=args.kappa_weighted, uncertainty_events=args.uncertainty_events)
-        m = predict(args.data, args.split, args.out, scoring, command=command)
+        m = predict(args.data, args.split, args.out, scoring, command=command, fmt=args.format)
+        resumed = f"; {m['parts_reused']} of {m['parts']} parts reused from a killed run" if m["parts_reused"] else ""
         print(f"predicted {m['events']} events in {m['wall_seconds']:.1f} s "
-              f"({m['events_per_second']:.0f} events/s end to end) → {storage.join(args.out, SUBMISSION)}")
+              f"({m['events_per_second']:.0f} events/s end to end{resumed}) → "
+              f"{storage.join(args.out, SUBMISSION if m['format'] == 'csv' else PREDICTIONS_DIR + '/')}")
     elif args.command == "icecube" and args.action == "calibrate":
         from neutrino_ray.icecube.calibrate import calibrate
         from neutrino_ray.icecube.predict import Scoring

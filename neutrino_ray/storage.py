@@ -178,6 +178,30 @@ def listdir(uri: str) -> list[str]:
     return sorted(prefix + os.path.join(path, n) for n in os.listdir(path))
 
 
+def versions(uri: str) -> list[tuple[str, int, str]]:
+    """(path relative to ``uri``, size, version) of the object at ``uri`` or of every object under it, sorted:
+    the version is the ETag on S3 (a content hash for plain uploads) and the modification time in ns locally.
+    One listing, no reads: what a fingerprint of inputs needs to tell a changed file from the same one."""
+    if is_s3(uri):
+        with _errors(uri, "list"):
+            key = _s3_key(uri).rstrip("/")
+            found = s3().find(key, detail=True, withdirs=False)
+            return sorted((k[len(key):].lstrip("/"), int(d.get("size") or 0),
+                           str(d.get("ETag") or d.get("LastModified"))) for k, d in found.items()
+                          if d.get("type") != "directory")
+    path = _local_path(uri)
+    if os.path.isfile(path):
+        st = os.stat(path)
+        return [("", st.st_size, str(st.st_mtime_ns))]
+    out = []
+    for root, _, names in os.walk(path):
+        for n in names:
+            full = os.path.join(root, n)
+            st = os.stat(full)
+            out.append((os.path.relpath(full, path), st.st_size, str(st.st_mtime_ns)))
+    return sorted(out)
+
+
 @contextmanager
 def open_input(uri: str, random_access: bool = False) -> Iterator[IO[bytes]]:
     """A seekable binary file object for reading.
@@ -237,6 +261,15 @@ def read_parquet(uri: str, columns: list[str] | None = None) -> pa.Table:
                 if missing:
                     raise KeyError(f"{uri}: missing columns {missing} (has {pf.schema_arrow.names})")
             return pf.read(columns=columns)
+        except (pa.ArrowInvalid, OSError) as e:
+            raise StorageError(f"{uri}: not a readable Parquet file: {e}") from e
+
+
+def read_parquet_metadata(uri: str) -> pq.FileMetaData:
+    """A Parquet file's footer only (row count, schema and its key-value metadata): one small read."""
+    with open_input(uri) as f:
+        try:
+            return pq.read_metadata(f)
         except (pa.ArrowInvalid, OSError) as e:
             raise StorageError(f"{uri}: not a readable Parquet file: {e}") from e
 

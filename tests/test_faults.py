@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -141,7 +142,7 @@ def _driver(c: Cluster, *args: str, kill_point: tuple[str, str, int] | None = No
 
 @pytest.mark.parametrize(("phase", "where"), [("inference", "local"), ("publish", "s3"),
                                               pytest.param("publish", "local", marks=pytest.mark.slow)])
-def test_a_driver_killed_mid_run_leaves_no_partial_output_and_a_rerun_publishes_once(
+def test_a_driver_killed_mid_run_leaves_no_partial_output_and_a_rerun_resumes_and_publishes_once(
         two_workers: Cluster, data: Path, tmp_path: Path, phase: str, where: str,
         request: pytest.FixtureRequest) -> None:
     out = request.getfixturevalue("bucket") + "/pred" if where == "s3" else str(tmp_path / "pred")
@@ -152,8 +153,15 @@ def test_a_driver_killed_mid_run_leaves_no_partial_output_and_a_rerun_publishes_
     folder = tmp_path / "kill"
     folder.mkdir()
     proc = _driver(two_workers, *args, kill_point=(str(folder), phase, 4 if phase == "inference" else 0))
+    finished: list[str] = []
     try:
         faults.wait_for_stall(str(folder))
+        if phase == "inference":  # let the other worker finish a few parts (bounded), then kill mid-run
+            deadline = time.monotonic() + 60
+            while len(finished) < 3 and time.monotonic() < deadline:
+                finished = [p for d in storage.listdir(out) if "_staging-parts-" in d for p in storage.listdir(d)
+                            if p.endswith(".parquet")]
+                time.sleep(0.1)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate(timeout=60)
@@ -170,10 +178,14 @@ def test_a_driver_killed_mid_run_leaves_no_partial_output_and_a_rerun_publishes_
     assert rerun.returncode == 0, log[-3000:]
     manifest = storage.read_manifest(out)
     assert manifest["events"] == 3000 and manifest["files"] == [PREDICTIONS, SUBMISSION]
+    if phase == "inference":  # resumed: the parts the killed run finished are reused, not scored again
+        assert len(finished) >= 3 and manifest["parts_reused"] >= len(finished), (finished, manifest)
     entries = [p.rstrip("/").rsplit("/", 1)[-1] for p in storage.listdir(out)]
     assert sorted(entries) == [storage.SUCCESS, PREDICTIONS, SUBMISSION], entries  # the killed run's staging is gone
     new = predict(str(data), "test", str(tmp_path / "undisturbed"), Scoring(events_per_task=200))
     assert new["events"] == 3000
     assert _submission(out) == _submission(str(tmp_path / "undisturbed")) != old_bytes
+    assert storage.read_bytes(storage.join(out, PREDICTIONS)) == storage.read_bytes(
+        storage.join(str(tmp_path / "undisturbed"), PREDICTIONS))  # byte-identical after the resume
     ids = np.loadtxt(storage.join(str(tmp_path / "undisturbed"), SUBMISSION), delimiter=",", skiprows=1)[:, 0]
     assert len(np.unique(ids)) == len(ids) == 3000

@@ -19,7 +19,7 @@ from neutrino_ray.icecube import data as icdata
 from neutrino_ray.icecube import linefit as lf
 from neutrino_ray.icecube.features import list_offsets, list_values
 from neutrino_ray.icecube.geometry import icecube86
-from neutrino_ray.icecube.predict import Scoring, predict
+from neutrino_ray.icecube.predict import SUBMISSION, Scoring, predict
 
 
 def _tricky_batches(rng: np.random.Generator) -> dict[int, dict[str, np.ndarray]]:
@@ -496,20 +496,81 @@ def test_parts_written_by_the_workers_assemble_to_the_in_memory_result(tmp_path:
                                                                   "submission.csv"]  # no parts left behind
 
 
-def test_the_exactly_once_check_on_parts_catches_a_missing_or_doubled_part() -> None:
+def test_a_rerun_reuses_the_parts_a_failed_run_finished_and_never_a_stale_one(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run that dies before publishing leaves its verified parts; the same command reuses them all and
+    publishes byte for byte what an undisturbed run does. A part with another fingerprint in its footer is
+    scored again; other settings (another fingerprint) reuse nothing; and --format parquet publishes the
+    same events as predictions/ parts."""
+    from neutrino_ray.icecube import predict as icpredict
+    from neutrino_ray.icecube.evaluate import read_predictions
+
+    batches = {b: random_events(np.random.default_rng(40 + b), 120, 10_000 * b) for b in (1, 2)}
+    root = str(write_dataset(tmp_path / "d", batches, row_group_size=150))
+    scoring, out = Scoring(events_per_task=40, uncertainty_events=0), str(tmp_path / "p")
+    clean = predict(root, "test", str(tmp_path / "clean"), scoring)
+    assert clean["parts_reused"] == 0
+
+    def die(self: storage.Output, **_: object) -> None:
+        raise KeyboardInterrupt  # the driver killed after scoring, before publishing
+
+    with monkeypatch.context() as m:
+        m.setattr(storage.Output, "commit", die)
+        with pytest.raises(KeyboardInterrupt):
+            predict(root, "test", out, scoring)
+    folder = next(p for p in (tmp_path / "p").iterdir() if p.name.startswith("_staging-parts-"))
+    parts = sorted(folder.glob("part-*.parquet"))
+    assert len(parts) == clean["parts"] and not (tmp_path / "p" / storage.SUCCESS).exists()
+    stale = pq.read_table(parts[0])  # the same rows, but scored under another fingerprint
+    meta = json.loads(stale.schema.metadata[icpredict.PART_META])
+    pq.write_table(stale.replace_schema_metadata({icpredict.PART_META: json.dumps({**meta, "fingerprint": "0"})}),
+                   parts[0])
+
+    m1 = predict(root, "test", out, scoring)
+    assert (m1["parts"], m1["parts_reused"]) == (clean["parts"], clean["parts"] - 1)
+    assert m1["fingerprint"] == clean["fingerprint"]
+    for name in (SUBMISSION, "predictions.parquet"):
+        assert (tmp_path / "p" / name).read_bytes() == (tmp_path / "clean" / name).read_bytes()
+    assert not any(p.name.startswith("_staging-") for p in (tmp_path / "p").iterdir())
+
+    other = Scoring(events_per_task=40, uncertainty_events=0, max_pulses=16)
+    with monkeypatch.context() as m:
+        m.setattr(storage.Output, "commit", die)
+        with pytest.raises(KeyboardInterrupt):
+            predict(root, "test", out, scoring)
+    m2 = predict(root, "test", out, other)
+    assert m2["parts_reused"] == 0 and m2["fingerprint"] != clean["fingerprint"]
+
+    m3 = predict(root, "test", str(tmp_path / "pq"), scoring, fmt="parquet")
+    assert m3["format"] == "parquet" and m3["files"] == [f"predictions/part-{k:05d}.parquet"
+                                                          for k in range(clean["parts"])]
+    whole = read_predictions(str(tmp_path / "pq" / "predictions"))
+    assert whole.equals(read_predictions(str(tmp_path / "clean" / "predictions.parquet")))
+
+
+def test_the_exactly_once_check_on_parts_catches_a_missing_doubled_or_foreign_part() -> None:
     from neutrino_ray.icecube.predict import PART_SUMMARY, check_parts
 
-    def summary(rows: list[tuple[str, int, int, int]]) -> pa.Table:
-        return pa.table([[r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], [r[3] for r in rows],
-                         [r[1] for r in rows]], schema=PART_SUMMARY)
+    def summary(rows: list[tuple[str, int, int, int, int]], fp: str = "f1") -> pa.Table:
+        return pa.Table.from_pylist([{"part": p, "batch_id": b, "rows": n, "min_event_id": lo, "max_event_id": hi,
+                                      "ok": n, "fingerprint": fp, "reused": False} for p, b, n, lo, hi in rows],
+                                    schema=PART_SUMMARY)
 
-    good = [("b", 10, 100, 190), ("a", 10, 0, 90), ("c", 5, 200, 240)]
-    assert check_parts(summary(good), 25, "d", "test") == (["a", "b", "c"], True)
-    assert check_parts(summary([("a", 10, 0, 150), ("b", 10, 100, 190)]), 20, "d", "test") == (["a", "b"], False)
-    with pytest.raises(RuntimeError, match=r"20 rows in 2 parts for 25 events\); nothing was published"):
-        check_parts(summary(good[:2]), 25, "d", "test")  # a part missing
+    good = [("b", 1, 10, 100, 190), ("a", 1, 10, 0, 90), ("c", 2, 5, 200, 240)]
+    expected = {1: 20, 2: 5}
+    assert check_parts(summary(good), expected, "f1", "d", "test") == (["a", "b", "c"], True)
+    overlapping = [("a", 1, 10, 0, 150), ("b", 1, 10, 100, 190)]
+    assert check_parts(summary(overlapping), {1: 20}, "f1", "d", "test") == (["a", "b"], False)
+    with pytest.raises(RuntimeError, match=r"batch 1 has 10 events in its parts for 20 in the meta \(a part is "
+                                           r"missing\); nothing was published"):
+        check_parts(summary(good[1:]), expected, "f1", "d", "test")
     with pytest.raises(RuntimeError, match="part a written twice"):
-        check_parts(summary([*good, good[1]]), 35, "d", "test")  # a part doubled
+        check_parts(summary([*good, good[1]]), expected, "f1", "d", "test")
+    with pytest.raises(RuntimeError, match="batch 3 has 5 events in its parts for 0 in the meta"):
+        check_parts(summary([*good, ("x", 3, 5, 300, 304)]), expected, "f1", "d", "test")  # a batch not planned
+    mixed = pa.concat_tables([summary(good[:2]), summary(good[2:], fp="f0")])
+    with pytest.raises(RuntimeError, match="part c was scored from other inputs, models or settings"):
+        check_parts(mixed, expected, "f1", "d", "test")
 
 
 def test_driver_memory_does_not_grow_with_the_events_scored(tmp_path: Path) -> None:

@@ -22,12 +22,19 @@ REPORT = "report.json"
 
 
 def read_predictions(uri: str) -> pa.Table:
-    """A submission (CSV or Parquet) with event_id, azimuth, zenith; validated."""
-    reader = storage.read_parquet if uri.endswith(".parquet") else storage.read_csv
+    """A submission (CSV or Parquet), or a folder of Parquet parts (``OUT/predictions/`` of ``icecube predict
+    --format parquet``), with event_id, azimuth, zenith; validated."""
     try:
-        t = reader(uri)
+        if uri.rstrip("/").endswith((".csv", ".parquet")):
+            t = (storage.read_parquet if uri.endswith(".parquet") else storage.read_csv)(uri)
+        else:
+            files = [u for u in storage.listdir(uri) if u.endswith(".parquet")]
+            if not files:
+                raise FileNotFoundError(uri)
+            t = pa.concat_tables(storage.read_parquet(u) for u in files)
     except FileNotFoundError as e:
-        raise icdata.DataError(f"{uri}: predictions not found") from e
+        raise icdata.DataError(f"{uri}: predictions not found (a .csv or .parquet file, or a folder of "
+                               ".parquet parts)") from e
     missing = {"event_id", "azimuth", "zenith"} - set(t.column_names)
     if missing:
         raise icdata.DataError(f"{uri}: missing columns {sorted(missing)}")

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -93,9 +94,7 @@ def iter_tasks(batch: pa.Table) -> Iterator[tuple[icdata.ReadTask, dict[str, np.
     (:class:`SplitPlan`), whose arrays come from the batch's meta, or rows carrying their arrays."""
     if "lo" in batch.column_names:
         for row in batch.to_pylist():
-            spec = icdata.TaskSpec(row["run"], row["batch_id"], row["start"], row["lo"], row["hi"],
-                                   row["rg_start"], row["rg_stop"])
-            yield icdata.spec_task(row["data"], row["split"], spec), {}
+            yield spec_row_task(row), {}
         return
     extra = [c for c in ("azimuth", "zenith") if c in batch.column_names]
     for row in batch.to_pylist():
@@ -103,6 +102,13 @@ def iter_tasks(batch: pa.Table) -> Iterator[tuple[icdata.ReadTask, dict[str, np.
                                np.asarray(row["event_id"], np.int64), np.asarray(row["first"], np.int64),
                                np.asarray(row["last"], np.int64))
         yield task, {c: np.asarray(row[c], np.float64) for c in extra}
+
+
+def spec_row_task(row: dict[str, Any]) -> icdata.ReadTask:
+    """The read task of one task-spec row (:meth:`SplitPlan.tables`), its arrays from the batch's meta."""
+    spec = icdata.TaskSpec(row["run"], row["batch_id"], row["start"], row["lo"], row["hi"],
+                           row["rg_start"], row["rg_stop"])
+    return icdata.spec_task(row["data"], row["split"], spec)
 
 
 def read_featurise(batch: pa.Table, geometry: np.ndarray, max_pulses: int) -> pa.Table:

@@ -13,10 +13,10 @@ driver, which checks that every event of the split's meta is present exactly onc
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from functools import partial
@@ -44,6 +44,9 @@ DEFAULT_BATCH_SIZE = 256  # events per model forward pass
 SUBMISSION = "submission.csv"
 PREDICTIONS = "predictions.parquet"  # the same events with per-event uncertainties
 PARTS = "parts"  # the workers' sorted parts, in a staging folder beside the output, removed after publishing
+PARTS_FORMAT = "neutrino-ray icecube parts v1"
+PREDICTIONS_DIR = "predictions"  # --format parquet: predictions/part-NNNNN.parquet, in event-id order
+FORMATS = ("csv", "parquet")
 
 
 def linefit_events(events: pa.Table, geometry: np.ndarray, variant: str, cap: int) -> pa.Table:
@@ -54,27 +57,75 @@ def linefit_events(events: pa.Table, geometry: np.ndarray, variant: str, cap: in
                      "n_pulses": np.diff(offsets)})
 
 
-def linefit_block(batch: pa.Table, geometry: np.ndarray, variant: str, cap: int, parts: str | None = None) -> pa.Table:
-    """Ray Data UDF: read tasks → their events' LineFit directions (or, with ``parts``, written there as a
-    part, and only the part's summary returned)."""
-    out = pa.concat_tables(linefit_events(icdata.read_task_events(task, len(geometry)), geometry, variant, cap)
-                           for task, _ in pipeline.iter_tasks(batch))
-    return out if parts is None else write_part(out, parts)
+def linefit_scores(batch: pa.Table, geometry: np.ndarray, variant: str, cap: int) -> pa.Table:
+    """Read tasks → their events' LineFit directions."""
+    return pa.concat_tables(linefit_events(icdata.read_task_events(task, len(geometry)), geometry, variant, cap)
+                            for task, _ in pipeline.iter_tasks(batch))
 
 
-PART_SUMMARY = pa.schema([("part", pa.string()), ("rows", pa.int64()), ("min_event_id", pa.int64()),
-                          ("max_event_id", pa.int64()), ("ok", pa.int64())])
+def linefit_block(batch: pa.Table, geometry: np.ndarray, variant: str, cap: int,
+                  parts: Parts | None = None) -> pa.Table:
+    """Ray Data UDF: read tasks → their events' LineFit directions (or, with ``parts``, each task's written
+    there as a part, or a finished part of an earlier attempt reused, and only the parts' summaries returned)."""
+    score = partial(linefit_scores, geometry=geometry, variant=variant, cap=cap)
+    return score(batch) if parts is None else parts.score(batch, score)
 
 
-def write_part(result: pa.Table, parts: str) -> pa.Table:
-    """Write one task's scores, sorted by event_id, as a Parquet part under ``parts`` (named by its first
-    event id and row count, so a retried task rewrites the same part); return its one-row summary."""
-    t = result.sort_by("event_id")
-    ids = t.column("event_id").to_numpy()
-    name = f"part-{int(ids[0]):020d}-{len(t):09d}.parquet"
-    storage.write_bytes(storage.join(parts, name), storage.parquet_bytes(t))
-    ok = int(np.count_nonzero(t.column("ok").to_numpy(zero_copy_only=False)))
-    return pa.table([[name], [len(t)], [int(ids[0])], [int(ids[-1])], [ok]], schema=PART_SUMMARY)
+PART_SUMMARY = pa.schema([("part", pa.string()), ("batch_id", pa.int64()), ("rows", pa.int64()),
+                          ("min_event_id", pa.int64()), ("max_event_id", pa.int64()), ("ok", pa.int64()),
+                          ("fingerprint", pa.string()), ("reused", pa.bool_())])
+PART_META = b"neutrino_ray.part"  # a part's summary, in its Parquet footer
+
+
+@dataclass(frozen=True)
+class Parts:
+    """Where the workers write each read task's scores (a staging folder beside the output, named by the
+    fingerprint of the inputs, models and settings), so that a re-run of the same command finds the parts a
+    killed attempt finished and scores only the rest."""
+
+    uri: str
+    fingerprint: str
+
+    @staticmethod
+    def name(row: dict[str, Any]) -> str:
+        """A task's part: its batch, first meta row and row count (the same task in every attempt)."""
+        return f"part-{int(row['batch_id']):06d}-{int(row['start']) + int(row['lo']):010d}-" \
+               f"{int(row['hi']) - int(row['lo']):08d}.parquet"
+
+    def score(self, batch: pa.Table, score: Any) -> pa.Table:
+        """Each task row of ``batch``: its finished part's summary, or its scores (``score(one_row)``) written."""
+        out = []
+        for i, row in enumerate(batch.to_pylist()):
+            uri = storage.join(self.uri, self.name(row))
+            found = self.reuse(uri, int(row["hi"]) - int(row["lo"]))
+            out.append(found if found is not None else self.write(score(batch.slice(i, 1)), uri, int(row["batch_id"])))
+        return pa.concat_tables(out)
+
+    def reuse(self, uri: str, rows: int) -> pa.Table | None:
+        """The summary of a part an earlier attempt finished (its footer names this fingerprint and the task's
+        row count), or None: absent, unreadable or stale parts are scored again and overwritten."""
+        if not storage.exists(uri):
+            return None
+        try:
+            md = storage.read_parquet_metadata(uri)
+            summary = json.loads((md.metadata or {}).get(PART_META, b"{}"))
+        except (storage.StorageError, ValueError):
+            return None
+        if summary.get("fingerprint") != self.fingerprint or summary.get("rows") != rows or md.num_rows != rows:
+            return None
+        return pa.Table.from_pylist([{**summary, "reused": True}], schema=PART_SUMMARY)
+
+    def write(self, result: pa.Table, uri: str, batch_id: int) -> pa.Table:
+        """One task's scores, sorted by event_id, as a Parquet part carrying its summary; returns the summary."""
+        t = result.sort_by("event_id")
+        ids = t.column("event_id").to_numpy()
+        summary = {"part": uri.rsplit("/", 1)[-1], "batch_id": batch_id, "rows": len(t),
+                   "min_event_id": int(ids[0]) if len(ids) else -1, "max_event_id": int(ids[-1]) if len(ids) else -1,
+                   "ok": int(np.count_nonzero(t.column("ok").to_numpy(zero_copy_only=False))),
+                   "fingerprint": self.fingerprint}
+        t = t.replace_schema_metadata({PART_META: json.dumps(summary).encode()})
+        storage.write_bytes(uri, storage.parquet_bytes(t))
+        return pa.Table.from_pylist([{**summary, "reused": False}], schema=PART_SUMMARY)
 
 
 class DirectionScorer:
@@ -83,7 +134,7 @@ class DirectionScorer:
 
     def __init__(self, model_uris: list[str], weights: list[float], kappa_weighted: bool, max_pulses: int,
                  geometry: np.ndarray, batch_size: int, threads: int, use_gpu: bool, calibrated: bool = True,
-                 ensemble_calibration: dict[str, Any] | None = None, parts: str | None = None):
+                 ensemble_calibration: dict[str, Any] | None = None, parts: Parts | None = None):
         import torch
 
         from neutrino_ray.icecube.train import load_calibration, load_task_and_model
@@ -100,6 +151,10 @@ class DirectionScorer:
         self.ensemble_calibration, self.parts = ensemble_calibration, parts
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        return self.scores(batch) if self.parts is None else self.parts.score(batch, self.scores)
+
+    def scores(self, batch: pa.Table) -> pa.Table:
+        """Read tasks → their events' ensemble directions and κ."""
         from neutrino_ray.icecube.train import predict_vectors
 
         events = pipeline.read_featurise(batch, self.geometry, self.max_pulses)
@@ -109,9 +164,8 @@ class DirectionScorer:
                                         self.kappa_weighted)
         kappa = uncertainty.apply_kappa_calibration(self.ensemble_calibration, kappa)
         az, zen = lf.direction_to_angles(mu)
-        out = pa.table({"event_id": events.column("event_id"), "azimuth": az, "zenith": zen,
-                        "ok": np.ones(len(az), dtype=bool), "n_pulses": events.column("n_pulses"), "kappa": kappa})
-        return out if self.parts is None else write_part(out, self.parts)
+        return pa.table({"event_id": events.column("event_id"), "azimuth": az, "zenith": zen,
+                         "ok": np.ones(len(az), dtype=bool), "n_pulses": events.column("n_pulses"), "kappa": kappa})
 
 
 def ensemble_directions(mu: np.ndarray, kappa: np.ndarray, weights: np.ndarray,
@@ -309,9 +363,9 @@ def fit_linefit_uncertainty(data: str, variant: str, cap: int, geometry: np.ndar
 
 
 def build_dataset(split_plan: pipeline.SplitPlan, geometry: np.ndarray, scoring: Scoring,
-                  plan: Plan, parts: str | None = None) -> ray.data.Dataset:
+                  plan: Plan, parts: Parts | None = None) -> ray.data.Dataset:
     """The lazy Ray Data pipeline: LineFit fused into the read tasks, or an actor pool holding the model(s);
-    with ``parts``, each task's scores are written there where they are computed (see :func:`write_part`)."""
+    with ``parts``, each task's scores are written there where they are computed (see :class:`Parts`)."""
     ds: ray.data.Dataset = ray.data.from_arrow(split_plan.tables())
     if scoring.is_linefit:
         return ds.map_batches(partial(linefit_block, geometry=geometry, variant=scoring.members[0],
@@ -464,84 +518,160 @@ def check_ranges(result: pa.Table) -> None:
                            f"(azimuth {az[bad[0]]}, zenith {zen[bad[0]]}); nothing was published")
 
 
-def check_parts(summary: pa.Table, events: int, data: str, split: str) -> tuple[list[str], bool]:
-    """Exactly once, from the parts' summaries alone: no part twice, the planned number of events in all.
-    Returns the parts ordered by first event id, and whether their id ranges are disjoint (then their
-    concatenation in that order is sorted with no id twice; else ids must be checked after a sort)."""
+def fingerprint(prep: Prepared) -> str:
+    """What a part's scores depend on, hashed: the code version, the split's files (sizes and versions, from
+    listings), its per-batch meta summary and task plan, the geometry, the models' files and every scoring
+    setting. A part whose footer names another fingerprint is never reused."""
+    s, data, split = prep.scoring, prep.data, prep.split
+    doc = {
+        "format": PARTS_FORMAT, "code": storage.code_version(), "data": data, "split": split,
+        "files": [storage.versions(icdata.meta_uri(data, split)), storage.versions(storage.join(data, split))],
+        "batches": [[b.batch_id, b.n_events, b.min_event_id, b.max_event_id] for b in prep.split_plan.summary.values()],
+        "tasks": [[t.batch_id, t.start, t.lo, t.hi, t.rg_start, t.rg_stop] for t in prep.split_plan.specs],
+        "geometry": hashlib.sha256(np.ascontiguousarray(prep.geometry).tobytes()).hexdigest(),
+        "models": list(s.members), "weights": list(prep.plan.weights), "max_pulses": prep.plan.max_pulses,
+        "kappa_weighted": s.kappa_weighted, "calibrated": s.calibrated, "batch_size": s.batch_size,
+        "model_files": [] if s.is_linefit else [storage.versions(u) for u in s.members],
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def expected_rows(split_plan: pipeline.SplitPlan) -> dict[int, int]:
+    """batch_id → the events its tasks cover."""
+    out: dict[int, int] = {}
+    for t in split_plan.specs:
+        out[t.batch_id] = out.get(t.batch_id, 0) + t.hi - t.lo
+    return out
+
+
+def check_parts(summary: pa.Table, expected: dict[int, int], fp: str, data: str,
+                split: str) -> tuple[list[str], bool]:
+    """Exactly once, from the parts' summaries alone: every part of this fingerprint, none twice, and per
+    batch the events its meta rows planned. Returns the parts ordered by first event id, and whether their
+    id ranges are disjoint (then their concatenation in that order is sorted with no id twice; else ids
+    must be checked after a sort)."""
+    where = f"{data} split {split!r}"
     names = summary.column("part").to_pylist()
-    rows = int(pc.sum(summary.column("rows")).as_py() or 0)
-    if len(set(names)) != len(names) or rows != events:
-        twice = sorted({n for n in names if names.count(n) > 1})
-        raise RuntimeError(f"{data} split {split!r}: predictions do not match the meta ({rows} rows in "
-                           f"{len(names)} parts for {events} events"
-                           + (f"; part {twice[0]} written twice" if twice else "") + "); nothing was published")
+    stale = [n for n, f in zip(names, summary.column("fingerprint").to_pylist()) if f != fp]
+    if stale:
+        raise RuntimeError(f"{where}: part {stale[0]} was scored from other inputs, models or settings (fingerprint "
+                           f"differs from this run's {fp[:12]}); nothing was published")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise RuntimeError(f"{where}: part {twice[0]} written twice; nothing was published")
+    got: dict[int, int] = {}
+    for b, n in zip(summary.column("batch_id").to_pylist(), summary.column("rows").to_pylist()):
+        got[b] = got.get(b, 0) + n
+    for b in sorted(set(expected) | set(got)):
+        if got.get(b, 0) != expected.get(b, 0):
+            why = "a part is missing" if got.get(b, 0) < expected.get(b, 0) else "more than planned"
+            raise RuntimeError(f"{where}: batch {b} has {got.get(b, 0)} events in its parts for {expected.get(b, 0)} "
+                               f"in the meta ({why}); nothing was published")
     order = np.argsort(summary.column("min_event_id").to_numpy(), kind="stable")
     lo = summary.column("min_event_id").to_numpy()[order]
     hi = summary.column("max_event_id").to_numpy()[order]
     return [names[i] for i in order], bool(np.all(lo[1:] > hi[:-1]))
 
 
-def assemble(output: storage.Output, parts: str, names: list[str], disjoint: bool, prep: Prepared) -> int:
-    """Stream the sorted parts into ``submission.csv`` and ``predictions.parquet`` in the output's staging
-    area, one part in memory at a time (all of them, sorted here, if their id ranges overlap); returns the
-    number of degenerate events."""
+def _read_part(uri: str, fp: str) -> pa.Table:
+    """A part, checked once more against this run's fingerprint as it is read for publication."""
+    t = storage.read_parquet(uri)
+    summary = json.loads((t.schema.metadata or {}).get(PART_META, b"{}"))
+    if summary.get("fingerprint") != fp or summary.get("rows") != len(t):
+        raise RuntimeError(f"{uri}: part changed since it was checked (fingerprint or row count); "
+                           "nothing was published")
+    return t
+
+
+def assemble(output: storage.Output, parts: Parts, names: list[str], disjoint: bool, prep: Prepared,
+             fmt: str = "csv") -> int:
+    """Stream the sorted parts into the output's staging area, one part in memory at a time (all of them,
+    sorted here, if their id ranges overlap): ``submission.csv`` and ``predictions.parquet`` (``fmt`` csv), or
+    one ``predictions/part-NNNNN.parquet`` per part, in id order (``fmt`` parquet). Returns the number of
+    degenerate events."""
     def tables() -> Iterator[pa.Table]:
         if disjoint:
             for name in names:
-                yield storage.read_parquet(storage.join(parts, name))
+                yield _read_part(storage.join(parts.uri, name), parts.fingerprint)
         else:  # ids not ordered by batch (foreign data): one sort in memory
             log.warning("%s: event ids of different read tasks interleave; sorting all %d parts in memory",
                         prep.data, len(names))
-            t = pa.concat_tables(storage.read_parquet(storage.join(parts, n)) for n in names).sort_by("event_id")
+            t = pa.concat_tables(_read_part(storage.join(parts.uri, n), parts.fingerprint)
+                                 for n in names).sort_by("event_id")
             check_complete(t, len(t), prep.data, prep.split)
             yield t
 
-    degenerate = 0
+    def degenerate(t: pa.Table) -> int:
+        check_ranges(t)
+        return len(t) - int(np.count_nonzero(t.column("ok").to_numpy(zero_copy_only=False)))
+
+    n_bad = 0
+    if fmt == "parquet":
+        for k, t in enumerate(tables()):
+            n_bad += degenerate(t)
+            output.write(f"{PREDICTIONS_DIR}/part-{k:05d}.parquet",
+                         storage.parquet_bytes(predictions_table(prep.with_kappa(t), prep.model_name)))
+        return n_bad
     with storage.open_output(output.staged(SUBMISSION)) as csv_f, \
             storage.open_output(output.staged(PREDICTIONS)) as pq_f:
         writer = pq.ParquetWriter(pq_f, PREDICTION_SCHEMA)
         try:
             csv_f.write(storage.csv_header(pa.table({c: [] for c in ("event_id", "azimuth", "zenith")})))
             for t in tables():
-                check_ranges(t)
-                degenerate += len(t) - int(np.count_nonzero(t.column("ok").to_numpy(zero_copy_only=False)))
+                n_bad += degenerate(t)
                 storage.csv_rows(t.select(["event_id", "azimuth", "zenith"]), csv_f)
                 writer.write_table(predictions_table(prep.with_kappa(t), prep.model_name))
         finally:
             writer.close()
-    return degenerate
+    return n_bad
+
+
+def default_format(split: str) -> str:
+    """The Kaggle CSV for the test split; Parquet parts for the (131,953,924-event) train split."""
+    return "csv" if split == "test" else "parquet"
 
 
 def predict(data: str, split: str, out: str, scoring: Scoring | None = None,
-            command: list[str] | None = None) -> dict[str, Any]:
-    """Score a split and publish ``OUT/submission.csv``, ``OUT/predictions.parquet`` and ``_SUCCESS.json``
-    atomically. The workers write each read task's scores as a sorted Parquet part and return only its
-    summary; the driver checks the parts exactly once and streams them, in id order, into the published
-    files: its memory does not grow with the number of events."""
+            command: list[str] | None = None, fmt: str | None = None) -> dict[str, Any]:
+    """Score a split and publish, atomically with ``_SUCCESS.json``, ``OUT/submission.csv`` and
+    ``OUT/predictions.parquet`` (``fmt`` csv) or ``OUT/predictions/part-*.parquet`` (``fmt`` parquet; default
+    :func:`default_format`). The workers write each read task's scores as a sorted Parquet part and return
+    only its summary; the driver checks the parts exactly once and streams them, in id order, into the
+    published files: its memory does not grow with the number of events. The parts live in a staging
+    folder beside the output named by the run's fingerprint, so a killed run re-run with the same command
+    reuses the parts it finished and scores only the rest; they are removed once published."""
     started = time.time()
     start = time.perf_counter()
+    fmt = fmt or default_format(split)
+    if fmt not in FORMATS:
+        raise InputError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
     prep = prepare(data, split, scoring)  # inputs fail before outputs are touched
-    # The parts go to a staging folder of their own beside the output, so that the previous publication
-    # stays whole while this run scores; a killed run's parts are removed by the next publication there.
-    parts = storage.join(out, f"{storage.STAGING_PREFIX}{PARTS}-{uuid.uuid4().hex[:12]}")
-    try:
-        ds = build_dataset(prep.split_plan, prep.geometry, prep.scoring, prep.plan, parts)
-        blocks = list(ds.iter_batches(batch_format="pyarrow", batch_size=None))
-        summary = pa.concat_tables(blocks) if blocks else PART_SUMMARY.empty_table()
-        names, disjoint = check_parts(summary, prep.split_plan.events, data, split)
-        with storage.Output(out, command=command, inputs=[data], started=started) as output:
-            degenerate = assemble(output, parts, names, disjoint, prep)
-            for name, blob in prep.files.items():
-                output.write(name, blob)
-            events, seconds = prep.split_plan.events, time.perf_counter() - start
-            manifest = output.commit(
-                kind="icecube-predict", split=split, **prep.details,
-                rows={SUBMISSION: events, PREDICTIONS: events}, events=events, degenerate_events=degenerate,
-                parts=len(names), inference_seconds=round(seconds, 3),
-                inference_events_per_second=round(events / seconds, 1) if seconds > 0 else None)
-    finally:
-        storage.remove(parts, recursive=True)
+    fp = fingerprint(prep)
+    # Beside the output, so the previous publication stays whole while this run scores; parts of a killed
+    # run stay for its re-run, and go with the next publication there (Output removes staging leftovers).
+    parts = Parts(storage.join(out, f"{storage.STAGING_PREFIX}{PARTS}-{fp[:16]}"), fp)
+    ds = build_dataset(prep.split_plan, prep.geometry, prep.scoring, prep.plan, parts)
+    blocks = list(ds.iter_batches(batch_format="pyarrow", batch_size=None))
+    summary = pa.concat_tables(blocks) if blocks else PART_SUMMARY.empty_table()
+    names, disjoint = check_parts(summary, expected_rows(prep.split_plan), fp, data, split)
+    reused = summary.filter(summary.column("reused"))
+    n_reused = int(pc.sum(reused.column("rows")).as_py() or 0)
+    if len(reused):
+        log.info("resumed: %d of %d parts (%d events) reused from an earlier attempt", len(reused), len(names),
+                 n_reused)
+    with storage.Output(out, command=command, inputs=[data], started=started) as output:
+        degenerate = assemble(output, parts, names, disjoint, prep, fmt)
+        for name, blob in prep.files.items():
+            output.write(name, blob)
+        events, seconds = prep.split_plan.events, time.perf_counter() - start
+        rows = ({SUBMISSION: events, PREDICTIONS: events} if fmt == "csv" else {PREDICTIONS_DIR: events})
+        manifest = output.commit(
+            kind="icecube-predict", split=split, format=fmt, **prep.details, rows=rows, events=events,
+            degenerate_events=degenerate, parts=len(names), parts_reused=len(reused), events_reused=n_reused,
+            fingerprint=fp, inference_seconds=round(seconds, 3),
+            inference_events_per_second=round(events / seconds, 1) if seconds > 0 else None)
+    storage.remove(parts.uri, recursive=True)  # Output removed it with the other staging leftovers, on S3 too
     log.info("predicted %d events in %.1f s (%.0f events/s); %d degenerate events got the default "
              "direction; wrote %s", events, seconds, events / seconds if seconds > 0 else float("nan"), degenerate,
-             storage.join(out, SUBMISSION))
+             storage.join(out, SUBMISSION if fmt == "csv" else PREDICTIONS_DIR))
     return manifest
