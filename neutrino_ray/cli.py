@@ -337,6 +337,9 @@ def _add_icecube_train(ic_sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
                          f"({TRANSFORMER_INFERENCE_MAX_PULSES}, as IceMix)")
     tr.add_argument("--val-events", type=_positive, default=5_000,
                     help="held-out validation slice: the last N events of the train split (5000)")
+    tr.add_argument("--val-batches", type=_positive, default=None,
+                    help="held-out validation slice: the last N batch files of the train split instead "
+                         "(e.g. 1 for the real split's batch 660)")
 
 
 def _add_icecube_predict(ic_sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
@@ -494,7 +497,8 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         from neutrino_ray.icecube.train import train
 
         res = train(args.data, args.out, args.model, loss=args.loss, max_pulses=args.max_pulses,
-                    inference_max_pulses=args.inference_max_pulses, val_events=args.val_events, command=command,
+                    inference_max_pulses=args.inference_max_pulses, val_events=args.val_events,
+                    val_batches=args.val_batches, command=command,
                     **training_kwargs(args))
         t = res.config["training"]
         print(f"trained {args.model} ({res.config['n_parameters']:,} parameters) on {t['events']} events in "

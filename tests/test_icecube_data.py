@@ -478,6 +478,35 @@ def test_the_plan_holds_a_summary_per_batch_and_light_specs_not_the_events(tmp_p
     assert tail.events == 450 and np.array_equal(ids, meta.column("event_id").to_numpy()[-450:])
 
 
+def test_training_plans_by_batch_and_reads_the_tasks_in_a_new_order_every_epoch(tmp_path: Path) -> None:
+    """Training holds out the split's last events (or batch files) per batch, without the meta in the driver;
+    its dataset carries each event's true direction and reads the tasks in another order every epoch."""
+    from neutrino_ray.icecube import pipeline
+
+    batches = {b: random_events(np.random.default_rng(60 + b), 100, 1_000 * b) for b in (1, 2, 3)}
+    root = str(write_dataset(tmp_path / "d", batches, split="train", row_group_size=20))
+    summary = pipeline.split_summary(root, "train")
+    train_r, val_r = icdata.holdout_ranges(summary, 150, "u")
+    assert train_r == {1: (0, 100), 2: (0, 50)} and val_r == {2: (50, 100), 3: (0, 100)}
+    assert icdata.last_batches_events(summary, 1, "u") == 100
+    with pytest.raises(icdata.DataError, match="--val-batches 3 leaves no training batch"):
+        icdata.last_batches_events(summary, 3, "u")
+    with pytest.raises(icdata.DataError, match="--val-events 300 leaves no training events"):
+        icdata.holdout_ranges(summary, 300, "u")
+
+    plan = pipeline.plan_ranges(root, "train", summary, train_r, 10, truth=True)
+    assert plan.events == 150 and len(plan.specs) >= 10
+    ds = pipeline.events_dataset(plan, icdata.load_geometry(root), 64, shuffle_seed=3)
+    epochs = [pa.concat_tables(ds.iter_batches(batch_format="pyarrow", batch_size=None)) for _ in range(2)]
+    orders = [e.column("event_id").to_numpy() for e in epochs]
+    meta = icdata.load_meta(root, "train", with_truth=True).sort_by("event_id")
+    want = meta.column("event_id").to_numpy()[:150]
+    assert all(np.array_equal(np.sort(o), want) for o in orders) and not np.array_equal(orders[0], orders[1])
+    e = epochs[0].sort_by("event_id")
+    np.testing.assert_array_equal(e.column("zenith").to_numpy(), meta.column("zenith").to_numpy()[:150])
+    np.testing.assert_array_equal(e.column("azimuth").to_numpy(), meta.column("azimuth").to_numpy()[:150])
+
+
 def test_parts_written_by_the_workers_assemble_to_the_in_memory_result(tmp_path: Path) -> None:
     """predict streams the workers' sorted parts into the published files: byte for byte what collecting
     every score in one process gives, with several parts per batch and several batches."""

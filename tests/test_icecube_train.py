@@ -160,6 +160,8 @@ def test_train_refuses_bad_input(tmp_path: Path, dataset: Path) -> None:
         train(str(root), str(tmp_path / "o1"), val_events=5)
     with pytest.raises(InputError, match="--val-events 1600 leaves no training events"):
         train(str(dataset), str(tmp_path / "o2"), val_events=1600)
+    with pytest.raises(InputError, match="--val-batches 1 leaves no training batch"):
+        train(str(dataset), str(tmp_path / "o2"), val_batches=1)
     test_only = write_dataset(tmp_path / "t", {2: random_events(rng, 5)}, split="test")
     with pytest.raises(icdata.DataError, match="meta for split 'train' not found"):
         train(str(test_only), str(tmp_path / "o3"))

@@ -402,8 +402,9 @@ def iter_split_tasks(data: str, split: str, events_per_task: int,
 @dataclass(frozen=True)
 class TaskSpec:
     """A read task without its per-event arrays: rows [lo, hi) of a batch's validated, sorted meta (taken
-    from its row ``start`` on), reading row groups [rg_start, rg_stop) of the batch file. ``run`` names the
-    planning run, so that a worker's cached meta is never that of an earlier run."""
+    from its row ``start`` on), reading row groups [rg_start, rg_stop) of the batch file; with ``truth``,
+    its events' true directions are read from the meta as well. ``run`` names the planning run, so that a
+    worker's cached meta is never that of an earlier run."""
 
     run: str
     batch_id: int
@@ -412,58 +413,100 @@ class TaskSpec:
     hi: int
     rg_start: int
     rg_stop: int
+    truth: bool = False
 
 
-_META_CACHE: dict[tuple[str, str, str, int, int], pa.Table] = {}  # this process's last few batch metas
+_META_CACHE: dict[tuple[str, str, str, int, int, bool], pa.Table] = {}  # this process's last few batch metas
 _META_CACHE_SIZE = 4
 
 
-def _batch_meta(run: str, data: str, split: str, batch_id: int, start: int) -> pa.Table:
+def _batch_meta(run: str, data: str, split: str, batch_id: int, start: int, truth: bool = False) -> pa.Table:
     """A batch's validated meta from row ``start`` on, read once per process and run (a few cached)."""
-    key = (run, data, split, batch_id, start)
+    key = (run, data, split, batch_id, start, truth)
     if key not in _META_CACHE:
         while len(_META_CACHE) >= _META_CACHE_SIZE:
             _META_CACHE.pop(next(iter(_META_CACHE)))
-        _META_CACHE[key] = load_batch_meta(data, split, batch_id).slice(start)
+        _META_CACHE[key] = load_batch_meta(data, split, batch_id, with_truth=truth).slice(start)
     return _META_CACHE[key]
 
 
-def plan_batch_specs(run: str, data: str, split: str, batch: BatchSummary, start: int,
-                     events_per_task: int) -> list[TaskSpec]:
-    """The read tasks of one batch (from its meta row ``start`` on) as specs: its meta read and validated
-    (duplicates within the batch, pulse ranges against the file), cut at row groups by :func:`plan_batch`."""
-    meta = _batch_meta(run, data, split, batch.batch_id, start)
+def plan_batch_specs(run: str, data: str, split: str, batch: BatchSummary, start: int, events_per_task: int,
+                     stop: int | None = None, truth: bool = False) -> list[TaskSpec]:
+    """The read tasks of one batch's meta rows [start, stop) (all from ``start`` when ``stop`` is None) as
+    specs: its meta read and validated (duplicates within the batch, pulse ranges against the file), cut at
+    row groups by :func:`plan_batch`."""
+    meta = _batch_meta(run, data, split, batch.batch_id, start, truth)
     if len(meta) != batch.n_events - start:
         raise DataError(f"{meta_uri(data, split)}: batch {batch.batch_id} has {len(meta) + start} meta rows, "
                         f"{batch.n_events} when the split was planned (the file changed during the run)")
+    if stop is not None:
+        meta = meta.slice(0, stop - start)
+    if truth:  # invalid true directions fail here, at planning, before any training
+        checked_truth(meta, meta_uri(data, split))
     specs, lo = [], 0
     for t in plan_batch(batch_uri(data, split, batch.batch_id), batch.batch_id, meta, events_per_task):
-        specs.append(TaskSpec(run, batch.batch_id, start, lo, lo + len(t.event_id), t.rg_start, t.rg_stop))
+        specs.append(TaskSpec(run, batch.batch_id, start, lo, lo + len(t.event_id), t.rg_start, t.rg_stop, truth))
         lo += len(t.event_id)
     return specs
 
 
+def spec_meta(data: str, split: str, spec: TaskSpec) -> pa.Table:
+    """A spec's meta rows, from the batch's (cached) meta."""
+    return _batch_meta(spec.run, data, split, spec.batch_id, spec.start, spec.truth).slice(spec.lo, spec.hi - spec.lo)
+
+
 def spec_task(data: str, split: str, spec: TaskSpec) -> ReadTask:
     """The read task of a spec, its per-event arrays from the batch's (cached) meta."""
-    meta = _batch_meta(spec.run, data, split, spec.batch_id, spec.start).slice(spec.lo, spec.hi - spec.lo)
+    meta = spec_meta(data, split, spec)
     return ReadTask(batch_uri(data, split, spec.batch_id), spec.batch_id, spec.rg_start, spec.rg_stop,
                     *(meta.column(c).to_numpy() for c in ("event_id", "first_pulse_index", "last_pulse_index")))
 
 
-def batch_starts(summary: dict[int, BatchSummary], last_events: int | None = None) -> dict[int, int]:
-    """batch_id → the first meta row to read: every row of every batch, or only the split's last
+def batch_ranges(summary: dict[int, BatchSummary], last_events: int | None = None) -> dict[int, tuple[int, int]]:
+    """batch_id → the meta rows [start, stop) to read: every row of every batch, or only the split's last
     ``last_events`` events in file order (batch by batch, then by first pulse)."""
     if last_events is None:
-        return dict.fromkeys(summary, 0)
-    starts: dict[int, int] = {}
+        return {b: (0, s.n_events) for b, s in summary.items()}
+    ranges: dict[int, tuple[int, int]] = {}
     remaining = last_events
     for b in reversed(list(summary.values())):
         if remaining <= 0:
             break
         take = min(b.n_events, remaining)
-        starts[b.batch_id] = b.n_events - take
+        ranges[b.batch_id] = (b.n_events - take, b.n_events)
         remaining -= take
-    return dict(sorted(starts.items()))
+    return dict(sorted(ranges.items()))
+
+
+def holdout_ranges(summary: dict[int, BatchSummary], val_events: int,
+                   uri: str) -> tuple[dict[int, tuple[int, int]], dict[int, tuple[int, int]]]:
+    """The training rows and the validation slice of a train split, per batch: the last ``val_events`` events
+    in file order are held out (whole batches at the end, and the tail of one batch where the count cuts it)."""
+    total = sum(s.n_events for s in summary.values())
+    if val_events >= total:
+        raise DataError(f"{uri}: --val-events {val_events} leaves no training events ({total} in the split)")
+    val = batch_ranges(summary, val_events)
+    train = {b: (0, val[b][0] if b in val else s.n_events) for b, s in summary.items()}
+    return {b: r for b, r in train.items() if r[1] > r[0]}, val
+
+
+def last_batches_events(summary: dict[int, BatchSummary], n_batches: int, uri: str) -> int:
+    """The events of the split's last ``n_batches`` batch files (``--val-batches``)."""
+    if n_batches >= len(summary):
+        raise DataError(f"{uri}: --val-batches {n_batches} leaves no training batch ({len(summary)} in the split)")
+    return sum(s.n_events for s in list(summary.values())[-n_batches:])
+
+
+def checked_truth(meta: pa.Table, uri: str) -> pa.Table:
+    """(event_id, azimuth, zenith) of a train meta, refusing non-finite or out-of-range directions."""
+    az = meta.column("azimuth").to_numpy(zero_copy_only=False).astype(np.float64)
+    zen = meta.column("zenith").to_numpy(zero_copy_only=False).astype(np.float64)
+    bad = np.flatnonzero(~np.isfinite(az) | ~np.isfinite(zen) | (zen < 0) | (zen > np.pi))
+    if len(bad):
+        i = int(bad[0])
+        raise DataError(f"{uri}: event_id {meta.column('event_id')[i].as_py()} has an invalid true direction "
+                               f"(azimuth {az[i]!r}, zenith {zen[i]!r}); {len(bad)} such rows")
+    return pa.table({"event_id": meta.column("event_id"), "azimuth": az, "zenith": zen})
 
 
 def split_truth(data: str, split: str) -> pa.Table:

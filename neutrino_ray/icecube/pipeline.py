@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import ray
+from ray.data import RandomSeedConfig
 
 from neutrino_ray import runtime
 from neutrino_ray.icecube import data as icdata
@@ -49,14 +50,14 @@ def task_tables(tasks: list[icdata.ReadTask], truth: pa.Table | None = None) -> 
 
 
 @ray.remote
-def _plan_batch(run: str, data: str, split: str, batch: icdata.BatchSummary, start: int,
-                events_per_task: int) -> list[icdata.TaskSpec]:
-    return icdata.plan_batch_specs(run, data, split, batch, start, events_per_task)
+def _plan_batch(run: str, data: str, split: str, batch: icdata.BatchSummary, start: int, stop: int,
+                events_per_task: int, truth: bool) -> list[icdata.TaskSpec]:
+    return icdata.plan_batch_specs(run, data, split, batch, start, events_per_task, stop, truth)
 
 
 @dataclass
 class SplitPlan:
-    """What the driver holds of a split it scores: a summary per batch and light task specs."""
+    """What the driver holds of a split it scores or trains on: a summary per batch and light task specs."""
 
     data: str
     split: str
@@ -68,25 +69,36 @@ class SplitPlan:
         """One single-row Arrow table (→ one Ray Data block) per task spec."""
         return [pa.table({"data": [self.data], "split": [self.split], "run": [s.run], "batch_id": [s.batch_id],
                           "start": [s.start], "lo": [s.lo], "hi": [s.hi], "rg_start": [s.rg_start],
-                          "rg_stop": [s.rg_stop]}) for s in self.specs]
+                          "rg_stop": [s.rg_stop], "truth": [s.truth]}) for s in self.specs]
 
 
-def plan_split(data: str, split: str, events_per_task: int, last_events: int | None = None) -> SplitPlan:
-    """Plan a split (or its last ``last_events`` events in file order) without holding its meta: the
-    driver streams a summary per batch (row checks on the way), checks that every batch file is there
-    and that no id is in two batches; then (Ray started, if it is not) one Ray task per batch reads that
-    batch's meta, validates it against its pulse file and cuts it into task specs."""
+def split_summary(data: str, split: str) -> dict[int, icdata.BatchSummary]:
+    """A split's summary per batch, streamed from its meta (row checks on the way), after checking that every
+    batch file is there and that no event id is in two batches."""
     summary = icdata.meta_batch_summary(data, split)
     if not summary:
         raise icdata.DataError(f"{icdata.meta_uri(data, split)}: no events in split {split!r}")
     icdata.check_batch_files(data, split, summary)
     icdata.check_ids_across_batches(data, split, summary)
-    starts = icdata.batch_starts(summary, last_events)
+    return summary
+
+
+def plan_ranges(data: str, split: str, summary: dict[int, icdata.BatchSummary], ranges: dict[int, tuple[int, int]],
+                events_per_task: int, truth: bool = False) -> SplitPlan:
+    """Task specs for the meta rows [start, stop) of each batch in ``ranges``: (Ray started, if it is not) one
+    Ray task per batch reads that batch's meta, validates it against its pulse file and cuts it into specs."""
     runtime.init_ray()
     run = uuid.uuid4().hex
-    refs = [_plan_batch.remote(run, data, split, summary[b], start, events_per_task) for b, start in starts.items()]
+    refs = [_plan_batch.remote(run, data, split, summary[b], start, stop, events_per_task, truth)
+            for b, (start, stop) in ranges.items()]
     specs = [s for batch_specs in ray.get(refs) for s in batch_specs]
-    return SplitPlan(data, split, summary, specs, sum(summary[b].n_events - start for b, start in starts.items()))
+    return SplitPlan(data, split, summary, specs, sum(stop - start for start, stop in ranges.values()))
+
+
+def plan_split(data: str, split: str, events_per_task: int, last_events: int | None = None) -> SplitPlan:
+    """Plan a split (or its last ``last_events`` events in file order) without holding its meta."""
+    summary = split_summary(data, split)
+    return plan_ranges(data, split, summary, icdata.batch_ranges(summary, last_events), events_per_task)
 
 
 def iter_tasks(batch: pa.Table) -> Iterator[tuple[icdata.ReadTask, dict[str, np.ndarray]]]:
@@ -94,7 +106,7 @@ def iter_tasks(batch: pa.Table) -> Iterator[tuple[icdata.ReadTask, dict[str, np.
     (:class:`SplitPlan`), whose arrays come from the batch's meta, or rows carrying their arrays."""
     if "lo" in batch.column_names:
         for row in batch.to_pylist():
-            yield spec_row_task(row), {}
+            yield spec_row_task(row)
         return
     extra = [c for c in ("azimuth", "zenith") if c in batch.column_names]
     for row in batch.to_pylist():
@@ -104,11 +116,16 @@ def iter_tasks(batch: pa.Table) -> Iterator[tuple[icdata.ReadTask, dict[str, np.
         yield task, {c: np.asarray(row[c], np.float64) for c in extra}
 
 
-def spec_row_task(row: dict[str, Any]) -> icdata.ReadTask:
-    """The read task of one task-spec row (:meth:`SplitPlan.tables`), its arrays from the batch's meta."""
+def spec_row_task(row: dict[str, Any]) -> tuple[icdata.ReadTask, dict[str, np.ndarray]]:
+    """The read task of one task-spec row (:meth:`SplitPlan.tables`), its arrays (and, for a spec with
+    ``truth``, its events' true directions) from the batch's meta."""
     spec = icdata.TaskSpec(row["run"], row["batch_id"], row["start"], row["lo"], row["hi"],
-                           row["rg_start"], row["rg_stop"])
-    return icdata.spec_task(row["data"], row["split"], spec)
+                           row["rg_start"], row["rg_stop"], bool(row.get("truth")))
+    task = icdata.spec_task(row["data"], row["split"], spec)
+    if not spec.truth:
+        return task, {}
+    meta = icdata.spec_meta(row["data"], row["split"], spec)  # its directions were checked at planning
+    return task, {c: meta.column(c).to_numpy(zero_copy_only=False).astype(np.float64) for c in ("azimuth", "zenith")}
 
 
 def read_featurise(batch: pa.Table, geometry: np.ndarray, max_pulses: int) -> pa.Table:
@@ -122,21 +139,13 @@ def read_featurise(batch: pa.Table, geometry: np.ndarray, max_pulses: int) -> pa
     return pa.concat_tables(out)
 
 
-def events_dataset(tasks: list[icdata.ReadTask], geometry: np.ndarray, max_pulses: int,
-                   truth: pa.Table | None = None, num_cpus: float = 1.0) -> ray.data.Dataset:
-    """Lazy dataset of featurised events, one block per read task, decoded where it is consumed."""
-    ds: ray.data.Dataset = ray.data.from_arrow(task_tables(tasks, truth))
+def events_dataset(plan: SplitPlan, geometry: np.ndarray, max_pulses: int, num_cpus: float = 1.0,
+                   shuffle_seed: int | None = None) -> ray.data.Dataset:
+    """Lazy dataset of featurised events, one block per task spec, read and decoded where it is consumed.
+    With ``shuffle_seed``, the order of the tasks (row-group ranges of the batch files) is shuffled anew
+    for every pass over the data (epoch), reproducibly: only the light spec rows move, never events."""
+    ds: ray.data.Dataset = ray.data.from_arrow(plan.tables())
+    if shuffle_seed is not None and len(plan.specs) > 1:
+        ds = ds.randomize_block_order(seed=RandomSeedConfig(seed=shuffle_seed, reseed_after_execution=True))
     return ds.map_batches(partial(read_featurise, geometry=geometry, max_pulses=max_pulses),
                           batch_format="pyarrow", batch_size=1, zero_copy_batch=True, num_cpus=num_cpus)
-
-
-def checked_truth(meta: pa.Table, uri: str) -> pa.Table:
-    """(event_id, azimuth, zenith) of a train meta, refusing non-finite or out-of-range directions."""
-    az = meta.column("azimuth").to_numpy(zero_copy_only=False).astype(np.float64)
-    zen = meta.column("zenith").to_numpy(zero_copy_only=False).astype(np.float64)
-    bad = np.flatnonzero(~np.isfinite(az) | ~np.isfinite(zen) | (zen < 0) | (zen > np.pi))
-    if len(bad):
-        i = int(bad[0])
-        raise icdata.DataError(f"{uri}: event_id {meta.column('event_id')[i].as_py()} has an invalid true direction "
-                               f"(azimuth {az[i]!r}, zenith {zen[i]!r}); {len(bad)} such rows")
-    return pa.table({"event_id": meta.column("event_id"), "azimuth": az, "zenith": zen})

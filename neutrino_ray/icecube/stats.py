@@ -52,7 +52,6 @@ from neutrino_ray.icecube import data as icdata
 from neutrino_ray.icecube import linefit as lf
 from neutrino_ray.icecube.features import PULSE_COLUMNS, flat_pulses
 from neutrino_ray.icecube.metrics import angular_distance
-from neutrino_ray.icecube.pipeline import checked_truth
 from neutrino_ray.plotting import counts_with_errors, png, pyplot
 
 log = logging.getLogger("neutrino_ray")
@@ -629,7 +628,7 @@ def batch_truth(data: str, split: str, meta: pa.Table) -> tuple[np.ndarray, np.n
     event_id range filter pushed down to the Parquet reader, then matched by event_id.
     """
     if split == "train":
-        t = checked_truth(meta, icdata.meta_uri(data, split))
+        t = icdata.checked_truth(meta, icdata.meta_uri(data, split))
         return t.column("azimuth").to_numpy(), t.column("zenith").to_numpy()
     uri = truth_uri(data, split)
     ids = meta.column("event_id").to_numpy()
@@ -658,7 +657,7 @@ def batch_truth(data: str, split: str, meta: pa.Table) -> tuple[np.ndarray, np.n
         raise icdata.DataError(f"{uri}: no truth row for event_id {int(ids[~found][0])} "
                                f"({int((~found).sum())} events of batch {int(meta.column('batch_id')[0].as_py())} "
                                f"have none)")
-    t = checked_truth(truth.take(pa.array(order[pos])), uri)
+    t = icdata.checked_truth(truth.take(pa.array(order[pos])), uri)
     return t.column("azimuth").to_numpy(), t.column("zenith").to_numpy()
 
 

@@ -1,10 +1,11 @@
 """Training the IceCube direction models (DynEdge GNNs, transformers): the task plugged into the shared
 scaffold, and the data it streams.
 
-The train split's meta is cut into a training part and a held-out validation slice (its last
-``val_events`` events in file order, so both stay contiguous reads). Both stream through Ray Data as
-featurised events (see :mod:`~neutrino_ray.icecube.pipeline`); each Ray Train worker gets its own
-shard and collates Arrow batches into packed PyG batches.
+The train split is cut, per batch file and without the driver holding its meta, into a training part and
+a held-out validation slice (its last ``val_events`` events in file order, or its last ``val_batches``
+batch files). Both stream through Ray Data as featurised events, one block per read task (see
+:mod:`~neutrino_ray.icecube.pipeline`), the training tasks in a new order every epoch; each Ray Train
+worker gets its own shard and collates Arrow batches into packed PyG batches.
 """
 
 from __future__ import annotations
@@ -166,22 +167,18 @@ def load_task_and_model(uri: str) -> tuple[DirectionTask, nn.Module, dict[str, A
     return task, model, config
 
 
-def split_meta(meta: pa.Table, val_events: int, uri: str) -> tuple[pa.Table, pa.Table]:
-    """Training rows and the validation slice: the last ``val_events`` events in file order."""
-    if val_events >= len(meta):
-        raise InputError(f"{uri}: --val-events {val_events} leaves no training events ({len(meta)} in the split)")
-    return meta.slice(0, len(meta) - val_events), meta.slice(len(meta) - val_events)
-
-
 def train(data: str, out: str, size: str = "small", *, loss: str = "vmf",
           max_pulses: int | None = None, inference_max_pulses: int | None = None, val_events: int = 5_000,
-          events_per_task: int = DEFAULT_EVENTS_PER_TASK, command: list[str] | None = None,
+          val_batches: int | None = None, events_per_task: int = DEFAULT_EVENTS_PER_TASK,
+          command: list[str] | None = None,
           **settings: Any) -> training.TrainResult:
     """Train a direction model on DATA's train split; the artefact lands at ``OUT/model``.
 
     ``max_pulses`` is the training pulse cap (192 for a transformer, 256 for DynEdge when None);
     ``inference_max_pulses`` the cap ``predict`` uses by default (768 for a transformer; a DynEdge model
-    always scores with its training cap). ``settings`` are :class:`~neutrino_ray.training.Settings`
+    always scores with its training cap). The validation slice is the split's last ``val_events`` events in
+    file order, or its last ``val_batches`` batch files; the driver holds a summary per batch and light task
+    specs, never the split's meta. ``settings`` are :class:`~neutrino_ray.training.Settings`
     fields (workers, epochs, max_minutes, ema_decay, ...)."""
     if size not in ARCHITECTURES:
         raise InputError(f"unknown model {size!r}: expected one of {', '.join(ARCHITECTURES)}")
@@ -193,22 +190,28 @@ def train(data: str, out: str, size: str = "small", *, loss: str = "vmf",
                          f"training cap ({max_pulses}); only transformers take another cap at inference")
     if loss not in models.LOSSES:
         raise InputError(f"unknown loss {loss!r}: expected one of {models.LOSSES}")
-    meta = icdata.load_meta(data, "train", with_truth=True)  # bad inputs fail before Ray starts
-    geometry = icdata.load_geometry(data)
     uri = icdata.meta_uri(data, "train")
-    truth = pipeline.checked_truth(meta, uri)
-    train_meta, val_meta = split_meta(meta, val_events, uri)
-    train_truth, val_truth = split_meta(truth, val_events, uri)
-    train_tasks = list(icdata.iter_split_tasks(data, "train", events_per_task, meta=train_meta))
-    val_tasks = list(icdata.iter_split_tasks(data, "train", events_per_task, meta=val_meta))
+    summary = pipeline.split_summary(data, "train")  # bad inputs fail before Ray starts
+    geometry = icdata.load_geometry(data)
+    if val_batches is not None:
+        val_events = icdata.last_batches_events(summary, val_batches, uri)
+    train_ranges, val_ranges = icdata.holdout_ranges(summary, val_events, uri)
+    s = training.prepare(out, **settings)
+    train_plan = pipeline.plan_ranges(data, "train", summary, train_ranges, events_per_task, truth=True)
+    val_plan = pipeline.plan_ranges(data, "train", summary, val_ranges, events_per_task, truth=True)
     task = DirectionTask(size=size, max_pulses=max_pulses, loss_kind=loss, inference_max_pulses=inference_max_pulses)
     n_params = models.n_parameters(task.build_model())
-    print(f"model {size}: {n_params:,} parameters; {len(train_meta)} training events, {len(val_meta)} validation "
-          f"events; pulse cap {max_pulses} in training, {task.predict_max_pulses} at inference", flush=True)
-    s = training.prepare(out, **settings)
+    print(f"model {size}: {n_params:,} parameters; {train_plan.events} training events in {len(train_ranges)} batch "
+          f"files, {val_plan.events} validation events; pulse cap {max_pulses} in training, "
+          f"{task.predict_max_pulses} at inference", flush=True)
     cpus = training.DATA_TASK_CPUS
-    train_ds = pipeline.events_dataset(train_tasks, geometry, max_pulses, train_truth, num_cpus=cpus)
-    val_ds = pipeline.events_dataset(val_tasks, geometry, max_pulses, val_truth, num_cpus=cpus)
-    return training.fit(task, s, train_ds, val_ds, len(train_meta), command=command, inputs=[data],
-                        data_summary={"train_events": len(train_meta), "val_events": len(val_meta),
-                                      "validation": "the last val_events events of the train split"})
+    # Every epoch reads the training tasks in a new order (row-group ranges of all batch files), then the
+    # scaffold's local shuffle buffer mixes events across them.
+    train_ds = pipeline.events_dataset(train_plan, geometry, max_pulses, num_cpus=cpus, shuffle_seed=s.seed)
+    val_ds = pipeline.events_dataset(val_plan, geometry, max_pulses, num_cpus=cpus)
+    how = (f"the last {val_batches} batch file(s) of the train split" if val_batches is not None
+           else "the last val_events events of the train split, in file order")
+    return training.fit(task, s, train_ds, val_ds, train_plan.events, command=command, inputs=[data],
+                        data_summary={"train_events": train_plan.events, "val_events": val_plan.events,
+                                      "train_batches": len(train_ranges), "val_batches": sorted(val_ranges),
+                                      "validation": how, "shuffle": "task order per epoch + local buffer"})
