@@ -5,27 +5,62 @@ inelasticity, vertex) is turned into particles, the particles into straight trac
 of deposited energy, and those into two 100 × 80 images with readout noise. It is physics-inspired,
 so that the course tasks (ν_μ CC, flavour, mode, energy, y) are learnable but not trivial.
 
-Physics model (our choices):
+Physics model (our choices, each with its reason; the targets are the real course files, ``neutrino{i}.h5``:
+median E_ν ≈ 16 GeV (the analysts split the sample in halves there), highest E_ν ≈ 80 GeV, median lepton
+energy ≈ 3.8 GeV, 87–88 % ν_μ CC, ≤ 2 % ν_e, no ν_τ, DIS over half and QE ~12 % of CC events):
 
-* Energy: 80 % log-normal around 2 GeV (NOvA's off-axis peak), 20 % a power-law tail E^-1.5 up to
-  80 GeV. Interaction mix: :class:`Mix` (default like the course files: 88 % ν_μ CC, 1 % ν_e CC, 11 %
-  NC; CC modes DIS 55 %, RES 28 %, QE 12 %, other 5 %). NC events are elastic, RES-like or DIS-like.
-* Inelasticity: y (Bjorken, the hadronic share) ~ Beta per mode: QE low (mean 0.13), MEC ("other")
-  0.18, RES 0.35, DIS broad (0.42). ``lepenergy = (1 - y) nuenergy`` is the charged lepton (CC) or the
-  outgoing, invisible neutrino (NC), so the course target ``lepenergy / nuenergy`` is 1 - y and the
-  hadronic system carries ``(1 - lepenergy/nuenergy) · E``. Q² from the mode's x (QE x ≈ 1, RES
-  W = 1.232 GeV, DIS x ~ Beta) sets the lepton angle; the hadronic system recoils against it.
+* Event spectrum = flux × cross section, per interaction kind. The flux φ(E) has two parts: the
+  off-axis π-decay peak (log-normal, median 2 GeV, σ_ln 0.35: the NOvA narrow band) and, with
+  :data:`FLUX_K_FRACTION` = 18.5 % of the flux, the K-decay component (Gamma(3, 12.5 GeV)): kaons are
+  heavier, so their neutrinos are far less suppressed off axis and reach tens of GeV. σ_QE, σ_RES and
+  σ_MEC are flat above their thresholds (σ ∝ 1 - exp(-E/E_rise)); σ_DIS ∝ E. So QE, RES and "other"
+  events sit mostly in the 2 GeV peak (median ~2.2 GeV) and DIS events mostly in the K component (median
+  ~38 GeV), and the mode mix stays the one asked for (:class:`Mix`, default the files': 88 % ν_μ CC, 1 %
+  ν_e CC, 11 % NC; CC modes DIS 55 %, RES 28 %, QE 12 %, other 5 %): each event's class is drawn first,
+  its energy from its kind's spectrum. E_ν is cut to 0.5–80 GeV (the files' range). Result (default mix, 140,000
+  events): median E_ν 16.7 GeV (49.6 % ≤ 16 GeV), median E_lepton 4.5 GeV (48.8 % ≤ 3.8 GeV; the goal
+  was 3.3–4.3 GeV). Why two components: a
+  single broad peak at 16 GeV gives median E_lepton ≈ 7–8 GeV with the y distributions below (DIS mean y
+  ≈ 0.5); the files' 3.8 GeV needs about half the events at low energy. The cost: the median lies in
+  the sparse valley between the two parts (only ~5 % of events have 10–20 GeV), so it moves by ±1 GeV
+  from sample to sample of a few thousand events.
+* Kinematics by kind (NC elastic, RES-like and DIS-like NC events like their CC kinds), not fixed
+  y shapes: QE ν = Q²/2M and MEC (the CC "other" mode, 2p2h) ν = Q²/2M + 0.05–0.3 GeV, with Q² from the
+  dipole axial form factor dσ/dQ² ∝ (1 + Q²/M_A²)^-4 (M_A = 1.0 GeV): Q² stays below ~1 GeV², so y =
+  ν/E falls as 1/E and QE/MEC leptons carry nearly all the energy (mean y 0.10, MEC 0.17). RES: W from a
+  Breit–Wigner Δ(1232) (1.08–1.6 GeV), M_A = 1.1 GeV, ν = (W² - M² + Q²)/2M (mean y 0.26). DIS: y ~ Beta(1,
+  1.25) (flat valence quarks, a small (1 - y)² antiquark part), x ~ Beta(0.9, 2.4), Q² = 2MExy, W > 1.7
+  GeV (mean y 0.51). Draws outside the physical range (ν > E - m_lep, |cos θ| > 1) are redrawn. The lepton
+  angle follows from Q² = 2E(E_l - p_l cos θ) - m_l²; the hadronic system recoils against it.
+  ``lepenergy = (1 - y) nuenergy`` is the charged lepton (CC) or the outgoing, invisible neutrino (NC),
+  so the course target ``lepenergy / nuenergy`` is 1 - y and the hadronic system carries
+  ``(1 - lepenergy/nuenergy) · E``.
 * Hadrons: QE a proton (or an invisible neutron); MEC two nucleons; RES a nucleon and a π± or π0;
-  DIS a nucleon and 1 + Poisson(~ln W²) pions, plus a compact nuclear "blob". Charged pions and protons
-  are straight tracks that either stop (range) or end after an exponential length (λ_π = 4.5 m,
-  λ_p = 1.0 m) in a hadronic shower: long pion tracks in NC events mimic muons. π0 → γγ, each
-  photon converts after an exponential gap (9/7 X0) into an EM shower: NC π0 mimics ν_e CC.
+  DIS a nucleon and 1 + Poisson(0.4 + 1.3 ln W²) pions (the ln W² growth of the measured ν p
+  multiplicities, as in GENIE's AGKY model; up to ~6 at 40 GeV), 1/3 of them π0, plus a compact nuclear
+  "blob". Charged pions and protons are straight tracks that either stop (range) or end after an
+  exponential length, the inelastic interaction length in ~1 g/cm³ of CH2 + PVC (λ_π = 1.1 m, λ_p =
+  0.8 m), in a hadronic shower whose depth grows with ln E. Long pion tracks that mimic muons come out
+  of the many energetic pions of NC DIS events (~9 % of NC events are as long as the median ν_μ CC
+  event), not from a stretched λ. π0 → γγ, each photon converts after an exponential gap (9/7 X0) into
+  an EM shower: NC π0 mimics ν_e CC. Hadronic showers carry 60 % of their energy visibly (neutrons,
+  binding, quenching).
 * Muons are minimum-ionising tracks (2 MeV/cm, range 5 m/GeV: a ~1.5 GeV muon crosses the window,
   a 0.3 GeV one spans ~15 planes). Electrons are EM showers (X0 = 38 cm, longitudinal Gamma profile
   with t_max = ln(E/E_c) - 0.5, core + halo lateral spread), denser per pixel than tracks.
+* The window crops, as NOvA's CVN pixel map does: the map is a fixed 100 planes × 80 cells (6.6 m ×
+  3.1 m) placed around the vertex (below), and whatever lies outside is dropped (tracks are clipped to
+  the window's planes and cells, shower points outside it are lost). So every muon above ~1.5 GeV
+  (most ν_μ CC events now: median E_lepton 4.5 GeV) leaves through the last plane or the side and looks the
+  same in the map whatever its energy; a DIS shower of tens of GeV can reach past plane 100 as well. The
+  detector's own walls are not modelled (the window is). What stays hard: ν_μ CC events whose muon is
+  short (low E_lepton, ~5 % under 30 planes) or hidden in the hadronic shower of a high-y DIS event, and
+  NC DIS events with a long pion track or a long hadronic shower.
 * ν_τ CC (E > 3.5 GeV): hadronic system plus the τ decay (μ, e or hadrons). ν-on-e: one forward
   electron shower. Cosmics: a steep, through-going muon entering through the top (``nuenergy`` 0,
   ``lepenergy`` the muon energy). "other": a few low-energy neutron-like blobs (``lepenergy`` 0).
+* Slices: the files hold reconstructed slices, so an event with fewer than 10 hit pixels (an NC
+  elastic event on a neutron, a soft recoil) is redrawn within its own class; the class mix stays exact.
 * Readout: a 3-D deposit is shared equally by the two views (NOvA's planes alternate between x and
   y readout), so the image sum over both views × :data:`GEV_PER_COUNT` is the deposited energy in the
   window (below saturation). Each hit pixel fluctuates (Poisson-like photostatistics, 8 % calibration
@@ -66,7 +101,7 @@ GEV_PER_COUNT = 4.0e-4  # deposited GeV per pixel count (both views summed)
 MIP_COUNTS_PER_CM = MIP_GEV_PER_CM / GEV_PER_COUNT  # 5 counts/cm: ~16.5 per view per plane crossed
 SAMPLES_PER_PIXEL = 4  # track sample points per pixel crossed (along the fastest-changing axis)
 COUNTS_PER_POINT = 4.0  # counts carried by one sample point of a shower cloud
-MAX_POINTS = 3000  # ... at most this many points per cloud
+MAX_POINTS = 1200  # ... at most this many points per cloud (a big shower's points then carry more counts each)
 
 # ----------------------------------------------------------------------------------------------
 # Particles
@@ -75,11 +110,12 @@ X0_CM = 38.0  # radiation length (NOvA scintillator + PVC)
 EM_CRITICAL_GEV = 0.08
 CONVERSION_CM = 9.0 / 7.0 * X0_CM  # mean photon conversion length
 EM_CORE_CM, EM_HALO_CM, EM_HALO_FRACTION = 2.0, 9.0, 0.2  # EM lateral profile (Molière radius ~10 cm)
-# Mean length of a straight π± track before it ends in a hadronic shower. Longer than the physical
-# inelastic length (~1.1 m) on purpose: it keeps ~3 % of NC events with a muon-like pion track as long as
-# the median ν_μ CC event, so the ν_μ CC task stays non-trivial (see tests/test_nova_simulate.py).
-PION_LAMBDA_CM = 450.0
-PROTON_LAMBDA_CM = 100.0
+# Mean length of a straight π± (p) track before it ends in a hadronic shower: the pion (proton) inelastic
+# interaction length in NOvA's ~1 g/cm³ of CH2 + PVC (~110 (~80) g/cm² → 1.1 m; the proton's shorter
+# range stops most protons first). Long muon-like pion tracks in NC events come from the many energetic pions
+# of DIS events, not from a stretched λ.
+PION_LAMBDA_CM = 110.0
+PROTON_LAMBDA_CM = 80.0
 PROTON_RANGE_A, PROTON_RANGE_P = 0.0022, 1.77  # range(cm) = A * T(MeV)^P (Bragg–Kleeman, water-like)
 PROTON_QUENCH = 0.65  # Birks quenching of the dense proton ionisation
 HADRON_VISIBLE = 0.6  # visible share of the energy of hadronic showers and nuclear blobs
@@ -89,18 +125,29 @@ TAU_DECAY_P = (0.174, 0.178, 0.648)  # τ → μ, e, hadrons
 
 # ----------------------------------------------------------------------------------------------
 # Generator
-E_CORE_MEDIAN, E_CORE_SIGMA = 2.0, 0.35  # GeV, log-normal peak
-E_TAIL_FRACTION, E_TAIL_INDEX = 0.2, 1.5  # power-law tail from 1 GeV
-E_MIN, E_MAX = 0.3, 80.0
+# Event spectrum = flux × cross section (see the module docstring): the flux has an off-axis π-decay peak
+# (log-normal) and a broad K-decay component (Gamma); σ is flat above a threshold for QE, MEC and RES and ∝ E
+# for DIS, so each mode's events have their own spectrum and the mode mix stays the one asked for.
+FLUX_PI_MEDIAN, FLUX_PI_SIGMA = 2.0, 0.35  # GeV, the π-decay peak
+FLUX_K_SHAPE, FLUX_K_SCALE = 3.0, 12.5  # GeV, the K-decay component: Gamma(shape, scale), mean 37.5 GeV
+FLUX_K_FRACTION = 0.185  # of the flux (not of the events: σ ∝ E makes the K component dominate DIS)
+SIGMA_RISE_GEV = {0: 0.3, 1: 0.7, 2: 2.0, 3: 0.5}  # σ(E) ∝ 1 - exp(-E / E_rise), by kind QE, RES, DIS, MEC
+E_MIN, E_MAX = 0.5, 80.0
 TAU_THRESHOLD = 3.5
 OTHER_E = (0.1, 1.5)  # GeV, "other" (low-energy junk)
 COSMIC_E = (1.0, 100.0)  # GeV, E^-2
 QE, RES, DIS, MEC = 0, 1, 2, 3  # hadronic-system kinds (MEC = the CC "other" mode)
-Y_BETA = {QE: (1.3, 9.0), RES: (2.2, 4.0), DIS: (1.1, 1.5), MEC: (1.5, 7.0)}
-Y_BETA_NC = {QE: (1.3, 9.0), RES: (2.2, 3.5), DIS: (1.2, 1.2)}  # NC elastic, RES-like, DIS-like
+M_A_GEV = {QE: 1.0, RES: 1.1, MEC: 1.0}  # axial masses: dσ/dQ² ∝ (1 + Q²/M_A²)^-4 (dipole form factor squared)
+M_DELTA, GAMMA_DELTA = 1.232, 0.117  # GeV, the Δ(1232) resonance (RES invariant mass W)
+W_RES = (1.08, 1.6)  # GeV, the RES W range
+W_DIS_MIN = 1.7  # GeV, DIS starts above the resonances
+Y_DIS_BETA = (1.0, 1.25)  # DIS y ~ Beta: flat valence (q) part minus an antiquark (q̄ (1 - y)²) share
+X_DIS_BETA = (0.9, 2.4)  # DIS Bjorken x ~ Beta (valence-like)
+MEC_EXTRA_NU = (0.05, 0.3)  # GeV, 2p2h: energy transfer beyond Q²/2M
 NC_MODE_P = (0.2, 0.35, 0.45)  # NC elastic, RES-like, DIS-like
 PI0_FRACTION_RES = (0.35, 0.45)  # π0 share of the RES pion: CC, NC
 PROTON_FRACTION = {QE: 0.85, RES: 0.6, DIS: 0.5, MEC: 0.3}  # nucleon is a proton (else a neutron)
+N_PI_A, N_PI_B, N_PI_MAX = 0.4, 1.3, 12.0  # DIS pions: 1 + Poisson(A + B ln W²) (AGKY-like ⟨n⟩ ≈ ln W² growth)
 
 # ----------------------------------------------------------------------------------------------
 # Readout
@@ -109,6 +156,8 @@ CALIB_SIGMA = 0.08  # relative pixel-to-pixel calibration spread
 NOISE_HITS = 4.0  # mean noise pixels per event
 NOISE_MEAN_COUNTS = 4.0  # exponential noise amplitude (counts)
 THRESHOLD = 3.0  # pixels below this many counts read 0
+MIN_SLICE_HITS = 10  # an event needs this many hit pixels (both views) to be a slice in the files
+MAX_REDRAWS = 50  # ... redrawn at most this often (then kept as it is)
 CHUNK = 512  # events rendered at a time (bounds the temporary memory)
 
 # Particle kinds of the internal particle table
@@ -417,14 +466,75 @@ def _to_deposits(rng: np.random.Generator, p: dict[str, np.ndarray], n: int
 
 # ----------------------------------------------------------------------------------------------
 # Event generation
-def _energies(rng: np.random.Generator, n: int, lo: float = E_MIN) -> np.ndarray:
-    """NOvA-like spectrum: a log-normal peak at 2 GeV and an E^-1.5 tail to 80 GeV, restricted to >= lo."""
-    core = E_CORE_MEDIAN * np.exp(E_CORE_SIGMA * rng.standard_normal(n))
-    g = 1.0 - E_TAIL_INDEX
-    t_lo = max(lo, 1.0)
-    tail = (t_lo**g + rng.random(n) * (E_MAX**g - t_lo**g)) ** (1.0 / g)
-    e = np.where((rng.random(n) < E_TAIL_FRACTION) | (core < lo), tail, core)
-    return np.clip(e, lo, E_MAX)
+def _flux_energies(rng: np.random.Generator, n: int, linear: bool) -> np.ndarray:
+    """n draws from the flux φ(E) (``linear``: from φ(E) · E, the DIS event spectrum).
+
+    φ = (1 - f) LogNormal(median, σ) + f Gamma(k, θ); times E the log-normal's median moves to median · e^σ²,
+    the Gamma's shape to k + 1, and each part is weighted by its mean energy."""
+    mu = np.log(FLUX_PI_MEDIAN) + (FLUX_PI_SIGMA**2 if linear else 0.0)
+    k = FLUX_K_SHAPE + (1.0 if linear else 0.0)
+    w_pi, w_k = 1.0 - FLUX_K_FRACTION, FLUX_K_FRACTION
+    if linear:
+        w_pi *= FLUX_PI_MEDIAN * np.exp(0.5 * FLUX_PI_SIGMA**2)
+        w_k *= FLUX_K_SHAPE * FLUX_K_SCALE
+    pi = rng.random(n) < w_pi / (w_pi + w_k)
+    return np.where(pi, np.exp(mu + FLUX_PI_SIGMA * rng.standard_normal(n)), rng.gamma(k, FLUX_K_SCALE, n))
+
+
+def _energies(rng: np.random.Generator, kind: np.ndarray, lo: float = E_MIN) -> np.ndarray:
+    """Event energies (GeV) for hadronic-system kinds ``kind``: flux × σ_kind(E), E in [max(lo, E_MIN), E_MAX]."""
+    e = np.zeros(len(kind))
+    todo = np.arange(len(kind))
+    lo = max(lo, E_MIN)
+    while len(todo):  # rejection sampling: the threshold factor and the energy range
+        k = kind[todo]
+        cand = np.where(k == DIS, _flux_energies(rng, len(todo), True), _flux_energies(rng, len(todo), False))
+        rise = np.select([k == QE, k == RES, k == DIS], [SIGMA_RISE_GEV[0], SIGMA_RISE_GEV[1], SIGMA_RISE_GEV[2]],
+                         SIGMA_RISE_GEV[3])
+        ok = (cand >= lo) & (cand <= E_MAX) & (rng.random(len(todo)) < 1.0 - np.exp(-cand / rise))
+        e[todo[ok]] = cand[ok]
+        todo = todo[~ok]
+    return e
+
+
+def _dipole_q2(rng: np.random.Generator, m_a: np.ndarray | float, n: int) -> np.ndarray:
+    """Q² (GeV²) from dσ/dQ² ∝ (1 + Q²/M_A²)^-4: inverse CDF M_A² (u^(-1/3) - 1)."""
+    return np.asarray(m_a) ** 2 * (rng.random(n) ** (-1.0 / 3.0) - 1.0)
+
+
+def _kinematics(rng: np.random.Generator, kind: np.ndarray, energy: np.ndarray, m_lep: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """(y, Q²) per event. QE: ν = Q²/2M; MEC: ν = Q²/2M + a 2p2h excess; RES: ν = (W² - M² + Q²)/2M with W a
+    Breit–Wigner Δ; DIS: y ~ Beta, x ~ Beta, W above the resonances, Q² = 2MExy. Draws outside the kinematic
+    range (ν > E - m_lep, or a lepton angle beyond 180°) are redrawn (after 20 tries: clipped)."""
+    n = len(energy)
+    y, q2 = np.zeros(n), np.zeros(n)
+    todo = np.arange(n)
+    for attempt in range(21):
+        k, e = kind[todo], energy[todo]
+        t = len(todo)
+        m_a = np.select([k == RES], [M_A_GEV[RES]], M_A_GEV[QE])
+        q2_ff = _dipole_q2(rng, m_a, t)
+        w = np.clip(M_DELTA + 0.5 * GAMMA_DELTA * np.tan(np.pi * (rng.random(t) - 0.5)), *W_RES)
+        nu_res = (w**2 - M_N**2 + q2_ff) / (2 * M_N)
+        x = rng.beta(*X_DIS_BETA, t)
+        y_dis = rng.beta(*Y_DIS_BETA, t)
+        nu = np.select([k == QE, k == MEC, k == RES],
+                       [q2_ff / (2 * M_N), q2_ff / (2 * M_N) + rng.uniform(*MEC_EXTRA_NU, t), nu_res], y_dis * e)
+        qq = np.where(k == DIS, 2 * M_N * e * x * y_dis, q2_ff)
+        e_l = e - nu
+        w2_dis = M_N**2 + 2 * M_N * nu * (1 - x)
+        p_l = np.sqrt(np.maximum(e_l**2 - m_lep[todo] ** 2, 0.0))
+        cos_l = (2 * e * e_l - m_lep[todo] ** 2 - qq) / np.maximum(2 * e * p_l, 1e-12)
+        ok = (e_l > m_lep[todo] + 0.02) & (cos_l >= -1.0) & ((k != DIS) | (w2_dis >= W_DIS_MIN**2))
+        if attempt == 20:
+            ok[:] = True
+        y[todo[ok]], q2[todo[ok]] = nu[ok] / e[ok], qq[ok]
+        todo = todo[~ok]
+        if not len(todo):
+            break
+    y = np.clip(y, 1e-4, np.minimum(0.995, 1.0 - (m_lep + 0.02) / energy))
+    return y, q2
 
 
 def _hadron_spread(e: np.ndarray) -> np.ndarray:
@@ -462,7 +572,7 @@ def _hadrons(rng: np.random.Generator, out: _Table, ev: np.ndarray, nu: np.ndarr
 
     m = kind == DIS
     w2 = np.maximum(M_N**2 + 2 * M_N * nu[m] - q2[m], 1.2)
-    n_mesons = 1 + rng.poisson(np.clip(0.9 * np.log(w2), 0.2, 5.0))
+    n_mesons = 1 + rng.poisson(np.clip(N_PI_A + N_PI_B * np.log(w2), 0.2, N_PI_MAX))
     mev = np.repeat(np.flatnonzero(m), n_mesons)  # positions into ev of each meson
     s_meson = rng.gamma(0.5, size=len(mev))
     s_nucleon, s_blob = rng.gamma(0.4, size=int(m.sum())), rng.gamma(0.5, size=int(m.sum()))
@@ -492,36 +602,38 @@ def _parents(rng: np.random.Generator, family: np.ndarray, energy: np.ndarray) -
     return np.select([family == F_NUE, family == F_COSMIC], [nue, 0], numu).astype(np.uint32)
 
 
-def _chunk(rng: np.random.Generator, n: int, mix: Mix) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """n events: (n, 2, 100, 80) uint8 images and the truth fields that depend on the physics."""
-    family = rng.choice(7, size=n, p=np.array(list(mix.family_fractions().values())))
-    cc_mode = rng.choice(4, size=n, p=np.array(list(mix.mode_fractions().values())))
-    nc_mode = rng.choice(3, size=n, p=np.array(NC_MODE_P))
+def _classes(rng: np.random.Generator, n: int, mix: Mix) -> np.ndarray:
+    """(3, n): each event's family, CC mode and NC mode."""
+    return np.stack([rng.choice(7, size=n, p=np.array(list(mix.family_fractions().values()))),
+                     rng.choice(4, size=n, p=np.array(list(mix.mode_fractions().values()))),
+                     rng.choice(3, size=n, p=np.array(NC_MODE_P))])
+
+
+def _chunk(rng: np.random.Generator, classes: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Events of the given classes (:func:`_classes`): (n, 2, 100, 80) uint8 images and the truth fields that
+    depend on the physics."""
+    family, cc_mode, nc_mode = classes
+    n = int(classes.shape[1])
     is_cc = family <= F_NUTAU
     had_kind = np.where(family == F_NC, nc_mode, cc_mode)
 
-    energy = _energies(rng, n)
     tau = family == F_NUTAU
-    energy[tau] = _energies(rng, int(tau.sum()), TAU_THRESHOLD)
     other = family == F_OTHER
+    nu_on_e = family == F_NU_ON_E
+    spectrum_kind = np.where(tau | nu_on_e, DIS, had_kind)  # ν-e elastic: σ ∝ E like DIS
+    energy = np.zeros(n)
+    energy[~tau] = _energies(rng, spectrum_kind[~tau])
+    energy[tau] = _energies(rng, spectrum_kind[tau], TAU_THRESHOLD)
     energy[other] = rng.uniform(*OTHER_E, int(other.sum()))
 
-    y = np.zeros(n)
-    for nc, table in ((False, Y_BETA), (True, Y_BETA_NC)):
-        for mode, (a, b) in table.items():
-            sel = (had_kind == mode) & ((family == F_NC) == nc)
-            y[sel] = rng.beta(a, b, int(sel.sum()))
     m_lep = np.select([family == F_NUMU, family == F_NUE, tau], [M_MU, M_E, M_TAU], 0.0)
-    y = np.clip(y, 0.005, np.minimum(0.995, 1.0 - (m_lep + 0.02) / energy))
+    y, q2 = _kinematics(rng, had_kind, energy, m_lep)
     e_lep = (1.0 - y) * energy
     nu = y * energy
-    x = np.select([had_kind == DIS, (had_kind == QE) | (had_kind == MEC)],
-                  [rng.beta(0.9, 2.4, n), np.clip(rng.normal(1.0, 0.1, n), 0.5, 1.5)], 0.0)
-    q2 = np.where(had_kind == RES, np.maximum(2 * M_N * nu - (1.232**2 - M_N**2), 0.005), 2 * M_N * nu * x)
-    cos_l = np.clip(1.0 - q2 / (2.0 * energy * e_lep), -1.0, 1.0)
     beam = np.tile([0.0, 0.0, 1.0], (n, 1))
-    lep_dir = _turn(beam, np.arccos(cos_l), rng.uniform(0.0, 2 * np.pi, n))
     p_lep = np.sqrt(np.maximum(e_lep**2 - m_lep**2, 0.0))
+    cos_l = np.clip((2 * energy * e_lep - m_lep**2 - q2) / np.maximum(2 * energy * p_lep, 1e-12), -1.0, 1.0)
+    lep_dir = _turn(beam, np.arccos(cos_l), rng.uniform(0.0, 2 * np.pi, n))
     p_had = energy[:, None] * beam - p_lep[:, None] * lep_dir
     had_dir = p_had / np.maximum(np.linalg.norm(p_had, axis=1, keepdims=True), 1e-9)
 
@@ -651,7 +763,20 @@ def simulate_events(seed: int, n: int, mix: Mix | None = None, first_index: int 
     parts: list[dict[str, np.ndarray]] = []
     for lo in range(0, n, CHUNK):
         hi = min(n, lo + CHUNK)
-        maps[lo:hi], truth = _chunk(rng, hi - lo, mix)
+        classes = _classes(rng, hi - lo, mix)
+        maps[lo:hi], truth = _chunk(rng, classes)
+        # the files hold reconstructed slices: an event with too little activity (an NC elastic event on a
+        # neutron, a soft recoil) is not in them. It is redrawn in its own class, so that the class mix is
+        # the mix of the files' (selected) events.
+        bad = np.flatnonzero((maps[lo:hi] > 0).sum(axis=(1, 2, 3)) < MIN_SLICE_HITS)
+        for _ in range(MAX_REDRAWS):
+            if not len(bad):
+                break
+            new_maps, new_truth = _chunk(rng, classes[:, bad])
+            maps[lo + bad] = new_maps
+            for k, v in new_truth.items():
+                truth[k][bad] = v
+            bad = bad[(new_maps > 0).sum(axis=(1, 2, 3)) < MIN_SLICE_HITS]
         parts.append(truth)
     index = first_index + np.arange(n, dtype=np.int64)
     fields: dict[str, np.ndarray] = {k: np.concatenate([p[k] for p in parts]) if parts else np.zeros(0)
