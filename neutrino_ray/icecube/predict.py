@@ -258,10 +258,10 @@ def ensemble_spec(members: tuple[str, ...], weights: tuple[float, ...], kappa_we
 def resolve_ensemble(scoring: Scoring) -> Scoring:
     """A ``--model`` that is an ensemble artefact (a folder with ``ensemble.json``) → its members, weights,
     κ rule and pulse cap, and its calibration of the combined κ; any other scoring unchanged."""
-    from neutrino_ray.icecube.train import load_calibration
-
     if len(scoring.members) != 1 or scoring.is_linefit:
         return scoring
+    from neutrino_ray.icecube.train import load_calibration  # torch: not for LineFit
+
     uri = scoring.members[0]
     spec_uri = storage.join(uri, ENSEMBLE)
     spec = storage.read_format_json(spec_uri, ENSEMBLE_FORMAT, "an ensemble file")
@@ -282,7 +282,6 @@ def check_models(scoring: Scoring) -> Plan:
     """The pulse cap, weights and a description of the model(s); bad models, mismatched ensemble members
     and bad weights fail here, before any work."""
     from neutrino_ray.icecube.architectures import ARCHITECTURES, is_transformer
-    from neutrino_ray.icecube.train import load_task_and_model
 
     members = scoring.members
     if not members:
@@ -291,6 +290,8 @@ def check_models(scoring: Scoring) -> Plan:
         if scoring.weights is not None or scoring.kappa_weighted:
             raise InputError("--weights and --kappa-weighted are for ensembles of trained models, not LineFit")
         return Plan(scoring.max_pulses or lf.KAGGLE_CHARGE_CAP, (1.0,), {"model": members[0]})
+    from neutrino_ray.icecube.train import load_task_and_model  # torch: only for trained models (~2 s to import)
+
     for uri in members:
         if uri in lf.VARIANTS:
             raise InputError(f"--model {uri}: LineFit cannot be a member of an ensemble of trained models")
@@ -647,11 +648,13 @@ def predict(data: str, split: str, out: str, scoring: Scoring | None = None,
         raise InputError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
     prep = prepare(data, split, scoring)  # inputs fail before outputs are touched
     fp = fingerprint(prep)
+    stages = {"prepare": time.perf_counter() - start}  # plan, models, geometry, LineFit's κ fit, fingerprint
     # Beside the output, so the previous publication stays whole while this run scores; parts of a killed
     # run stay for its re-run, and go with the next publication there (Output removes staging leftovers).
     parts = Parts(storage.join(out, f"{storage.STAGING_PREFIX}{PARTS}-{fp[:16]}"), fp)
     ds = build_dataset(prep.split_plan, prep.geometry, prep.scoring, prep.plan, parts)
     blocks = list(ds.iter_batches(batch_format="pyarrow", batch_size=None))
+    stages["score"] = time.perf_counter() - start - stages["prepare"]  # the Ray Data job: read, score, write parts
     summary = pa.concat_tables(blocks) if blocks else PART_SUMMARY.empty_table()
     names, disjoint = check_parts(summary, expected_rows(prep.split_plan), fp, data, split)
     reused = summary.filter(summary.column("reused"))
@@ -664,14 +667,17 @@ def predict(data: str, split: str, out: str, scoring: Scoring | None = None,
         for name, blob in prep.files.items():
             output.write(name, blob)
         events, seconds = prep.split_plan.events, time.perf_counter() - start
+        stages["assemble"] = seconds - stages["prepare"] - stages["score"]  # parts → the published files
         rows = ({SUBMISSION: events, PREDICTIONS: events} if fmt == "csv" else {PREDICTIONS_DIR: events})
         manifest = output.commit(
             kind="icecube-predict", split=split, format=fmt, **prep.details, rows=rows, events=events,
             degenerate_events=degenerate, parts=len(names), parts_reused=len(reused), events_reused=n_reused,
             fingerprint=fp, inference_seconds=round(seconds, 3),
+            stage_seconds={k: round(v, 3) for k, v in stages.items()},
             inference_events_per_second=round(events / seconds, 1) if seconds > 0 else None)
     storage.remove(parts.uri, recursive=True)  # Output removed it with the other staging leftovers, on S3 too
-    log.info("predicted %d events in %.1f s (%.0f events/s); %d degenerate events got the default "
-             "direction; wrote %s", events, seconds, events / seconds if seconds > 0 else float("nan"), degenerate,
-             storage.join(out, SUBMISSION if fmt == "csv" else PREDICTIONS_DIR))
+    log.info("predicted %d events in %.1f s (%.0f events/s; prepare %.1f s, score %.1f s, assemble %.1f s); %d "
+             "degenerate events got the default direction; wrote %s", events, seconds,
+             events / seconds if seconds > 0 else float("nan"), stages["prepare"], stages["score"], stages["assemble"],
+             degenerate, storage.join(out, SUBMISSION if fmt == "csv" else PREDICTIONS_DIR))
     return manifest
