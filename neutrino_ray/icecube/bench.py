@@ -142,6 +142,11 @@ PEERS = {  # forward-pass events/s (2 threads, fp32, padded batches, real pulse 
 }
 
 
+def cpus_per_gpu(gpu_events_per_s: float, read_featurise_events_per_s_per_cpu: float) -> float:
+    """CPUs of read + featurise that keep one GPU training worker fed at ``gpu_events_per_s``."""
+    return gpu_events_per_s / read_featurise_events_per_s_per_cpu
+
+
 def bench_gnn(sizes: list[str], events: int, data: str, seed: int = 12) -> dict[str, dict[str, float]]:
     """Per architecture: forward and training-step events/s in this process (all cores), and end-to-end
     predict events/s (Ray Data actor pool, parquet → published submission.csv) with the largest actor's
@@ -163,7 +168,14 @@ def bench_gnn(sizes: list[str], events: int, data: str, seed: int = 12) -> dict[
     results: dict[str, dict[str, float]] = {}
     for size in sizes:
         cap = default_max_pulses(size)
+        threads = pa.cpu_count(), pa.io_thread_count()
+        pa.set_cpu_count(1)  # one core, as one Ray Data task of the training input has
+        pa.set_io_thread_count(1)
+        t0 = time.perf_counter()
         featurised = pa.concat_tables(pipeline.read_featurise(t, geometry, cap) for t in pipeline.task_tables(tasks))
+        read_featurise = len(featurised) / (time.perf_counter() - t0)
+        pa.set_cpu_count(threads[0])
+        pa.set_io_thread_count(threads[1])
         big = size in ("dynedge", "transformer-small", "transformer-base")
         n_fwd, n_train = min(len(featurised), 1024 if big else 2048), min(len(featurised), 256 if big else 512)
         labelled = featurised.slice(0, n_train).sort_by("event_id")
@@ -189,7 +201,7 @@ def bench_gnn(sizes: list[str], events: int, data: str, seed: int = 12) -> dict[
         train_rate = n_train / (time.perf_counter() - t0)
         r = {"n_parameters": float(sum(p.numel() for p in model.parameters())), "mean_pulses_at_cap": float(
             np.mean(featurised.column("n_selected").to_numpy())), "forward_events_per_s": forward,
-             "train_events_per_s": train_rate}
+             "train_events_per_s": train_rate, "read_featurise_events_per_s_per_cpu": read_featurise}
         caps = [cap, TRANSFORMER_INFERENCE_MAX_PULSES] if is_transformer(size) else [cap]
         with tempfile.TemporaryDirectory() as tmp:
             uri = _random_model(tmp, size)
@@ -212,6 +224,12 @@ def bench_gnn(sizes: list[str], events: int, data: str, seed: int = 12) -> dict[
                     f"{r['train_events_per_s']:>12,.1f}") if i == 0 else " " * 57
             print(f"{head}{c:>6}{r[f'predict_end_to_end_events_per_s_cap{c}']:>18,.1f}"
                   f"{r[f'actor_peak_rss_mib_cap{c}']:>16,.0f}")
+    print("training input, read + featurise at the training cap, 1 core (what one Ray Data task of the training "
+          "dataset does): CPUs per GPU worker = the GPU's training events/s / this rate")
+    for size, r in results.items():
+        rate = r["read_featurise_events_per_s_per_cpu"]
+        print(f"  {size:<19}cap {default_max_pulses(size):>4}: {rate:>9,.0f} events/s per CPU; a GPU training at "
+              f"2,000 / 10,000 events/s needs {cpus_per_gpu(2_000, rate):.1f} / {cpus_per_gpu(10_000, rate):.1f} CPUs")
     for size in results:
         if size in PEERS:
             print(f"peer for {size} (same machine class): {PEERS[size]}")
