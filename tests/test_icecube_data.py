@@ -611,3 +611,19 @@ def test_driver_memory_does_not_grow_with_the_events_scored(tmp_path: Path) -> N
     assert (small["events"], large["events"]) == (1_000_000, 5_000_000)
     growth = large["driver_peak_rss_mib"] - small["driver_peak_rss_mib"]
     assert growth < 150, f"driver peak {small['driver_peak_rss_mib']:.0f} → {large['driver_peak_rss_mib']:.0f} MiB"
+
+
+def test_linefit_blocks_shrink_so_few_tasks_pay_ray_datas_scheduling_wait_and_the_slots_finish_together() -> None:
+    from neutrino_ray.icecube.pipeline import SplitPlan
+
+    specs = [icdata.TaskSpec("r", b, 0, lo, lo + 10, 0, 1) for b in (1, 2) for lo in range(0, 250, 10)]
+    plan = SplitPlan("d", "test", {}, specs, 500)
+    for slots in (1, 2, 8, 100):
+        blocks = plan.guided_blocks(slots)
+        rows = pa.concat_tables(blocks)
+        assert rows.equals(pa.concat_tables(plan.tables()))  # every spec once, in order
+        sizes = [len(b) for b in blocks]
+        assert sizes == sorted(sizes, reverse=True) and sizes[-1] == 1
+        assert sizes[0] == -(-len(specs) // (2 * slots))
+        assert len(blocks) <= min(len(specs), 2 * slots * (1 + int(np.log(len(specs)) + 1)))
+    assert [len(b) for b in plan.guided_blocks(2)][:4] == [13, 10, 7, 5]

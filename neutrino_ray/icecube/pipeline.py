@@ -71,6 +71,20 @@ class SplitPlan:
                           "start": [s.start], "lo": [s.lo], "hi": [s.hi], "rg_start": [s.rg_start],
                           "rg_stop": [s.rg_stop], "truth": [s.truth]}) for s in self.specs]
 
+    def guided_blocks(self, slots: int) -> list[pa.Table]:
+        """The task specs in Ray Data blocks of shrinking size (guided scheduling): each block holds
+        ceil(remaining / (2 · slots)) specs, so the first blocks are large and the last ones single specs.
+        Ray Data waits up to 0.1 s after each task before it notices the task is done and starts the next
+        (``ray.wait`` with a timeout in the streaming executor, ray-project/ray#45934): with one spec per task
+        that left the CPUs idle for ~28 % of a LineFit job on 2 cores. Few, large blocks pay it rarely; the
+        small last blocks keep the slots finishing together. Each spec is still its own batch (and part)."""
+        tables, out, i = self.tables(), [], 0
+        while i < len(tables):
+            k = max(1, -(-(len(tables) - i) // (2 * max(1, slots))))
+            out.append(pa.concat_tables(tables[i:i + k]))
+            i += k
+        return out
+
 
 def split_summary(data: str, split: str) -> dict[int, icdata.BatchSummary]:
     """A split's summary per batch, streamed from its meta (row checks on the way), after checking that every

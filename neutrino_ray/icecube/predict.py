@@ -367,11 +367,12 @@ def build_dataset(split_plan: pipeline.SplitPlan, geometry: np.ndarray, scoring:
                   plan: Plan, parts: Parts | None = None) -> ray.data.Dataset:
     """The lazy Ray Data pipeline: LineFit fused into the read tasks, or an actor pool holding the model(s);
     with ``parts``, each task's scores are written there where they are computed (see :class:`Parts`)."""
-    ds: ray.data.Dataset = ray.data.from_arrow(split_plan.tables())
-    if scoring.is_linefit:
+    if scoring.is_linefit:  # short tasks: guided blocks of specs (see SplitPlan.guided_blocks)
+        ds: ray.data.Dataset = ray.data.from_arrow(split_plan.guided_blocks(runtime.cpu_count()))
         return ds.map_batches(partial(linefit_block, geometry=geometry, variant=scoring.members[0],
                                       cap=plan.max_pulses, parts=parts),
                               batch_format="pyarrow", batch_size=1, zero_copy_batch=True)
+    ds = ray.data.from_arrow(split_plan.tables())  # one spec per block: model tasks are long, balance matters
     use_gpu = scoring.gpus_per_actor > 0
     actors = runtime.actor_pool_size(scoring.actors, scoring.cpus_per_actor, scoring.gpus_per_actor)
     return ds.map_batches(
@@ -648,7 +649,7 @@ def predict(data: str, split: str, out: str, scoring: Scoring | None = None,
         raise InputError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
     prep = prepare(data, split, scoring)  # inputs fail before outputs are touched
     fp = fingerprint(prep)
-    stages = {"prepare": time.perf_counter() - start}  # plan, models, geometry, LineFit's κ fit, fingerprint
+    stages = {"prepare": time.perf_counter() - start}  # Ray start (fresh process), plan, models, κ fit, fingerprint
     # Beside the output, so the previous publication stays whole while this run scores; parts of a killed
     # run stay for its re-run, and go with the next publication there (Output removes staging leftovers).
     parts = Parts(storage.join(out, f"{storage.STAGING_PREFIX}{PARTS}-{fp[:16]}"), fp)
