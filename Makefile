@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow lint bench clean
+.PHONY: demo test test-fast test-slow lint bench clean
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or run: make PYTHON=python3 ...)"; exit 1; }
@@ -27,6 +27,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# The inner loop: tests that start neither Ray, nor an S3 server, nor a CLI subprocess (see tests/conftest.py).
+test-fast: $(STAMP)
+	NEUTRINO_RAY_UNIT_ONLY=1 $(BIN)/python -m pytest -m "not slow and not integration"
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow

@@ -51,6 +51,40 @@ for var in ("AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_SESSION_TOKEN", "RAY_ADDR
     os.environ.pop(var, None)
 
 
+# ----------------------------------------------------------------------------------------------
+# Unit tests and integration tests. `make test-fast` runs `-m "not integration"` with NEUTRINO_RAY_UNIT_ONLY=1:
+# a test is an integration test when it lives in one of these modules, uses the S3 server (directly or through
+# `bucket`), or is marked @pytest.mark.integration (tests that start Ray in-process, directly or through a
+# fixture, or run the CLI in a subprocess). In unit-only mode starting Ray fails the test with a message saying
+# to mark it, so the split cannot drift.
+INTEGRATION_MODULES = {"test_e2e_job_submit", "test_faults", "test_s3_faults", "test_local_cluster"}
+_current_test = ["(collection)"]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        module = getattr(item, "module", None)
+        if (module is not None and module.__name__ in INTEGRATION_MODULES) or "s3_server" in getattr(
+                item, "fixturenames", ()):
+            item.add_marker(pytest.mark.integration)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not os.environ.get("NEUTRINO_RAY_UNIT_ONLY"):
+        return
+    from neutrino_ray import runtime
+
+    def refuse(*args: object, **kwargs: object) -> dict[str, object]:
+        raise AssertionError(f"{_current_test[0]} starts Ray: mark it @pytest.mark.integration (see tests/conftest.py)")
+
+    runtime.init_ray = refuse  # type: ignore[assignment]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    _current_test[0] = item.nodeid
+
+
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[str]:
     """A moto S3 server on 127.0.0.1 for the whole session; yields its endpoint URL."""

@@ -56,6 +56,7 @@ def rng_pick(n: int) -> list[int]:
     return sorted({0, n - 1, n // 2, n // 3})
 
 
+@pytest.mark.integration
 def test_predict_local_matches_in_process_linefit(tmp_path: Path) -> None:
     batches = _tricky_batches(np.random.default_rng(6))
     root = write_dataset(tmp_path / "d", batches, row_group_size=5_000)
@@ -115,6 +116,7 @@ def _assert_nothing_published(out: Path) -> None:
     assert not out.exists() or not [p for p in out.iterdir() if p.name.startswith(storage.STAGING_PREFIX)]
 
 
+@pytest.mark.integration
 def test_bad_sensor_id(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = _dataset(tmp_path)
     p = pq.read_table(root / "test/batch_1.parquet")
@@ -128,6 +130,7 @@ def test_bad_sensor_id(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     _assert_nothing_published(tmp_path / "out")
 
 
+@pytest.mark.integration
 def test_truncated_parquet(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = _dataset(tmp_path)
     f = root / "test/batch_1.parquet"
@@ -137,6 +140,7 @@ def test_truncated_parquet(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     _assert_nothing_published(tmp_path / "out")
 
 
+@pytest.mark.integration
 def test_meta_disagrees_with_pulses(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = _dataset(tmp_path)
     meta = pq.read_table(root / "test_meta.parquet")
@@ -152,6 +156,7 @@ def test_meta_disagrees_with_pulses(tmp_path: Path, capsys: pytest.CaptureFixtur
     _assert_nothing_published(tmp_path / "out")
 
 
+@pytest.mark.integration
 def test_meta_points_outside_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = _dataset(tmp_path)
     meta = pq.read_table(root / "test_meta.parquet")
@@ -180,6 +185,7 @@ def test_missing_split_and_missing_batch(tmp_path: Path, capsys: pytest.CaptureF
     assert code == 2 and "batch_1.parquet" in err and "not found" in err
 
 
+@pytest.mark.integration
 def test_duplicate_event_ids_and_nan_charge(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = _dataset(tmp_path)
     meta = pq.read_table(root / "test_meta.parquet")
@@ -321,6 +327,7 @@ BAD_INPUT = {
 
 @pytest.mark.parametrize("command", ["predict", "stats"])
 @pytest.mark.parametrize("case", BAD_INPUT)
+@pytest.mark.integration
 def test_bad_input_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str,
                                   command: str) -> None:
     """Exit code 2, one line naming the file, the event or row and the problem, and nothing published:
@@ -347,6 +354,7 @@ def test_float_time_is_read_as_int64(tmp_path: Path) -> None:
     assert all(g.equals(w) for g, w in zip(got, want, strict=True))
 
 
+@pytest.mark.integration
 def test_republish_overwrites_cleanly(tmp_path: Path) -> None:
     root = _dataset(tmp_path)
     out = tmp_path / "out"
@@ -391,6 +399,7 @@ def test_evaluate_scores_with_the_competition_metric(tmp_path: Path, capsys: pyt
         assert not (tmp_path / "ev-bad/report.json").exists()
 
 
+@pytest.mark.integration
 def test_pandas_written_kaggle_files_are_read(tmp_path: Path) -> None:
     """Files written the way the competition's were (pandas, event_id as the index, int32 meta) work as is."""
     pd = pytest.importorskip("pandas")
@@ -416,6 +425,7 @@ def test_pandas_written_kaggle_files_are_read(tmp_path: Path) -> None:
     assert sub.event_id.is_monotonic_increasing and np.isfinite(sub[["azimuth", "zenith"]]).all().all()
 
 
+@pytest.mark.integration
 def test_scale_layout_is_a_valid_split_and_the_scale_run_scores_all_of_it(tmp_path) -> None:
     from neutrino_ray.icecube.bench import SCALE_PULSES_PER_EVENT, _scale_run, write_scale_layout
 
@@ -452,6 +462,7 @@ def test_an_event_id_in_two_batches_is_one_line_error_naming_both(tmp_path: Path
     _assert_nothing_published(out)
 
 
+@pytest.mark.integration
 def test_the_plan_holds_a_summary_per_batch_and_light_specs_not_the_events(tmp_path: Path) -> None:
     from neutrino_ray import runtime
     from neutrino_ray.icecube import pipeline
@@ -478,6 +489,7 @@ def test_the_plan_holds_a_summary_per_batch_and_light_specs_not_the_events(tmp_p
     assert tail.events == 450 and np.array_equal(ids, meta.column("event_id").to_numpy()[-450:])
 
 
+@pytest.mark.integration
 def test_training_plans_by_batch_and_reads_the_tasks_in_a_new_order_every_epoch(tmp_path: Path) -> None:
     """Training holds out the split's last events (or batch files) per batch, without the meta in the driver;
     its dataset carries each event's true direction and reads the tasks in another order every epoch."""
@@ -507,6 +519,7 @@ def test_training_plans_by_batch_and_reads_the_tasks_in_a_new_order_every_epoch(
     np.testing.assert_array_equal(e.column("azimuth").to_numpy(), meta.column("azimuth").to_numpy()[:150])
 
 
+@pytest.mark.integration
 def test_parts_written_by_the_workers_assemble_to_the_in_memory_result(tmp_path: Path) -> None:
     """predict streams the workers' sorted parts into the published files: byte for byte what collecting
     every score in one process gives, with several parts per batch and several batches."""
@@ -525,6 +538,7 @@ def test_parts_written_by_the_workers_assemble_to_the_in_memory_result(tmp_path:
                                                                   "submission.csv"]  # no parts left behind
 
 
+@pytest.mark.integration
 def test_a_rerun_reuses_the_parts_a_failed_run_finished_and_never_a_stale_one(tmp_path: Path,
                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """A run that dies before publishing leaves its verified parts; the same command reuses them all and
@@ -602,6 +616,7 @@ def test_the_exactly_once_check_on_parts_catches_a_missing_doubled_or_foreign_pa
         check_parts(mixed, expected, "f1", "d", "test")
 
 
+@pytest.mark.integration  # fresh driver processes that start Ray
 def test_driver_memory_does_not_grow_with_the_events_scored(tmp_path: Path) -> None:
     """Plan and score 1M and then 5M cheap events (3 pulses each) with LineFit, each in a fresh driver
     process: the driver's peak RSS may grow by at most 150 MiB for 5× the events."""

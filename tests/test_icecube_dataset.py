@@ -21,6 +21,7 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.integration
 def test_layout(dataset: Path) -> None:
     files = sorted(str(p.relative_to(dataset)) for p in dataset.rglob("*") if p.is_file())
     assert files == ["_SUCCESS.json", "sample_submission.parquet", "sensor_geometry.csv", "test/batch_3.parquet",
@@ -30,6 +31,7 @@ def test_layout(dataset: Path) -> None:
     assert manifest["events"] == 2400 and manifest["rows"]["test_meta.parquet"] == 1200
 
 
+@pytest.mark.integration
 def test_exact_dtypes(dataset: Path) -> None:
     pd = pytest.importorskip("pandas")
     df = pd.read_parquet(dataset / "train/batch_1.parquet")
@@ -49,6 +51,7 @@ def test_exact_dtypes(dataset: Path) -> None:
     assert sample.column_names == ["event_id", "azimuth", "zenith"] and len(sample) == 1200
 
 
+@pytest.mark.integration
 def test_meta_matches_pulse_rows(dataset: Path) -> None:
     all_ids = []
     for split, batches in (("train", (1, 2)), ("test", (3, 4))):
@@ -76,6 +79,7 @@ def test_meta_matches_pulse_rows(dataset: Path) -> None:
                           pq.read_table(dataset / "test_meta.parquet").column("event_id").to_numpy())
 
 
+@pytest.mark.integration
 def test_deterministic_for_a_seed(dataset: Path, tmp_path: Path) -> None:
     again = tmp_path / "again"
     assert main(["-q", "simulate", "icecube", str(again), "--events-per-batch", "600", "--train-batches", "2",
@@ -89,6 +93,7 @@ def test_deterministic_for_a_seed(dataset: Path, tmp_path: Path) -> None:
         pq.read_table(dataset / "test_truth.parquet").slice(0, 600).column("azimuth"))
 
 
+@pytest.mark.integration
 def test_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["-q", "demo", "--out", str(tmp_path / "demo"), "--events", "2500", "--train-minutes", "0.2"]) == 0
     out = capsys.readouterr().out

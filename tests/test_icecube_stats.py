@@ -128,6 +128,7 @@ def handmade(tmp_path_factory: pytest.TempPathFactory) -> Path:
                          split="test", row_group_size=900, truth=False)
 
 
+@pytest.mark.integration
 def test_cli_train_split_matches_numpy(sim: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """The CLI end to end on the local train split: stats.json equals numpy on the same pulses; summary.md,
@@ -171,6 +172,7 @@ def test_s3_test_split_with_truth_file(sim: Path, bucket: str) -> None:
     assert set(storage.read_manifest(f"{bucket}/out")["files"]) == {st.STATS, st.SUMMARY, *PNGS}
 
 
+@pytest.mark.integration
 def test_no_truth_and_charges_off_the_grid(handmade: Path, tmp_path: Path) -> None:
     """Like the real test set: no truth → no LineFit scores, said so; charges off the grid → flagged, coarse."""
     doc = st.stats(str(handmade), "test", str(tmp_path / "out"), events_per_task=17)
@@ -261,6 +263,7 @@ def test_real_kaggle_facts_have_rows() -> None:
     assert st.REAL_KAGGLE["pulses_per_event.median"]["value"] == 63
 
 
+@pytest.mark.integration
 def test_batch_meta_reads_only_its_batch(sim: Path) -> None:
     meta = icdata.load_batch_meta(str(sim), "train", 2, with_truth=True)
     assert len(meta) == 80 and set(meta.column("batch_id").to_pylist()) == {2}
@@ -297,6 +300,7 @@ def _missing_batch_file(root: Path) -> str:
 
 @pytest.mark.parametrize("case", [_bad_sensor, _truncated, _missing_split, _missing_batch_file],
                          ids=lambda f: f.__name__.strip("_"))
+@pytest.mark.integration
 def test_bad_input_one_line_error(handmade: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                   case: Any) -> None:
     root = Path(shutil.copytree(handmade, tmp_path / "d"))

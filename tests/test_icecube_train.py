@@ -36,6 +36,7 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.integration
 def test_training_recovers_from_a_worker_failure_resumes_and_scores(dataset: Path, tmp_path: Path) -> None:
     out, marker = tmp_path / "run", tmp_path / "fault-marker"
     # 1,300 training events, 2 workers x 32 per step: 21 steps per epoch. The last worker's process is
@@ -95,6 +96,7 @@ def _predict_cli(data: Path, model: str, out: Path, capsys: pytest.CaptureFixtur
     return capsys.readouterr().err
 
 
+@pytest.mark.integration
 def test_bad_models_are_refused_before_any_work(dataset: Path, tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "out"
@@ -120,6 +122,7 @@ def test_bad_models_are_refused_before_any_work(dataset: Path, tmp_path: Path,
 
 
 @pytest.mark.slow
+@pytest.mark.integration  # a CLI subprocess
 def test_a_killed_training_job_resumes_when_run_again(dataset: Path, tmp_path: Path) -> None:
     """SIGKILL the whole job (driver and its Ray) after its first checkpoint; the same command resumes."""
     out = tmp_path / "run"
@@ -147,6 +150,7 @@ def test_a_killed_training_job_resumes_when_run_again(dataset: Path, tmp_path: P
     assert t["epochs"] == 3 and t["events"] == 3 * 1300 and t["restarts"] == 1
 
 
+@pytest.mark.integration
 def test_train_refuses_bad_input(tmp_path: Path, dataset: Path) -> None:
     rng = np.random.default_rng(2)
     root = write_dataset(tmp_path / "d", {1: random_events(rng, 40)}, split="train")
@@ -181,6 +185,7 @@ def test_train_entrypoint_parses_its_flags() -> None:
     assert e.value.code == 2
 
 
+@pytest.mark.integration
 def test_transformer_trains_with_ema_and_scores_alone_and_in_an_ensemble(dataset: Path, tmp_path: Path) -> None:
     from neutrino_ray import training
     from neutrino_ray.icecube.predict import ensemble_directions

@@ -88,6 +88,7 @@ def test_linefit_uncertainty_recovers_kappa_per_pulse_count() -> None:
     assert model["events"] == 20_000 and model["bins"] == 20
 
 
+@pytest.mark.integration
 def test_linefit_predictions_carry_an_empirical_uncertainty_fitted_on_train(tmp_path) -> None:
     import json
 

@@ -68,6 +68,7 @@ def test_balancing_equalises_tracks_and_showers() -> None:
     assert np.isclose(w[lab[rows]].sum(), w[~lab[rows]].sum())
 
 
+@pytest.mark.integration
 def test_no_leakage_scaler_sees_training_rows_only(tmp_path: Path) -> None:
     table = make_table(1500, seed=1)
     # Make the held-out rows unmistakable: if the scaler ever saw them, its mean would move by ~1e5.
@@ -85,6 +86,7 @@ def test_no_leakage_scaler_sees_training_rows_only(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("name", models.MODELS)
+@pytest.mark.integration
 def test_each_model_trains_and_beats_chance(data: Path, tmp_path: Path, name: str) -> None:
     out = tmp_path / name
     assert main(["-q", "km3net", "train", str(data), "--model", name, "--out", str(out), "--workers", "2",
@@ -123,6 +125,7 @@ def test_save_load_predict_evaluate_through_s3(bucket: str, tmp_path: Path) -> N
     assert report["summary"]["n_events"] == 300 and report["energy_cut_gev"] == 10
 
 
+@pytest.mark.integration
 def test_feature_mismatch_is_refused_before_work(data: Path, tmp_path: Path,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "m"
@@ -140,6 +143,7 @@ def test_feature_mismatch_is_refused_before_work(data: Path, tmp_path: Path,
     assert code == 2 and "no trained model here" in capsys.readouterr().err
 
 
+@pytest.mark.integration
 def test_bad_input_missing_columns_and_non_finite(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     t = make_table(300)
     pq.write_table(t.drop_columns(["gandalf_beta0"]), tmp_path / "missing.parquet")
@@ -223,6 +227,7 @@ BAD_FILES = {  # case: (make the input under a folder, message after "FILE: ")
 
 
 @pytest.mark.parametrize("case", BAD_FILES)
+@pytest.mark.integration
 def test_bad_files_through_cli(tmp_path: Path, case: str, capsys: pytest.CaptureFixture[str]) -> None:
     """Exit 2 and one line naming the file and the problem; no model is published."""
     make, message = BAD_FILES[case]
@@ -235,6 +240,7 @@ def test_bad_files_through_cli(tmp_path: Path, case: str, capsys: pytest.Capture
     assert not (tmp_path / "m").exists()
 
 
+@pytest.mark.integration
 def test_predict_skip_bad_drops_and_counts_non_finite_events(data: Path, tmp_path: Path,
                                                             capsys: pytest.CaptureFixture[str]) -> None:
     train(str(data), "hist-gb", str(tmp_path / "m"), workers=1, cv=2)
@@ -260,6 +266,7 @@ def test_predict_skip_bad_drops_and_counts_non_finite_events(data: Path, tmp_pat
     assert len(pred) == 398 and 11 not in bad_ids and 40 not in bad_ids and len(bad_ids) == 298
 
 
+@pytest.mark.integration
 def test_model_artefact_is_a_plain_pickle(data: Path, tmp_path: Path) -> None:
     train(str(data), "hist-gb", str(tmp_path / "m"), workers=1, cv=2)
     model = pickle.loads((tmp_path / "m/model.pkl").read_bytes())

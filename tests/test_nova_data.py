@@ -94,6 +94,7 @@ def test_selected_rows_only(three_files: Path) -> None:
     assert got == [("neutrino1.h5", 3), ("neutrino1.h5", 5), ("neutrino1.h5", 900), ("neutrino3.h5", 849)]
 
 
+@pytest.mark.integration
 def test_ray_dataset_reads_every_event_once(three_files: Path) -> None:
     from neutrino_ray import runtime
 

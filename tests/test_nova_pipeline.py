@@ -27,6 +27,7 @@ def sim(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.integration
 def test_simulated_layout(sim: Path) -> None:
     files = data.list_files(str(sim))
     assert [Path(f).name for f in files] == ["neutrino1.h5", "neutrino2.h5", "neutrino3.h5"]
@@ -42,6 +43,7 @@ def batch_of(sim: Path, n: int = 96):
 
 
 @pytest.mark.parametrize("target", targets.TASKS)
+@pytest.mark.integration
 def test_every_task_learns_a_few_steps(sim: Path, target: str) -> None:
     """The task's collate, loss and validation, a few optimiser steps on tiny data: the loss goes down."""
     table = batch_of(sim)
@@ -80,6 +82,7 @@ def test_towers_see_their_own_view_only() -> None:
     assert torch.equal(h[0, :c], h[1, :c]) and not torch.equal(h[0, c:], h[1, c:])
 
 
+@pytest.mark.integration
 def test_plan_balancing_and_validation_tail(sim: Path) -> None:
     scan = data.scan(str(sim))
     y = np.concatenate([targets.targets("flavour", m.fields)[0] for m in scan.files])
@@ -107,6 +110,7 @@ def test_plan_balancing_and_validation_tail(sim: Path) -> None:
         train.plan(scan.files, "numu-cc", "none", 5000, seed=1, where="sim")
 
 
+@pytest.mark.integration
 def test_train_predict_evaluate_cli(sim: Path, tmp_path: Path) -> None:
     """The scaffold (Ray Train) end to end for one task, then actor-pool scoring and the analysis."""
     out = tmp_path / "run"
@@ -140,6 +144,7 @@ def test_train_predict_evaluate_cli(sim: Path, tmp_path: Path) -> None:
     assert "numu-cc" in (tmp_path / "eval" / "summary.md").read_text()
 
 
+@pytest.mark.integration
 def test_bad_models_and_predictions_refused(sim: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["nova", "predict", str(sim), "--model", str(tmp_path / "nothing"), "--out", str(tmp_path / "o")]) == 2
     assert "no trained model here" in capsys.readouterr().err
@@ -156,6 +161,7 @@ def test_bad_models_and_predictions_refused(sim: Path, tmp_path: Path, capsys: p
     assert "not NOvA predictions" in capsys.readouterr().err
 
 
+@pytest.mark.integration
 def test_evaluate_join_refuses_incomplete_or_foreign_predictions(sim: Path) -> None:
     import pyarrow as pa
 

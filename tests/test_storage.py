@@ -135,6 +135,7 @@ def test_republish_removes_files_the_new_output_does_not_have(tmp_path: Path) ->
 
 
 @pytest.mark.slow
+@pytest.mark.integration  # a CLI subprocess
 def test_killed_run_publishes_nothing_and_rerun_cleans_up(tmp_path: Path) -> None:
     """SIGKILL in the middle of a simulation: no final file, no manifest; the re-run publishes cleanly.
 
