@@ -642,3 +642,23 @@ def test_linefit_blocks_shrink_so_few_tasks_pay_ray_datas_scheduling_wait_and_th
         assert sizes[0] == -(-len(specs) // (2 * slots))
         assert len(blocks) <= min(len(specs), 2 * slots * (1 + int(np.log(len(specs)) + 1)))
     assert [len(b) for b in plan.guided_blocks(2)][:4] == [13, 10, 7, 5]
+
+
+def test_the_meta_summary_streams_whatever_the_row_groups_and_warns_about_huge_ones(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    rng = np.random.default_rng(3)
+    root = write_dataset(tmp_path / "d", {1: random_events(rng, 700, counts=np.full(700, 2)),
+                                          2: random_events(rng, 500, 10_000, counts=np.full(500, 2))})
+    assert pq.ParquetFile(root / "test_meta.parquet").metadata.num_row_groups == 1  # one group of 1,200 rows
+    whole = icdata.meta_batch_summary(str(root), "test")
+    monkeypatch.setattr(icdata, "META_SCAN_ROWS", 250)  # chunks that cut through both batches
+    monkeypatch.setattr(icdata, "META_ROW_GROUP_WARN", 1_000)
+    with caplog.at_level("WARNING", logger="neutrino_ray"):
+        assert icdata.meta_batch_summary(str(root), "test") == whole
+    assert {b: s.n_events for b, s in whole.items()} == {1: 700, 2: 500}
+    assert "a row group holds 1200 meta rows" in caplog.text and "test_meta.parquet" in caplog.text
+    caplog.clear()
+    monkeypatch.setattr(icdata, "META_ROW_GROUP_WARN", 1_200)
+    with caplog.at_level("WARNING", logger="neutrino_ray"):
+        icdata.meta_batch_summary(str(root), "test")
+    assert "row group holds" not in caplog.text

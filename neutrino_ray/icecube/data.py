@@ -12,6 +12,7 @@ Arrow tables with one row per event (pulse columns as lists), so events are neve
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,7 +26,11 @@ from neutrino_ray import storage
 from neutrino_ray.errors import InputError
 from neutrino_ray.icecube.features import PULSE_COLUMNS
 
+log = logging.getLogger("neutrino_ray")
+
 SPLITS = ("train", "test")
+META_SCAN_ROWS = 1 << 20  # the driver's summary scan of the meta: this many rows at a time, whatever its row groups
+META_ROW_GROUP_WARN = 4_000_000  # a meta row group this large makes every per-batch read decode it whole
 META_COLUMNS = ("batch_id", "event_id", "first_pulse_index", "last_pulse_index")
 PULSE_TYPES = {"event_id": pa.int64(), "sensor_id": pa.int16(), "time": pa.int64(),
                "charge": pa.float64(), "auxiliary": pa.bool_()}
@@ -134,8 +139,9 @@ class BatchSummary:
 
 
 def meta_batch_summary(data: str, split: str) -> dict[int, BatchSummary]:
-    """Per batch_id of a split's meta: event count and event-id range, streamed one row group at a time
-    (memory independent of the number of events), every row group checked as :func:`_checked_rows` does.
+    """Per batch_id of a split's meta: event count and event-id range, streamed :data:`META_SCAN_ROWS` rows
+    at a time (memory independent of the number of events, whatever the row groups), every chunk checked as
+    :func:`_checked_rows` does.
     Duplicate ids are checked where a batch's meta is read (within a batch) and by
     :func:`check_ids_across_batches` (across batches)."""
     if split not in SPLITS:
@@ -148,8 +154,13 @@ def meta_batch_summary(data: str, split: str) -> dict[int, BatchSummary]:
             missing = [c for c in META_COLUMNS if c not in pf.schema_arrow.names]
             if missing:
                 raise DataError(f"{uri}: missing columns {missing} (has {pf.schema_arrow.names})")
-            for rg in range(pf.num_row_groups):
-                t = _checked_rows(pf.read_row_group(rg, columns=list(META_COLUMNS)), uri)
+            largest = max((pf.metadata.row_group(i).num_rows for i in range(pf.num_row_groups)), default=0)
+            if largest > META_ROW_GROUP_WARN:
+                log.warning("%s: a row group holds %d meta rows, and every per-batch read of the meta decodes whole "
+                            "row groups: rewrite it with row groups of at most ~1,000,000 rows (docs/icecube.md, "
+                            "data contract) before planning a large split", uri, largest)
+            for chunk in pf.iter_batches(batch_size=META_SCAN_ROWS, columns=list(META_COLUMNS)):
+                t = _checked_rows(pa.Table.from_batches([chunk]), uri)
                 agg = t.group_by("batch_id").aggregate([("event_id", "count"), ("event_id", "min"),
                                                         ("event_id", "max")])
                 for b, n, lo, hi in zip(*(agg.column(c).to_pylist() for c in (
