@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import resource
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +36,19 @@ def _dataset(events: int, data: str, seed: int) -> None:
     except (FileNotFoundError, storage.StorageError, ValueError):
         pass
     simulate_dataset(data, per_batch, train_batches=0, test_batches=n_batches, seed=seed)
+
+
+@contextlib.contextmanager
+def _one_arrow_thread() -> Iterator[None]:
+    """One core, really: no Arrow decode or I/O threads (as in one Ray Data task on one CPU)."""
+    threads = pa.cpu_count(), pa.io_thread_count()
+    pa.set_cpu_count(1)
+    pa.set_io_thread_count(1)
+    try:
+        yield
+    finally:
+        pa.set_cpu_count(threads[0])
+        pa.set_io_thread_count(threads[1])
 
 
 def _peak_rss_mib() -> float:
@@ -69,23 +84,19 @@ def bench(events: int, data: str, seed: int = 11) -> dict[str, float]:
     t_read = t_feat = 0.0
     t_fit = dict.fromkeys(VARIANTS, 0.0)
     n_pulses = 0
-    threads = pa.cpu_count(), pa.io_thread_count()
-    pa.set_cpu_count(1)  # one core, really: no Arrow decode threads
-    pa.set_io_thread_count(1)
-    for task in tasks:  # in this process, one core: stage costs without Ray
-        a = time.perf_counter()
-        ev = icdata.read_task_events(task, len(geometry))
-        b = time.perf_counter()
-        featurise(ev, geometry, DEFAULT_MAX_PULSES)
-        c = time.perf_counter()
-        t_read, t_feat = t_read + b - a, t_feat + c - b
-        for variant in VARIANTS:
+    with _one_arrow_thread():
+        for task in tasks:  # in this process, one core: stage costs without Ray
+            a = time.perf_counter()
+            ev = icdata.read_task_events(task, len(geometry))
+            b = time.perf_counter()
+            featurise(ev, geometry, DEFAULT_MAX_PULSES)
             c = time.perf_counter()
-            linefit_events(ev, geometry, variant, KAGGLE_CHARGE_CAP)
-            t_fit[variant] += time.perf_counter() - c
-        n_pulses += int(pa.compute.sum(pa.compute.list_value_length(ev.column("time"))).as_py())
-    pa.set_cpu_count(threads[0])
-    pa.set_io_thread_count(threads[1])
+            t_read, t_feat = t_read + b - a, t_feat + c - b
+            for variant in VARIANTS:
+                c = time.perf_counter()
+                linefit_events(ev, geometry, variant, KAGGLE_CHARGE_CAP)
+                t_fit[variant] += time.perf_counter() - c
+            n_pulses += int(pa.compute.sum(pa.compute.list_value_length(ev.column("time"))).as_py())
     single_rss = _peak_rss_mib()
     runtime.init_ray()  # Ray start is not part of the job's throughput
     with tempfile.TemporaryDirectory() as tmp:
@@ -168,14 +179,11 @@ def bench_gnn(sizes: list[str], events: int, data: str, seed: int = 12) -> dict[
     results: dict[str, dict[str, float]] = {}
     for size in sizes:
         cap = default_max_pulses(size)
-        threads = pa.cpu_count(), pa.io_thread_count()
-        pa.set_cpu_count(1)  # one core, as one Ray Data task of the training input has
-        pa.set_io_thread_count(1)
-        t0 = time.perf_counter()
-        featurised = pa.concat_tables(pipeline.read_featurise(t, geometry, cap) for t in pipeline.task_tables(tasks))
-        read_featurise = len(featurised) / (time.perf_counter() - t0)
-        pa.set_cpu_count(threads[0])
-        pa.set_io_thread_count(threads[1])
+        with _one_arrow_thread():  # as one Ray Data task of the training input
+            t0 = time.perf_counter()
+            featurised = pa.concat_tables(pipeline.read_featurise(t, geometry, cap)
+                                          for t in pipeline.task_tables(tasks))
+            read_featurise = len(featurised) / (time.perf_counter() - t0)
         big = size in ("dynedge", "transformer-small", "transformer-base")
         n_fwd, n_train = min(len(featurised), 1024 if big else 2048), min(len(featurised), 256 if big else 512)
         labelled = featurised.slice(0, n_train).sort_by("event_id")

@@ -65,11 +65,15 @@ class SplitPlan:
     specs: list[icdata.TaskSpec]
     events: int  # the events the specs cover
 
+    def _table(self, specs: list[icdata.TaskSpec]) -> pa.Table:
+        """Task-spec rows: one per spec."""
+        return pa.table({"data": [self.data] * len(specs), "split": [self.split] * len(specs),
+                         **{f: [getattr(s, f) for s in specs]
+                            for f in ("run", "batch_id", "start", "lo", "hi", "rg_start", "rg_stop", "truth")}})
+
     def tables(self) -> list[pa.Table]:
         """One single-row Arrow table (→ one Ray Data block) per task spec."""
-        return [pa.table({"data": [self.data], "split": [self.split], "run": [s.run], "batch_id": [s.batch_id],
-                          "start": [s.start], "lo": [s.lo], "hi": [s.hi], "rg_start": [s.rg_start],
-                          "rg_stop": [s.rg_stop], "truth": [s.truth]}) for s in self.specs]
+        return [self._table([s]) for s in self.specs]
 
     def guided_blocks(self, slots: int) -> list[pa.Table]:
         """The task specs in Ray Data blocks of shrinking size (guided scheduling): each block holds
@@ -78,10 +82,10 @@ class SplitPlan:
         (``ray.wait`` with a timeout in the streaming executor, ray-project/ray#45934): with one spec per task
         that left the CPUs idle for ~28 % of a LineFit job on 2 cores. Few, large blocks pay it rarely; the
         small last blocks keep the slots finishing together. Each spec is still its own batch (and part)."""
-        tables, out, i = self.tables(), [], 0
-        while i < len(tables):
-            k = max(1, -(-(len(tables) - i) // (2 * max(1, slots))))
-            out.append(pa.concat_tables(tables[i:i + k]))
+        out, i, n = [], 0, len(self.specs)
+        while i < n:
+            k = max(1, -(-(n - i) // (2 * max(1, slots))))
+            out.append(self._table(self.specs[i:i + k]))
             i += k
         return out
 
