@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from neutrino_ray import storage
+from neutrino_ray import logs, storage
 from neutrino_ray.errors import InputError
 
 log = logging.getLogger("neutrino_ray")
@@ -26,7 +26,7 @@ ENV_HELP = """environment:
   AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION   S3 credentials and region
   NEUTRINO_RAY_S3_RETRIES     attempts per S3 request, with exponential backoff (default 8)
   NEUTRINO_RAY_S3_READ_TIMEOUT  seconds to wait for an S3 response before retrying (default 60)
-  NEUTRINO_RAY_PROGRESS=0     hide Ray Data progress bars
+  NEUTRINO_RAY_PROGRESS_SECONDS  seconds between progress lines when stderr is not a terminal (30)
 """
 
 
@@ -117,8 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "Every input and output is a URI (local path, file:// or s3://); outputs are published\n"
                     "atomically with a _SUCCESS.json manifest. Connects to RAY_ADDRESS when set, else starts\n"
                     "a local Ray.")
-    p.add_argument("-q", "--quiet", action="store_true",
-                   help="log warnings and errors only (no Ray Data progress); results are still printed")
+    level = p.add_mutually_exclusive_group()
+    level.add_argument("-v", "--verbose", action="store_true",
+                       help="also Ray's INFO logs, Ray Data's progress bars and Ray's internal notices")
+    level.add_argument("-q", "--quiet", action="store_true",
+                       help="errors and the final summary only (no progress lines)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_simulate(sub, fmt)
     _add_nova(sub, fmt)
@@ -642,11 +645,7 @@ def run_nova(args: argparse.Namespace, command: list[str]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    logging.getLogger("neutrino_ray").setLevel(logging.WARNING if args.quiet else logging.INFO)
-    if args.quiet:
-        os.environ["NEUTRINO_RAY_PROGRESS"] = "0"
+    logs.configure(logs.QUIET if args.quiet else logs.VERBOSE if args.verbose else logs.DEFAULT)
     try:
         return run(args, argv)
     except KeyboardInterrupt:

@@ -8,6 +8,8 @@ from typing import Any
 
 import ray
 
+from neutrino_ray import logs
+
 log = logging.getLogger("neutrino_ray")
 
 
@@ -21,14 +23,15 @@ def init_ray(num_cpus: int | None = None, dashboard: bool = False, **kwargs: Any
     """
     if not ray.is_initialized():
         address = os.environ.get("RAY_ADDRESS")
-        logging.getLogger("ray").setLevel(logging.WARNING)
         if address:
             ray.init(address=address, log_to_driver=True, **kwargs)
         else:
             # "local": a new Ray of this process's own, never another Ray found running on this machine.
             ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, log_to_driver=True, **kwargs)
         ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = os.environ.get("NEUTRINO_RAY_PROGRESS", "1") != "0"
+        # Ray Data's own bars at -v only: by default our progress lines say the same with a total and an ETA.
+        ctx.enable_progress_bars = logs.level() == logs.VERBOSE
+        logs.quiet_ray()  # ray.init resets Ray's loggers to INFO
         ctx.print_on_execution_start = False
     return dict(ray.cluster_resources())
 

@@ -42,7 +42,9 @@ S3_ENDPOINT = f"http://127.0.0.1:{S3_PORT}"
 CANARY = f"nr-canary-{secrets.token_hex(12)}"
 os.environ.update({
     "AWS_ENDPOINT_URL": S3_ENDPOINT, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": CANARY,
-    "AWS_REGION": "us-east-1", "NEUTRINO_RAY_S3_RETRIES": "3", "NEUTRINO_RAY_PROGRESS": "0",
+    "AWS_REGION": "us-east-1", "NEUTRINO_RAY_S3_RETRIES": "3",
+    # In-process CLI calls leave fd 2 to pytest's capture (tests of the filter itself set it to 1).
+    "NEUTRINO_RAY_FILTER_STDERR": "0",
     # Every Ray process of the tests (local Ray, multi-node test clusters, job drivers) on 127.0.0.1
     # instead of this machine's outward address: tests talk only to loopback.
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",

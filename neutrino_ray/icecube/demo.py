@@ -3,10 +3,13 @@ prediction with calibrated uncertainties → a side-by-side comparison, on local
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
+from collections.abc import Iterator
 from typing import Any
 
-from neutrino_ray import storage
+from neutrino_ray import logs, storage
 from neutrino_ray.icecube.calibrate import calibrate
 from neutrino_ray.icecube.compare import SUMMARY, compare
 from neutrino_ray.icecube.evaluate import REPORT, evaluate
@@ -18,6 +21,19 @@ REAL = {"linefit": "1.214 rad (public LineFit, aux = False pulses, leaderboard)"
 GAP_MINUTES = 5  # the demo budget at which `small` was measured below LineFit (README: 1.202 against 1.235 rad)
 
 
+@contextlib.contextmanager
+def _stage() -> Iterator[None]:
+    """One stage of the demo: its progress line shows; the stage's own INFO lines (paths, timings) do not,
+    since the summary at the end says the same. Warnings and errors still show."""
+    ours = logging.getLogger("neutrino_ray")
+    before = ours.level
+    ours.setLevel(max(before, logging.WARNING))
+    try:
+        yield
+    finally:
+        ours.setLevel(before)
+
+
 def demo(out: str = "demo-output", events: int = 30_000, seed: int = 7, train_minutes: float = 1.0,
          workers: int = 2) -> dict[str, Any]:
     """Run the whole IceCube spine on ``events`` simulated events (80 % train, 20 % test batches)."""
@@ -27,18 +43,25 @@ def demo(out: str = "demo-output", events: int = 30_000, seed: int = 7, train_mi
     data, lf_dir, report_dir, gnn_dir, gnn_pred, cmp_dir = (storage.join(out, p) for p in (
         "icecube-data", "linefit", "evaluation", "gnn", "gnn-predictions", "comparison"))
     per_batch = max(1, events // 5)
-    sim = simulate_dataset(data, per_batch, train_batches=4, test_batches=1, seed=seed)
-    lf = predict(data, "test", lf_dir)
-    report = evaluate(data, "test", storage.join(lf_dir, SUBMISSION), report_dir)
+    if logs.level() != logs.QUIET:  # -q: the summary only
+        print(f"neutrino-ray demo: simulate {5 * per_batch:,} IceCube events → Kaggle LineFit → train `small` for "
+              f"{train_minutes:g} min → calibrate → score → compare   (outputs in {out})", flush=True)
+    with _stage():
+        sim = simulate_dataset(data, per_batch, train_batches=4, test_batches=1, seed=seed)
+    with _stage():
+        lf = predict(data, "test", lf_dir)
+        report = evaluate(data, "test", storage.join(lf_dir, SUBMISSION), report_dir)
     val = max(200, min(2_000, 4 * per_batch // 10))
-    res = train(data, gnn_dir, "small", workers=workers, epochs=100, max_minutes=train_minutes, val_events=val,
-                checkpoint_minutes=max(train_minutes, 0.1), log_every_steps=1_000)
+    with _stage():
+        res = train(data, gnn_dir, "small", workers=workers, epochs=100, max_minutes=train_minutes, val_events=val,
+                    checkpoint_minutes=max(train_minutes, 0.1), log_every_steps=1_000)
     model = storage.join(gnn_dir, "model")
-    cal = calibrate(data, model, "train")
-    gnn = predict(data, "test", gnn_pred, Scoring(model=model))
-    gnn_report = evaluate(data, "test", storage.join(gnn_pred, PREDICTIONS), storage.join(out, "gnn-evaluation"))
-    cmp = compare(data, "test", [storage.join(lf_dir, PREDICTIONS), storage.join(gnn_pred, PREDICTIONS)],
-                  ["Kaggle LineFit", "small GNN"], cmp_dir)
+    with _stage():
+        cal = calibrate(data, model, "train")
+        predict(data, "test", gnn_pred, Scoring(model=model))
+        gnn_report = evaluate(data, "test", storage.join(gnn_pred, PREDICTIONS), storage.join(out, "gnn-evaluation"))
+        cmp = compare(data, "test", [storage.join(lf_dir, PREDICTIONS), storage.join(gnn_pred, PREDICTIONS)],
+                      ["Kaggle LineFit", "small GNN"], cmp_dir)
     lf_m, gnn_m = cmp["models"]
     t = res.config["training"]
     wall = time.perf_counter() - start
@@ -49,16 +72,13 @@ def demo(out: str = "demo-output", events: int = 30_000, seed: int = 7, train_mi
                f"after {t['minutes']:.1f} min on {t['events']:,} events the GNN does NOT beat LineFit yet: on this "
                f"demo's data `small` needs about {GAP_MINUTES} minutes on 2 CPUs to get below it (README); try "
                f"--train-minutes {GAP_MINUTES}")
-    print(f"""
-neutrino-ray demo finished in {wall:.0f} s
-  dataset      {data}  ({sim['events']} events, Kaggle layout; {sim['simulate_events_per_second']:.0f} events/s)
-  LineFit      {storage.join(lf_dir, SUBMISSION)}  ({lf['events']} test events, \
-{lf['inference_events_per_second']:.0f} events/s)
-  evaluation   {storage.join(report_dir, REPORT)}  (+ PNG plots)
-  GNN          {model}  (small, {res.config['n_parameters']:,} parameters, {t['minutes']:.1f} min on {workers} \
-workers, {t['events']:,} events; κ calibrated on {cal['events']} held-out events)
-  predictions  {storage.join(gnn_pred, PREDICTIONS)}  (κ, sigma_50/68/90 per event; {gnn['events']} events)
-  comparison   {storage.join(cmp_dir, SUMMARY)}  (+ report.json, overlaid plots)
+    print(f"""neutrino-ray demo finished in {wall:.0f} s
+  data         {data} ({sim['events']:,} events, Kaggle layout); LineFit {lf['events']:,} test events at \
+{lf['inference_events_per_second']:,.0f} events/s
+  GNN          {model} (small, {res.config['n_parameters']:,} parameters, {t['minutes']:.1f} min on {workers} \
+workers, {t['events']:,} events; κ calibrated on {cal['events']:,} held-out events)
+  outputs      {storage.join(lf_dir, SUBMISSION)}, {storage.join(gnn_pred, PREDICTIONS)} (κ, sigma_50/68/90), \
+{storage.join(report_dir, REPORT)}, {storage.join(cmp_dir, SUMMARY)} (+ plots)
 
   model                       test mean angular error (68 % interval)    the real Kaggle data
   Kaggle LineFit              {lf_m['mean_angular_error']:.4f} [{lf_m['mean_interval_68'][0]:.4f}, \

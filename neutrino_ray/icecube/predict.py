@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 import ray
 from ray.data import ActorPoolStrategy
 
-from neutrino_ray import runtime, storage
+from neutrino_ray import progress, runtime, storage
 from neutrino_ray.errors import InputError
 from neutrino_ray.icecube import data as icdata
 from neutrino_ray.icecube import linefit as lf
@@ -654,7 +654,12 @@ def predict(data: str, split: str, out: str, scoring: Scoring | None = None,
     # run stay for its re-run, and go with the next publication there (Output removes staging leftovers).
     parts = Parts(storage.join(out, f"{storage.STAGING_PREFIX}{PARTS}-{fp[:16]}"), fp)
     ds = build_dataset(prep.split_plan, prep.geometry, prep.scoring, prep.plan, parts)
-    blocks = list(ds.iter_batches(batch_format="pyarrow", batch_size=None))
+    blocks = []
+    with progress.Progress("predict", prep.split_plan.events, tick=True) as line:
+        for block in ds.iter_batches(batch_format="pyarrow", batch_size=None):  # part summaries, as they finish
+            assert isinstance(block, pa.Table)
+            blocks.append(block)
+            line.update(int(pc.sum(block.column("rows")).as_py() or 0))
     stages["score"] = time.perf_counter() - start - stages["prepare"]  # the Ray Data job: read, score, write parts
     summary = pa.concat_tables(blocks) if blocks else PART_SUMMARY.empty_table()
     names, disjoint = check_parts(summary, expected_rows(prep.split_plan), fp, data, split)

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import ray
 
-from neutrino_ray import runtime, storage
+from neutrino_ray import progress, runtime, storage
 from neutrino_ray.errors import InputError
 from neutrino_ray.icecube.geometry import icecube86
 
@@ -86,11 +86,12 @@ def _write_batch(staged_uri: str, batch_id: int, *parts: Any) -> tuple[pa.Table,
 
 def _batch_refs(staged_uri: str, seed: int, batch_id: int, n_events: int) -> Any:
     first_id = (batch_id - 1) * ID_SPAN_PER_EVENT * n_events
-    parts = []
+    parts, counts = [], []
     for part, lo in enumerate(range(0, n_events, EVENTS_PER_PART)):
         n = min(EVENTS_PER_PART, n_events - lo)
         parts.append(_simulate_part.remote(seed, batch_id, part, n, first_id + ID_SPAN_PER_EVENT * lo))
-    return _write_batch.remote(staged_uri, batch_id, *parts)
+        counts.append(n)
+    return _write_batch.remote(staged_uri, batch_id, *parts), parts, counts
 
 
 def simulate_dataset(out: str, events_per_batch: int, train_batches: int, test_batches: int, seed: int,
@@ -103,10 +104,14 @@ def simulate_dataset(out: str, events_per_batch: int, train_batches: int, test_b
     with storage.Output(out, command=command) as output:
         splits = {"train": range(1, train_batches + 1),
                   "test": range(train_batches + 1, train_batches + test_batches + 1)}
-        refs = {split: [_batch_refs(output.staged(f"{split}/batch_{b}.parquet"), seed, b, events_per_batch)
-                        for b in ids]
-                for split, ids in splits.items()}
-        results = {split: ray.get(r) for split, r in refs.items()}
+        planned = {split: [_batch_refs(output.staged(f"{split}/batch_{b}.parquet"), seed, b, events_per_batch)
+                           for b in ids]
+                   for split, ids in splits.items()}
+        # Progress by simulated part (the events), then the batch files' writes.
+        parts = [ref for batches in planned.values() for _, refs, _ in batches for ref in refs]
+        counts = [n for batches in planned.values() for _, _, ns in batches for n in ns]
+        progress.ray_get(parts, "simulate icecube", counts)
+        results = {split: ray.get([w for w, _, _ in batches]) for split, batches in planned.items()}
         rows: dict[str, int] = {}
         for split, res in results.items():
             if not res:

@@ -10,7 +10,7 @@ from typing import Any
 
 import ray
 
-from neutrino_ray import runtime, storage
+from neutrino_ray import progress, runtime, storage
 from neutrino_ray.errors import InputError
 
 log = logging.getLogger("neutrino_ray")
@@ -35,13 +35,14 @@ def simulate_dataset(out: str, events: int, files: int, seed: int, command: list
     started = time.time()
     per_file = math.ceil(events / files)
     with storage.Output(out, command=command, started=started) as output:
-        refs, rows = [], {}
+        refs, sizes = [], []
         for i in range(files):
             n = min(per_file, events - i * per_file)
             name = f"km3net_{i + 1}.h5"
             refs.append((name, _simulate_file.remote(output.staged(name), seed * 1_000_003 + i, n, i * per_file)))
-        for name, ref in refs:
-            rows[name] = ray.get(ref)
+            sizes.append(n)
+        counts = progress.ray_get([ref for _, ref in refs], "simulate km3net", sizes)
+        rows = {name: n for (name, _), n in zip(refs, counts, strict=True)}
         manifest = output.commit(kind="km3net-simulate", seed=seed, rows=rows, events=sum(rows.values()))
     log.info("simulated %d KM3NeT events in %d files into %s", manifest["events"], files, out)
     return manifest

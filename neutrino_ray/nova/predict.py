@@ -24,7 +24,7 @@ import torch
 from ray.data import ActorPoolStrategy
 from torch import nn
 
-from neutrino_ray import runtime, storage
+from neutrino_ray import progress, runtime, storage
 from neutrino_ray.nova import data
 from neutrino_ray.nova.simulate import GEV_PER_COUNT
 from neutrino_ray.nova.train import NovaTask, load_task_and_model
@@ -107,7 +107,8 @@ def run_inference(data_uri: str, scoring: Scoring, skip_bad: bool = False) -> tu
                                                "threads": max(1, int(scoring.cpus_per_actor)), "use_gpu": use_gpu},
                         compute=ActorPoolStrategy(size=actors), num_cpus=scoring.cpus_per_actor,
                         num_gpus=scoring.gpus_per_actor if use_gpu else None)
-    parts = list(ds.iter_batches(batch_format="pyarrow", batch_size=None))
+    parts = list(progress.track(ds.iter_batches(batch_format="pyarrow", batch_size=None), "predict nova",
+                                scan.n_events, count=len))
     result = pa.concat_tables(parts)
     file_no = data.file_numbers(result.column("file"), scan)
     result = result.take(np.lexsort((result.column("index").to_numpy(), file_no)))

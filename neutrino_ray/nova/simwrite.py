@@ -9,7 +9,7 @@ from typing import Any
 
 import ray
 
-from neutrino_ray import runtime, storage
+from neutrino_ray import progress, runtime, storage
 from neutrino_ray.errors import InputError
 
 log = logging.getLogger("neutrino_ray")
@@ -46,7 +46,8 @@ def simulate_dataset(out: str, files: int, events_per_file: int, seed: int, mix:
             name = f"neutrino{i}.h5"
             refs.append((name, _simulate_file.remote(output.staged(name), seed * 1_000_003 + i, events_per_file,
                                                      (i - 1) * events_per_file, 10_000 + i, parsed)))
-        rows = {name: ray.get(ref) for name, ref in refs}
+        counts = progress.ray_get([ref for _, ref in refs], "simulate nova", [events_per_file] * len(refs))
+        rows = {name: n for (name, _), n in zip(refs, counts, strict=True)}
         manifest = output.commit(kind="nova-simulate", seed=seed, mix=str(parsed), rows=rows,
                                  events=sum(rows.values()))
     log.info("simulated %d NOvA events in %d files into %s", manifest["events"], files, out)
