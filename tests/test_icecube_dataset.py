@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -93,13 +94,63 @@ def test_deterministic_for_a_seed(dataset: Path, tmp_path: Path) -> None:
         pq.read_table(dataset / "test_truth.parquet").slice(0, 600).column("azimuth"))
 
 
+def run_on_terminal(args: list[str], timeout: float) -> tuple[int, str]:
+    """Run a command with a pseudo-terminal as stdin, stdout and stderr (as a person at a terminal would)."""
+    import os
+    import pty
+    import select
+    import subprocess
+    import time
+
+    from neutrino_ray import logs
+
+    master, slave = pty.openpty()
+    env = {**os.environ, logs.FILTER_ENV: "1", "COLUMNS": "200"}
+    proc = subprocess.Popen(args, stdin=slave, stdout=slave, stderr=slave, env=env, close_fds=True)
+    os.close(slave)
+    chunks, deadline = [], time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 1.0)
+            if ready:
+                try:
+                    data = os.read(master, 1 << 16)
+                except OSError:  # EIO: the terminal's last writer has gone
+                    break
+                if not data:
+                    break
+                chunks.append(data)
+            elif proc.poll() is not None:
+                break
+        else:
+            proc.kill()
+            raise AssertionError(f"{args} ran past {timeout} s")
+    finally:
+        os.close(master)
+    return proc.wait(timeout=30), b"".join(chunks).decode("utf-8", "replace")
+
+
 @pytest.mark.integration
-def test_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["-q", "demo", "--out", str(tmp_path / "demo"), "--events", "2500", "--train-minutes", "0.2"]) == 0
-    out = capsys.readouterr().out
-    assert "Kaggle LineFit" in out and "1.214 rad (public LineFit, aux = False pulses, leaderboard)" in out
-    assert "small GNN" in out and "GNN uncertainties:" in out
-    assert "does NOT beat LineFit yet" in out or "the GNN beats LineFit by" in out
+def test_demo_end_to_end(tmp_path: Path) -> None:
+    """The demo at the default level on a terminal: at most 25 lines, none of them Ray's internals, ending
+    with its summary table; and the outputs it names."""
+    import sys
+
+    from neutrino_ray import logs
+
+    code, text = run_on_terminal([sys.executable, "-m", "neutrino_ray.cli", "demo", "--out", str(tmp_path / "demo"),
+                                  "--events", "2500", "--train-minutes", "0.2"], timeout=600)
+    assert code == 0, text
+    (tmp_path / "terminal.txt").write_text(text)
+    lines = text.replace("\r\n", "\n").split("\n")
+    assert len(lines) - 1 <= 25, f"{len(lines) - 1} lines:\n{text}"
+    assert not [line for line in lines if logs.hidden(line)], text
+    shown = [re.sub(r"\x1b\[[0-9;]*m", "", line.split("\r")[-1]) for line in lines]  # what a terminal shows
+    assert any(re.search(r"simulate icecube: 2,500/2,500 events \(100\.0 %\), .* ETA 0:00", s) for s in shown), text
+    assert "Kaggle LineFit" in text and "1.214 rad (public LineFit, aux = False pulses, leaderboard)" in text
+    assert "small GNN" in text and "GNN uncertainties:" in text
+    assert "does NOT beat LineFit yet" in text or "the GNN beats LineFit by" in text
+    assert [s for s in shown if s.strip()][-1].lstrip().startswith(("after ", "the GNN beats"))  # ends with the table
     cmp = json.loads((tmp_path / "demo/comparison/report.json").read_text())
     assert [m["label"] for m in cmp["models"]] == ["Kaggle LineFit", "small GNN"]
     assert "uncertainty" in cmp["models"][1] and (tmp_path / "demo/gnn/model/calibration.json").exists()
