@@ -75,11 +75,11 @@ MODEL = "bound"
 REPORT = "bound_report.json"
 TRUTH_COLUMNS = ("event_id", "azimuth", "zenith", "energy", "topology", "interaction", "vertex_x", "vertex_y",
                  "vertex_z", "vertex_time", "cascade_energy")
-GRID_POINTS = 256  # coarse grid: mean spacing ~12.7 deg
-REFINE_STARTS = 3  # local refinements from the best grid points
+GRID_POINTS = 192  # coarse grid: mean spacing ~14.6 deg
+REFINE_STARTS = 2  # local refinements from the best grid points
 SEED_DOMS = 48  # grid extended by the directions from the vertex to the brightest hit DOMs
-STEP0 = np.deg2rad(8.0)  # first refinement step
-STEP_MIN = np.deg2rad(0.02)  # refinement stops below this step
+STEP0 = np.deg2rad(6.0)  # first refinement step
+STEP_MIN = np.deg2rad(0.05)  # refinement stops below this step
 MAX_ITERATIONS = 60
 CHI2_2DOF_68, CHI2_2DOF_90 = 2.2788, 4.6052  # chi-square quantiles, 2 degrees of freedom
 DEFAULT_EVENTS_PER_TASK = 200
@@ -133,7 +133,7 @@ class Likelihood:
         pick = far[np.argsort(-self.k[far], kind="stable")[:n]]
         return w[pick] / dist[pick, None]
 
-    def __call__(self, u: np.ndarray, chunk: int = 64) -> np.ndarray:
+    def __call__(self, u: np.ndarray, chunk: int = 128) -> np.ndarray:
         return np.concatenate([self._eval(u[i:i + chunk]) for i in range(0, len(u), chunk)])
 
     def _eval(self, u: np.ndarray) -> np.ndarray:
@@ -301,14 +301,20 @@ def summarise(result: pa.Table) -> dict[str, Any]:
     rep: dict[str, Any] = {"all": stats(np.ones(len(err), bool))}
     rep["pulse_bins"] = {label: stats((n_p >= lo) & (n_p < hi)) for lo, hi, label in PULSE_BINS}
     rep["above_10TeV"] = {t: stats((energy > 1e4) & (topo == t)) for t in ("track", "cascade")}
+    def chi2(sel: np.ndarray) -> dict[str, Any]:
+        x = two_dl[sel]
+        return {"events": int(len(x)),
+                "fraction_below_68": round(float(np.mean(x <= CHI2_2DOF_68)), 4) if len(x) else None,
+                "fraction_below_90": round(float(np.mean(x <= CHI2_2DOF_90)), 4) if len(x) else None,
+                "fraction_search_short": round(float(np.mean(x < -1e-6)), 4) if len(x) else None}
+
     rep["chi2_check"] = {
-        "events": len(two_dl),
-        "fraction_below_68": round(float(np.mean(two_dl <= CHI2_2DOF_68)), 4) if len(two_dl) else None,
-        "fraction_below_90": round(float(np.mean(two_dl <= CHI2_2DOF_90)), 4) if len(two_dl) else None,
-        "fraction_search_short": round(float(np.mean(two_dl < -1e-6)), 4) if len(two_dl) else None,
+        **chi2(np.ones(len(two_dl), bool)), **{t: chi2(topo == t) for t in ("track", "cascade")},
         "definition": "-2 Delta lnL = 2 (lnL(fit) - lnL(true neutrino direction)); chi-square(2 dof) expects "
-                      "0.68 below 2.279 and 0.90 below 4.605; 'search_short' counts events where the truth "
-                      "scores higher than the fit (the search missed the maximum)"}
+                      "0.68 below 2.279 and 0.90 below 4.605; 'search_short': the truth scores higher than the "
+                      "fit (the search missed the maximum). Tracks: the muon leaves the neutrino's direction by "
+                      "the kinematic angle, so their truth is not the model's direction (fractions fall short); "
+                      "cascades are the clean check"}
     return rep
 
 
