@@ -314,6 +314,8 @@ def _add_icecube(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
     bd.add_argument("--out", required=True, help="output URI (a folder)")
     bd.add_argument("--events-per-task", type=_positive, default=200,
                     help="events per Ray task (one read block each) (200)")
+    bd.add_argument("--events", type=_positive, default=None,
+                    help="fit only the split's last N events in file order (all)")
 
 
 def _add_icecube_train(ic_sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
@@ -575,7 +577,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         from neutrino_ray.icecube.bound import REPORT as BOUND_REPORT
         from neutrino_ray.icecube.bound import bound
 
-        m = bound(args.data, args.split, args.out, args.events_per_task, command=command)
+        m = bound(args.data, args.split, args.out, args.events_per_task, args.events, command=command)
         r = m["report"]
         print(f"bound: {m['events']} events, mean angular error {r['all']['mean_rad']:.4f} rad, median "
               f"{r['all']['median_deg']:.2f} deg; chi2(2 dof) fractions below 68/90 % quantiles "

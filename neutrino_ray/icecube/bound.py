@@ -303,7 +303,7 @@ def summarise(result: pa.Table) -> dict[str, Any]:
     rep["above_10TeV"] = {t: stats((energy > 1e4) & (topo == t)) for t in ("track", "cascade")}
     def chi2(sel: np.ndarray) -> dict[str, Any]:
         x = two_dl[sel]
-        return {"events": int(len(x)),
+        return {"events": len(x),
                 "fraction_below_68": round(float(np.mean(x <= CHI2_2DOF_68)), 4) if len(x) else None,
                 "fraction_below_90": round(float(np.mean(x <= CHI2_2DOF_90)), 4) if len(x) else None,
                 "fraction_search_short": round(float(np.mean(x < -1e-6)), 4) if len(x) else None}
@@ -319,13 +319,13 @@ def summarise(result: pa.Table) -> dict[str, Any]:
 
 
 def bound(data: str, split: str, out: str, events_per_task: int = DEFAULT_EVENTS_PER_TASK,
-          command: list[str] | None = None) -> dict[str, Any]:
-    """Fit every event of a simulated split and publish ``submission.csv``, ``predictions.parquet`` (model
-    ``bound``, null kappa) and ``bound_report.json``, atomically."""
+          events: int | None = None, command: list[str] | None = None) -> dict[str, Any]:
+    """Fit every event of a simulated split (or its last ``events`` in file order) and publish, atomically,
+    ``submission.csv``, ``predictions.parquet`` (model ``bound``, null kappa) and ``bound_report.json``."""
     started = time.time()
     start = time.perf_counter()
     check_truth(data, split)
-    split_plan = pipeline.plan_split(data, split, events_per_task)
+    split_plan = pipeline.plan_split(data, split, events_per_task, events)
     geometry = icdata.load_geometry(data)
     ds = ray.data.from_arrow(split_plan.tables()).map_batches(
         partial(bound_block, data=data, split=split, n_sensors=len(geometry)),
