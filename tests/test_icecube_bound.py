@@ -162,3 +162,47 @@ def test_bound_cascade_median_above_10tev(above_10tev):
     e = above_10tev["cascade"]
     assert len(e) >= 30
     assert np.median(e) <= 5.0, f"median {np.median(e):.2f} deg on {len(e)} cascades"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Slow suite: the issue-26 targets on 40,000 simulated test events, through the CLI's function on Ray
+# (both cores). Run time: ~40,000 / (2-3 events/s on a contended 2-core machine, ~12 events/s uncontended)
+# plus ~1 min of simulation; see docs/icecube.md ("Information bound").
+_MISSED_4K = "missed on 4,000 test events (docs/icecube.md, 'Information bound'): "
+
+
+@pytest.fixture(scope="module")
+def report_40k(tmp_path_factory):
+    from neutrino_ray.icecube.simwrite import simulate_dataset
+
+    root = tmp_path_factory.mktemp("bound40k")
+    simulate_dataset(str(root / "data"), events_per_batch=40_000, train_batches=0, test_batches=1, seed=21)
+    return bd.bound(str(root / "data"), "test", str(root / "bound"))["report"]
+
+
+TARGETS_40K = [
+    pytest.param(lambda r: r["above_10TeV"]["cascade"]["median_deg"], 5.0, id="cascades>10TeV median<=5deg",
+                 marks=pytest.mark.xfail(strict=True, reason=_MISSED_4K + "CASCADE_MEDIAN_4K")),
+    pytest.param(lambda r: r["above_10TeV"]["track"]["median_deg"], 0.5, id="tracks>10TeV median<=0.5deg"),
+    pytest.param(lambda r: r["pulse_bins"][">=1000"]["mean_rad"], 0.11, id=">=1000 pulses mean<=0.11",
+                 marks=pytest.mark.xfail(strict=True, reason=_MISSED_4K + "BIG_MEAN_4K")),
+    pytest.param(lambda r: r["pulse_bins"]["200-999"]["mean_rad"], 0.47, id="200-999 pulses mean<=0.47",
+                 marks=pytest.mark.xfail(strict=True, reason=_MISSED_4K + "MID_MEAN_4K")),
+    pytest.param(lambda r: r["all"]["mean_rad"], 0.95, id="all mean<=0.95"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+@pytest.mark.parametrize(("figure", "target"), TARGETS_40K)
+def test_bound_targets_on_40000_events(report_40k, figure, target):
+    assert report_40k["all"]["events"] == 40_000
+    assert figure(report_40k) <= target, f"{figure(report_40k)} > {target}"
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_bound_chi2_calibration_on_cascades(report_40k):
+    """-2 Delta lnL ~ chi-square(2 dof) where the model's direction is the truth's (cascades: no kinematic angle)."""
+    c = report_40k["chi2_check"]["cascade"]
+    assert abs(c["fraction_below_68"] - 0.68) < 0.05 and abs(c["fraction_below_90"] - 0.90) < 0.04, c

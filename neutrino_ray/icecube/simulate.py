@@ -142,6 +142,9 @@ K_TRACK = 8.0  # pe m^0.5
 # scattering: angular factor 1 + CASCADE_FORWARD exp(-d / L_scat) cos(angle to the shower axis), averaging
 # to 1; the light forgets its direction over about one effective scattering length L_scat.
 CASCADE_FORWARD = 0.9
+# The memory of the shower axis decays over this many effective scattering lengths (1: the calibrated value;
+# the information bound, issue 26, measures what longer memories would give).
+CASCADE_MEMORY_LENGTHS = 1.0
 MIN_DISTANCE = 3.0  # m, regularises the 1/d laws next to a DOM
 HQE_EFFICIENCY = 1.35  # DeepCore high-quantum-efficiency DOMs (strings 79-86, DOMs 11-60)
 # Pruning: a DOM is evaluated only within the distance where a source's light would fall below
@@ -492,7 +495,7 @@ def dom_light(src: Sources, det: _Detector) -> DomLight:
     # around the foot point; a muon that exists over only part of it gives that fraction.
     width = np.sqrt(np.maximum(rho, MIN_DISTANCE) / inv_att)
     seen = _normal_cdf((src.s_end[s] - sp) / width) - _normal_cdf((src.s_start[s] - sp) / width)
-    memory = CASCADE_FORWARD * np.exp(-d / scat)
+    memory = CASCADE_FORWARD * np.exp(-d / (CASCADE_MEMORY_LENGTHS * scat))
     spread = np.where(trk, seen / np.sqrt(dd), (1.0 + memory * proj / dd) / dd)
     mu = src.brightness[s] * det.efficiency[sensor] * np.exp(-d * inv_att) * spread
     return DomLight(
