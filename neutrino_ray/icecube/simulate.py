@@ -62,6 +62,11 @@ PMT and DAQ:
     (placed so that first-pulse times match the real files' 5,973 / 6,129 / 6,405 ns quartiles).
   * Geometry: the IceCube-86 DOM positions (``geometry.icecube86``).
 
+The generative model's expectations (section 2b: ``events_along``, ``expected_light``, ``expected_pulses``,
+``arrival_pdf``, ``afterpulse_pdf``) are public: the information bound (:mod:`neutrino_ray.icecube.bound`)
+evaluates the very functions the simulator draws from. ``CASCADE_MEMORY_LENGTHS`` (1) scales the memory's
+decay length for the bound's what-if measurements (docs/icecube.md, "Information bound").
+
 Everything is numpy and vectorised over a chunk of candidate events; the only Python loop is over
 chunks. ``simulate_batch`` is pure (no I/O, no Ray) and deterministic for a given seed.
 
