@@ -83,6 +83,7 @@ STEP_MIN = np.deg2rad(0.05)  # refinement stops below this step
 MAX_ITERATIONS = 60
 CHI2_2DOF_68, CHI2_2DOF_90 = 2.2788, 4.6052  # chi-square quantiles, 2 degrees of freedom
 DEFAULT_EVENTS_PER_TASK = 200
+PAIR_BUDGET = 1_000_000  # (trial direction, pulse) pairs evaluated at once
 PULSE_BINS = ((0, 200, "<200"), (200, 1000, "200-999"), (1000, 1 << 62, ">=1000"))
 
 
@@ -133,7 +134,9 @@ class Likelihood:
         pick = far[np.argsort(-self.k[far], kind="stable")[:n]]
         return w[pick] / dist[pick, None]
 
-    def __call__(self, u: np.ndarray, chunk: int = 128) -> np.ndarray:
+    def __call__(self, u: np.ndarray, chunk: int | None = None) -> np.ndarray:
+        # bounded memory: at most ~PAIR_BUDGET (direction, pulse) pairs at once, whatever the event's size
+        chunk = chunk or max(1, min(128, PAIR_BUDGET // max(len(self.time), 1)))
         return np.concatenate([self._eval(u[i:i + chunk]) for i in range(0, len(u), chunk)])
 
     def _eval(self, u: np.ndarray) -> np.ndarray:
