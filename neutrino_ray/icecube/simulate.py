@@ -150,6 +150,10 @@ CASCADE_FORWARD = 0.9
 # The memory of the shower axis decays over this many effective scattering lengths (1: the calibrated value;
 # the information bound, issue 26, measures what longer memories would give).
 CASCADE_MEMORY_LENGTHS = 1.0
+# Angle-dependent Pandel effective distance for cascades (what-if, 0 as calibrated): light reaching a DOM behind
+# the shower must turn round first, d_eff = d + CASCADE_TURN_LENGTHS * L_scat * (1 - cos angle) / 2, as AMANDA's
+# Pandel fits use an orientation-dependent effective distance (NIM A 524 (2004) 169). 0 changes nothing.
+CASCADE_TURN_LENGTHS = 0.0
 MIN_DISTANCE = 3.0  # m, regularises the 1/d laws next to a DOM
 HQE_EFFICIENCY = 1.35  # DeepCore high-quantum-efficiency DOMs (strings 79-86, DOMs 11-60)
 # Pruning: a DOM is evaluated only within the distance where a source's light would fall below
@@ -507,7 +511,8 @@ def dom_light(src: Sources, det: _Detector) -> DomLight:
         event=src.event[s], sensor=sensor, distance=d,
         t_direct=src.t0[s] + s_e / C_VACUUM + d / C_ICE,
         expected_pe=mu,
-        pandel_shape=d / (PANDEL_LAMBDA * scat / PANDEL_SCAT_REF),
+        pandel_shape=(d + np.where(trk, 0.0, CASCADE_TURN_LENGTHS * scat * 0.5 * (1.0 - proj / dd)))
+        / (PANDEL_LAMBDA * scat / PANDEL_SCAT_REF),
         pandel_scale=1.0 / (1.0 / PANDEL_TAU + C_ICE / absn),
     )
 
