@@ -62,6 +62,11 @@ PMT and DAQ:
     (placed so that first-pulse times match the real files' 5,973 / 6,129 / 6,405 ns quartiles).
   * Geometry: the IceCube-86 DOM positions (``geometry.icecube86``).
 
+The generative model's expectations (section 2b: ``events_along``, ``expected_light``, ``expected_pulses``,
+``arrival_pdf``, ``afterpulse_pdf``) are public: the information bound (:mod:`neutrino_ray.icecube.bound`)
+evaluates the very functions the simulator draws from. ``CASCADE_MEMORY_LENGTHS`` (1) scales the memory's
+decay length for the bound's what-if measurements (docs/icecube.md, "Information bound").
+
 Everything is numpy and vectorised over a chunk of candidate events; the only Python loop is over
 chunks. ``simulate_batch`` is pure (no I/O, no Ray) and deterministic for a given seed.
 
@@ -142,6 +147,13 @@ K_TRACK = 8.0  # pe m^0.5
 # scattering: angular factor 1 + CASCADE_FORWARD exp(-d / L_scat) cos(angle to the shower axis), averaging
 # to 1; the light forgets its direction over about one effective scattering length L_scat.
 CASCADE_FORWARD = 0.9
+# The memory of the shower axis decays over this many effective scattering lengths (1: the calibrated value;
+# the information bound, issue 26, measures what longer memories would give).
+CASCADE_MEMORY_LENGTHS = 1.0
+# Angle-dependent Pandel effective distance for cascades (what-if, 0 as calibrated): light reaching a DOM behind
+# the shower must turn round first, d_eff = d + CASCADE_TURN_LENGTHS * L_scat * (1 - cos angle) / 2, as AMANDA's
+# Pandel fits use an orientation-dependent effective distance (NIM A 524 (2004) 169). 0 changes nothing.
+CASCADE_TURN_LENGTHS = 0.0
 MIN_DISTANCE = 3.0  # m, regularises the 1/d laws next to a DOM
 HQE_EFFICIENCY = 1.35  # DeepCore high-quantum-efficiency DOMs (strings 79-86, DOMs 11-60)
 # Pruning: a DOM is evaluated only within the distance where a source's light would fall below
@@ -269,7 +281,7 @@ def direction_of_travel(azimuth: np.ndarray, zenith: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------
 # 1. Candidate events
 @dataclass(frozen=True)
-class _Events:
+class Events:
     """Candidate neutrino interactions. Tracks are the line p0 + s u, the muon alive for s in
     [s_start, s_end], passing p0 (closest approach to the detector centre) at t = 0. Cascades sit at
     the vertex and happen at t = 0. ``vertex_time`` is the interaction time in the same frame."""
@@ -288,8 +300,8 @@ class _Events:
     muon_energy: np.ndarray  # at p0 (0 for cascades)
     cascade_energy: np.ndarray  # visible energy deposited at the vertex
 
-    def take(self, idx: np.ndarray) -> _Events:
-        return _Events(**{k: v[idx] for k, v in self.__dict__.items()})
+    def take(self, idx: np.ndarray) -> Events:
+        return Events(**{k: v[idx] for k, v in self.__dict__.items()})
 
 
 def _perpendicular_basis(u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -326,7 +338,7 @@ def _power_law(rng: np.random.Generator, n: int) -> np.ndarray:
     return (lo + rng.random(n) * (hi - lo)) ** (1.0 / g)
 
 
-def _sample_events(rng: np.random.Generator, n: int) -> _Events:
+def _sample_events(rng: np.random.Generator, n: int) -> Events:
     """Isotropic neutrinos with a power-law spectrum and a fixed interaction mix."""
     azimuth = rng.random(n) * 2 * np.pi
     zenith = np.arccos(rng.uniform(-1.0, 1.0, n))
@@ -362,7 +374,7 @@ def _sample_events(rng: np.random.Generator, n: int) -> _Events:
         [energy, energy * (y + TAU_VISIBLE_FRACTION * (1.0 - y))],
         default=y * energy,  # NC and the hadronic part of numu CC
     )
-    return _Events(
+    return Events(
         azimuth=azimuth, zenith=zenith, energy=energy, interaction=interaction, is_track=is_track,
         u=u, p0=p0, s_start=s_start, s_end=s_end, vertex=vertex,
         vertex_time=s_start / C_VACUUM,
@@ -374,7 +386,7 @@ def _sample_events(rng: np.random.Generator, n: int) -> _Events:
 # ----------------------------------------------------------------------------------------------
 # 2. Signal light: sources -> nearby DOMs -> photo-electrons -> pulses
 @dataclass(frozen=True)
-class _Sources:
+class Sources:
     """Light sources, one or two per event (the muon track, the cascade at the vertex)."""
 
     event: np.ndarray
@@ -397,13 +409,13 @@ def _reach(brightness: np.ndarray, power: float, att_len: float) -> np.ndarray:
     return d * 1.05 + 5.0  # margin: HQE, forward emission (1 + CASCADE_FORWARD <= 1.5 ~ e^0.4)
 
 
-def _sources(ev: _Events, det: _Detector) -> _Sources:
+def light_sources(ev: Events, det: _Detector) -> Sources:
     idx = np.arange(len(ev.energy))
     trk = idx[ev.is_track]
     csc = idx[ev.cascade_energy > 0]
     b_trk = K_TRACK * (1.0 + ev.muon_energy[trk] * MUON_B / MUON_A)
     b_csc = K_CASCADE * ev.cascade_energy[csc]
-    return _Sources(
+    return Sources(
         event=np.concatenate([trk, csc]),
         is_track=np.r_[np.ones(len(trk), bool), np.zeros(len(csc), bool)],
         brightness=np.r_[b_trk, b_csc],
@@ -411,12 +423,14 @@ def _sources(ev: _Events, det: _Detector) -> _Sources:
         u=np.concatenate([ev.u[trk], ev.u[csc]]),
         s_start=np.r_[ev.s_start[trk], np.zeros(len(csc))],
         s_end=np.r_[ev.s_end[trk], np.zeros(len(csc))],
-        t0=np.r_[np.zeros(len(trk)), ev.vertex_time[csc]],
+        # time at p0: the vertex time less the muon's flight from p0 to the vertex (0 as simulated, where
+        # the frame puts the muon at p0 at t = 0; not 0 for the bound's trial directions)
+        t0=np.r_[ev.vertex_time[trk] - ev.s_start[trk] / C_VACUUM, ev.vertex_time[csc]],
         reach=np.r_[_reach(b_trk, 0.5, REACH_ATT_LEN), _reach(b_csc, 1.0, REACH_ATT_LEN)],
     )
 
 
-def _doms_in_reach(src: _Sources, det: _Detector) -> tuple[np.ndarray, np.ndarray]:
+def _doms_in_reach(src: Sources, det: _Detector) -> tuple[np.ndarray, np.ndarray]:
     """(source index, sensor) for every DOM closer than the source's reach (perpendicular distance).
 
     For a line p0 + s u and the vertical string (X, Y, z), the squared distance from the string point
@@ -450,7 +464,7 @@ def _doms_in_reach(src: _Sources, det: _Detector) -> tuple[np.ndarray, np.ndarra
 
 
 @dataclass(frozen=True)
-class _DomLight:
+class DomLight:
     """Per (source, DOM) pair: geometry, direct arrival time and expected light."""
 
     event: np.ndarray
@@ -462,7 +476,7 @@ class _DomLight:
     pandel_scale: np.ndarray  # ns
 
 
-def _dom_light(src: _Sources, det: _Detector) -> _DomLight:
+def dom_light(src: Sources, det: _Detector) -> DomLight:
     """Direct times and expected photo-electrons for the DOMs within reach of each source."""
     s, sensor = _doms_in_reach(src, det)
     r = det.xyz[sensor]
@@ -490,16 +504,118 @@ def _dom_light(src: _Sources, det: _Detector) -> _DomLight:
     # around the foot point; a muon that exists over only part of it gives that fraction.
     width = np.sqrt(np.maximum(rho, MIN_DISTANCE) / inv_att)
     seen = _normal_cdf((src.s_end[s] - sp) / width) - _normal_cdf((src.s_start[s] - sp) / width)
-    memory = CASCADE_FORWARD * np.exp(-d / scat)
+    memory = CASCADE_FORWARD * np.exp(-d / (CASCADE_MEMORY_LENGTHS * scat))
     spread = np.where(trk, seen / np.sqrt(dd), (1.0 + memory * proj / dd) / dd)
     mu = src.brightness[s] * det.efficiency[sensor] * np.exp(-d * inv_att) * spread
-    return _DomLight(
+    return DomLight(
         event=src.event[s], sensor=sensor, distance=d,
         t_direct=src.t0[s] + s_e / C_VACUUM + d / C_ICE,
         expected_pe=mu,
-        pandel_shape=d / (PANDEL_LAMBDA * scat / PANDEL_SCAT_REF),
+        pandel_shape=(d + np.where(trk, 0.0, CASCADE_TURN_LENGTHS * scat * 0.5 * (1.0 - proj / dd)))
+        / (PANDEL_LAMBDA * scat / PANDEL_SCAT_REF),
         pandel_scale=1.0 / (1.0 / PANDEL_TAU + C_ICE / absn),
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# 2b. The generative model's expectations, public for the likelihood of :mod:`neutrino_ray.icecube.bound`
+# (one definition: the simulator draws from these, the bound evaluates them).
+def _spe_loss() -> float:
+    """Share of single photo-electron pulses below the discriminator (SPE template, SPE_THRESHOLD)."""
+    gauss = float(_normal_cdf(np.array([(SPE_THRESHOLD - SPE_GAUSS_MEAN) / SPE_GAUSS_SIGMA]))[0])
+    return (1 - SPE_EXP_FRACTION) * gauss + SPE_EXP_FRACTION * float(1.0 - np.exp(-SPE_THRESHOLD / SPE_EXP_SCALE))
+
+
+SPE_LOSS = _spe_loss()
+NOISE_PULSE_RATE = NOISE_RATE * (1.0 - SPE_LOSS)  # noise pulses per ns per DOM that pass the discriminator
+TIME_SMEAR = float(np.sqrt(3.0 * (PMT_JITTER**2 + 1.0 / 12.0)))  # ns, half-width of a box with the variance
+# of the PMT jitter plus the 1 ns rounding of the output times
+
+
+def events_along(vertex: np.ndarray, vertex_time: np.ndarray, energy: np.ndarray, interaction: np.ndarray,
+                 is_track: np.ndarray, cascade_energy: np.ndarray, u: np.ndarray) -> Events:
+    """Events with the given truth (vertex in metres, vertex time in the output frame, neutrino energy,
+    interaction index, topology, visible cascade energy) and direction of travel ``u`` (n, 3): the same
+    geometry :func:`_sample_events` builds (the track is the line through the vertex along ``u``, p0 its
+    closest approach to the detector centre, the muon alive over its range from the vertex). The muon's
+    initial energy follows from the inelasticity the cascade energy implies. Used to evaluate the
+    generative model at trial directions."""
+    e_mu0 = np.where(interaction == NUTAU_CC,
+                     (1.0 - (cascade_energy / energy - TAU_VISIBLE_FRACTION) / (1.0 - TAU_VISIBLE_FRACTION))
+                     * energy * TAU_MUON_FRACTION,
+                     energy - cascade_energy)
+    e_mu0 = np.where(is_track, np.maximum(e_mu0, 0.0), 0.0)
+    s_v = np.where(is_track, np.einsum("ij,ij->i", vertex, u), 0.0)
+    p0 = vertex - s_v[:, None] * u
+    zenith = np.arccos(np.clip(-u[:, 2], -1.0, 1.0))
+    azimuth = np.mod(np.arctan2(-u[:, 1], -u[:, 0]), 2 * np.pi)
+    return Events(
+        azimuth=azimuth, zenith=zenith, energy=energy, interaction=interaction, is_track=is_track, u=u, p0=p0,
+        s_start=s_v, s_end=np.where(is_track, s_v + muon_range(e_mu0), 0.0), vertex=vertex,
+        vertex_time=vertex_time, muon_energy=np.where(is_track, muon_energy_after(e_mu0, -s_v), 0.0),
+        cascade_energy=cascade_energy,
+    )
+
+
+def expected_light(ev: Events) -> DomLight:
+    """Per (light source, DOM within its reach): expected photo-electrons, direct time and Pandel
+    parameters, exactly as the simulator draws them."""
+    det = _detector()
+    return dom_light(light_sources(ev, det), det)
+
+
+@lru_cache(maxsize=1)
+def _pulse_table() -> tuple[np.ndarray, np.ndarray]:
+    """(log mu grid, expected pulses above the discriminator) for Poisson(mu) photo-electrons."""
+    from scipy.special import gammaln
+
+    n = np.arange(0, 40_001, dtype=np.float64)
+    n_pulse = np.minimum(n, np.ceil(PULSE_SPLIT * np.sqrt(n)))
+    share = n / np.maximum(n_pulse, 1)
+    split_loss = _normal_cdf((SPE_THRESHOLD - share * SPE_MEAN) / (np.sqrt(np.maximum(share, 1.0)) * SPE_SIGMA))
+    kept = n_pulse * np.where(share > 1, 1.0 - split_loss, 1.0 - SPE_LOSS)
+    log_mu = np.linspace(np.log(1e-4), np.log(2e4), 600)
+    mu = np.exp(log_mu)
+    out = np.empty(len(mu))
+    for i, m in enumerate(mu):  # 600 x 40k once per process
+        lo, hi = int(max(0, m - 12 * np.sqrt(m) - 12)), int(min(len(n), m + 12 * np.sqrt(m) + 40))
+        k = n[lo:hi]
+        out[i] = np.sum(np.exp(k * np.log(m) - m - gammaln(k + 1)) * kept[lo:hi])
+    return log_mu, out
+
+
+def expected_pulses(mu: np.ndarray) -> np.ndarray:
+    """Expected signal pulses above the discriminator of a DOM that expects ``mu`` photo-electrons from one
+    source: the Poisson mean of min(n, ceil(2 sqrt n)) pulses, each lost below SPE_THRESHOLD with the
+    probability its charge (one pe, or n / pulses pe smeared) implies."""
+    log_mu, table = _pulse_table()
+    lm = np.log(np.maximum(mu, 1e-300))
+    inside = np.interp(np.clip(lm, log_mu[0], log_mu[-1]), log_mu, table)
+    beyond = table[-1] * np.sqrt(np.maximum(mu, 0.0) / np.exp(log_mu[-1]))  # ~ 2 sqrt(mu) pulses
+    return np.where(lm < log_mu[0], mu * (1.0 - SPE_LOSS), np.where(lm > log_mu[-1], beyond, inside))
+
+
+def arrival_pdf(delay: np.ndarray, shape: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Density (1/ns) of a signal pulse's time after the direct time: the Pandel gamma delay
+    (shape, scale) convolved with the PMT jitter and the 1 ns rounding of the output times, the two
+    approximated by a box of the same variance (half-width TIME_SMEAR)."""
+    from scipy.special import gammainc, gammaincc
+
+    a = np.maximum(shape, 1e-3)
+    hi = np.maximum(delay + TIME_SMEAR, 0.0) / scale
+    lo = np.maximum(delay - TIME_SMEAR, 0.0) / scale
+    tail = delay > a * scale  # upper tail: differences of the complement keep their precision
+    p = np.where(tail, gammaincc(a, lo) - gammaincc(a, hi), gammainc(a, hi) - gammainc(a, lo))
+    return np.maximum(p, 0.0) / (2.0 * TIME_SMEAR)
+
+
+def afterpulse_pdf(delay: np.ndarray) -> np.ndarray:
+    """Density (1/ns) of an afterpulse's time after the direct time of the light that caused it."""
+    out = np.zeros(np.shape(delay))
+    for centre, p in zip(AFTERPULSE_DELAYS, AFTERPULSE_GROUP_P):
+        sigma = 0.15 * centre
+        out += p * np.exp(-0.5 * ((delay - centre) / sigma) ** 2) / (sigma * np.sqrt(2 * np.pi))
+    return out
 
 
 def _spe_charges(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -518,7 +634,7 @@ def _afterpulses(rng: np.random.Generator, n_pe: np.ndarray, t_direct: np.ndarra
     return k, t_direct[k] + centre * (1.0 + 0.15 * rng.standard_normal(len(k)))
 
 
-def _signal_pulses(rng: np.random.Generator, ev: _Events, det: _Detector
+def _signal_pulses(rng: np.random.Generator, ev: Events, det: _Detector
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Signal pulses of a chunk: (event index, sensor, time ns float, charge), unsorted.
 
@@ -526,7 +642,7 @@ def _signal_pulses(rng: np.random.Generator, ev: _Events, det: _Detector
     min(n, ceil(2 sqrt(n))) pulses (bright waveforms unfold into fewer, larger pulses), each at the
     direct time plus a Pandel delay plus PMT jitter, sharing the charge equally with SPE smearing.
     Single-pe pulses below the discriminator threshold are lost."""
-    light = _dom_light(_sources(ev, det), det)
+    light = dom_light(light_sources(ev, det), det)
     n_pe = rng.poisson(light.expected_pe)
     hit = np.flatnonzero(n_pe)
     n_pe = n_pe[hit]
@@ -586,7 +702,7 @@ def trigger_windows(event: np.ndarray, time: np.ndarray, hlc: np.ndarray, n_even
     return start, end
 
 
-def _simulate_chunk(rng: np.random.Generator, n_candidates: int) -> tuple[_Events, dict[str, np.ndarray]]:
+def _simulate_chunk(rng: np.random.Generator, n_candidates: int) -> tuple[Events, dict[str, np.ndarray]]:
     """Simulate candidates; return the triggered events and their pulses (event index into them)."""
     det = _detector()
     ev = _sample_events(rng, n_candidates)
@@ -649,7 +765,7 @@ def _quantise_charge(q: np.ndarray) -> np.ndarray:
     return np.maximum(np.round(q / CHARGE_QUANTUM), 1) * CHARGE_QUANTUM
 
 
-def _chunk_tables(ev: _Events, hits: dict[str, np.ndarray], event_ids: np.ndarray
+def _chunk_tables(ev: Events, hits: dict[str, np.ndarray], event_ids: np.ndarray
                   ) -> tuple[pa.RecordBatch, pa.RecordBatch]:
     e, t, sensor = hits["event"], hits["time"], hits["sensor"]
     order = np.lexsort((sensor, t, e))
