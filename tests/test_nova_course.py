@@ -135,3 +135,15 @@ def test_notebook_figures_by_hand() -> None:
     assert lep_split["median"] == 2.5 and lep_split["n_high"] == 2 and lep_split["n_low"] == 2
     assert lep_split["high"] == 1.0 and lep_split["low"] == 0.0
     assert f["split"]["nuenergy"]["median"] == 8.0
+
+
+# ---------------------------------------------------------------- the difficulty ordering (slow)
+@pytest.mark.slow  # the calibration proxy: 30,000 simulated (≈ 6,000 balanced) events, 3 epochs; see docs/nova.md
+def test_course_cnn_difficulty_ordering_on_the_simulation() -> None:
+    """As on the real files: ν_μ CC DIS events are harder than QE events, low lepton energy harder than high."""
+    from neutrino_ray.nova import calibrate
+
+    r = calibrate.measure(30_000, 10_000, epochs=3, seed=0, threads=2, log=False)
+    assert r["by_mode"]["DIS"]["accuracy"] < r["by_mode"]["QE"]["accuracy"]
+    lep = r["split"]["lepenergy"]
+    assert lep["low"] < lep["high"]

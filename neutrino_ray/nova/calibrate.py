@@ -91,7 +91,7 @@ def measure(train_events: int, test_events: int, target: str = "numu-cc", epochs
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            loss_sum += float(loss) * len(b)
+            loss_sum += float(loss.detach()) * len(b)
         model.eval()
         with torch.no_grad():
             val_loss = sum(float(F.cross_entropy(model(x_va[i:i + 1024]), y_va[i:i + 1024], reduction="sum"))
