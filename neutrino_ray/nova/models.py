@@ -108,7 +108,8 @@ COURSE = CourseConfig()
 # images scaled to [0, 1] (in the model), classes undersampled to balance (nova train's default), Adam at a
 # constant learning rate, batch 256, cross-entropy, early stopping after 5 epochs without improvement of the
 # validation loss (Keras' EarlyStopping default monitor).
-COURSE_RECIPE = {"optimizer": "adam", "schedule": "constant", "lr": 1e-3, "batch_size": 256, "patience": 5}
+COURSE_RECIPE: dict[str, Any] = {"optimizer": "adam", "schedule": "constant", "lr": 1e-3, "batch_size": 256,
+                                  "patience": 5}
 
 
 class CourseCNN(nn.Module):

@@ -18,11 +18,12 @@ energy ≈ 3.8 GeV, 87–88 % ν_μ CC, ≤ 2 % ν_e, no ν_τ, DIS over half an
   above a few GeV like the resonances (:data:`DIS_LOW_W_FRACTION` = 15 % of the DIS events). So QE, RES and
   "other" events sit mostly in the 2 GeV peak (median ~2.2 GeV), DIS events mostly in the K component
   (median ~35 GeV) but 21 % of them below 5 GeV, where W > 1.7 GeV forces a high y (a short muon beside
-  a hadronic shower of half the energy or more). The mode mix stays the one asked for (:class:`Mix`, default the files': 88 % ν_μ CC, 1 %
-  ν_e CC, 11 % NC; CC modes DIS 55 %, RES 28 %, QE 12 %, other 5 %): each event's class is drawn first,
-  its energy from its kind's spectrum. E_ν is cut to 0.5–80 GeV (the files' range). Result (default mix, the
-  generator's kinematics on 200,000 events, issue 27): median E_ν 15.9 GeV (50.1 % ≤ 16 GeV, 49.0 % ≤ 14,
-  51.4 % ≤ 18), median E_lepton 3.6 GeV (50.5 % ≤ 3.8 GeV; 49.0 % ≤ 3.3, 51.5 % ≤ 4.3; goal 3.3–4.3 GeV).
+  a hadronic shower of half the energy or more). The mode mix stays the one asked for (:class:`Mix`,
+  default the files': 88 % ν_μ CC, 1 % ν_e CC, 11 % NC; CC modes DIS 55 %, RES 28 %, QE 12 %, other 5 %):
+  each event's class is drawn first, its energy from its kind's spectrum. E_ν is cut to 0.5–80 GeV (the
+  files' range). Result (default mix, the generator's kinematics on 200,000 events, issue 27): median E_ν
+  15.9 GeV (50.1 % ≤ 16 GeV, 49.0 % ≤ 14, 51.4 % ≤ 18), median E_lepton 3.6 GeV (50.5 % ≤ 3.8 GeV;
+  49.0 % ≤ 3.3, 51.5 % ≤ 4.3; goal 3.3–4.3 GeV).
   Before issue 27 (σ_DIS ∝ E only, y ~ Beta(1, 1.25), 18.5 % K flux) the E_lepton median was 4.4–4.7 GeV:
   the Beta shape had too few high-y DIS events (P(y > 0.9) 5.6 % against 9 % from the quark-parton
   dσ/dy below). Why two components: a
@@ -34,10 +35,10 @@ energy ≈ 3.8 GeV, 87–88 % ν_μ CC, ≤ 2 % ν_e, no ν_τ, DIS over half an
   y shapes: QE ν = Q²/2M and MEC (the CC "other" mode, 2p2h) ν = Q²/2M + 0.05–0.3 GeV, with Q² from the
   dipole axial form factor dσ/dQ² ∝ (1 + Q²/M_A²)^-4 (M_A = 1.0 GeV): Q² stays below ~1 GeV², so y =
   ν/E falls as 1/E and QE/MEC leptons carry nearly all the energy (mean y 0.10, MEC 0.17). RES: W from a
-  Breit–Wigner Δ(1232) (1.08–1.6 GeV), M_A = 1.1 GeV, ν = (W² - M² + Q²)/2M (mean y 0.26). DIS: dσ/dy ∝ q + q̄ (1 - y)²,
-  q̄/q = 0.2 (:func:`_dis_y`: flat from the quarks, (1 - y)² from the antiquarks), x ~ Beta(0.9, 2.4), Q² = 2MExy, W > 1.7
-  GeV (mean y 0.51). Draws outside the physical range (ν > E - m_lep, |cos θ| > 1) are redrawn. The lepton
-  angle follows from Q² = 2E(E_l - p_l cos θ) - m_l²; the hadronic system recoils against it.
+  Breit–Wigner Δ(1232) (1.08–1.6 GeV), M_A = 1.1 GeV, ν = (W² - M² + Q²)/2M (mean y 0.26). DIS: dσ/dy ∝ q +
+  q̄ (1 - y)², q̄/q = 0.2 (:func:`_dis_y`: flat from the quarks, (1 - y)² from the antiquarks), x ~ Beta(0.9,
+  2.4), Q² = 2MExy, W > 1.7 GeV (mean y ≈ 0.5). Draws outside the physical range (ν > E - m_lep, |cos θ| > 1) are
+  redrawn. The lepton angle follows from Q² = 2E(E_l - p_l cos θ) - m_l²; the hadronic system recoils against it.
   ``lepenergy = (1 - y) nuenergy`` is the charged lepton (CC) or the outgoing, invisible neutrino (NC),
   so the course target ``lepenergy / nuenergy`` is 1 - y and the hadronic system carries
   ``(1 - lepenergy/nuenergy) · E``.
