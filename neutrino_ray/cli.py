@@ -88,12 +88,18 @@ def add_training_args(p: argparse.ArgumentParser, batch_size: int, lr: float) ->
     p.add_argument("--ema", type=_unit_interval, default=None, dest="ema_decay", metavar="DECAY",
                    help="keep an exponential moving average of the weights with this decay (e.g. 0.999); "
                         "validation and the published model use it (off)")
+    p.add_argument("--optimizer", choices=["adamw", "adam"], default="adamw",
+                   help="adamw (weight decay 1e-5), or adam (no weight decay, as the NOvA course recipe) (adamw)")
+    p.add_argument("--schedule", choices=["warmup-cosine", "constant"], default="warmup-cosine",
+                   help="learning-rate schedule: warm-up then cosine decay, or constant (warmup-cosine)")
+    p.add_argument("--patience", type=_positive, default=None,
+                   help="early stopping: end after this many epochs without a lower validation loss (off)")
 
 
 def training_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return {k: getattr(args, k) for k in ("workers", "gpus_per_worker", "cpus_per_worker", "max_minutes", "epochs",
                                           "batch_size", "lr", "checkpoint_minutes", "max_failures", "seed",
-                                          "ema_decay")}
+                                          "ema_decay", "optimizer", "schedule", "patience")}
 
 
 def add_actor_args(p: argparse.ArgumentParser, batch_size: int) -> None:

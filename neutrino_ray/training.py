@@ -31,7 +31,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import nn
@@ -72,6 +72,9 @@ class Task(Protocol):
 class Settings:
     """How to train: scale, budget, optimiser. Stored with every checkpoint and the final artefact."""
 
+    OPTIMIZERS: ClassVar[tuple[str, ...]] = ("adamw", "adam")
+    SCHEDULES: ClassVar[tuple[str, ...]] = ("warmup-cosine", "constant")
+
     out: str
     workers: int = 1
     gpus_per_worker: float = 0.0
@@ -86,6 +89,9 @@ class Settings:
     min_lr_fraction: float = 0.02
     grad_clip: float = 1.0
     ema_decay: float | None = None  # keep an exponential moving average of the weights; validate and publish it
+    optimizer: str = "adamw"  # one of OPTIMIZERS ("adam": plain Adam, no weight decay, as Keras' Adam)
+    schedule: str = "warmup-cosine"  # one of SCHEDULES ("constant": lr throughout)
+    patience: int | None = None  # early stopping: end after this many epochs without a lower val_loss (None: off)
     checkpoint_minutes: float = 5.0
     log_every_steps: int = 50  # a progress line every this many steps, and at least once a minute
     shuffle_buffer: int = 1024
@@ -95,6 +101,14 @@ class Settings:
     # once only).
     fault_after_steps: int | None = None
     fault_marker: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in self.OPTIMIZERS:
+            raise InputError(f"unknown optimizer {self.optimizer!r}: expected one of {', '.join(self.OPTIMIZERS)}")
+        if self.schedule not in self.SCHEDULES:
+            raise InputError(f"unknown schedule {self.schedule!r}: expected one of {', '.join(self.SCHEDULES)}")
+        if self.patience is not None and self.patience < 1:
+            raise InputError(f"patience must be >= 1 epoch, got {self.patience}")
 
     def cpus(self, cluster_cpus: float) -> float:
         """CPUs per worker: as given, else an equal share that leaves a little for Ray Data's decode tasks."""
@@ -134,7 +148,9 @@ class Progress:
 def lr_factor(p: Progress, s: Settings, total_steps: int) -> float:
     """Linear warm-up (``warmup_steps`` or ``warmup_fraction`` of the run, whichever is shorter), then
     cosine decay to ``min_lr_fraction``; progress is steps over total steps or time over the budget,
-    whichever is further along."""
+    whichever is further along. The "constant" schedule: 1 throughout."""
+    if s.schedule == "constant":
+        return 1.0
     done = p.step / max(1, total_steps)
     if s.max_minutes:
         done = max(done, p.seconds / (60 * s.max_minutes))
@@ -142,6 +158,23 @@ def lr_factor(p: Progress, s: Settings, total_steps: int) -> float:
     if p.step < s.warmup_steps and done < s.warmup_fraction:
         return max((p.step + 1) / s.warmup_steps, done / s.warmup_fraction)
     return s.min_lr_fraction + (1 - s.min_lr_fraction) * 0.5 * (1 + math.cos(math.pi * done))
+
+
+def make_optimizer(params: Any, s: Settings) -> torch.optim.Optimizer:
+    """AdamW with ``weight_decay`` (the default), or plain Adam (the course recipe; no weight decay)."""
+    if s.optimizer == "adam":
+        return torch.optim.Adam(params, lr=s.lr)
+    return torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
+
+
+def early_stop(history: list[dict[str, Any]], patience: int | None, epoch: int) -> bool:
+    """True when ``patience`` epochs have ended since the entry with the lowest ``val_loss`` (Keras'
+    EarlyStopping on val_loss, min_delta 0). Off when patience is None."""
+    losses = [(h["val_loss"], h["epoch"]) for h in history if math.isfinite(h.get("val_loss", math.nan))]
+    if patience is None or not losses:
+        return False
+    best_epoch = min(losses, key=lambda t: t[0])[1]  # the first of equal losses
+    return epoch - best_epoch >= patience
 
 
 def _say(msg: str) -> None:
@@ -206,7 +239,7 @@ def worker_loop(cfg: dict[str, Any]) -> None:
                  f"{p.seconds / 60:.1f} min trained")
     model = ray.train.torch.prepare_model(model)  # moves to the device; DDP when world > 1
     core: nn.Module = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
-    opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+    opt = make_optimizer(model.parameters(), s)
     if opt_state is not None:
         opt.load_state_dict(opt_state)
     use_bf16 = device.type == "cuda"
@@ -234,7 +267,7 @@ def worker_loop(cfg: dict[str, Any]) -> None:
             if rank == 0:
                 torch.save({"model": core.state_dict(), "optimizer": opt.state_dict(), "progress": asdict(p),
                             "ema": None if ema is None else ema.state_dict(),
-                            "scheduler": {"kind": "warmup-cosine", "total_steps": total_steps,
+                            "scheduler": {"kind": s.schedule, "total_steps": total_steps,
                                           "warmup_steps": s.warmup_steps,
                                           "warmup_fraction": s.warmup_fraction, "min_lr_fraction": s.min_lr_fraction},
                             "task": task.config(), "settings": asdict(s)}, Path(d) / STATE_FILE)
@@ -243,7 +276,8 @@ def worker_loop(cfg: dict[str, Any]) -> None:
 
     model.train()
     clock = last_save = last_log = time.monotonic()
-    stop = p.epoch >= s.epochs or bool(s.max_minutes and p.seconds >= 60 * s.max_minutes)
+    stop = p.epoch >= s.epochs or bool(s.max_minutes and p.seconds >= 60 * s.max_minutes) \
+        or early_stop(p.history, s.patience, p.epoch)
     trained_this_run = False
     while not stop:
         batches = iter(train_shard.iter_batches(batch_size=s.batch_size, batch_format="pyarrow", prefetch_batches=2,
@@ -311,6 +345,10 @@ def worker_loop(cfg: dict[str, Any]) -> None:
         if trained_this_run:
             save_point(loss_sum / loss_n if loss_n else float("nan"), win_events / max(win_seconds, 1e-9))
             clock = last_save = time.monotonic()
+            if not stop and early_stop(p.history, s.patience, p.epoch):  # same history on every worker
+                if rank == 0:
+                    _say(f"early stopping: no lower val_loss in the last {s.patience} epochs")
+                stop = True
 
 
 def update_ema(ema: nn.Module, model: nn.Module, decay: float, step: int) -> None:

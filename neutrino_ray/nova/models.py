@@ -1,4 +1,5 @@
-"""Models for NOvA pixel maps: a dual-view CNN, and a linear baseline on image summary features.
+"""Models for NOvA pixel maps: a dual-view CNN, the course notebooks' CNN, and a linear baseline on image
+summary features.
 
 Both take the raw pixel maps, a uint8 tensor (N, 2, 100, 80) = (view, plane, cell), and return
 (N, n_out): class logits, or one regression value.
@@ -46,7 +47,8 @@ SIZES = {
     "small": CNNConfig(),  # 67k parameters: > 1,000 events/s on 2 CPU cores
     "medium": CNNConfig(channels=(16, 32, 64), depth=1, hidden=128),
 }
-MODELS = ("baseline", *SIZES)
+COURSE_CNN = "course-cnn"
+MODELS = ("baseline", *SIZES, COURSE_CNN)
 
 
 def scale_pixels(x: torch.Tensor) -> torch.Tensor:
@@ -86,6 +88,69 @@ class DualViewCNN(nn.Module):
         h = self.towers(scale_pixels(x))  # (N, 2*C, planes, cells): channels [0, C) from view 0, [C, 2C) view 1
         pooled = torch.cat([h.mean(dim=3).flatten(1), h.amax(dim=(2, 3))], dim=1)
         return self.head(pooled)
+
+
+# ----------------------------------------------------------------------------------------------
+# The course notebooks' CNN (the reference the real-file anchors were measured with)
+@dataclass(frozen=True)
+class CourseConfig:
+    """The course CNN's sizes: per view, one conv → max-pool 2×2 → dropout block per filter count."""
+
+    filters: tuple[int, ...] = (16, 32, 64)
+    kernels: tuple[int, ...] = (5, 3, 3)
+    block_dropout: float = 0.25
+    dense: int = 64
+    dense_dropout: float = 0.5
+
+
+COURSE = CourseConfig()
+# The recipe the seed analyses trained it with (``nova train --model course-cnn`` plus these options):
+# images scaled to [0, 1] (in the model), classes undersampled to balance (nova train's default), Adam at a
+# constant learning rate, batch 256, cross-entropy, early stopping after 5 epochs without improvement of the
+# validation loss (Keras' EarlyStopping default monitor).
+COURSE_RECIPE: dict[str, Any] = {"optimizer": "adam", "schedule": "constant", "lr": 1e-3, "batch_size": 256,
+                                  "patience": 5}
+
+
+class CourseCNN(nn.Module):
+    """The dual-input CNN of the NOvA course notebooks (the "seed analyses" of the real course files).
+
+    Source: the seed analyses as described in issue 27 (the notebooks are not in this repository): per view,
+    three blocks of conv → max-pool 2×2 → dropout with filters growing layer by layer (the notebook found
+    growing filters better than shrinking ones); the two views' feature maps flattened and concatenated, one
+    dense layer, dropout, and a softmax head (categorical cross-entropy; for ν_μ CC a 2-class softmax, the
+    same model as one sigmoid output). Inputs scaled to [0, 1] by count / 255 (the 8-bit pixel's range).
+
+    Our variant (the exact numbers are assumptions where the descriptions are silent): filters 16 → 32 → 64,
+    kernels 5×5 then 3×3 ('same' padding, ReLU; the other notebook's wide first layer, 32 separable 7×7
+    filters, is not used), dropout 0.25 after each block, dense 64 (ReLU), dropout 0.5. Per view 100×80 →
+    50×40 → 25×20 → 12×10; flattened 2 × 64 × 12 × 10 = 15,360 features. 1.0 M parameters, ~98 % of them in
+    the dense layer, as in a Keras Flatten → Dense network. No batch normalisation (the notebooks had none).
+    The two towers are one grouped convolution (``groups=2``): channel block 0 only sees view 0, block 1
+    only view 1.
+    """
+
+    def __init__(self, n_out: int, cfg: CourseConfig = COURSE):
+        super().__init__()
+        v = fmt.VIEWS
+        layers: list[nn.Module] = []
+        c_in = 1
+        planes, cells = fmt.PLANES, fmt.CELLS
+        for f, k in zip(cfg.filters, cfg.kernels):
+            layers += [nn.Conv2d(v * c_in, v * f, k, padding=k // 2, groups=v), nn.ReLU(inplace=True),
+                       nn.MaxPool2d(2), nn.Dropout(cfg.block_dropout)]
+            c_in = f
+            planes, cells = planes // 2, cells // 2
+        self.towers = nn.Sequential(*layers)
+        self.flat = v * c_in * planes * cells
+        self.head = nn.Sequential(nn.Linear(self.flat, cfg.dense), nn.ReLU(inplace=True), nn.Dropout(cfg.dense_dropout),
+                                  nn.Linear(cfg.dense, n_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.towers(x.float() * (1.0 / MAX_COUNT))  # (N, 2F, 12, 10): channels [0, F) view 0, [F, 2F) view 1
+        n, c = h.shape[:2]
+        # Flatten view by view (each view's maps in a row, as a Keras Concatenate of two Flatten outputs).
+        return self.head(h.reshape(n, fmt.VIEWS, c // fmt.VIEWS, -1).flatten(1))
 
 
 SUMMARY_FEATURES = tuple(
@@ -146,9 +211,11 @@ class SummaryLinear(nn.Module):
 
 
 def build(model: str, n_out: int, sizes: dict[str, Any] | None = None) -> nn.Module:
-    """The named model ('baseline', or a CNN size; ``sizes`` overrides a CNN's layer sizes)."""
+    """The named model ('baseline', 'course-cnn', or a CNN size; ``sizes`` overrides a CNN's layer sizes)."""
     if model == "baseline":
         return SummaryLinear(n_out)
+    if model == COURSE_CNN:
+        return CourseCNN(n_out)
     cfg = CNNConfig.from_dict(sizes) if sizes else SIZES[model]
     return DualViewCNN(cfg, n_out)
 

@@ -11,15 +11,22 @@ energy ≈ 3.8 GeV, 87–88 % ν_μ CC, ≤ 2 % ν_e, no ν_τ, DIS over half an
 
 * Event spectrum = flux × cross section, per interaction kind. The flux φ(E) has two parts: the
   off-axis π-decay peak (log-normal, median 2 GeV, σ_ln 0.35: the NOvA narrow band) and, with
-  :data:`FLUX_K_FRACTION` = 18.5 % of the flux, the K-decay component (Gamma(3, 12.5 GeV)): kaons are
+  :data:`FLUX_K_FRACTION` = 24 % of the flux, the K-decay component (Gamma(3, 12.5 GeV)): kaons are
   heavier, so their neutrinos are far less suppressed off axis and reach tens of GeV. σ_QE, σ_RES and
-  σ_MEC are flat above their thresholds (σ ∝ 1 - exp(-E/E_rise)); σ_DIS ∝ E. So QE, RES and "other"
-  events sit mostly in the 2 GeV peak (median ~2.2 GeV) and DIS events mostly in the K component (median
-  ~38 GeV), and the mode mix stays the one asked for (:class:`Mix`, default the files': 88 % ν_μ CC, 1 %
-  ν_e CC, 11 % NC; CC modes DIS 55 %, RES 28 %, QE 12 %, other 5 %): each event's class is drawn first,
-  its energy from its kind's spectrum. E_ν is cut to 0.5–80 GeV (the files' range). Result (default mix, 140,000
-  events): median E_ν 16.7 GeV (49.6 % ≤ 16 GeV), median E_lepton 4.5 GeV (48.8 % ≤ 3.8 GeV; the goal
-  was 3.3–4.3 GeV). Why two components: a
+  σ_MEC are flat above their thresholds (σ ∝ 1 - exp(-E/E_rise)); σ_DIS has two parts: the deep-inelastic
+  one ∝ E, and a low-W one (1.7 < W ≲ 2.5 GeV, the shallow-inelastic RES/DIS transition) that saturates
+  above a few GeV like the resonances (:data:`DIS_LOW_W_FRACTION` = 15 % of the DIS events). So QE, RES and
+  "other" events sit mostly in the 2 GeV peak (median ~2.2 GeV), DIS events mostly in the K component
+  (median ~35 GeV) but 21 % of them below 5 GeV, where W > 1.7 GeV forces a high y (a short muon beside
+  a hadronic shower of half the energy or more). The mode mix stays the one asked for (:class:`Mix`,
+  default the files': 88 % ν_μ CC, 1 % ν_e CC, 11 % NC; CC modes DIS 55 %, RES 28 %, QE 12 %, other 5 %):
+  each event's class is drawn first, its energy from its kind's spectrum. E_ν is cut to 0.5–80 GeV (the
+  files' range). Result (default mix, the generator's kinematics on 200,000 events, issue 27): median E_ν
+  15.9 GeV (50.1 % ≤ 16 GeV, 49.0 % ≤ 14, 51.4 % ≤ 18), median E_lepton 3.6 GeV (50.5 % ≤ 3.8 GeV;
+  49.0 % ≤ 3.3, 51.5 % ≤ 4.3; goal 3.3–4.3 GeV).
+  Before issue 27 (σ_DIS ∝ E only, y ~ Beta(1, 1.25), 18.5 % K flux) the E_lepton median was 4.4–4.7 GeV:
+  the Beta shape had too few high-y DIS events (P(y > 0.9) 5.6 % against 9 % from the quark-parton
+  dσ/dy below). Why two components: a
   single broad peak at 16 GeV gives median E_lepton ≈ 7–8 GeV with the y distributions below (DIS mean y
   ≈ 0.5); the files' 3.8 GeV needs about half the events at low energy. The cost: the median lies in
   the sparse valley between the two parts (only ~5 % of events have 10–20 GeV), so it moves by ±1 GeV
@@ -28,10 +35,10 @@ energy ≈ 3.8 GeV, 87–88 % ν_μ CC, ≤ 2 % ν_e, no ν_τ, DIS over half an
   y shapes: QE ν = Q²/2M and MEC (the CC "other" mode, 2p2h) ν = Q²/2M + 0.05–0.3 GeV, with Q² from the
   dipole axial form factor dσ/dQ² ∝ (1 + Q²/M_A²)^-4 (M_A = 1.0 GeV): Q² stays below ~1 GeV², so y =
   ν/E falls as 1/E and QE/MEC leptons carry nearly all the energy (mean y 0.10, MEC 0.17). RES: W from a
-  Breit–Wigner Δ(1232) (1.08–1.6 GeV), M_A = 1.1 GeV, ν = (W² - M² + Q²)/2M (mean y 0.26). DIS: y ~ Beta(1,
-  1.25) (flat valence quarks, a small (1 - y)² antiquark part), x ~ Beta(0.9, 2.4), Q² = 2MExy, W > 1.7
-  GeV (mean y 0.51). Draws outside the physical range (ν > E - m_lep, |cos θ| > 1) are redrawn. The lepton
-  angle follows from Q² = 2E(E_l - p_l cos θ) - m_l²; the hadronic system recoils against it.
+  Breit–Wigner Δ(1232) (1.08–1.6 GeV), M_A = 1.1 GeV, ν = (W² - M² + Q²)/2M (mean y 0.26). DIS: dσ/dy ∝ q +
+  q̄ (1 - y)², q̄/q = 0.2 (:func:`_dis_y`: flat from the quarks, (1 - y)² from the antiquarks), x ~ Beta(0.9,
+  2.4), Q² = 2MExy, W > 1.7 GeV (mean y ≈ 0.5). Draws outside the physical range (ν > E - m_lep, |cos θ| > 1) are
+  redrawn. The lepton angle follows from Q² = 2E(E_l - p_l cos θ) - m_l²; the hadronic system recoils against it.
   ``lepenergy = (1 - y) nuenergy`` is the charged lepton (CC) or the outgoing, invisible neutrino (NC),
   so the course target ``lepenergy / nuenergy`` is 1 - y and the hadronic system carries
   ``(1 - lepenergy/nuenergy) · E``.
@@ -65,7 +72,11 @@ energy ≈ 3.8 GeV, 87–88 % ν_μ CC, ≤ 2 % ν_e, no ν_τ, DIS over half an
   y readout), so the image sum over both views × :data:`GEV_PER_COUNT` is the deposited energy in the
   window (below saturation). Each hit pixel fluctuates (Poisson-like photostatistics, 8 % calibration
   spread), ~4 noise hits per event are added, pixels below 3 counts are dropped, values are rounded
-  and clipped to 0..255. A muon crossing one plane gives ~16 counts per view.
+  and clipped to 0..255 (the 8-bit pixel saturates in shower cores). A muon crossing one plane gives ~16
+  counts per view.
+* Pile-up (issue 27): :data:`OVERLAY_P` = 3 % of the neutrino slices carry a steep through-going muon (a rock
+  muon or cosmic in the slice's time window) that is not theirs: an NC event can then show a long track, and
+  the network cannot call every event with a long track ν_μ CC.
 
 Pixel mapping (detector coordinates in cm: x, y ∈ ±190, z from 0 at the front, beam along +z):
 detector plane index ``z / PLANE_PITCH_CM``, detector cell indices ``(x + 190) / CELL_PITCH_CM`` and
@@ -130,8 +141,13 @@ TAU_DECAY_P = (0.174, 0.178, 0.648)  # τ → μ, e, hadrons
 # for DIS, so each mode's events have their own spectrum and the mode mix stays the one asked for.
 FLUX_PI_MEDIAN, FLUX_PI_SIGMA = 2.0, 0.35  # GeV, the π-decay peak
 FLUX_K_SHAPE, FLUX_K_SCALE = 3.0, 12.5  # GeV, the K-decay component: Gamma(shape, scale), mean 37.5 GeV
-FLUX_K_FRACTION = 0.185  # of the flux (not of the events: σ ∝ E makes the K component dominate DIS)
+FLUX_K_FRACTION = 0.24  # of the flux (not of the events: σ ∝ E makes the K component dominate DIS)
 SIGMA_RISE_GEV = {0: 0.3, 1: 0.7, 2: 2.0, 3: 0.5}  # σ(E) ∝ 1 - exp(-E / E_rise), by kind QE, RES, DIS, MEC
+# σ_DIS = a low-W part (shallow inelastic, 1.7 < W ≲ 2.5 GeV: the RES/DIS transition) that saturates above a few
+# GeV like the resonances, plus the deep-inelastic part ∝ E. DIS_LOW_W_FRACTION of the DIS events come from the
+# low-W part (its flux-averaged share of σ_DIS events); its threshold rise is W > 1.7 GeV's: ν >~ 1.1 GeV.
+DIS_LOW_W_FRACTION = 0.15
+DIS_LOW_W_RISE_GEV = 1.5
 E_MIN, E_MAX = 0.5, 80.0
 TAU_THRESHOLD = 3.5
 OTHER_E = (0.1, 1.5)  # GeV, "other" (low-energy junk)
@@ -141,7 +157,10 @@ M_A_GEV = {QE: 1.0, RES: 1.1, MEC: 1.0}  # axial masses: dσ/dQ² ∝ (1 + Q²/M
 M_DELTA, GAMMA_DELTA = 1.232, 0.117  # GeV, the Δ(1232) resonance (RES invariant mass W)
 W_RES = (1.08, 1.6)  # GeV, the RES W range
 W_DIS_MIN = 1.7  # GeV, DIS starts above the resonances
-Y_DIS_BETA = (1.0, 1.25)  # DIS y ~ Beta: flat valence (q) part minus an antiquark (q̄ (1 - y)²) share
+# DIS dσ/dy ∝ q + q̄ (1 - y)² (ν on an isoscalar target): flat from the quarks, (1 - y)² from the antiquarks,
+# q̄/q ≈ 0.2 at NOvA's x (the sea). Mean y ≈ 0.47 and P(y > 0.9) ≈ 9 % (high-y DIS: a soft, short muon under
+# a hard hadronic shower).
+QBAR_OVER_Q = 0.2
 X_DIS_BETA = (0.9, 2.4)  # DIS Bjorken x ~ Beta (valence-like)
 MEC_EXTRA_NU = (0.05, 0.3)  # GeV, 2p2h: energy transfer beyond Q²/2M
 NC_MODE_P = (0.2, 0.35, 0.45)  # NC elastic, RES-like, DIS-like
@@ -156,6 +175,9 @@ CALIB_SIGMA = 0.08  # relative pixel-to-pixel calibration spread
 NOISE_HITS = 4.0  # mean noise pixels per event
 NOISE_MEAN_COUNTS = 4.0  # exponential noise amplitude (counts)
 THRESHOLD = 3.0  # pixels below this many counts read 0
+# Pile-up: a rock muon or cosmic crossing the window in the slice's time window (the slicer separates most in
+# time, not all): this share of neutrino slices carries a steep through-going muon track that is not theirs.
+OVERLAY_P = 0.03
 MIN_SLICE_HITS = 10  # an event needs this many hit pixels (both views) to be a slice in the files
 MAX_REDRAWS = 50  # ... redrawn at most this often (then kept as it is)
 CHUNK = 512  # events rendered at a time (bounds the temporary memory)
@@ -486,15 +508,25 @@ def _energies(rng: np.random.Generator, kind: np.ndarray, lo: float = E_MIN) -> 
     e = np.zeros(len(kind))
     todo = np.arange(len(kind))
     lo = max(lo, E_MIN)
+    low_w = (kind == DIS) & (rng.random(len(kind)) < DIS_LOW_W_FRACTION)  # σ_DIS's saturating low-W part
     while len(todo):  # rejection sampling: the threshold factor and the energy range
         k = kind[todo]
-        cand = np.where(k == DIS, _flux_energies(rng, len(todo), True), _flux_energies(rng, len(todo), False))
-        rise = np.select([k == QE, k == RES, k == DIS], [SIGMA_RISE_GEV[0], SIGMA_RISE_GEV[1], SIGMA_RISE_GEV[2]],
+        deep = (k == DIS) & ~low_w[todo]
+        cand = np.where(deep, _flux_energies(rng, len(todo), True), _flux_energies(rng, len(todo), False))
+        rise = np.select([k == QE, k == RES, deep, k == DIS],
+                         [SIGMA_RISE_GEV[0], SIGMA_RISE_GEV[1], SIGMA_RISE_GEV[2], DIS_LOW_W_RISE_GEV],
                          SIGMA_RISE_GEV[3])
         ok = (cand >= lo) & (cand <= E_MAX) & (rng.random(len(todo)) < 1.0 - np.exp(-cand / rise))
         e[todo[ok]] = cand[ok]
         todo = todo[~ok]
     return e
+
+
+def _dis_y(rng: np.random.Generator, n: int) -> np.ndarray:
+    """n draws of DIS inelasticity from dσ/dy ∝ 1 + r (1 - y)², r = q̄/q: a mixture of a flat part (weight 1)
+    and (1 - y)² (weight r/3), the latter by inversion y = 1 - u^(1/3)."""
+    flat = rng.random(n) < 1.0 / (1.0 + QBAR_OVER_Q / 3.0)
+    return np.where(flat, rng.random(n), 1.0 - rng.random(n) ** (1.0 / 3.0))
 
 
 def _dipole_q2(rng: np.random.Generator, m_a: np.ndarray | float, n: int) -> np.ndarray:
@@ -518,7 +550,7 @@ def _kinematics(rng: np.random.Generator, kind: np.ndarray, energy: np.ndarray, 
         w = np.clip(M_DELTA + 0.5 * GAMMA_DELTA * np.tan(np.pi * (rng.random(t) - 0.5)), *W_RES)
         nu_res = (w**2 - M_N**2 + q2_ff) / (2 * M_N)
         x = rng.beta(*X_DIS_BETA, t)
-        y_dis = rng.beta(*Y_DIS_BETA, t)
+        y_dis = _dis_y(rng, t)
         nu = np.select([k == QE, k == MEC, k == RES],
                        [q2_ff / (2 * M_N), q2_ff / (2 * M_N) + rng.uniform(*MEC_EXTRA_NU, t), nu_res], y_dis * e)
         qq = np.where(k == DIS, 2 * M_N * e * x * y_dis, q2_ff)
@@ -700,6 +732,17 @@ def _chunk(rng: np.random.Generator, classes: np.ndarray) -> tuple[np.ndarray, d
     vp = det_p - (np.floor(det_p) - win_p)
     vx = det_x - (np.floor(det_x) - win_x)
     vy = det_y - (np.floor(det_y) - win_y)
+
+    # pile-up overlays (OVERLAY_P): a steep muon entering through the top of the window anywhere along it
+    ov = ~cosmic & (rng.random(n) < OVERLAY_P)
+    k = int(ov.sum())
+    cos_z = rng.random(k) ** (1.0 / 3.0)
+    sin_z, az = np.sqrt(1.0 - cos_z**2), rng.uniform(0.0, 2 * np.pi, k)
+    start = np.column_stack([(rng.uniform(0, fmt.CELLS, k) - vx[ov]) * CELL_PITCH_CM,
+                             (fmt.CELLS - 1e-3 - vy[ov]) * CELL_PITCH_CM,
+                             (rng.uniform(0, fmt.PLANES, k) - vp[ov]) * PLANE_PITCH_CM])
+    tracks.add(ev=ids[ov], off=start, dir=np.column_stack([sin_z * np.cos(az), -cos_z, sin_z * np.sin(az)]),
+               length=5000.0, cpc=MIP_COUNTS_PER_CM)
 
     shape = (n, fmt.VIEWS, fmt.PLANES, fmt.CELLS)
     t, c = tracks.get(), clouds.get()
