@@ -40,12 +40,21 @@ Light yield and timing:
     scattering and absorption lengths of the shipped SPICE-Mie table averaged along each path
     (``resources/south_pole_ice.csv``, arXiv:1301.5361; the dust layer shows). ``K_CASCADE``,
     ``K_TRACK``: light-yield normalisations (calibrated with the spectral index to the pulse counts).
-  * Cascade light keeps a memory of the shower axis that fades over one effective scattering length:
-    angular factor 1 + ``CASCADE_FORWARD`` e^{-d/L_scat} cos θ. Beyond a few tens of metres the light
-    is diffuse, which is why a straight-line fit cannot find a cascade's direction.
+  * Cascade light keeps a memory of the shower axis: angular factor 1 + ``CASCADE_FORWARD``
+    e^{-d/(m L_scat)} cos θ with m = ``CASCADE_MEMORY_LENGTHS`` 10. Photon angular memory in diffusion:
+    for a forward-emitting source the fluence's dipole term relative to the monopole is
+    g λ_eff (1/d + 1/L_att) (P1 approximation; Farrell, Patterson & Wilson, Med. Phys. 19 (1992) 879),
+    which levels off near g λ_eff / L_att rather than vanishing after one scattering length; m = 10 keeps
+    ~0.6 at 100 m and 0.3–0.5 at 250 m, at or below that value (issue 26; the first
+    calibration's m = 1 left cascades above 10 TeV with no recoverable direction, a bound of ~45°).
   * Arrival delays after the direct Cherenkov time (θc = 41°, group index 1.35): Pandel gamma
     distribution (Pandel 1996; NIM A 524 (2004) 169) with the local scattering and absorption
-    lengths at each DOM's depth, over the real source–DOM distances; 2 ns PMT jitter.
+    lengths at each DOM's depth; 2 ns PMT jitter. Tracks: over the real emission–DOM distance. Cascades:
+    over the distance from the displaced diffusion source one transport length ahead of the vertex,
+    |r − δ u| with δ = ``CASCADE_DISPLACEMENT_LENGTHS`` 0.75 × L_scat (g ≈ cos 41°; Farrell et al. 1992),
+    AMANDA's orientation-dependent Pandel effective distance: light behind the shower comes later, light
+    in front earlier, the same on average. Not modelled: a separate direct (unscattered) photon component
+    at short distance (the Pandel shape d/λ already concentrates delays near 0 within a few metres).
   * Late light: PMT afterpulses, ``AFTERPULSE_PROB`` 6 % per photo-electron, delays in groups near
     0.6, 2 and 8 µs (IceCube instrumentation paper, arXiv:1612.05093, sec. 3.2). Bright DOMs and their
     neighbours pulse again microseconds later, in HLC: pulses that mislead a straight-line fit.
@@ -64,8 +73,8 @@ PMT and DAQ:
 
 The generative model's expectations (section 2b: ``events_along``, ``expected_light``, ``expected_pulses``,
 ``arrival_pdf``, ``afterpulse_pdf``) are public: the information bound (:mod:`neutrino_ray.icecube.bound`)
-evaluates the very functions the simulator draws from. ``CASCADE_MEMORY_LENGTHS`` (1) scales the memory's
-decay length for the bound's what-if measurements (docs/icecube.md, "Information bound").
+evaluates the very functions the simulator draws from; its what-if measurements of the cascade memory and
+displacement are in docs/icecube.md ("Information bound").
 
 Everything is numpy and vectorised over a chunk of candidate events; the only Python loop is over
 chunks. ``simulate_batch`` is pure (no I/O, no Ray) and deterministic for a given seed.
@@ -144,16 +153,23 @@ CASCADE_Z = (-600.0, 600.0)  # m
 K_CASCADE = 0.35  # pe m / GeV
 K_TRACK = 8.0  # pe m^0.5
 # Cascades emit most light forward (Cherenkov cone of the shower particles), partly kept after
-# scattering: angular factor 1 + CASCADE_FORWARD exp(-d / L_scat) cos(angle to the shower axis), averaging
-# to 1; the light forgets its direction over about one effective scattering length L_scat.
+# scattering: angular factor 1 + CASCADE_FORWARD exp(-d / (CASCADE_MEMORY_LENGTHS L_scat)) cos(angle to the shower
+# axis), averaging to 1 over directions.
 CASCADE_FORWARD = 0.9
-# The memory of the shower axis decays over this many effective scattering lengths (1: the calibrated value;
-# the information bound, issue 26, measures what longer memories would give).
-CASCADE_MEMORY_LENGTHS = 1.0
-# Angle-dependent Pandel effective distance for cascades (what-if, 0 as calibrated): light reaching a DOM behind
-# the shower must turn round first, d_eff = d + CASCADE_TURN_LENGTHS * L_scat * (1 - cos angle) / 2, as AMANDA's
-# Pandel fits use an orientation-dependent effective distance (NIM A 524 (2004) 169). 0 changes nothing.
-CASCADE_TURN_LENGTHS = 0.0
+# The memory of the shower axis decays over this many effective scattering lengths. Diffusion of a forward-emitting
+# source (P1 approximation): the fluence's dipole term relative to its monopole is g lambda_eff (1/d + 1/L_att) for a
+# source of mean emission cosine g, so the anisotropy levels off near g lambda_eff / L_att ~ 0.5-0.9 in South Pole
+# ice instead of vanishing after one length (Farrell, Patterson & Wilson, Med. Phys. 19 (1992) 879; Ishimaru, Wave
+# Propagation and Scattering in Random Media, ch. 9). 10 lengths (L_scat ~ 25 m) keep the factor at 0.9 near the
+# shower, ~0.6 at 100 m and 0.3-0.5 at 250 m: at or below the levelled-off diffusion value (conservative).
+CASCADE_MEMORY_LENGTHS = 10.0
+# Angle-dependent Pandel effective distance for cascades: the diffuse light of a forward-emitting source starts from a
+# point one transport length g lambda_eff ahead of the vertex (the displaced isotropic source of diffusion theory,
+# Farrell et al. 1992), so the Pandel distance is the distance from that point, d_eff = |r - delta u|, delta =
+# CASCADE_DISPLACEMENT_LENGTHS * L_scat: shorter in front of the shower, longer behind it, the same on average over
+# directions. AMANDA's Pandel fits use such an orientation-dependent effective distance (NIM A 524 (2004) 169).
+# g ~ 0.75 (cos 41 deg, the shower particles' Cherenkov cone); 0 gives d_eff = d.
+CASCADE_DISPLACEMENT_LENGTHS = 0.75
 MIN_DISTANCE = 3.0  # m, regularises the 1/d laws next to a DOM
 HQE_EFFICIENCY = 1.35  # DeepCore high-quantum-efficiency DOMs (strings 79-86, DOMs 11-60)
 # Pruning: a DOM is evaluated only within the distance where a source's light would fall below
@@ -505,13 +521,15 @@ def dom_light(src: Sources, det: _Detector) -> DomLight:
     width = np.sqrt(np.maximum(rho, MIN_DISTANCE) / inv_att)
     seen = _normal_cdf((src.s_end[s] - sp) / width) - _normal_cdf((src.s_start[s] - sp) / width)
     memory = CASCADE_FORWARD * np.exp(-d / (CASCADE_MEMORY_LENGTHS * scat))
+    delta = CASCADE_DISPLACEMENT_LENGTHS * scat  # cascades: the displaced diffusion source (d = |w|)
     spread = np.where(trk, seen / np.sqrt(dd), (1.0 + memory * proj / dd) / dd)
     mu = src.brightness[s] * det.efficiency[sensor] * np.exp(-d * inv_att) * spread
     return DomLight(
         event=src.event[s], sensor=sensor, distance=d,
         t_direct=src.t0[s] + s_e / C_VACUUM + d / C_ICE,
         expected_pe=mu,
-        pandel_shape=(d + np.where(trk, 0.0, CASCADE_TURN_LENGTHS * scat * 0.5 * (1.0 - proj / dd)))
+        pandel_shape=np.where(trk, d, np.maximum(np.sqrt(np.maximum(d * d - 2.0 * delta * proj + delta * delta, 0.0)),
+                                                 MIN_DISTANCE))
         / (PANDEL_LAMBDA * scat / PANDEL_SCAT_REF),
         pandel_scale=1.0 / (1.0 / PANDEL_TAU + C_ICE / absn),
     )
