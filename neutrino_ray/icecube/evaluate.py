@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from neutrino_ray import storage
+from neutrino_ray import htmlreport, storage
 from neutrino_ray.icecube import data as icdata
 from neutrino_ray.icecube import uncertainty
 from neutrino_ray.icecube.metrics import angular_dist_score, angular_distance, summarise
@@ -70,6 +70,7 @@ class Scored:
     n_pulses: np.ndarray
     energy: np.ndarray | None
     topology: np.ndarray | None
+    batch_id: np.ndarray | None = None  # the meta's batch of each event
 
     @property
     def kappa(self) -> np.ndarray | None:
@@ -100,7 +101,8 @@ def score(data: str, split: str, predictions: str, truth: pa.Table | None = None
     n_pulses = (meta.column("last_pulse_index").to_numpy() - meta.column("first_pulse_index").to_numpy() + 1)
     energy = truth.column("energy").to_numpy() if "energy" in truth.column_names else None
     topology = np.asarray(truth.column("topology").to_pylist()) if "topology" in truth.column_names else None
-    return Scored(pred, truth, angular_distance(az_t, zen_t, az_p, zen_p), n_pulses, energy, topology)
+    return Scored(pred, truth, angular_distance(az_t, zen_t, az_p, zen_p), n_pulses, energy, topology,
+                  meta.column("batch_id").to_numpy())
 
 
 N_PULSES_EDGES = np.array([1, 16, 32, 64, 128, 256, 512, 1024, 1e9])
@@ -137,8 +139,10 @@ def evaluate(data: str, split: str, predictions: str, out: str,
     plots = _plots(err, zen_t, zen_p, energy, n_pulses)
     if kappa is not None:
         plots.update(_uncertainty_plots(err, kappa, report["uncertainty"]))
+    page = report_html(report, plots, {"data": data, "split": split, "predictions": predictions})
     with storage.Output(out, command=command, inputs=[data, predictions]) as output:
         output.write(REPORT, json.dumps(report, indent=2).encode())
+        output.write(htmlreport.REPORT_HTML, page, htmlreport.CONTENT_TYPE)
         for name, png in plots.items():
             output.write(name, png)
         output.commit(kind="icecube-evaluate", rows={REPORT: len(err)}, events=len(err),
@@ -147,6 +151,48 @@ def evaluate(data: str, split: str, predictions: str, out: str,
              report["mean_angular_error"], len(err), report["median_angular_error"], report["containment_68"],
              storage.join(out, REPORT))
     return report
+
+
+BIN_TABLES = (("by_energy_gev", "energy_gev", "true energy (GeV)"), ("by_true_zenith", "zenith", "true zenith (rad)"),
+              ("by_n_pulses", "n_pulses", "pulses per event"))
+CAPTIONS = {
+    "error_histogram.png": "Angular error per event (error bars: Poisson √N per bin)",
+    "zenith_pred_vs_true.png": "Predicted against true zenith, with the mean predicted zenith per bin ± s.e.m.",
+    "error_vs_energy.png": "Mean angular error against true energy (error bars: s.e.m.)",
+    "error_vs_n_pulses.png": "Mean angular error against pulses per event (error bars: s.e.m.)",
+    "reliability.png": "Reliability of the predicted uncertainties (binomial 1σ)",
+    "error_vs_sigma.png": "Angular error against the predicted σ₆₈ (error bars: s.e.m.)",
+}
+
+
+def bin_header(title: str) -> list[str]:
+    """The header row that goes with :func:`bin_rows`."""
+    return [title, "events", "mean (rad)", "median (rad)", "68 % containment (rad)"]
+
+
+def bin_rows(bins: list[dict[str, Any]], label: str) -> list[list[Any]]:
+    """Rows of a per-bin table: the bin's range, events, mean, median and 68 % containment."""
+    return [[f"{b[label][0]:g} – {b[label][1]:g}", b["n_events"], b["mean_angular_error"], b["median_angular_error"],
+             b["containment_68"]] for b in bins]
+
+
+def report_html(report: dict[str, Any], plots: dict[str, bytes], provenance: dict[str, Any]) -> bytes:
+    """``report.html``: the headline table, per-bin tables, the plots with their error bars, definitions."""
+    head = ["events", "mean angular error (rad)", "median (rad)", "68 % containment (rad)"]
+    row: list[Any] = [report["n_events"], report["mean_angular_error"], report["median_angular_error"],
+                      report["containment_68"]]
+    unc = report.get("uncertainty")
+    if unc:
+        head += ["coverage 68 %", "coverage 90 %"]
+        row += [unc["coverage_68"], unc["coverage_90"]]
+    sections = [("Headline", htmlreport.table(head, [row]))]
+    for key, label, title in BIN_TABLES:
+        if report.get(key):
+            sections.append((f"By {title}", htmlreport.table(
+                bin_header(title), bin_rows(report[key], label))))
+    return htmlreport.render(f"IceCube evaluation: split {report['split']}",
+                             "Predicted directions scored against the split's truth with the competition metric.",
+                             sections, plots, CAPTIONS, htmlreport.DEFINITIONS, provenance)
 
 
 def _plots(err: np.ndarray, zen_t: np.ndarray, zen_p: np.ndarray, energy: np.ndarray | None,

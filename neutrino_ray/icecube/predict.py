@@ -648,11 +648,20 @@ def predict(data: str, split: str, out: str, scoring: Scoring | None = None,
     if fmt not in FORMATS:
         raise InputError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
     prep = prepare(data, split, scoring)  # inputs fail before outputs are touched
+    with storage.lease(out) as held:  # one writer per output from the first part written to the publication
+        return _predict(prep, out, held, command, fmt, started, start)
+
+
+def _predict(prep: Prepared, out: str, held: storage.Lease, command: list[str] | None, fmt: str, started: float,
+             start: float) -> dict[str, Any]:
+    """:func:`predict` once it holds the output's lease: score (resuming), assemble, publish."""
+    split, data = prep.split, prep.data
     fp = fingerprint(prep)
     stages = {"prepare": time.perf_counter() - start}  # Ray start (fresh process), plan, models, κ fit, fingerprint
     # Beside the output, so the previous publication stays whole while this run scores; parts of a killed
     # run stay for its re-run, and go with the next publication there (Output removes staging leftovers).
     parts = Parts(storage.join(out, f"{storage.STAGING_PREFIX}{PARTS}-{fp[:16]}"), fp)
+    held.add_staging(parts.uri)  # kept for a resume if this run dies; a run that takes the lease inherits it
     ds = build_dataset(prep.split_plan, prep.geometry, prep.scoring, prep.plan, parts)
     blocks = list(ds.iter_batches(batch_format="pyarrow", batch_size=None))
     stages["score"] = time.perf_counter() - start - stages["prepare"]  # the Ray Data job: read, score, write parts
@@ -676,7 +685,8 @@ def predict(data: str, split: str, out: str, scoring: Scoring | None = None,
             fingerprint=fp, inference_seconds=round(seconds, 3),
             stage_seconds={k: round(v, 3) for k, v in stages.items()},
             inference_events_per_second=round(events / seconds, 1) if seconds > 0 else None)
-    storage.remove(parts.uri, recursive=True)  # Output removed it with the other staging leftovers, on S3 too
+    storage.remove(parts.uri, recursive=True)
+    held.drop_staging(parts.uri)
     log.info("predicted %d events in %.1f s (%.0f events/s; prepare %.1f s, score %.1f s, assemble %.1f s); %d "
              "degenerate events got the default direction; wrote %s", events, seconds,
              events / seconds if seconds > 0 else float("nan"), stages["prepare"], stages["score"], stages["assemble"],
