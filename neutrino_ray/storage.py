@@ -133,6 +133,25 @@ def arrow_filesystem(uri: str) -> tuple[Any, str]:
     return pafs.LocalFileSystem(), os.path.abspath(_local_path(uri)).rstrip("/")
 
 
+def polars_storage_options(uri: str) -> dict[str, str] | None:
+    """``storage_options`` for ``polars.scan_parquet`` (object_store) from the same AWS environment as
+    :func:`s3`: endpoint, region, plain HTTP for a local MinIO/moto endpoint, and the credentials of this
+    process's environment (built where the scan runs; never stored). None for local paths."""
+    if not is_s3(uri):
+        return None
+    opts = {"aws_region": s3_region() or "us-east-1"}
+    endpoint = s3_endpoint()
+    if endpoint:
+        opts["aws_endpoint_url"] = endpoint
+        if endpoint.startswith("http://"):
+            opts["aws_allow_http"] = "true"
+    for env, key in (("AWS_ACCESS_KEY_ID", "aws_access_key_id"), ("AWS_SECRET_ACCESS_KEY", "aws_secret_access_key"),
+                     ("AWS_SESSION_TOKEN", "aws_session_token")):
+        if os.environ.get(env):
+            opts[key] = os.environ[env]
+    return opts
+
+
 def _s3_key(uri: str) -> str:
     return uri.split("://", 1)[1]
 
@@ -266,6 +285,30 @@ def read_parquet(uri: str, columns: list[str] | None = None) -> pa.Table:
                     raise KeyError(f"{uri}: missing columns {missing} (has {pf.schema_arrow.names})")
             return pf.read(columns=columns)
         except (pa.ArrowInvalid, OSError) as e:
+            raise StorageError(f"{uri}: not a readable Parquet file: {e}") from e
+
+
+def read_parquet_range(uri: str, key: str, lo: int, hi: int, columns: list[str]) -> pa.Table:
+    """The rows of a Parquet file with ``lo <= key <= hi``: row groups whose statistics exclude the range are
+    never read (predicate pushdown), so a slice at the end of a big file costs its row groups, not the file.
+    Missing columns raise KeyError; a corrupt file StorageError naming it."""
+    import pyarrow.dataset as pads
+
+    fs, path = arrow_filesystem(uri)
+    with _errors(uri, "read"):
+        try:
+            ds = pads.dataset(path, format="parquet", filesystem=fs)
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"{uri}: not found") from e
+        except pa.ArrowInvalid as e:
+            raise StorageError(f"{uri}: not a readable Parquet file: {e}") from e
+        missing = [c for c in columns if c not in ds.schema.names]
+        if missing:
+            raise KeyError(f"{uri}: missing columns {missing} (has {ds.schema.names})")
+        field = pads.field(key)
+        try:
+            return ds.to_table(columns=columns, filter=(field >= lo) & (field <= hi))
+        except pa.ArrowInvalid as e:
             raise StorageError(f"{uri}: not a readable Parquet file: {e}") from e
 
 

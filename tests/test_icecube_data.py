@@ -85,8 +85,8 @@ def test_predict_local_matches_in_process_linefit(tmp_path: Path) -> None:
     # predictions.parquet: the same events and directions, the pulse counts; no κ for LineFit without a train
     # split to fit its empirical uncertainty on (null, said why).
     pred = pq.read_table(out / "predictions.parquet")
-    assert pred.column_names == ["event_id", "azimuth", "zenith", "kappa", "sigma_50", "sigma_68", "sigma_90",
-                                 "n_pulses", "model"]
+    assert pred.column_names == ["event_id", "batch_id", "azimuth", "zenith", "kappa", "sigma_50", "sigma_68",
+                                 "sigma_90", "n_pulses", "model"]
     assert np.array_equal(pred.column("event_id").to_numpy(), ids)
     np.testing.assert_allclose(pred.column("azimuth").to_numpy(), sub.column("azimuth").to_numpy(), atol=1e-9)
     np.testing.assert_allclose(pred.column("zenith").to_numpy(), sub.column("zenith").to_numpy(), atol=1e-9)

@@ -19,6 +19,8 @@ from neutrino_ray.plotting import counts_with_errors, png, pyplot
 log = logging.getLogger("neutrino_ray")
 
 REPORT = "report.json"
+EVENTS, BINS = "events.parquet", "bins.parquet"
+ROW_GROUP_EVENTS = 1 << 18  # events.parquet row groups: 262,144 events, sorted by event_id (so by batch_id too)
 
 
 def read_predictions(uri: str) -> pa.Table:
@@ -105,6 +107,53 @@ def score(data: str, split: str, predictions: str, truth: pa.Table | None = None
                   meta.column("batch_id").to_numpy())
 
 
+def events_table(sc: Scored) -> pa.Table:
+    """``events.parquet``, one row per event sorted by event_id: its batch, true and predicted direction, the
+    angular error, the pulse count, and where known the true energy and topology, the predicted κ, σ₆₈ and
+    the probability-integral transform u = P(angle ≤ error) (calibrated: uniform)."""
+    cols: dict[str, Any] = {"event_id": sc.truth.column("event_id").cast(pa.int64())}
+    cols["batch_id"] = pa.array(sc.batch_id, pa.int64()) if sc.batch_id is not None else pa.nulls(len(sc.errors),
+                                                                                                    pa.int64())
+    for c in ("azimuth", "zenith"):
+        cols[f"true_{c}"] = sc.truth.column(c).cast(pa.float64())
+    for c in ("azimuth", "zenith"):
+        cols[c] = sc.pred.column(c).cast(pa.float64())
+    cols["angular_error"] = pa.array(sc.errors, pa.float64())
+    cols["n_pulses"] = pa.array(sc.n_pulses, pa.int64())
+    if sc.energy is not None:
+        cols["energy"] = pa.array(sc.energy, pa.float64())
+    if sc.topology is not None:
+        cols["topology"] = pa.array(sc.topology.astype(str), pa.string())
+    kappa = sc.kappa
+    if kappa is not None:
+        cols["kappa"] = pa.array(kappa, pa.float64())
+        cols["sigma_68"] = pa.array(uncertainty.vmf_quantile(kappa, 0.68), pa.float64())
+        cols["pit"] = pa.array(uncertainty.vmf_cdf(kappa, sc.errors), pa.float64())
+    return pa.table(cols)
+
+
+BINS_SCHEMA = pa.schema([("breakdown", pa.string()), ("lo", pa.float64()), ("hi", pa.float64()),
+                         ("label", pa.string()), ("n_events", pa.int64()), ("mean_angular_error", pa.float64()),
+                         ("median_angular_error", pa.float64()), ("containment_68", pa.float64())])
+
+
+def bins_table(report: dict[str, Any]) -> pa.Table:
+    """``bins.parquet``: the report's per-bin tables in one long table (breakdown = energy_gev, true_zenith,
+    n_pulses or topology; bin edges lo ≤ x < hi, or the topology's name in ``label``)."""
+    rows = []
+    for key, label, _ in BIN_TABLES:
+        for b in report.get(key) or []:
+            lo, hi = b[label]
+            rows.append({"breakdown": key.removeprefix("by_"), "lo": lo, "hi": hi, "label": f"{lo:g}-{hi:g}",
+                         **{k: b[k] for k in ("n_events", "mean_angular_error", "median_angular_error",
+                                              "containment_68")}})
+    for name, b in (report.get("by_topology") or {}).items():
+        rows.append({"breakdown": "topology", "lo": None, "hi": None, "label": name,
+                     **{k: b.get(k) for k in ("n_events", "mean_angular_error", "median_angular_error",
+                                              "containment_68")}})
+    return pa.Table.from_pylist(rows, schema=BINS_SCHEMA)
+
+
 N_PULSES_EDGES = np.array([1, 16, 32, 64, 128, 256, 512, 1024, 1e9])
 ZENITH_EDGES = np.linspace(0, np.pi, 7)
 
@@ -140,12 +189,17 @@ def evaluate(data: str, split: str, predictions: str, out: str,
     if kappa is not None:
         plots.update(_uncertainty_plots(err, kappa, report["uncertainty"]))
     page = report_html(report, plots, {"data": data, "split": split, "predictions": predictions})
+    events = events_table(sc)
+    bins = bins_table(report)
     with storage.Output(out, command=command, inputs=[data, predictions]) as output:
         output.write(REPORT, json.dumps(report, indent=2).encode())
+        output.write(EVENTS, storage.parquet_bytes(events, row_group_size=ROW_GROUP_EVENTS))
+        output.write(BINS, storage.parquet_bytes(bins))
         output.write(htmlreport.REPORT_HTML, page, htmlreport.CONTENT_TYPE)
         for name, png in plots.items():
             output.write(name, png)
-        output.commit(kind="icecube-evaluate", rows={REPORT: len(err)}, events=len(err),
+        output.commit(kind="icecube-evaluate", rows={REPORT: len(err), EVENTS: len(events), BINS: len(bins)},
+                      events=len(err),
                       mean_angular_error=report["mean_angular_error"])
     log.info("mean angular error %.4f rad over %d events (median %.4f, 68%% %.4f); report at %s",
              report["mean_angular_error"], len(err), report["median_angular_error"], report["containment_68"],
@@ -266,6 +320,8 @@ def _uncertainty_plots(err: np.ndarray, kappa: np.ndarray, rep: dict[str, Any]) 
     s68 = uncertainty.vmf_quantile(kappa, 0.68)
     edges = np.quantile(s68, np.linspace(0, 1, 13))
     edges = np.unique(edges)
+    if len(edges) < 2:  # one predicted σ for every event (a constant κ): one bin
+        edges = np.array([edges[0], edges[0] + max(1e-9, 1e-9 * edges[0])])
     idx = np.clip(np.digitize(s68, edges) - 1, 0, len(edges) - 2)
     counts = np.bincount(idx, minlength=len(edges) - 1)
     ok = counts > 0
