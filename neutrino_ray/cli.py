@@ -493,6 +493,11 @@ def _add_bench(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
                          "in a fresh driver process: plan time, driver and worker peak RSS, events/s")
     bi.add_argument("--scale-events-per-batch", type=_positive, default=200_000,
                     help="events per batch file for --scale (200000, the Kaggle batch size)")
+    bi.add_argument("--scale-meta-row-group", type=_positive, default=None, metavar="ROWS",
+                    help="for --scale: write the meta in row groups of ROWS rows across batches (e.g. 1048576, "
+                         "as pandas or Spark write it) instead of one row group per batch")
+    bi.add_argument("--scale-analysis", action="store_true",
+                    help="for --scale: also evaluate and compare the predictions, each in a fresh driver process")
 
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
@@ -596,7 +601,8 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
                 raise InputError(f"--scale {args.scale}: expected comma-separated batch-file counts") from e
             if not batches or min(batches) < 1:
                 raise InputError(f"--scale {args.scale}: expected positive batch-file counts")
-            bench_scale(batches, args.data.rstrip("/") + "-scale", args.scale_events_per_batch)
+            bench_scale(batches, args.data.rstrip("/") + "-scale", args.scale_events_per_batch,
+                        args.scale_meta_row_group, args.scale_analysis)
             return 0
         if args.events:
             bench(args.events, args.data, args.seed)
