@@ -29,7 +29,7 @@ from neutrino_ray.icecube.evaluate import (
     energy_edges,
     score,
 )
-from neutrino_ray.icecube.metrics import PairedBootstrap, summarise
+from neutrino_ray.icecube.metrics import PairedBootstrap, poisson1_weights, summarise
 from neutrino_ray.plotting import png, pyplot
 
 log = logging.getLogger("neutrino_ray")
@@ -41,16 +41,18 @@ REFERENCES = ("real Kaggle data, leaderboard mean angular error: public LineFit 
 
 
 def bootstrap_mean(errors: np.ndarray, rng: np.random.Generator, n: int = N_BOOTSTRAP) -> list[float]:
-    """The 16th and 84th percentiles of the mean over ``n`` bootstrap resamples (a 68 % interval)."""
+    """The 16th and 84th percentiles of the mean over ``n`` Poisson-bootstrap resamples (a 68 % interval)."""
     if len(errors) < 2:
         return [float("nan"), float("nan")]
-    # Resample counts per event (multinomial) in blocks: memory O(block · events), not O(n · events).
-    means = []
-    block = max(1, min(50, 5_000_000 // len(errors)))
-    for lo in range(0, n, block):
-        counts = rng.multinomial(len(errors), np.full(len(errors), 1 / len(errors)), size=min(block, n - lo))
-        means.append(counts @ errors / len(errors))
-    lo68, hi68 = np.percentile(np.concatenate(means), [16, 84])
+    # Poisson(1) weights per event and resample (the Poisson bootstrap: as the multinomial one for many events,
+    # and ~6x faster to draw), in chunks of events: memory O(n · chunk).
+    w_sum, w_err = np.zeros(n), np.zeros(n)
+    chunk = 20_000
+    for lo in range(0, len(errors), chunk):
+        w = poisson1_weights(rng, (n, min(chunk, len(errors) - lo))).astype(np.float64)
+        w_sum += w.sum(axis=1)
+        w_err += w @ errors[lo:lo + chunk]
+    lo68, hi68 = np.percentile(w_err[w_sum > 0] / w_sum[w_sum > 0], [16, 84])
     return [float(lo68), float(hi68)]
 
 

@@ -55,6 +55,22 @@ def summarise(errors: np.ndarray) -> dict[str, float]:
     }
 
 
+# Poisson(1) by inversion of 16-bit uniforms: k = the number of thresholds 2^16 · P(X ≤ j), j = 0…8, that u
+# reaches (each probability within 2^-16 of the exact one). Comparisons on uint16 arrays are ~10× faster than
+# numpy's Poisson sampler, which dominated the bootstrap (2M events × 200 resamples: 33 s on 2 shared cores).
+_POISSON1_THRESHOLDS = np.round(65536 * np.cumsum([np.exp(-1.0) / np.prod(np.arange(1, j + 1)) for j in range(9)]))
+_POISSON1_THRESHOLDS = _POISSON1_THRESHOLDS[_POISSON1_THRESHOLDS < 65536].astype(np.uint32)
+
+
+def poisson1_weights(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
+    """Poisson(1) counts (uint8) of ``shape``, from 16-bit uniforms."""
+    u = rng.integers(0, 65536, size=shape, dtype=np.uint16)
+    w = np.zeros(shape, np.uint8)
+    for t in _POISSON1_THRESHOLDS:
+        w += u >= t
+    return w
+
+
 class PairedBootstrap:
     """A paired comparison of two reconstructions of the same events: the mean of the per-event difference of
     angular errors ``a - b`` (negative: A is better) and the fraction of events where A's error is strictly
@@ -90,7 +106,7 @@ class PairedBootstrap:
         self.n_better += int(better.sum())
         self.n_tied += int(np.count_nonzero(d == 0))
         for lo in range(0, len(d), chunk):  # memory O(resamples · chunk)
-            w = rng.poisson(1.0, size=(self.n_resamples, min(chunk, len(d) - lo))).astype(np.float64)
+            w = poisson1_weights(rng, (self.n_resamples, min(chunk, len(d) - lo))).astype(np.float64)
             self.w += w.sum(axis=1)
             self.wd += w @ d[lo:lo + chunk]
             self.wb += w @ better[lo:lo + chunk]
