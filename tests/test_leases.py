@@ -44,7 +44,10 @@ def _holder(out: str, seconds: float) -> subprocess.Popen[str]:
 
 
 def _lease(out: str) -> dict:
-    return json.loads(storage.read_bytes(storage.join(out, storage.LEASE)))
+    """The lease document, in one request (a holder may renew it at any moment)."""
+    got = storage.Lease(out).store.read()
+    assert got is not None, f"no lease at {out}"
+    return json.loads(got[0])
 
 
 def test_a_second_writer_fails_at_once_naming_the_holder(out: str) -> None:
