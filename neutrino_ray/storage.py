@@ -798,7 +798,8 @@ class Lease:
                 break
             got = self.store.read()
             if got is None:
-                continue  # released between our create and read: try again at once
+                time.sleep(0.05)  # released between our create and read: try again
+                continue
             data, token = got
             doc = self._parse(data)
             reason = self.stale_reason(doc)
@@ -888,11 +889,6 @@ class Lease:
 
 _HELD: dict[str, Lease] = {}
 _HELD_LOCK = threading.Lock()
-
-
-def held_lease(uri: str) -> Lease | None:
-    """This process's lease on ``uri``, if it holds one."""
-    return _HELD.get(uri.rstrip("/"))
 
 
 @contextmanager
