@@ -27,7 +27,11 @@ ENV_HELP = """environment:
   NEUTRINO_RAY_S3_RETRIES     attempts per S3 request, with exponential backoff (default 8)
   NEUTRINO_RAY_S3_READ_TIMEOUT  seconds to wait for an S3 response before retrying (default 60)
   NEUTRINO_RAY_PROGRESS_SECONDS  seconds between progress lines when stderr is not a terminal (30)
+  NEUTRINO_RAY_LEASE_STALE_MINUTES  an output's lease is taken over once its heartbeat is this old (5)
 """
+
+
+WAIT_MINUTES = 60.0  # --wait without a value
 
 
 def _positive(v: str) -> int:
@@ -135,7 +139,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_km3net(sub, fmt)
     _add_demo(sub, fmt)
     _add_bench(sub, fmt)
+    _add_wait(p)
     return p
+
+
+def _wait_minutes(v: str) -> float:
+    x = float(v)
+    if not x >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 minutes, got {v}")
+    return x
+
+
+def _add_wait(p: argparse.ArgumentParser) -> None:
+    """``--wait [MINUTES]`` on every command that publishes (has an OUT): one writer per output (storage.Lease)."""
+    subs = [a for a in p._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        if any(a.dest == "out" for a in p._actions):
+            p.add_argument("--wait", type=_wait_minutes, nargs="?", const=WAIT_MINUTES, default=0.0,
+                           metavar="MINUTES", help="when another run is writing OUT, wait up to MINUTES for it "
+                           f"to finish ({WAIT_MINUTES:g} without a value) instead of failing at once")
+        return
+    for child in {id(c): c for c in subs[0].choices.values()}.values():
+        _add_wait(child)
 
 
 def _add_simulate(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
@@ -494,6 +519,11 @@ def _add_bench(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
                          "in a fresh driver process: plan time, driver and worker peak RSS, events/s")
     bi.add_argument("--scale-events-per-batch", type=_positive, default=200_000,
                     help="events per batch file for --scale (200000, the Kaggle batch size)")
+    bi.add_argument("--scale-meta-row-group", type=_positive, default=None, metavar="ROWS",
+                    help="for --scale: write the meta in row groups of ROWS rows across batches (e.g. 1048576, "
+                         "as pandas or Spark write it) instead of one row group per batch")
+    bi.add_argument("--scale-analysis", action="store_true",
+                    help="for --scale: also evaluate and compare the predictions, each in a fresh driver process")
 
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
@@ -607,7 +637,8 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
                 raise InputError(f"--scale {args.scale}: expected comma-separated batch-file counts") from e
             if not batches or min(batches) < 1:
                 raise InputError(f"--scale {args.scale}: expected positive batch-file counts")
-            bench_scale(batches, args.data.rstrip("/") + "-scale", args.scale_events_per_batch)
+            bench_scale(batches, args.data.rstrip("/") + "-scale", args.scale_events_per_batch,
+                        args.scale_meta_row_group, args.scale_analysis)
             return 0
         if args.events:
             bench(args.events, args.data, args.seed)
@@ -680,7 +711,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logs.configure(logs.QUIET if args.quiet else logs.VERBOSE if args.verbose else logs.DEFAULT)
     try:
-        return run(args, argv)
+        out = getattr(args, "out", None)
+        if not out or args.command == "bench":
+            return run(args, argv)
+        with storage.lease(out, getattr(args, "wait", 0.0)):  # one writer per output, before any work
+            return run(args, argv)
     except KeyboardInterrupt:
         print("neutrino-ray: interrupted; nothing partial was published", file=sys.stderr)
         return 130

@@ -133,7 +133,7 @@ def test_gnn_actor_pool_survives_a_node_killed_and_replaced(two_workers: Cluster
 
 def _driver(c: Cluster, *args: str, kill_point: tuple[str, str, int] | None = None) -> subprocess.Popen[str]:
     """The CLI as a job driver on the cluster, optionally with a kill point installed."""
-    env = {**os.environ, "RAY_ADDRESS": c.address, "NEUTRINO_RAY_PROGRESS": "0"}
+    env = {**os.environ, "RAY_ADDRESS": c.address}
     cmd = ([sys.executable, str(TESTS / "faults.py"), kill_point[0], kill_point[1], str(kill_point[2]), "--"]
            if kill_point else [sys.executable, "-m", "neutrino_ray.cli"])
     return subprocess.Popen([*cmd, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

@@ -85,8 +85,8 @@ def test_predict_local_matches_in_process_linefit(tmp_path: Path) -> None:
     # predictions.parquet: the same events and directions, the pulse counts; no κ for LineFit without a train
     # split to fit its empirical uncertainty on (null, said why).
     pred = pq.read_table(out / "predictions.parquet")
-    assert pred.column_names == ["event_id", "azimuth", "zenith", "kappa", "sigma_50", "sigma_68", "sigma_90",
-                                 "n_pulses", "model"]
+    assert pred.column_names == ["event_id", "batch_id", "azimuth", "zenith", "kappa", "sigma_50", "sigma_68",
+                                 "sigma_90", "n_pulses", "model"]
     assert np.array_equal(pred.column("event_id").to_numpy(), ids)
     np.testing.assert_allclose(pred.column("azimuth").to_numpy(), sub.column("azimuth").to_numpy(), atol=1e-9)
     np.testing.assert_allclose(pred.column("zenith").to_numpy(), sub.column("zenith").to_numpy(), atol=1e-9)
@@ -662,3 +662,62 @@ def test_the_meta_summary_streams_whatever_the_row_groups_and_warns_about_huge_o
     with caplog.at_level("WARNING", logger="neutrino_ray"):
         icdata.meta_batch_summary(str(root), "test")
     assert "row group holds" not in caplog.text
+
+
+def _peak_mib(code: str) -> float:
+    """Peak RSS (MiB) of a fresh Python process that runs ``code``."""
+    import subprocess
+    import sys
+
+    code += "; import resource; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, check=True)
+    return int(out.stdout.split()[-1]) / 1024
+
+
+@pytest.mark.slow
+def test_the_meta_summary_stays_flat_on_a_meta_of_million_row_groups(tmp_path: Path) -> None:
+    """The driver's meta scan on a meta written in 1,048,576-row groups (as pandas or Spark write it), 2M and
+    10M events, each in a fresh process: its peak RSS may grow by at most 50 MiB (one iter_batches over all
+    row groups grew 139 MiB here; one reader per row group, 7 MiB)."""
+    from neutrino_ray.icecube.bench import write_scale_layout
+
+    peaks = []
+    for batches in (10, 50):
+        root = tmp_path / f"m{batches}"
+        write_scale_layout(root, batches, 200_000, meta_row_group=1 << 20)
+        assert pq.ParquetFile(root / "train_meta.parquet").metadata.row_group(0).num_rows == 1 << 20
+        peaks.append(_peak_mib("from neutrino_ray.icecube import data as d; "
+                               f"assert len(d.meta_batch_summary({str(root)!r}, 'train')) == {batches}"))
+    assert peaks[1] - peaks[0] < 50, f"meta scan peak {peaks[0]:.0f} → {peaks[1]:.0f} MiB for 2M → 10M events"
+
+
+def _analysis_split(root: Path, n: int) -> Path:
+    """A test split of ``n`` events in 200,000-event batches (meta, truth with energy) and a noisy
+    submission.csv: what evaluate reads (it never opens the batch files)."""
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    ids = 2 * np.arange(n, dtype=np.int64) + 1
+    first = (np.arange(n) % 200_000) * 3
+    pq.write_table(pa.table({"batch_id": (1 + np.arange(n) // 200_000).astype(np.int64), "event_id": ids,
+                             "first_pulse_index": first.astype(np.int64),
+                             "last_pulse_index": (first + rng.integers(0, 200, n)).astype(np.int64)}),
+                   root / "test_meta.parquet")
+    az, zen = rng.uniform(0, 2 * np.pi, n), np.arccos(rng.uniform(-1, 1, n))
+    pq.write_table(pa.table({"event_id": ids, "azimuth": az, "zenith": zen, "energy": 10 ** rng.uniform(1, 5, n)}),
+                   root / "test_truth.parquet")
+    pacsv.write_csv(pa.table({"event_id": ids, "azimuth": np.mod(az + rng.normal(0, .3, n), 2 * np.pi),
+                              "zenith": np.clip(zen + rng.normal(0, .3, n), 0, np.pi)}), root / "submission.csv")
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="issue 28 goal missed: evaluate still holds the split's meta, truth and "
+                                       "predictions in the driver (measured 1M → 5M events: see docs/icecube.md)")
+def test_evaluate_driver_memory_does_not_grow_with_the_events(tmp_path: Path) -> None:
+    """evaluate of 1M and 5M events, each in a fresh process: the driver's peak may grow by at most 150 MiB."""
+    peaks = []
+    for n in (1_000_000, 5_000_000):
+        root = _analysis_split(tmp_path / f"s{n}", n)
+        args = f"{str(root)!r}, 'test', {str(root / 'submission.csv')!r}, {str(root / 'ev')!r}"
+        peaks.append(_peak_mib(f"from neutrino_ray.icecube.evaluate import evaluate; evaluate({args})"))
+    assert peaks[1] - peaks[0] < 150, f"evaluate driver peak {peaks[0]:.0f} → {peaks[1]:.0f} MiB for 1M → 5M events"

@@ -128,7 +128,7 @@ def test_a_killed_training_job_resumes_when_run_again(dataset: Path, tmp_path: P
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "neutrino_ray.cli", "icecube", "train", str(dataset), "--out", str(out),
            "--workers", "1", "--epochs", "3", "--batch-size", "32", "--val-events", "300"]
-    env = {**os.environ, "NEUTRINO_RAY_PROGRESS": "0"}
+    env = dict(os.environ)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     try:

@@ -506,6 +506,7 @@ def test_rayjob_entrypoints_parse_with_the_project_cli(env: str) -> None:
             if isinstance(value, str) and "/" in value:
                 assert value.startswith("s3://"), f"{env}/{name}: --{key} {value} is not an s3:// URI"
         assert args.out.startswith("s3://"), name
+        assert args.wait > 0, f"{env}/{name}: a retried RayJob overlapping its first attempt must --wait for its lease"
 
 
 @pytest.mark.parametrize("env", ENVS)

@@ -41,7 +41,7 @@ def test_local_up_submit_and_down(tmp_path: Path) -> None:
     gcs, dash, client = free_port(), free_port(), free_port()
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_GCS_PORT": str(gcs),
            "RAY_DASHBOARD_PORT": str(dash), "RAY_CLIENT_PORT": str(client), "RAY_AGENT_PORT": str(free_port()),
-           "RAY_AUTH_TOKEN_PATH": str(tmp_path / "token"), "NEUTRINO_RAY_PROGRESS": "0"}
+           "RAY_AUTH_TOKEN_PATH": str(tmp_path / "token")}
     for var in ("RAY_AUTH_MODE", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"):  # the latter refuses multi-node `ray start`
         env.pop(var, None)
     try:

@@ -50,7 +50,7 @@ def s3_data(s3_server: str, tmp_path_factory: pytest.TempPathFactory) -> str:
 
 def _cli(endpoint: str, *args: str, timeout: float = 300, **env: str) -> tuple[int, str, float]:
     """Run the CLI against ``endpoint``; (exit code, output, seconds)."""
-    full_env = {**os.environ, "AWS_ENDPOINT_URL": endpoint, "NEUTRINO_RAY_PROGRESS": "0", **env}
+    full_env = {**os.environ, "AWS_ENDPOINT_URL": endpoint, **env}
     start = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "neutrino_ray.cli", *args], env=full_env, capture_output=True,
                           text=True, timeout=timeout)

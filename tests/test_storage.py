@@ -118,7 +118,9 @@ def test_cli_unreachable_s3_names_the_uri(monkeypatch: pytest.MonkeyPatch, capsy
     code = main(["-q", "icecube", "predict", "s3://bucket/data", "--out", "s3://bucket/out"])
     err = capsys.readouterr().err
     assert code == 2
-    assert "s3://bucket/data/test_meta.parquet" in err and CANARY not in err
+    # The lease on OUT is the run's first request (one writer per output, before any work): it names its URI.
+    assert "s3://bucket/out/_LEASE.json: cannot create the lease" in err and CANARY not in err
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_republish_removes_files_the_new_output_does_not_have(tmp_path: Path) -> None:

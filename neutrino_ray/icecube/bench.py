@@ -9,6 +9,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -250,10 +251,12 @@ def bench_gnn(sizes: list[str], events: int, data: str, seed: int = 12) -> dict[
 SCALE_PULSES_PER_EVENT = 3  # a cheap layout: the driver's costs scale with events and files, not pulses
 
 
-def write_scale_layout(root: Path, batches: int, events_per_batch: int, seed: int = 0) -> None:
+def write_scale_layout(root: Path, batches: int, events_per_batch: int, seed: int = 0,
+                       meta_row_group: int | None = None) -> None:
     """A cheap synthetic train split in the Kaggle layout: ``batches`` files of ``events_per_batch``
-    events with three pulses each, a valid ``train_meta.parquet`` (one row group per batch, true
-    directions) and the geometry. Reused when ``root/scale.json`` says it was written the same way."""
+    events with three pulses each, a valid ``train_meta.parquet`` (one row group per batch, or row groups of
+    ``meta_row_group`` rows across batches, as a meta rewritten by pandas or Spark has; true directions) and
+    the geometry. Reused when ``root/scale.json`` says it was written the same way."""
     import json
 
     import pyarrow.csv as pacsv
@@ -262,7 +265,8 @@ def write_scale_layout(root: Path, batches: int, events_per_batch: int, seed: in
     from neutrino_ray.icecube.geometry import icecube86
     from neutrino_ray.icecube.simwrite import PULSE_SCHEMA, ROW_GROUP_ROWS
 
-    spec = {"batches": batches, "events_per_batch": events_per_batch, "pulses": SCALE_PULSES_PER_EVENT, "seed": seed}
+    spec = {"batches": batches, "events_per_batch": events_per_batch, "pulses": SCALE_PULSES_PER_EVENT, "seed": seed,
+            **({"meta_row_group": meta_row_group} if meta_row_group else {})}
     marker = root / "scale.json"
     if marker.exists() and json.loads(marker.read_text()) == spec:
         return
@@ -271,6 +275,7 @@ def write_scale_layout(root: Path, batches: int, events_per_batch: int, seed: in
     k, n = SCALE_PULSES_PER_EVENT, events_per_batch
     meta_schema = pa.schema([("batch_id", pa.int64()), ("event_id", pa.int64()), ("first_pulse_index", pa.int64()),
                              ("last_pulse_index", pa.int64()), ("azimuth", pa.float64()), ("zenith", pa.float64())])
+    pending: list[pa.Table] = []  # meta rows not yet written (meta_row_group: up to one row group's worth)
     with pq.ParquetWriter(root / "train_meta.parquet", meta_schema) as meta_writer:
         for b in range(1, batches + 1):  # one batch file at a time: memory of one batch
             ids = (b - 1) * 2 * n + 2 * np.arange(n, dtype=np.int64) + 1
@@ -283,10 +288,21 @@ def write_scale_layout(root: Path, batches: int, events_per_batch: int, seed: in
             }).cast(PULSE_SCHEMA)
             pq.write_table(pulses, root / "train" / f"batch_{b}.parquet", row_group_size=ROW_GROUP_ROWS)
             first = np.arange(n, dtype=np.int64) * k
-            meta_writer.write_table(pa.table({
+            rows = pa.table({
                 "batch_id": np.full(n, b, dtype=np.int64), "event_id": ids, "first_pulse_index": first,
                 "last_pulse_index": first + k - 1, "azimuth": rng.uniform(0, 2 * np.pi, n),
-                "zenith": np.arccos(rng.uniform(-1, 1, n))}, schema=meta_schema), row_group_size=n)
+                "zenith": np.arccos(rng.uniform(-1, 1, n))}, schema=meta_schema)
+            if not meta_row_group:
+                meta_writer.write_table(rows, row_group_size=n)
+                continue
+            pending.append(rows)
+            held = pa.concat_tables(pending)
+            whole = len(held) // meta_row_group * meta_row_group
+            if whole:
+                meta_writer.write_table(held.slice(0, whole), row_group_size=meta_row_group)
+            pending = [held.slice(whole)]
+        if pending and sum(len(t) for t in pending):
+            meta_writer.write_table(pa.concat_tables(pending), row_group_size=meta_row_group)
     pacsv.write_csv(icecube86().to_table(), root / "sensor_geometry.csv")
     marker.write_text(json.dumps(spec))
 
@@ -309,26 +325,54 @@ def _scale_run(data: str, out: str) -> dict[str, float]:
             "driver_peak_rss_mib": _peak_rss_mib(), "ray_worker_peak_rss_mib": _ray_workers_peak_rss_mib()}
 
 
-def bench_scale(batches: list[int], root: str, events_per_batch: int = MAX_EVENTS_PER_BATCH) -> list[dict[str, float]]:
-    """For each number of batch files: write the cheap layout, then plan and score it in a fresh
-    process (so each driver peak is that run's own); print and return the figures."""
+def _scale_analysis(data: str, pred: str, out: str) -> dict[str, float]:
+    """In a fresh process: evaluate, then compare (the predictions against themselves: two models' worth of
+    work) the scored train split; wall times and the driver's peak."""
+    from neutrino_ray.icecube.compare import compare
+    from neutrino_ray.icecube.evaluate import evaluate
+
+    t0 = time.perf_counter()
+    evaluate(data, "train", pred, f"{out}/eval")
+    ev_s, ev_rss = time.perf_counter() - t0, _peak_rss_mib()
+    t0 = time.perf_counter()
+    compare(data, "train", [pred, pred], ["a", "b"], f"{out}/cmp")
+    return {"evaluate_seconds": ev_s, "evaluate_peak_rss_mib": ev_rss, "compare_seconds": time.perf_counter() - t0,
+            "compare_peak_rss_mib": _peak_rss_mib()}
+
+
+def _in_fresh_process(fn: Any, *args: Any) -> dict[str, float]:
     import multiprocessing
+
+    pool = multiprocessing.get_context("spawn").Pool(1)
+    try:
+        return dict(pool.apply(fn, args))
+    finally:
+        pool.close()  # let the child exit on its own (its Ray shuts down cleanly)
+        pool.join()
+
+
+def bench_scale(batches: list[int], root: str, events_per_batch: int = MAX_EVENTS_PER_BATCH,
+                meta_row_group: int | None = None, analysis: bool = False) -> list[dict[str, float]]:
+    """For each number of batch files: write the cheap layout (``meta_row_group``: its meta in row groups
+    of that many rows), then plan and score it in a fresh process (so each driver peak is that run's own),
+    and with ``analysis`` evaluate and compare its predictions in another; print and return the figures."""
     import shutil
 
     rows = []
     for b in batches:
-        data = Path(root) / f"scale-{b}x{events_per_batch}"
+        name = f"scale-{b}x{events_per_batch}" + (f"-rg{meta_row_group}" if meta_row_group else "")
+        data = Path(root) / name
         t0 = time.perf_counter()
-        write_scale_layout(data, b, events_per_batch)
+        write_scale_layout(data, b, events_per_batch, meta_row_group=meta_row_group)
         write_s = time.perf_counter() - t0
-        out = Path(root) / f"scale-{b}x{events_per_batch}-pred"
+        out = Path(root) / f"{name}-pred"
         shutil.rmtree(out, ignore_errors=True)
-        pool = multiprocessing.get_context("spawn").Pool(1)
-        try:
-            fig = pool.apply(_scale_run, (str(data), str(out)))
-        finally:
-            pool.close()  # let the child exit on its own (its Ray shuts down cleanly)
-            pool.join()
+        fig = _in_fresh_process(_scale_run, str(data), str(out))
+        if analysis:
+            fig.update(_in_fresh_process(_scale_analysis, str(data), str(out / "submission.csv"), str(out / "an")))
+            print(f"{b:>5} files: evaluate {fig['evaluate_seconds']:.0f} s (driver peak "
+                  f"{fig['evaluate_peak_rss_mib']:,.0f} MiB), compare {fig['compare_seconds']:.0f} s (driver peak "
+                  f"{fig['compare_peak_rss_mib']:,.0f} MiB)", flush=True)
         shutil.rmtree(out, ignore_errors=True)
         rows.append({"batch_files": b, "write_seconds": write_s, **fig})
         print(f"{b:>5} files, {fig['events']:>12,.0f} events: plan {fig['plan_seconds']:7.1f} s "

@@ -15,12 +15,21 @@ from typing import Any
 
 import numpy as np
 
-from neutrino_ray import storage
+from neutrino_ray import htmlreport, storage
 from neutrino_ray.errors import InputError
 from neutrino_ray.icecube import data as icdata
 from neutrino_ray.icecube import uncertainty
-from neutrino_ray.icecube.evaluate import N_PULSES_EDGES, ZENITH_EDGES, Scored, energy_edges, score
-from neutrino_ray.icecube.metrics import summarise
+from neutrino_ray.icecube.evaluate import (
+    BIN_TABLES,
+    N_PULSES_EDGES,
+    ZENITH_EDGES,
+    Scored,
+    bin_header,
+    bin_rows,
+    energy_edges,
+    score,
+)
+from neutrino_ray.icecube.metrics import PairedBootstrap, poisson1_weights, summarise
 from neutrino_ray.plotting import png, pyplot
 
 log = logging.getLogger("neutrino_ray")
@@ -32,16 +41,18 @@ REFERENCES = ("real Kaggle data, leaderboard mean angular error: public LineFit 
 
 
 def bootstrap_mean(errors: np.ndarray, rng: np.random.Generator, n: int = N_BOOTSTRAP) -> list[float]:
-    """The 16th and 84th percentiles of the mean over ``n`` bootstrap resamples (a 68 % interval)."""
+    """The 16th and 84th percentiles of the mean over ``n`` Poisson-bootstrap resamples (a 68 % interval)."""
     if len(errors) < 2:
         return [float("nan"), float("nan")]
-    # Resample counts per event (multinomial) in blocks: memory O(block · events), not O(n · events).
-    means = []
-    block = max(1, min(50, 5_000_000 // len(errors)))
-    for lo in range(0, n, block):
-        counts = rng.multinomial(len(errors), np.full(len(errors), 1 / len(errors)), size=min(block, n - lo))
-        means.append(counts @ errors / len(errors))
-    lo68, hi68 = np.percentile(np.concatenate(means), [16, 84])
+    # Poisson(1) weights per event and resample (the Poisson bootstrap: as the multinomial one for many events,
+    # and ~6x faster to draw), in chunks of events: memory O(n · chunk).
+    w_sum, w_err = np.zeros(n), np.zeros(n)
+    chunk = 20_000
+    for lo in range(0, len(errors), chunk):
+        w = poisson1_weights(rng, (n, min(chunk, len(errors) - lo))).astype(np.float64)
+        w_sum += w.sum(axis=1)
+        w_err += w @ errors[lo:lo + chunk]
+    lo68, hi68 = np.percentile(w_err[w_sum > 0] / w_sum[w_sum > 0], [16, 84])
     return [float(lo68), float(hi68)]
 
 
@@ -77,7 +88,26 @@ def model_report(label: str, uri: str, sc: Scored, rng: np.random.Generator,
     return rep
 
 
-def summary_markdown(split: str, models: list[dict[str, Any]]) -> str:
+def paired_comparisons(labels: list[str], scored: list[Scored], seed: int,
+                       n: int = N_BOOTSTRAP) -> list[dict[str, Any]]:
+    """Every pair (A, B) of models on the same events: the mean of err_A − err_B and the fraction of events
+    where A's error is smaller, with paired Poisson-bootstrap intervals accumulated batch by batch
+    (:class:`~neutrino_ray.icecube.metrics.PairedBootstrap`)."""
+    out = []
+    batch = scored[0].batch_id if scored[0].batch_id is not None else np.zeros(len(scored[0].errors), int)
+    order = np.argsort(batch, kind="stable")
+    bounds = np.flatnonzero(np.diff(batch[order])) + 1
+    blocks = [(int(batch[idx[0]]), idx) for idx in np.split(order, bounds) if len(idx)]
+    for i in range(len(scored)):
+        for j in range(i + 1, len(scored)):
+            boot = PairedBootstrap(n, seed)
+            for b, idx in blocks:  # a batch at a time, as the out-of-core path merges them
+                boot.add(b, scored[i].errors[idx], scored[j].errors[idx])
+            out.append({"a": labels[i], "b": labels[j], **boot.result()})
+    return out
+
+
+def summary_markdown(split: str, models: list[dict[str, Any]], paired: list[dict[str, Any]] | None = None) -> str:
     lines = [f"# IceCube reconstructions compared: split `{split}`, {models[0]['n_events']:,} events", "",
              "Mean angular error with the competition formula (rad); 68 % bootstrap interval of the mean in "
              "brackets; coverage: fraction of events whose true error lies inside the predicted 68 % / 90 % "
@@ -90,9 +120,59 @@ def summary_markdown(split: str, models: list[dict[str, Any]]) -> str:
         cov = f"{unc['coverage_68']:.3f} / {unc['coverage_90']:.3f}" if unc else "—"
         lines.append(f"| {m['label']} | {m['mean_angular_error']:.4f} [{lo:.4f}, {hi:.4f}] | "
                      f"{m['median_angular_error']:.4f} | {m['containment_68']:.4f} | {cov} | {m['n_events']:,} |")
+    if paired:
+        lines += ["", "Paired on the same events: mean of err(A) − err(B) (negative: A better) and the fraction of "
+                      "events where A's error is smaller, with 68 % / 95 % Poisson-bootstrap intervals.", "",
+                  "| A | B | mean err(A) − err(B) (rad) | 95 % interval | A better on | 95 % interval |",
+                  "| --- | --- | ---: | ---: | ---: | ---: |"]
+        for p in paired:
+            lo, hi = p["mean_difference_interval_95"]
+            flo, fhi = p["fraction_a_better_interval_95"]
+            lines.append(f"| {p['a']} | {p['b']} | {p['mean_difference']:+.4f} | [{lo:+.4f}, {hi:+.4f}] | "
+                         f"{p['fraction_a_better']:.3f} | [{flo:.3f}, {fhi:.3f}] |")
     lines += ["", f"References ({REFERENCES}); comparable only as far as the simulation is as hard as the real data.",
               ""]
     return "\n".join(lines)
+
+
+CAPTIONS = {
+    "error_vs_energy.png": "Mean angular error against true energy (bands: bootstrap 68 %)",
+    "error_vs_n_pulses.png": "Mean angular error against pulses per event (bands: bootstrap 68 %)",
+    "error_vs_true_zenith.png": "Mean angular error against true zenith (bands: bootstrap 68 %)",
+    "cumulative_error.png": "Cumulative distribution of the angular error (bands: binomial 1σ)",
+    "zenith_resolution.png": "Zenith resolution per true-zenith bin (error bars: s.e. of the standard deviation)",
+    "coverage.png": "Coverage of the predicted uncertainties (binomial 1σ)",
+}
+
+
+def report_html(report: dict[str, Any], plots: dict[str, bytes], provenance: dict[str, Any]) -> bytes:
+    """``report.html``: the models' headline table, the paired comparisons, per-bin tables, plots, definitions."""
+    rows = []
+    for m in report["models"]:
+        unc = m.get("uncertainty")
+        lo, hi = m["mean_interval_68"]
+        rows.append([m["label"], m["n_events"], m["mean_angular_error"], f"[{lo:.4f}, {hi:.4f}]",
+                     m["median_angular_error"], m["containment_68"],
+                     f"{unc['coverage_68']:.3f} / {unc['coverage_90']:.3f}" if unc else "—"])
+    sections = [("Headline", htmlreport.table(["model", "events", "mean angular error (rad)", "68 % interval",
+                                               "median (rad)", "68 % containment (rad)", "coverage 68 / 90"], rows))]
+    if report.get("paired"):
+        sections.append(("Paired comparisons (same events)", htmlreport.table(
+            ["A", "B", "mean err(A) − err(B) (rad)", "68 % interval", "95 % interval", "A better on",
+             "95 % interval"],
+            [[p["a"], p["b"], f"{p['mean_difference']:+.4f}",
+              "[{:+.4f}, {:+.4f}]".format(*p["mean_difference_interval_68"]),
+              "[{:+.4f}, {:+.4f}]".format(*p["mean_difference_interval_95"]), p["fraction_a_better"],
+              "[{:.4f}, {:.4f}]".format(*p["fraction_a_better_interval_95"])] for p in report["paired"]])))
+    for key, label, title in BIN_TABLES:
+        for m in report["models"]:
+            if m.get(key):
+                sections.append((f"{m['label']}: by {title}", htmlreport.table(
+                    bin_header(title), bin_rows(m[key], label))))
+    return htmlreport.render(f"IceCube reconstructions compared: split {report['split']}",
+                             f"{len(report['models'])} reconstructions of the same {report['n_events']:,} events, "
+                             f"scored with the competition metric. {REFERENCES}.",
+                             sections, plots, CAPTIONS, htmlreport.DEFINITIONS, provenance)
 
 
 def _line_plot(models: list[dict[str, Any]], key: str, label: str, xlabel: str, log_x: bool) -> bytes:
@@ -194,12 +274,16 @@ def compare(data: str, split: str, predictions: list[str], labels: list[str] | N
     e_edges = energy_edges(energy) if energy is not None else None
     rng = np.random.default_rng(seed)
     models = [model_report(lab, uri, sc, rng, e_edges) for lab, uri, sc in zip(labels, predictions, scored)]
+    paired = paired_comparisons(labels, scored, seed)
     report = {"split": split, "n_events": len(scored[0].errors), "bootstrap_resamples": N_BOOTSTRAP,
-              "references": REFERENCES, "models": models}
+              "references": REFERENCES, "models": models, "paired": paired}
     with storage.Output(out, command=command, inputs=[data, *predictions]) as output:
         output.write(REPORT, json.dumps(report, indent=2).encode())
-        output.write(SUMMARY, summary_markdown(split, models).encode())
-        for name, blob in _plots(models, scored).items():
+        output.write(SUMMARY, summary_markdown(split, models, paired).encode())
+        plots = _plots(models, scored)
+        output.write(htmlreport.REPORT_HTML, report_html(report, plots, {"data": data, "split": split}),
+                     htmlreport.CONTENT_TYPE)
+        for name, blob in plots.items():
             output.write(name, blob)
         output.commit(kind="icecube-compare", split=split, events=report["n_events"],
                       models={m["label"]: round(m["mean_angular_error"], 6) for m in models})

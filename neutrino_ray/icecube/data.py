@@ -159,7 +159,13 @@ def meta_batch_summary(data: str, split: str) -> dict[int, BatchSummary]:
                 log.warning("%s: a row group holds %d meta rows, and every per-batch read of the meta decodes whole "
                             "row groups: rewrite it with row groups of at most ~1,000,000 rows (docs/icecube.md, "
                             "data contract) before planning a large split", uri, largest)
-            for chunk in pf.iter_batches(batch_size=META_SCAN_ROWS, columns=list(META_COLUMNS)):
+            # One reader per row group: a single iter_batches over every row group keeps memory that grows
+            # with the file (measured, pyarrow 26, 1,048,576-row groups: 2M → 10M events, 210 → 366 MiB
+            # peak), one per row group stays flat (193 → 194 MiB); a huge row group still streams in chunks.
+            chunks = (chunk for rg in range(pf.num_row_groups)
+                      for chunk in pf.iter_batches(batch_size=META_SCAN_ROWS, columns=list(META_COLUMNS),
+                                                   row_groups=[rg]))
+            for chunk in chunks:
                 t = _checked_rows(pa.Table.from_batches([chunk]), uri)
                 agg = t.group_by("batch_id").aggregate([("event_id", "count"), ("event_id", "min"),
                                                         ("event_id", "max")])

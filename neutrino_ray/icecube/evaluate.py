@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from neutrino_ray import storage
+from neutrino_ray import htmlreport, storage
 from neutrino_ray.icecube import data as icdata
 from neutrino_ray.icecube import uncertainty
 from neutrino_ray.icecube.metrics import angular_dist_score, angular_distance, summarise
@@ -19,6 +20,8 @@ from neutrino_ray.plotting import counts_with_errors, png, pyplot
 log = logging.getLogger("neutrino_ray")
 
 REPORT = "report.json"
+EVENTS, BINS = "events.parquet", "bins.parquet"
+ROW_GROUP_EVENTS = 1 << 18  # events.parquet row groups: 262,144 events, sorted by event_id (so by batch_id too)
 
 
 def read_predictions(uri: str) -> pa.Table:
@@ -70,6 +73,7 @@ class Scored:
     n_pulses: np.ndarray
     energy: np.ndarray | None
     topology: np.ndarray | None
+    batch_id: np.ndarray | None = None  # the meta's batch of each event
 
     @property
     def kappa(self) -> np.ndarray | None:
@@ -100,7 +104,63 @@ def score(data: str, split: str, predictions: str, truth: pa.Table | None = None
     n_pulses = (meta.column("last_pulse_index").to_numpy() - meta.column("first_pulse_index").to_numpy() + 1)
     energy = truth.column("energy").to_numpy() if "energy" in truth.column_names else None
     topology = np.asarray(truth.column("topology").to_pylist()) if "topology" in truth.column_names else None
-    return Scored(pred, truth, angular_distance(az_t, zen_t, az_p, zen_p), n_pulses, energy, topology)
+    return Scored(pred, truth, angular_distance(az_t, zen_t, az_p, zen_p), n_pulses, energy, topology,
+                  meta.column("batch_id").to_numpy())
+
+
+def events_table(sc: Scored) -> pa.Table:
+    """``events.parquet``, one row per event sorted by event_id: its batch, true and predicted direction, the
+    angular error, the pulse count, and where known the true energy and topology, the predicted κ, σ₆₈ and
+    the probability-integral transform u = P(angle ≤ error) (calibrated: uniform)."""
+    cols: dict[str, Any] = {"event_id": sc.truth.column("event_id").cast(pa.int64())}
+    cols["batch_id"] = pa.array(sc.batch_id, pa.int64()) if sc.batch_id is not None else pa.nulls(len(sc.errors),
+                                                                                                    pa.int64())
+    for c in ("azimuth", "zenith"):
+        cols[f"true_{c}"] = sc.truth.column(c).cast(pa.float64())
+    for c in ("azimuth", "zenith"):
+        cols[c] = sc.pred.column(c).cast(pa.float64())
+    cols["angular_error"] = pa.array(sc.errors, pa.float64())
+    cols["n_pulses"] = pa.array(sc.n_pulses, pa.int64())
+    if sc.energy is not None:
+        cols["energy"] = pa.array(sc.energy, pa.float64())
+    if sc.topology is not None:
+        cols["topology"] = pa.array(sc.topology.astype(str), pa.string())
+    kappa = sc.kappa
+    if kappa is not None:
+        cols["kappa"] = pa.array(kappa, pa.float64())
+        cols["sigma_68"] = pa.array(uncertainty.vmf_quantile(kappa, 0.68), pa.float64())
+        cols["pit"] = pa.array(uncertainty.vmf_cdf(kappa, sc.errors), pa.float64())
+    return pa.table(cols)
+
+
+def events_parquet(sc: Scored) -> tuple[bytes, int]:
+    """``events.parquet`` bytes (row groups of :data:`ROW_GROUP_EVENTS`, statistics on every column, dictionary
+    encoding only where values repeat: on a million distinct floats it tripled the encoding time) and rows."""
+    t = events_table(sc)
+    repeated = [c for c in ("batch_id", "topology") if c in t.column_names]
+    return storage.parquet_bytes(t, row_group_size=ROW_GROUP_EVENTS, use_dictionary=repeated), len(t)
+
+
+BINS_SCHEMA = pa.schema([("breakdown", pa.string()), ("lo", pa.float64()), ("hi", pa.float64()),
+                         ("label", pa.string()), ("n_events", pa.int64()), ("mean_angular_error", pa.float64()),
+                         ("median_angular_error", pa.float64()), ("containment_68", pa.float64())])
+
+
+def bins_table(report: dict[str, Any]) -> pa.Table:
+    """``bins.parquet``: the report's per-bin tables in one long table (breakdown = energy_gev, true_zenith,
+    n_pulses or topology; bin edges lo ≤ x < hi, or the topology's name in ``label``)."""
+    rows = []
+    for key, label, _ in BIN_TABLES:
+        for b in report.get(key) or []:
+            lo, hi = b[label]
+            rows.append({"breakdown": key.removeprefix("by_"), "lo": lo, "hi": hi, "label": f"{lo:g}-{hi:g}",
+                         **{k: b[k] for k in ("n_events", "mean_angular_error", "median_angular_error",
+                                              "containment_68")}})
+    for name, b in (report.get("by_topology") or {}).items():
+        rows.append({"breakdown": "topology", "lo": None, "hi": None, "label": name,
+                     **{k: b.get(k) for k in ("n_events", "mean_angular_error", "median_angular_error",
+                                              "containment_68")}})
+    return pa.Table.from_pylist(rows, schema=BINS_SCHEMA)
 
 
 N_PULSES_EDGES = np.array([1, 16, 32, 64, 128, 256, 512, 1024, 1e9])
@@ -134,19 +194,70 @@ def evaluate(data: str, split: str, predictions: str, out: str,
     if kappa is not None:
         report["uncertainty"] = uncertainty.uncertainty_report(
             err, kappa, energy, n_pulses, N_PULSES_EDGES, None if energy is None else energy_edges(energy))
-    plots = _plots(err, zen_t, zen_p, energy, n_pulses)
-    if kappa is not None:
-        plots.update(_uncertainty_plots(err, kappa, report["uncertainty"]))
+    with ThreadPoolExecutor(1) as pool:  # Parquet encoding releases the GIL: it runs while matplotlib draws
+        events = pool.submit(events_parquet, sc)
+        plots = _plots(err, zen_t, zen_p, energy, n_pulses)
+        if kappa is not None:
+            plots.update(_uncertainty_plots(err, kappa, report["uncertainty"]))
+        page = report_html(report, plots, {"data": data, "split": split, "predictions": predictions})
+        events_bytes, n_rows = events.result()
+    bins = bins_table(report)
     with storage.Output(out, command=command, inputs=[data, predictions]) as output:
         output.write(REPORT, json.dumps(report, indent=2).encode())
+        output.write(EVENTS, events_bytes)
+        output.write(BINS, storage.parquet_bytes(bins))
+        output.write(htmlreport.REPORT_HTML, page, htmlreport.CONTENT_TYPE)
         for name, png in plots.items():
             output.write(name, png)
-        output.commit(kind="icecube-evaluate", rows={REPORT: len(err)}, events=len(err),
+        output.commit(kind="icecube-evaluate", rows={REPORT: len(err), EVENTS: n_rows, BINS: len(bins)},
+                      events=len(err),
                       mean_angular_error=report["mean_angular_error"])
     log.info("mean angular error %.4f rad over %d events (median %.4f, 68%% %.4f); report at %s",
              report["mean_angular_error"], len(err), report["median_angular_error"], report["containment_68"],
              storage.join(out, REPORT))
     return report
+
+
+BIN_TABLES = (("by_energy_gev", "energy_gev", "true energy (GeV)"), ("by_true_zenith", "zenith", "true zenith (rad)"),
+              ("by_n_pulses", "n_pulses", "pulses per event"))
+CAPTIONS = {
+    "error_histogram.png": "Angular error per event (error bars: Poisson √N per bin)",
+    "zenith_pred_vs_true.png": "Predicted against true zenith, with the mean predicted zenith per bin ± s.e.m.",
+    "error_vs_energy.png": "Mean angular error against true energy (error bars: s.e.m.)",
+    "error_vs_n_pulses.png": "Mean angular error against pulses per event (error bars: s.e.m.)",
+    "reliability.png": "Reliability of the predicted uncertainties (binomial 1σ)",
+    "error_vs_sigma.png": "Angular error against the predicted σ₆₈ (error bars: s.e.m.)",
+}
+
+
+def bin_header(title: str) -> list[str]:
+    """The header row that goes with :func:`bin_rows`."""
+    return [title, "events", "mean (rad)", "median (rad)", "68 % containment (rad)"]
+
+
+def bin_rows(bins: list[dict[str, Any]], label: str) -> list[list[Any]]:
+    """Rows of a per-bin table: the bin's range, events, mean, median and 68 % containment."""
+    return [[f"{b[label][0]:g} – {b[label][1]:g}", b["n_events"], b["mean_angular_error"], b["median_angular_error"],
+             b["containment_68"]] for b in bins]
+
+
+def report_html(report: dict[str, Any], plots: dict[str, bytes], provenance: dict[str, Any]) -> bytes:
+    """``report.html``: the headline table, per-bin tables, the plots with their error bars, definitions."""
+    head = ["events", "mean angular error (rad)", "median (rad)", "68 % containment (rad)"]
+    row: list[Any] = [report["n_events"], report["mean_angular_error"], report["median_angular_error"],
+                      report["containment_68"]]
+    unc = report.get("uncertainty")
+    if unc:
+        head += ["coverage 68 %", "coverage 90 %"]
+        row += [unc["coverage_68"], unc["coverage_90"]]
+    sections = [("Headline", htmlreport.table(head, [row]))]
+    for key, label, title in BIN_TABLES:
+        if report.get(key):
+            sections.append((f"By {title}", htmlreport.table(
+                bin_header(title), bin_rows(report[key], label))))
+    return htmlreport.render(f"IceCube evaluation: split {report['split']}",
+                             "Predicted directions scored against the split's truth with the competition metric.",
+                             sections, plots, CAPTIONS, htmlreport.DEFINITIONS, provenance)
 
 
 def _plots(err: np.ndarray, zen_t: np.ndarray, zen_p: np.ndarray, energy: np.ndarray | None,
@@ -220,6 +331,8 @@ def _uncertainty_plots(err: np.ndarray, kappa: np.ndarray, rep: dict[str, Any]) 
     s68 = uncertainty.vmf_quantile(kappa, 0.68)
     edges = np.quantile(s68, np.linspace(0, 1, 13))
     edges = np.unique(edges)
+    if len(edges) < 2:  # one predicted σ for every event (a constant κ): one bin
+        edges = np.array([edges[0], edges[0] + max(1e-9, 1e-9 * edges[0])])
     idx = np.clip(np.digitize(s68, edges) - 1, 0, len(edges) - 2)
     counts = np.bincount(idx, minlength=len(edges) - 1)
     ok = counts > 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pyarrow as pa
 
@@ -51,3 +53,91 @@ def summarise(errors: np.ndarray) -> dict[str, float]:
         "median_angular_error": float(np.median(errors)),
         "containment_68": float(np.quantile(errors, 0.68)),
     }
+
+
+# Poisson(1) by inversion of 16-bit uniforms: k = the number of thresholds 2^16 · P(X ≤ j), j = 0…8, that u
+# reaches (each probability within 2^-16 of the exact one). Comparisons on uint16 arrays are ~10× faster than
+# numpy's Poisson sampler, which dominated the bootstrap (2M events × 200 resamples: 33 s on 2 shared cores).
+_POISSON1_THRESHOLDS = np.round(65536 * np.cumsum([np.exp(-1.0) / np.prod(np.arange(1, j + 1)) for j in range(9)]))
+_POISSON1_THRESHOLDS = _POISSON1_THRESHOLDS[_POISSON1_THRESHOLDS < 65536].astype(np.uint32)
+
+
+def poisson1_weights(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
+    """Poisson(1) counts (uint8) of ``shape``, from 16-bit uniforms."""
+    u = rng.integers(0, 65536, size=shape, dtype=np.uint16)
+    w = np.zeros(shape, np.uint8)
+    for t in _POISSON1_THRESHOLDS:
+        w += u >= t
+    return w
+
+
+class PairedBootstrap:
+    """A paired comparison of two reconstructions of the same events: the mean of the per-event difference of
+    angular errors ``a - b`` (negative: A is better) and the fraction of events where A's error is strictly
+    smaller, each with bootstrap intervals.
+
+    A Poisson bootstrap (each event enters each resample with a Poisson(1) weight; Hanley & MacGibbon 2006,
+    Chamandy et al. 2012) needs no knowledge of the number of events, so it runs block by block and merges
+    by summing: each block's weights come from a generator seeded by ``(seed, block)``, so the result does
+    not depend on which process scores which block nor in which order they are merged. Pairing matters: the
+    two models' errors on the same event are correlated, so the interval on the difference is much narrower
+    than the two unpaired intervals suggest.
+    """
+
+    def __init__(self, n_resamples: int = 200, seed: int = 0):
+        self.n_resamples, self.seed = n_resamples, seed
+        self.n = 0
+        self.sum_d = 0.0
+        self.n_better = 0
+        self.n_tied = 0
+        self.w = np.zeros(n_resamples)  # per resample: Σ weights, Σ weight·d, Σ weight·[a < b]
+        self.wd = np.zeros(n_resamples)
+        self.wb = np.zeros(n_resamples)
+
+    def add(self, block: int, a: np.ndarray, b: np.ndarray, chunk: int = 20_000) -> None:
+        """Add one block of paired errors (the same events, in the same order)."""
+        if len(a) != len(b):
+            raise ValueError(f"paired errors of different lengths: {len(a)} and {len(b)}")
+        rng = np.random.default_rng([self.seed, block])
+        d = np.asarray(a, float) - np.asarray(b, float)
+        better = (np.asarray(a) < np.asarray(b)).astype(float)
+        self.n += len(d)
+        self.sum_d += float(d.sum())
+        self.n_better += int(better.sum())
+        self.n_tied += int(np.count_nonzero(d == 0))
+        for lo in range(0, len(d), chunk):  # memory O(resamples · chunk)
+            w = poisson1_weights(rng, (self.n_resamples, min(chunk, len(d) - lo))).astype(np.float64)
+            self.w += w.sum(axis=1)
+            self.wd += w @ d[lo:lo + chunk]
+            self.wb += w @ better[lo:lo + chunk]
+
+    def merge(self, other: PairedBootstrap) -> PairedBootstrap:
+        """Sum another accumulator's blocks into this one (same seed and resamples)."""
+        if (other.n_resamples, other.seed) != (self.n_resamples, self.seed):
+            raise ValueError("merging paired bootstraps of different settings")
+        self.n += other.n
+        self.sum_d += other.sum_d
+        self.n_better += other.n_better
+        self.n_tied += other.n_tied
+        self.w += other.w
+        self.wd += other.wd
+        self.wb += other.wb
+        return self
+
+    def result(self) -> dict[str, Any]:
+        if self.n == 0:
+            return {"n_events": 0}
+        ok = self.w > 0
+        diff, frac = self.wd[ok] / self.w[ok], self.wb[ok] / self.w[ok]
+
+        def interval(x: np.ndarray, level: float) -> list[float]:
+            return [float(v) for v in np.percentile(x, [50 - 50 * level, 50 + 50 * level])]
+
+        return {"n_events": self.n, "mean_difference": self.sum_d / self.n,
+                "mean_difference_interval_68": interval(diff, 0.68),
+                "mean_difference_interval_95": interval(diff, 0.95),
+                "fraction_a_better": self.n_better / self.n,
+                "fraction_a_better_interval_68": interval(frac, 0.68),
+                "fraction_a_better_interval_95": interval(frac, 0.95),
+                "fraction_tied": self.n_tied / self.n, "bootstrap_resamples": self.n_resamples,
+                "bootstrap": "Poisson(1) weights per event, seeded per block"}

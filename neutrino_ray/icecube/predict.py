@@ -118,6 +118,8 @@ class Parts:
     def write(self, result: pa.Table, uri: str, batch_id: int) -> pa.Table:
         """One task's scores, sorted by event_id, as a Parquet part carrying its summary; returns the summary."""
         t = result.sort_by("event_id")
+        if "batch_id" not in t.column_names:
+            t = t.append_column("batch_id", pa.array(np.full(len(t), batch_id, np.int64)))
         ids = t.column("event_id").to_numpy()
         summary = {"part": uri.rsplit("/", 1)[-1], "batch_id": batch_id, "rows": len(t),
                    "min_event_id": int(ids[0]) if len(ids) else -1, "max_event_id": int(ids[-1]) if len(ids) else -1,
@@ -412,6 +414,22 @@ class Prepared:
             return {}
         return {uncertainty.LINEFIT_UNCERTAINTY: json.dumps(self.linefit_model, indent=2).encode()}
 
+    def with_batch(self, result: pa.Table) -> pa.Table:
+        """Scores with each event's batch_id: a part carries its own; scores collected in one process get it
+        from the batches' event-id ranges (null for an id in no batch's range, or in several: foreign data)."""
+        if "batch_id" in result.column_names:
+            return result
+        batches = sorted(self.split_plan.summary.values(), key=lambda b: b.min_event_id)
+        lo = np.array([b.min_event_id for b in batches], np.int64)
+        hi = np.array([b.max_event_id for b in batches], np.int64)
+        ids = result.column("event_id").to_numpy()
+        k = np.clip(np.searchsorted(lo, ids, side="right") - 1, 0, max(len(lo) - 1, 0))
+        inside = (ids >= lo[k]) & (ids <= hi[k]) if len(lo) else np.zeros(len(ids), bool)
+        if len(lo) > 1 and np.any(lo[1:] <= hi[:-1]):  # overlapping ranges: not attributable by id
+            inside[:] = False
+        bid = np.array([b.batch_id for b in batches], np.int64)[k] if len(lo) else np.zeros(len(ids), np.int64)
+        return result.append_column("batch_id", pa.array(bid, mask=~inside))
+
     def with_kappa(self, result: pa.Table) -> pa.Table:
         """Scores with LineFit's empirical κ added, where it was fitted."""
         if self.linefit_model is None:
@@ -466,24 +484,26 @@ def run_inference(data: str, split: str, scoring: Scoring | None = None,
         raise icdata.DataError(f"{data}: split {split!r} produced no predictions")
     result = pa.concat_tables(parts).sort_by("event_id")
     check_complete(result, prep.split_plan.events, data, split)
-    result = prep.with_kappa(result)
+    result = prep.with_batch(prep.with_kappa(result))
     degenerate = int(len(result) - np.count_nonzero(result.column("ok").to_numpy(zero_copy_only=False)))
     return PredictResult(result.select(["event_id", "azimuth", "zenith"]), predictions_table(result, prep.model_name),
                          len(result), degenerate, time.perf_counter() - start, prep.details, prep.files)
 
 
 PREDICTION_SCHEMA = pa.schema([
-    ("event_id", pa.int64()), ("azimuth", pa.float64()), ("zenith", pa.float64()), ("kappa", pa.float64()),
+    ("event_id", pa.int64()), ("batch_id", pa.int64()), ("azimuth", pa.float64()), ("zenith", pa.float64()),
+    ("kappa", pa.float64()),
     ("sigma_50", pa.float64()), ("sigma_68", pa.float64()), ("sigma_90", pa.float64()),
     ("n_pulses", pa.int64()), ("model", pa.string()),
 ])
 
 
 def predictions_table(result: pa.Table, model: str) -> pa.Table:
-    """``predictions.parquet``: per event the direction, the vMF concentration κ and the angular radii (rad)
-    containing 50, 68 and 90 % of it (null where there is no κ), the pulse count, the model."""
+    """``predictions.parquet``: per event its batch, the direction, the vMF concentration κ and the angular radii
+    (rad) containing 50, 68 and 90 % of it (null where there is no κ), the pulse count, the model. Sorted by
+    event_id (hence by batch_id on Kaggle-layout data); one row group per read task."""
     n = len(result)
-    cols: dict[str, Any] = {c: result.column(c) for c in ("event_id", "azimuth", "zenith")}
+    cols: dict[str, Any] = {c: result.column(c) for c in ("event_id", "batch_id", "azimuth", "zenith")}
     if "kappa" in result.column_names:
         kappa = result.column("kappa").to_numpy().astype(np.float64)
         cols["kappa"] = kappa
@@ -603,6 +623,9 @@ def assemble(output: storage.Output, parts: Parts, names: list[str], disjoint: b
             check_complete(t, len(t), prep.data, prep.split)
             yield t
 
+    def published(t: pa.Table) -> pa.Table:
+        return predictions_table(prep.with_batch(prep.with_kappa(t)), prep.model_name)
+
     def degenerate(t: pa.Table) -> int:
         check_ranges(t)
         return len(t) - int(np.count_nonzero(t.column("ok").to_numpy(zero_copy_only=False)))
@@ -612,7 +635,7 @@ def assemble(output: storage.Output, parts: Parts, names: list[str], disjoint: b
         for k, t in enumerate(tables()):
             n_bad += degenerate(t)
             output.write(f"{PREDICTIONS_DIR}/part-{k:05d}.parquet",
-                         storage.parquet_bytes(predictions_table(prep.with_kappa(t), prep.model_name)))
+                         storage.parquet_bytes(published(t)))
         return n_bad
     with storage.open_output(output.staged(SUBMISSION)) as csv_f, \
             storage.open_output(output.staged(PREDICTIONS)) as pq_f:
@@ -622,7 +645,7 @@ def assemble(output: storage.Output, parts: Parts, names: list[str], disjoint: b
             for t in tables():
                 n_bad += degenerate(t)
                 storage.csv_rows(t.select(["event_id", "azimuth", "zenith"]), csv_f)
-                writer.write_table(predictions_table(prep.with_kappa(t), prep.model_name))
+                writer.write_table(published(t))
         finally:
             writer.close()
     return n_bad
@@ -648,11 +671,20 @@ def predict(data: str, split: str, out: str, scoring: Scoring | None = None,
     if fmt not in FORMATS:
         raise InputError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
     prep = prepare(data, split, scoring)  # inputs fail before outputs are touched
+    with storage.lease(out) as held:  # one writer per output from the first part written to the publication
+        return _predict(prep, out, held, command, fmt, started, start)
+
+
+def _predict(prep: Prepared, out: str, held: storage.Lease, command: list[str] | None, fmt: str, started: float,
+             start: float) -> dict[str, Any]:
+    """:func:`predict` once it holds the output's lease: score (resuming), assemble, publish."""
+    split, data = prep.split, prep.data
     fp = fingerprint(prep)
     stages = {"prepare": time.perf_counter() - start}  # Ray start (fresh process), plan, models, κ fit, fingerprint
     # Beside the output, so the previous publication stays whole while this run scores; parts of a killed
     # run stay for its re-run, and go with the next publication there (Output removes staging leftovers).
     parts = Parts(storage.join(out, f"{storage.STAGING_PREFIX}{PARTS}-{fp[:16]}"), fp)
+    held.add_staging(parts.uri)  # kept for a resume if this run dies; a run that takes the lease inherits it
     ds = build_dataset(prep.split_plan, prep.geometry, prep.scoring, prep.plan, parts)
     blocks = []
     with progress.Progress("predict", prep.split_plan.events, tick=True) as line:
@@ -681,7 +713,8 @@ def predict(data: str, split: str, out: str, scoring: Scoring | None = None,
             fingerprint=fp, inference_seconds=round(seconds, 3),
             stage_seconds={k: round(v, 3) for k, v in stages.items()},
             inference_events_per_second=round(events / seconds, 1) if seconds > 0 else None)
-    storage.remove(parts.uri, recursive=True)  # Output removed it with the other staging leftovers, on S3 too
+    storage.remove(parts.uri, recursive=True)
+    held.drop_staging(parts.uri)
     log.info("predicted %d events in %.1f s (%.0f events/s; prepare %.1f s, score %.1f s, assemble %.1f s); %d "
              "degenerate events got the default direction; wrote %s", events, seconds,
              events / seconds if seconds > 0 else float("nan"), stages["prepare"], stages["score"], stages["assemble"],
