@@ -479,7 +479,8 @@ def run_inference(data: str, split: str, scoring: Scoring | None = None,
     start = time.perf_counter()
     prep = prepare(data, split, scoring, last_events)
     ds = build_dataset(prep.split_plan, prep.geometry, prep.scoring, prep.plan)
-    parts = [b for b in ds.iter_batches(batch_format="pyarrow", batch_size=None)]
+    parts = list(progress.track(ds.iter_batches(batch_format="pyarrow", batch_size=None), "score",
+                                prep.split_plan.events, count=len))
     if not parts:
         raise icdata.DataError(f"{data}: split {split!r} produced no predictions")
     result = pa.concat_tables(parts).sort_by("event_id")
