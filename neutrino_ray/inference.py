@@ -1,0 +1,125 @@
+"""The one inference layer for torch models, every detector: load an artefact, score on an actor, set up the pool.
+
+- :func:`load_model`: ``config.json`` + ``model.pt`` → (task, model in eval mode, config), with the one-line
+  errors of every broken-artefact case (missing, foreign format or task, inputs of another build, weights that
+  do not fit the config). A detector passes how to check its inputs and how to build its task.
+- :func:`batched`: the mini-batch loop every scorer runs, under ``torch.inference_mode`` and the precision's
+  autocast; the outputs stay on the device until the end, so a GPU queue is not drained per mini-batch.
+- :class:`Scorer`: the base of the Ray Data scoring actors (IceCube's ensemble scorer, NOvA's scorer). It
+  owns the device (a GPU that CUDA can see, or a one-line error naming the node), the torch threads of a CPU
+  actor, the precision (:func:`neutrino_ray.training.precision_policy`: bf16 autocast on GPUs that have it,
+  fp16 on older ones, fp32 on CPUs unless asked) and host→device copies from pinned memory without blocking
+  (:func:`neutrino_ray.training.to_device`).
+- :func:`actor_pool`: the ``map_batches`` stage of an actor pool sized by :func:`neutrino_ray.runtime.actor_pool_size`
+  (GPU actors wait, boundedly, for the autoscaler to provide their GPUs).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from neutrino_ray import runtime, storage, training
+from neutrino_ray.errors import InputError
+
+
+def load_artefact(uri: str, task_name: str | tuple[str, ...]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(config, state_dict) of a model artefact for one of the task names; a clear error for a missing or
+    foreign one."""
+    cfg_uri = storage.join(uri, training.CONFIG)
+    try:
+        config = json.loads(storage.read_bytes(cfg_uri))
+    except FileNotFoundError as e:
+        raise InputError(f"{cfg_uri}: no trained model here (expected {training.CONFIG} and {training.WEIGHTS}, as "
+                         f"written by 'train' at OUT/{training.MODEL_DIR})") from e
+    except json.JSONDecodeError as e:
+        raise InputError(f"{cfg_uri}: not a model config ({e})") from e
+    names = (task_name,) if isinstance(task_name, str) else task_name
+    if config.get("format") != training.FORMAT or config.get("task") not in names:
+        raise InputError(f"{cfg_uri}: a {config.get('format')!r} model for task {config.get('task')!r}, "
+                         f"expected {training.FORMAT!r} for {' or '.join(map(repr, names))}")
+    w_uri = storage.join(uri, training.WEIGHTS)
+    try:
+        state = torch.load(io.BytesIO(storage.read_bytes(w_uri)), map_location="cpu", weights_only=True)
+    except FileNotFoundError as e:
+        raise InputError(f"{w_uri}: model weights not found") from e
+    except Exception as e:  # truncated or foreign file
+        raise InputError(f"{w_uri}: unreadable model weights ({type(e).__name__}: {e})") from e
+    return config, state
+
+
+def load_model(uri: str, task_names: str | tuple[str, ...], build: Callable[[dict[str, Any]], Any],
+               check: Callable[[dict[str, Any]], None] | None = None) -> tuple[Any, nn.Module, dict[str, Any]]:
+    """A trained model from ``uri`` (OUT/model): ``check(config)`` raises for inputs this build does not compute,
+    ``build(config)`` returns the detector's task, whose ``build_model()`` the weights are loaded into."""
+    config, state = load_artefact(uri, task_names)
+    if check is not None:
+        check(config)
+    task = build(config)
+    model = task.build_model()
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise InputError(f"{uri}: weights do not match the model in its config.json ({e})") from e
+    return task, model.eval(), config
+
+
+def batched(model: nn.Module, n: int, batch_size: int, step: Callable[[int, int], torch.Tensor],
+            device: torch.device, precision: str = "fp32") -> torch.Tensor | None:
+    """``step(lo, hi)`` (the model's output for items ``lo:hi``, as float) over mini-batches of ``batch_size``,
+    concatenated on the host; None for no items. Inference mode, the precision's autocast, one host copy."""
+    model.eval()
+    outs = []
+    with torch.inference_mode(), training.autocast(precision, device):
+        for lo in range(0, n, batch_size):  # mini-batches, not items
+            outs.append(step(lo, min(n, lo + batch_size)).float())
+    if not outs:
+        return None
+    return torch.cat(outs).cpu()
+
+
+class Scorer:
+    """Base of the Ray Data scoring actors: device, threads, precision, pinned copies (see the module docs)."""
+
+    def __init__(self, use_gpu: bool, threads: int, precision: str = "auto"):
+        if use_gpu:
+            if not torch.cuda.is_available():
+                raise InputError(f"a scoring actor on node {_node()} was given a GPU "
+                                 f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}) that CUDA "
+                                 f"cannot see (torch {torch.__version__}, CUDA {torch.version.cuda})")
+            self.device = torch.device("cuda")
+        else:
+            self.device = torch.device("cpu")
+            torch.set_num_threads(max(1, threads))
+        self.precision = training.precision_policy(precision, self.device)
+
+    def to_device(self, x: Any) -> Any:
+        """A tensor (or a batch of them) on this actor's device: pinned and non-blocking to a GPU."""
+        return training.to_device(x, self.device)
+
+
+def _node() -> str:
+    try:
+        import ray
+
+        return str(ray.util.get_node_ip_address())
+    except Exception:
+        return "?"
+
+
+def actor_pool(ds: Any, actor: type, kwargs: dict[str, Any], actors: int | None, cpus_per_actor: float,
+               gpus_per_actor: float, resource_wait_minutes: float = 0.0) -> Any:
+    """``ds`` → one row group per call through a pool of ``actor`` (constructed with ``kwargs``), each holding
+    ``cpus_per_actor`` CPUs and ``gpus_per_actor`` GPUs; GPU pools wait for their GPUs, at most the given minutes."""
+    from ray.data import ActorPoolStrategy
+
+    size = runtime.actor_pool_size(actors, cpus_per_actor, gpus_per_actor, resource_wait_minutes)
+    return ds.map_batches(actor, batch_format="pyarrow", batch_size=1, zero_copy_batch=True,
+                          fn_constructor_kwargs=kwargs, compute=ActorPoolStrategy(size=size),
+                          num_cpus=cpus_per_actor, num_gpus=gpus_per_actor if gpus_per_actor > 0 else None)
