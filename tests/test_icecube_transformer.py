@@ -106,6 +106,24 @@ def test_packed_attention_equals_a_slow_per_event_reference(monkeypatch: pytest.
         torch.testing.assert_close(model(x, ptr, n), got, rtol=1e-9, atol=1e-9)
 
 
+def test_token_wise_layers_see_no_padding(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The projections and MLPs run on the packed rows only (pulses, then one CLS row per event in the
+    plain blocks); only attention sees padded chunks. Lengths 30 and 31 share a chunk (padding 1)."""
+    lengths = [30, 31, 5, 1, 12]
+    x, ptr, n = _batch(lengths)
+    model = _model().float()
+    rows: dict[str, list[int]] = {"rel": [], "plain": []}
+    for kind, blocks in (("rel", model.rel_blocks), ("plain", model.blocks)):
+        for blk in blocks:
+            for layer in (blk.attn.qkv, blk.attn.proj, blk.mlp[0]):
+                layer.register_forward_hook(lambda _m, inp, _o, k=kind: rows[k].append(inp[0].shape[0]))
+    with torch.no_grad():
+        model(x, ptr, n)
+    P, B = sum(lengths), len(lengths)
+    assert sum(rows["rel"]) == 3 * CFG.depth_rel * P  # chunk by chunk, each chunk's real rows
+    assert rows["plain"] == [P + B] * (3 * CFG.depth)
+
+
 def test_an_events_result_does_not_depend_on_its_batch_nor_on_pulse_order() -> None:
     x, ptr, n = _batch([3, 40, 17, 1, 90, 22, 8])
     model = _model().float()

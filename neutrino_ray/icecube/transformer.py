@@ -173,12 +173,39 @@ def spacetime_embedding(pos: Tensor, t: Tensor, dim: int) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------------------------
+# Chunks of a token matrix
+
+
+@dataclass
+class Layout:
+    """Where the rows of a token matrix (N, C) sit in the padded chunks attention runs on. Every
+    token-wise layer (LayerNorm, the qkv, output and MLP projections) runs on the packed (N, C) matrix,
+    no slot of padding in its GEMMs; only attention gathers rows into chunks (b, L)."""
+
+    index: list[Tensor]  # per chunk (b, L): the row of each slot; a padding slot points at a real row of its event
+    mask: list[Tensor | None]  # per chunk (b, 1, 1, L): True for real keys; None for a chunk without padding
+    back: Tensor  # (N,): each row's position among the chunks' slots, flattened and concatenated
+
+
+def layout(index: list[Tensor], real: list[Tensor], n_rows: int) -> Layout:
+    """The layout of chunks (b, L) of row indices; each of the ``n_rows`` rows is real in exactly one slot.
+    Two host syncs in all, whatever the number of chunks."""
+    flat_real = torch.cat([r.flatten() for r in real])
+    slots = torch.nonzero(flat_real).flatten()
+    back = torch.empty(n_rows, dtype=torch.long, device=flat_real.device)
+    back[torch.cat([i.flatten() for i in index])[slots]] = slots
+    padded = torch.stack([~r.all() for r in real]).tolist()
+    return Layout(index, [r[:, None, None, :] if p else None for r, p in zip(real, padded)], back)
+
+
+# ---------------------------------------------------------------------------------------------------
 # Blocks
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention over a padded chunk; with ``rel`` (the space-time embedding φ) it adds
-    IceMix's relative bias to the logits and the values: q_i·R_ij and Σ_j a_ij R_ij, R = rel_proj(φ)."""
+    """Multi-head self-attention of the rows of a token matrix within their chunks; with ``rel`` (the
+    space-time embedding φ of each chunk) it adds IceMix's relative bias to the logits and the values:
+    q_i·R_ij and Σ_j a_ij R_ij, R = rel_proj(φ)."""
 
     def __init__(self, dim: int, heads: int, relative: bool):
         super().__init__()
@@ -187,26 +214,37 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.rel_proj = nn.Linear(self.head_size, self.head_size) if relative else None
 
-    def forward(self, x: Tensor, real: Tensor, rel: Tensor | None = None) -> Tensor:
-        """x (b, L, C), real (b, L) True for real (not padding) slots, rel (b, L, L, head_size) or None."""
-        b, L, C = x.shape
-        q, k, v = self.qkv(x).view(b, L, 3, self.heads, self.head_size).permute(2, 0, 3, 1, 4)  # 3 × (b, H, L, d)
+    def forward(self, x: Tensor, lay: Layout, rel: list[Tensor] | None = None) -> Tensor:
+        """x (N, C) rows, ``rel`` per chunk (b, L, L, head_size) or None → (N, C)."""
+        qkv = self.qkv(x)  # packed: no padding in the projection
+        rels: list[Tensor | None] = [None] * len(lay.index) if rel is None else list(rel)
+        outs = [self.attend(qkv[index], mask, r) for index, mask, r in zip(lay.index, lay.mask, rels)]
+        out = (outs[0] if len(outs) == 1 else torch.cat(outs)).index_select(0, lay.back)
+        return self.proj(out)
+
+    def attend(self, qkv: Tensor, mask: Tensor | None, rel: Tensor | None) -> Tensor:
+        """One chunk: qkv (b, L, 3C), mask (b, 1, 1, L) or None, rel (b, L, L, d) or None → (b·L, C)."""
+        b, L, _ = qkv.shape
+        H, d = self.heads, self.head_size
         if self.rel_proj is None or rel is None:
-            mask = None if bool(real.all()) else real[:, None, None, :]
+            q, k, v = qkv.view(b, L, 3, H, d).permute(2, 0, 3, 1, 4)  # 3 × (b, H, L, d)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        else:
-            w, bias = self.rel_proj.weight.to(q.dtype), self.rel_proj.bias.to(q.dtype)
-            rel = rel.to(q.dtype)
-            q = q * self.head_size ** -0.5
-            # q_i·(W φ_ij + b) = (Wᵀ q_i)·φ_ij + q_i·b, computed per query row without forming R.
-            qw = q @ w  # (b, H, L, d): row i of q times W
-            logits = q @ k.transpose(-1, -2)
-            logits = logits + torch.einsum("bhid,bijd->bhij", qw, rel) + (q @ bias)[..., None]
-            logits = logits.masked_fill(~real[:, None, None, :], float("-inf"))
-            attn = logits.softmax(-1)
-            # Σ_j a_ij (W φ_ij + b) = W (Σ_j a_ij φ_ij) + b, the attention weights summing to one.
-            out = attn @ v + torch.einsum("bhij,bijd->bhid", attn, rel) @ w.T + bias
-        return self.proj(out.transpose(1, 2).reshape(b, L, C))
+            return out.transpose(1, 2).reshape(b * L, H * d)
+        q, k, v = qkv.view(b, L, 3, H, d).unbind(2)  # 3 × (b, L, H, d)
+        w, bias = self.rel_proj.weight.to(q.dtype), self.rel_proj.bias.to(q.dtype)
+        rel = rel.to(q.dtype).view(b * L, L, d)
+        q = q * d ** -0.5
+        # Logits in (b, i, h, j) order, so both bias terms are one batched matmul per query row i over φ_i·.
+        # q_i·(W φ_ij + b) = (Wᵀ q_i)·φ_ij + q_i·b; q_i·b is constant along j, and softmax ignores it.
+        logits = torch.bmm((q @ w).view(b * L, H, d), rel.transpose(1, 2)).view(b, L, H, L)
+        logits += (q.transpose(1, 2) @ k.permute(0, 2, 3, 1)).transpose(1, 2)
+        if mask is not None:
+            logits.masked_fill_(~mask, float("-inf"))
+        attn = logits.softmax(-1)  # (b, L, H, L)
+        # Σ_j a_ij (W φ_ij + b) = W (Σ_j a_ij φ_ij) + b, the attention weights summing to one.
+        out = (attn.transpose(1, 2) @ v.transpose(1, 2)).transpose(1, 2)  # (b, L, H, d)
+        out = out + torch.bmm(attn.view(b * L, H, L), rel).view(b, L, H, d) @ w.T + bias
+        return out.reshape(b * L, H * d)
 
 
 class Block(nn.Module):
@@ -225,11 +263,12 @@ class Block(nn.Module):
             self.gamma1 = nn.Parameter(torch.full((dim,), cfg.layer_scale))
             self.gamma2 = nn.Parameter(torch.full((dim,), cfg.layer_scale))
 
-    def forward(self, x: Tensor, real: Tensor, rel: Tensor | None = None) -> Tensor:
-        a = self.attn(self.norm1(x), real, rel)
-        x = x + (a if self.gamma1 is None else self.gamma1 * a)
+    def forward(self, x: Tensor, lay: Layout, rel: list[Tensor] | None = None) -> Tensor:
+        """x (N, C) packed rows → (N, C)."""
+        a = self.attn(self.norm1(x), lay, rel)
+        x = x + a if self.gamma1 is None else torch.addcmul(x, self.gamma1, a)  # one pass, not two
         m = self.mlp(self.norm2(x))
-        return x + (m if self.gamma2 is None else self.gamma2 * m)
+        return x + m if self.gamma2 is None else torch.addcmul(x, self.gamma2, m)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -253,34 +292,49 @@ class Transformer(nn.Module):
 
     def forward(self, x: Tensor, ptr: Tensor, n_pulses: Tensor) -> Tensor:
         """x (P, F) packed pulse features, ptr (B + 1) event starts, n_pulses (B) pulses before the cap."""
-        n_events = ptr.shape[0] - 1
+        n_events, P = ptr.shape[0] - 1, x.shape[0]
         counts = ptr[1:] - ptr[:-1]
         event = torch.repeat_interleave(torch.arange(n_events, device=x.device), counts)
         sums = torch.zeros(n_events, 4, device=x.device, dtype=x.dtype).index_add_(0, event, x[:, :4])
         rel = x[:, :4] - (sums / counts.clamp(min=1).to(x.dtype)[:, None])[event]  # from the event's mean
         t_rel = rel[:, 3]
         log_n = torch.log10(n_pulses.to(x.dtype).clamp(min=1))[event]
-        tokens = self.embed(x, rel[:, :3], t_rel, log_n)  # (P, C): no padding
-        out = tokens.new_zeros(n_events, 3)
+        h = self.embed(x, rel[:, :3], t_rel, log_n)  # (P, C): no padding
         budget = max(1, CHUNK_BUDGET // (self.cfg.head_size + self.cfg.heads))
         groups = group_events(ptr, budget, per_octave=LENGTH_CLASSES_PER_OCTAVE)
-        for node, real, events in zip(groups.node, groups.real, groups.events):
-            out = out.index_copy(0, events, self.encode(tokens[node], real, x[node, :3], t_rel[node]))
-        return out
-
-    def encode(self, h: Tensor, real: Tensor, pos: Tensor, t: Tensor) -> Tensor:
-        """One chunk: h (b, L, C) padded tokens, real (b, L), pos (b, L, 3), t (b, L) → (b, 3)."""
-        rel = spacetime_embedding(pos, t, self.cfg.head_size) if self.rel_blocks else None
-        for blk in self.rel_blocks:
-            h = blk(h, real, rel)
-        h = torch.cat([self.cls.expand(h.shape[0], 1, -1).to(h.dtype), h], dim=1)
-        real = torch.cat([real.new_ones(real.shape[0], 1), real], dim=1)
+        if self.rel_blocks:
+            h = self.encode_relative(h, groups.node, groups.real, x[:, :3], t_rel)
+        # Plain blocks: the pulses' rows, then one CLS row per event; each chunk's slot 0 is its events' CLS.
+        h = torch.cat([h, self.cls[0].expand(n_events, -1).to(h.dtype)])
+        cls_rows = [P + events[:, None] for events in groups.events]
+        lay = layout([torch.cat([c, node], 1) for c, node in zip(cls_rows, groups.node)],
+                     [F.pad(real, (1, 0), value=True) for real in groups.real], P + n_events)
         for blk in self.blocks:
-            h = blk(h, real)
+            h = blk(h, lay)
         h = self.norm(h)
-        pulses = real[:, 1:, None].to(h.dtype)
-        mean = (h[:, 1:] * pulses).sum(1) / pulses.sum(1)
-        return self.head(torch.cat([h[:, 0], mean], dim=1))  # the CLS token and the mean over the pulses
+        mean = h.new_zeros(n_events, h.shape[1]).index_add_(0, event, h[:P]) / counts.clamp(min=1).to(h.dtype)[:, None]
+        return self.head(torch.cat([h[P:], mean], dim=1))  # the CLS token and the mean over the pulses
+
+    def encode_relative(self, h: Tensor, node: list[Tensor], real: list[Tensor], pos: Tensor, t: Tensor) -> Tensor:
+        """The relative-bias blocks, one chunk at a time (its φ, (b, L, L, head_size), exists only while the
+        chunk runs), on the chunk's real rows: h (P, C) → (P, C)."""
+        out, rows_all = [], []
+        for index, is_real in zip(node, real):
+            flat = is_real.flatten()
+            slots = torch.nonzero(flat).flatten()  # the chunk's real slots, in order: its rows
+            local = torch.cumsum(flat, 0).view_as(is_real) - 1  # each real slot's row in the chunk
+            local = torch.where(is_real, local, local[:, :1])  # padding: the event's first (real) slot
+            lay = Layout([local], [None if len(slots) == len(flat) else is_real[:, None, None, :]], slots)
+            rel = [spacetime_embedding(pos[index], t[index], self.cfg.head_size)]
+            rows = index.flatten()[slots]
+            hc = h[rows]
+            for blk in self.rel_blocks:
+                hc = blk(hc, lay, rel)
+            out.append(hc)
+            rows_all.append(rows)
+        order = torch.cat(rows_all)
+        inverse = torch.empty_like(order).index_copy_(0, order, torch.arange(len(order), device=h.device))
+        return torch.cat(out).index_select(0, inverse)
 
 
 def _init(m: nn.Module) -> None:
