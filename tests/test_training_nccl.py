@@ -74,6 +74,7 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 @pytest.mark.parametrize("size", ["small", "transformer-tiny"])
 def test_data_parallel_training_follows_nccl_rules(dataset: Path, tmp_path: Path, fake_accelerator_ray: None,
