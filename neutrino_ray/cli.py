@@ -475,6 +475,15 @@ def _add_bench(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
                          "in a fresh driver process: plan time, driver and worker peak RSS, events/s")
     bi.add_argument("--scale-events-per-batch", type=_positive, default=200_000,
                     help="events per batch file for --scale (200000, the Kaggle batch size)")
+    bg = b_sub.add_parser("gpu", formatter_class=fmt,
+                          help="one GPU: training events/s, peak memory, utilisation of dynedge, transformer-base, "
+                               "NOvA medium",
+                          description="Train each model for a fixed number of steps on one CUDA GPU (data simulated "
+                                      "first; nothing downloaded); without CUDA it stops at once.")
+    bg.add_argument("--steps", type=_positive, default=100, help="timed training steps per model (100)")
+    bg.add_argument("--warmup", type=_non_negative, default=10, help="untimed steps first (10)")
+    bg.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
+                    help="auto: bf16 where the GPU has it, else fp16 with a gradient scaler (auto)")
 
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
@@ -569,6 +578,10 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         from neutrino_ray.icecube.demo import demo
 
         demo(args.out, args.events, args.seed, args.train_minutes, args.workers)
+    elif args.command == "bench" and args.detector == "gpu":
+        from neutrino_ray.gpubench import bench_gpu
+
+        bench_gpu(args.steps, args.warmup, args.precision)
     elif args.command == "bench":
         from neutrino_ray.icecube.architectures import ARCHITECTURES
         from neutrino_ray.icecube.bench import bench, bench_gnn, bench_scale

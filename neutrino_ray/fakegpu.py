@@ -39,17 +39,17 @@ class DeviceTensor(torch.Tensor):
 
     @staticmethod
     def __new__(cls, raw: torch.Tensor) -> DeviceTensor:
-        t = torch.Tensor._make_wrapper_subclass(cls, raw.shape, strides=raw.stride(),  # type: ignore[attr-defined]
+        t = torch.Tensor._make_wrapper_subclass(cls, raw.shape, strides=raw.stride(),
                                                 storage_offset=raw.storage_offset(), dtype=raw.dtype,
                                                 device=torch.device(NAME, 0), requires_grad=False)
         t.raw = raw
-        return t  # type: ignore[no-any-return]
+        return t
 
     def __repr__(self) -> str:  # type: ignore[override]
         return f"DeviceTensor({self.raw!r})"
 
     @classmethod
-    def __torch_dispatch__(cls, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+    def __torch_dispatch__(cls, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:  # type: ignore[override]
         kwargs = kwargs or {}
         name = func.__name__
         copies = name.startswith(_COPIES)
@@ -139,34 +139,34 @@ class FakeNCCL(dist.ProcessGroup):
     """NCCL's device rule, checked on every collective; the data moved by gloo on the wrapped CPU tensors."""
 
     def __init__(self, store: Any, rank: int, size: int, timeout: timedelta):
-        super().__init__(rank, size)
-        self.inner = dist.ProcessGroupGloo(store, rank, size, timeout)
+        super().__init__(rank, size)  # type: ignore[call-arg]
+        self.inner: Any = dist.ProcessGroupGloo(store, rank, size, timeout)
 
     def getBackendName(self) -> str:
         return BACKEND
 
-    def allreduce(self, tensors: Any, opts: Any = None) -> Any:
-        _check(tensors, "allreduce")
-        return self.inner.allreduce(_raw(tensors), opts or dist.AllreduceOptions())
+    def _forward(self, name: str, *tensors: Any, opts: Any = None) -> Any:
+        _check(list(tensors), name)
+        args = [_raw(t) for t in tensors]
+        return getattr(self.inner, name)(*args) if opts is None else getattr(self.inner, name)(*args, opts)
+
+    def allreduce(self, tensors: Any, opts: Any = None) -> Any:  # type: ignore[override]
+        return self._forward("allreduce", tensors, opts=opts)
 
     def allreduce_coalesced(self, tensors: Any, opts: Any = None) -> Any:
-        _check(tensors, "allreduce_coalesced")
-        return self.inner.allreduce_coalesced(_raw(tensors), opts or dist.AllreduceCoalescedOptions())
+        return self._forward("allreduce_coalesced", tensors, opts=opts)
 
-    def broadcast(self, tensors: Any, opts: Any = None) -> Any:
-        _check(tensors, "broadcast")
-        return self.inner.broadcast(_raw(tensors), opts or dist.BroadcastOptions())
+    def broadcast(self, tensors: Any, opts: Any = None) -> Any:  # type: ignore[override]
+        return self._forward("broadcast", tensors, opts=opts)
 
     def allgather(self, outputs: Any, inputs: Any, opts: Any = None) -> Any:
-        _check([outputs, inputs], "allgather")
-        return self.inner.allgather(_raw(outputs), _raw(inputs), opts or dist.AllgatherOptions())
+        return self._forward("allgather", outputs, inputs, opts=opts)
 
     def _allgather_base(self, output: Any, input: Any, opts: Any = None) -> Any:
-        _check([output, input], "all_gather_into_tensor")
-        return self.inner._allgather_base(_raw(output), _raw(input), opts or dist.AllgatherOptions())
+        return self._forward("_allgather_base", output, input, opts=opts)
 
     def barrier(self, opts: Any = None) -> Any:
-        return self.inner.barrier(opts or dist.BarrierOptions())
+        return self.inner.barrier() if opts is None else self.inner.barrier(opts)
 
 
 def _create_group(store: Any, rank: int, size: int, timeout: timedelta) -> FakeNCCL:

@@ -119,6 +119,12 @@ class Settings:
     backend: str | None = None
     device_hook: str | None = None
 
+    def __post_init__(self) -> None:
+        precision_policy(self.precision, torch.device("cpu"))  # a bad name fails here, before Ray starts
+        if self.gpus_per_worker <= 0 and self.precision in ("bf16", "fp16"):
+            raise InputError(f"--precision {self.precision} needs GPU workers (--gpus-per-worker); CPUs train "
+                             "in fp32")
+
     def cpus(self, cluster_cpus: float) -> float:
         """CPUs per worker: as given, else an equal share that leaves a little for Ray Data's decode tasks."""
         if self.cpus_per_worker is not None:
@@ -342,10 +348,12 @@ def worker_loop(cfg: dict[str, Any]) -> None:
     clock = time.monotonic()
 
     def tick() -> float:
-        """Count the wall time since the last tick into the run's time (the budget counts all of it)."""
+        """Count the wall time since the last tick into the run's time: all of it from this run's first step
+        (the budget's definition: first step to published model; not the start-up before it)."""
         nonlocal clock
         now = time.monotonic()
-        p.seconds += now - clock
+        if trained_this_run:
+            p.seconds += now - clock
         clock = now
         return now
 
@@ -387,8 +395,8 @@ def worker_loop(cfg: dict[str, Any]) -> None:
 
     model.train()
     last_save = last_log = time.monotonic()
-    stop = p.epoch >= s.epochs or bool(budget and p.seconds + reserve() >= budget)
     trained_this_run = False
+    stop = p.epoch >= s.epochs or bool(budget and p.seconds + reserve() >= budget)
     while not stop:
         batches = iter(train_shard.iter_batches(batch_size=s.batch_size, batch_format="pyarrow", prefetch_batches=2,
                                                 local_shuffle_buffer_size=s.shuffle_buffer or None,
@@ -416,8 +424,10 @@ def worker_loop(cfg: dict[str, Any]) -> None:
                 loss_n, win_events, win_seconds = 0, 0, 0.0
                 now = last_save = time.monotonic()
             t0 = time.monotonic()
-            if p.first_step_at is None:
-                p.first_step_at = time.time()
+            if not trained_this_run:
+                clock = t0  # the budget counts from the first step
+                if p.first_step_at is None:
+                    p.first_step_at = time.time()
             for g in opt.param_groups:
                 g["lr"] = s.lr * lr_factor(p, s, total_steps)
             loss_sum += train_step(model, task, task.collate(batch, device), opt, scaler, precision, device,
@@ -487,9 +497,6 @@ def fit(task: Task, s: Settings, train: Any, val: Any, n_train_events: int,
     started = time.time()
     resources = runtime.init_ray(dashboard=True)
     use_gpu = s.gpus_per_worker > 0
-    precision_policy(s.precision, torch.device("cpu"))  # a bad name fails here, before any wait
-    if not use_gpu and s.precision in ("bf16", "fp16"):
-        raise InputError(f"--precision {s.precision} needs GPU workers (--gpus-per-worker); CPUs train in fp32")
     cpus = 1.0 if use_gpu and s.cpus_per_worker is None else s.cpus(resources.get("CPU", 1))
     if use_gpu:
         runtime.wait_for_gpus(s.workers, s.gpus_per_worker, cpus, s.resource_wait_minutes,

@@ -48,7 +48,7 @@ def test_fake_nccl_refuses_host_tensors_and_reduces_device_ones(tmp_path: Path) 
     mp.start_processes(_collectives, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=2, join=True,
                        start_method="fork")
     for rank in range(2):
-        reduced, refused = eval((tmp_path / f"rank{rank}").read_text())  # noqa: S307 (our own repr)
+        reduced, refused = eval((tmp_path / f"rank{rank}").read_text())  # our own repr
         assert reduced == [3.0, 4.0]
         assert "a tensor on cpu entered a collective" in refused and "NCCL takes tensors" in refused
 

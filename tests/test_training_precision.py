@@ -39,9 +39,9 @@ def test_precision_policy() -> None:
 
 
 def test_cpu_training_refuses_half_precision(tmp_path: Path) -> None:
-    s = training.Settings(out=str(tmp_path), precision="bf16")
     with pytest.raises(InputError, match="--precision bf16 needs GPU workers"):
-        training.fit(None, s, None, None, 1)  # type: ignore[arg-type]  # refused before anything is used
+        training.Settings(out=str(tmp_path), precision="bf16")  # before Ray starts
+    assert training.Settings(out=str(tmp_path), precision="fp16", gpus_per_worker=1).precision == "fp16"
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,7 @@ def test_fp16_scaler_path_on_a_mocked_fp16_device() -> None:
 @pytest.mark.slow
 @pytest.mark.integration
 def test_max_minutes_bounds_the_whole_run_within_ten_percent(tmp_path: Path) -> None:
-    """A run whose full validation (2,000 events of dynedge) takes a large part of the budget: training
+    """A run whose full validation (2,000 events) would take a large part of the budget on loaded CPUs: training
     stops early enough, each validation pass keeps to its share, and from the first step to the published
     model takes the budget within 10 %."""
     data = tmp_path / "icecube"
@@ -95,7 +95,7 @@ def test_max_minutes_bounds_the_whole_run_within_ten_percent(tmp_path: Path) -> 
                  "--test-batches", "0", "--seed", "6"]) == 0
     out = tmp_path / "run"
     budget = 0.75
-    assert main(["-q", "icecube", "train", str(data), "--out", str(out), "--model", "dynedge", "--epochs", "50",
+    assert main(["-q", "icecube", "train", str(data), "--out", str(out), "--model", "small", "--epochs", "50",
                  "--batch-size", "64", "--val-events", "2000", "--max-minutes", str(budget)]) == 0
     t = json.loads((out / "model" / "config.json").read_text())["training"]
     published = (out / "model" / "_SUCCESS.json").stat().st_mtime
