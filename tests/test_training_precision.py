@@ -94,7 +94,7 @@ def test_max_minutes_bounds_the_whole_run_within_ten_percent(tmp_path: Path) -> 
     assert main(["-q", "simulate", "icecube", str(data), "--events-per-batch", "4000", "--train-batches", "1",
                  "--test-batches", "0", "--seed", "6"]) == 0
     out = tmp_path / "run"
-    budget = 0.75
+    budget = 1.5
     assert main(["-q", "icecube", "train", str(data), "--out", str(out), "--model", "small", "--epochs", "50",
                  "--batch-size", "64", "--val-events", "2000", "--max-minutes", str(budget)]) == 0
     t = json.loads((out / "model" / "config.json").read_text())["training"]
