@@ -63,7 +63,7 @@ FORMAT = "neutrino-ray torch model v1"
 DATA_TASK_CPUS = 0.25  # Ray Data decode tasks beside the training workers: light, and never starved of CPUs
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 VALIDATION_SHARE = 0.1  # of the time budget, at most, per validation pass (with --max-minutes)
-PUBLISH_RESERVE_SECONDS = 10.0  # after the last checkpoint: Ray Train stops its workers, the driver publishes (~8-12 s on a loaded 2-core machine)
+PUBLISH_RESERVE_SECONDS = 10.0  # after the last checkpoint: Ray Train stops its workers, the driver publishes
 
 
 class Task(Protocol):
