@@ -158,8 +158,9 @@ class EdgeConv(nn.Module):
         self.rest = mlp([sizes[0], *sizes[1:]])
         self.n_in = n_in
 
-    def forward(self, x: Tensor, neighbours: Tensor, valid: Tensor, short: Tensor) -> Tensor:
-        """``short``: the nodes with missing neighbours (:func:`short_nodes`)."""
+    def forward(self, x: Tensor, neighbours: Tensor, valid: Tensor, short: Tensor | None = None) -> Tensor:
+        """``short``: the nodes with missing neighbours (:func:`short_nodes`; found from ``valid`` when not
+        given, at the cost of a device-to-host synchronisation)."""
         w_i, w_j = self.first.weight[:, :self.n_in], self.first.weight[:, self.n_in:]
         own = F.linear(x, w_i - w_j, self.first.bias)  # (P, H)
         other = F.linear(x, w_j)  # (P, H)
@@ -167,6 +168,8 @@ class EdgeConv(nn.Module):
         h = self.rest(h)
         out = h.sum(dim=1)
         # Only nodes of events with ≤ k pulses have missing neighbours: take their slots back out.
+        if short is None:
+            short = torch.nonzero(~valid.all(dim=1)).flatten()
         if len(short):
             out = out.index_add(0, short, -(h[short] * (~valid[short])[:, :, None].to(h.dtype)).sum(dim=1))
         return out
