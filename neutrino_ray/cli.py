@@ -73,7 +73,12 @@ def add_training_args(p: argparse.ArgumentParser, batch_size: int, lr: float) ->
     """Options every Ray Train command shares (the scaffold's Settings)."""
     p.add_argument("--workers", type=_positive, default=1, help="data-parallel training workers (1)")
     p.add_argument("--gpus-per-worker", type=_non_negative_float, default=0.0,
-                   help="GPUs per worker; > 0 trains on GPUs with NCCL and bf16 autocast (0: CPUs, gloo)")
+                   help="GPUs per worker; > 0 trains on GPUs with NCCL (0: CPUs, gloo)")
+    p.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
+                   help="GPU training precision: auto = bf16 autocast where the GPU has it, else fp16 with a "
+                        "gradient scaler; CPUs train in fp32 (auto)")
+    p.add_argument("--resource-wait-minutes", type=_non_negative_float, default=15.0,
+                   help="wait this long for the autoscaler to bring the GPUs asked for; 0 refuses at once (15)")
     p.add_argument("--cpus-per-worker", type=_positive_float, default=None,
                    help="CPUs per worker (default: 1 with GPUs; else an equal share of the cluster's CPUs)")
     p.add_argument("--max-minutes", type=_positive_float, default=None,
@@ -103,7 +108,8 @@ def add_training_args(p: argparse.ArgumentParser, batch_size: int, lr: float) ->
 def training_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return {k: getattr(args, k) for k in ("workers", "gpus_per_worker", "cpus_per_worker", "max_minutes", "epochs",
                                           "batch_size", "lr", "checkpoint_minutes", "max_failures", "seed",
-                                          "ema_decay", "optimizer", "schedule", "patience")}
+                                          "ema_decay", "optimizer", "schedule", "patience",
+                                          "precision", "resource_wait_minutes")}
 
 
 def add_actor_args(p: argparse.ArgumentParser, batch_size: int) -> None:
@@ -116,6 +122,8 @@ def add_actor_args(p: argparse.ArgumentParser, batch_size: int) -> None:
                    help="CPUs (torch threads) per model actor (1)")
     p.add_argument("--gpus-per-actor", type=_non_negative_float, default=0.0,
                    help="GPUs per model actor; > 0 scores on GPUs with bf16 autocast (0)")
+    p.add_argument("--resource-wait-minutes", type=_non_negative_float, default=15.0,
+                   help="GPU actors: wait this long for the autoscaler to bring their GPUs; 0 refuses at once (15)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -524,6 +532,15 @@ def _add_bench(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
                          "as pandas or Spark write it) instead of one row group per batch")
     bi.add_argument("--scale-analysis", action="store_true",
                     help="for --scale: also evaluate and compare the predictions, each in a fresh driver process")
+    bg = b_sub.add_parser("gpu", formatter_class=fmt,
+                          help="one GPU: training events/s, peak memory, utilisation of dynedge, transformer-base, "
+                               "NOvA medium",
+                          description="Train each model for a fixed number of steps on one CUDA GPU (data simulated "
+                                      "first; nothing downloaded); without CUDA it stops at once.")
+    bg.add_argument("--steps", type=_positive, default=100, help="timed training steps per model (100)")
+    bg.add_argument("--warmup", type=_non_negative, default=10, help="untimed steps first (10)")
+    bg.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
+                    help="auto: bf16 where the GPU has it, else fp16 with a gradient scaler (auto)")
 
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
@@ -568,7 +585,8 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         scoring = Scoring(models[0] if len(models) == 1 else models, args.max_pulses, args.events_per_task,
                           args.batch_size, args.actors, args.cpus_per_actor, args.gpus_per_actor,
                           weights=None if args.weights is None else tuple(args.weights),
-                          kappa_weighted=args.kappa_weighted, uncertainty_events=args.uncertainty_events)
+                          kappa_weighted=args.kappa_weighted, uncertainty_events=args.uncertainty_events,
+                          resource_wait_minutes=args.resource_wait_minutes)
         m = predict(args.data, args.split, args.out, scoring, command=command, fmt=args.format)
         resumed = f"; {m['parts_reused']} of {m['parts']} parts reused from a killed run" if m["parts_reused"] else ""
         print(f"predicted {m['events']} events in {m['wall_seconds']:.1f} s "
@@ -583,7 +601,8 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         cal = calibrate(args.data, model, args.split, args.events,
                         Scoring(model, args.max_pulses, None, args.batch_size, args.actors, args.cpus_per_actor,
                                 args.gpus_per_actor, weights=None if args.weights is None else tuple(args.weights),
-                                kappa_weighted=args.kappa_weighted), command=command, out=args.out)
+                                kappa_weighted=args.kappa_weighted, resource_wait_minutes=args.resource_wait_minutes),
+                        command=command, out=args.out)
         before, after = cal["coverage_before"], cal["coverage_after"]
         print(f"calibrated on {cal['events']} held-out events: coverage at 50/68/90 % "
               f"{before['50']:.3f}/{before['68']:.3f}/{before['90']:.3f} → {after['50']:.3f}/{after['68']:.3f}/"
@@ -626,6 +645,10 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         from neutrino_ray.icecube.demo import demo
 
         demo(args.out, args.events, args.seed, args.train_minutes, args.workers)
+    elif args.command == "bench" and args.detector == "gpu":
+        from neutrino_ray.gpubench import bench_gpu
+
+        bench_gpu(args.steps, args.warmup, args.precision)
     elif args.command == "bench":
         from neutrino_ray.icecube.architectures import ARCHITECTURES
         from neutrino_ray.icecube.bench import bench, bench_gnn, bench_scale
@@ -693,7 +716,7 @@ def run_nova(args: argparse.Namespace, command: list[str]) -> int:
         from neutrino_ray.nova.predict import predict as nova_predict
 
         scoring = Scoring(args.model, args.events_per_task, args.batch_size, args.actors, args.cpus_per_actor,
-                          args.gpus_per_actor)
+                          args.gpus_per_actor, args.resource_wait_minutes)
         m = nova_predict(args.data, args.out, scoring, args.skip_bad, command=command)
         print(f"scored {m['events']} events in {m['wall_seconds']:.1f} s ({m['events_per_second']:.0f} events/s end "
               f"to end) → {storage.join(args.out, PREDICTIONS)}")

@@ -3,13 +3,26 @@
 A detector plugs in a :class:`Task` (how to build its model, turn an Arrow batch into tensors, the
 loss, and validation sums) and two Ray Data datasets, ``train`` and ``val``. The scaffold does the rest
 with Ray Train's ``TorchTrainer`` (Train V2): one worker or many, DDP over gloo on CPUs or NCCL on
-GPUs (bf16 autocast there), each worker streaming its own shard of the data.
+GPUs, each worker streaming its own shard of the data.
+
+GPUs and NCCL (see docs/cluster.md): every tensor that enters a collective is created on the worker's
+device (NCCL refuses host tensors); a training step synchronises the device with the host once, for the
+lockstep decision (the loss is summed on the device and read only when logged or checkpointed). Batches
+are copied from pinned host memory without blocking. Precision (:func:`precision_policy`): bf16 autocast
+where the GPU supports it, else fp16 autocast with a gradient scaler, fp32 on request and on CPUs.
+With GPU workers asked for and not yet in the cluster, :func:`fit` asks the autoscaler for them and waits,
+at most ``resource_wait_minutes``. A seam (``device_hook``) lets a CPU test run the loop on a pretend
+device with a process group that enforces NCCL's rules (tests/test_training_nccl.py).
 
 Checkpoints (model, optimiser, schedule, progress, history) go to ``OUT/train/`` through Ray Train's
 storage, on local disk or S3, at every epoch end and every ``checkpoint_minutes``. Ray Train restarts
 failed workers from the latest one (``max_failures``), and a new run with the same OUT resumes from it:
 Ray Train restores its checkpoint list from storage. A resumed epoch starts its pass over the data again.
-The time budget ``max_minutes`` counts training wall time across restarts.
+The time budget ``max_minutes`` bounds the whole run, from the first step to the published model,
+validation and checkpoints included, counted across restarts: training stops early enough to leave time
+for the last validation and checkpoint (as long as the last one took), and each validation pass streams its
+held-out events only until its share of the budget (``VALIDATION_SHARE``) is spent; the events it
+covered are recorded with its metrics (``val_events``).
 
 When training ends, the latest checkpoint becomes the model artefact at ``OUT/model/`` (published
 atomically): ``model.pt`` (weights), ``config.json`` (the task's config, parameter count, training
@@ -48,6 +61,9 @@ WEIGHTS, CONFIG, METRICS, CURVE = "model.pt", "config.json", "metrics.json", "le
 STATE_FILE = "state.pt"
 FORMAT = "neutrino-ray torch model v1"
 DATA_TASK_CPUS = 0.25  # Ray Data decode tasks beside the training workers: light, and never starved of CPUs
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+VALIDATION_SHARE = 0.1  # of the time budget, at most, per validation pass (with --max-minutes)
+PUBLISH_RESERVE_SECONDS = 10.0  # after the last checkpoint: Ray Train stops its workers, the driver publishes
 
 
 class Task(Protocol):
@@ -63,7 +79,8 @@ class Task(Protocol):
     def build_model(self) -> nn.Module: ...
     def collate(self, batch: Any, device: torch.device) -> Any: ...
     def loss(self, model: nn.Module, batch: Any) -> torch.Tensor: ...
-    def validation_sums(self, model: nn.Module, batch: Any) -> dict[str, float]: ...
+    # Sums over the batch, as 0-d tensors on the batch's device (or floats): the scaffold adds them up there.
+    def validation_sums(self, model: nn.Module, batch: Any) -> dict[str, torch.Tensor | float]: ...
     def validation_metrics(self, sums: dict[str, float]) -> dict[str, float]: ...
     def config(self) -> dict[str, Any]: ...
 
@@ -97,12 +114,22 @@ class Settings:
     shuffle_buffer: int = 1024
     max_failures: int = 3
     seed: int = 0
+    precision: str = "auto"  # GPUs: bf16 where supported, else fp16 with a gradient scaler (precision_policy)
+    resource_wait_minutes: float = 15.0  # wait this long for the autoscaler to bring the GPUs; 0: refuse at once
     # Fault injection for tests: the last worker's process is killed once after this many steps (marker file:
     # once only).
     fault_after_steps: int | None = None
     fault_marker: str | None = None
+    # The device seam for CPU tests: a process-group backend registered in the workers (e.g. one that enforces
+    # NCCL's rules) and "module:function" returning the device the loop runs on (e.g. a pretend accelerator).
+    backend: str | None = None
+    device_hook: str | None = None
 
     def __post_init__(self) -> None:
+        precision_policy(self.precision, torch.device("cpu"))  # a bad name fails here, before Ray starts
+        if self.gpus_per_worker <= 0 and self.precision in ("bf16", "fp16"):
+            raise InputError(f"--precision {self.precision} needs GPU workers (--gpus-per-worker); CPUs train "
+                             "in fp32")
         if self.optimizer not in self.OPTIMIZERS:
             raise InputError(f"unknown optimizer {self.optimizer!r}: expected one of {', '.join(self.OPTIMIZERS)}")
         if self.schedule not in self.SCHEDULES:
@@ -142,6 +169,9 @@ class Progress:
     seconds: float = 0.0  # wall time in the training loop, across restarts
     step_seconds: float = 0.0  # of which forward/backward/optimiser
     restarts: int = 0
+    precision: str = ""  # what the workers trained in (precision_policy)
+    first_step_at: float | None = None  # wall clock (time.time()) of the run's first step
+    reserve: float = 0.0  # seconds the last validation + checkpoint took: kept free at the end of the budget
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -184,6 +214,8 @@ def _say(msg: str) -> None:
 
 
 def _all_reduce(t: torch.Tensor) -> torch.Tensor:
+    """Sum ``t`` over the workers, in place. NCCL reduces device tensors only: every caller creates ``t`` on
+    the worker's device."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
@@ -191,19 +223,108 @@ def _all_reduce(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def _validate(model: nn.Module, task: Task, shard: Any, s: Settings, device: torch.device,
-              autocast: Any) -> dict[str, float]:
-    """Validation sums over this worker's shard, reduced over all workers, turned into metrics."""
+def precision_policy(requested: str, device: torch.device, bf16_supported: bool | None = None) -> str:
+    """The precision a worker trains in: fp32 on CPUs (and whenever asked); on a CUDA device, ``auto`` is bf16
+    autocast where the GPU supports it (Ampere and later) and fp16 autocast with a gradient scaler elsewhere
+    (T4, V100); ``bf16`` on a GPU without it is refused. ``bf16_supported`` defaults to the device's own
+    answer (a seam for tests)."""
+    if requested not in PRECISIONS:
+        raise InputError(f"--precision {requested}: expected one of {', '.join(PRECISIONS)}")
+    if requested == "fp32" or device.type != "cuda":
+        return "fp32"
+    if bf16_supported is None:
+        bf16_supported = torch.cuda.is_bf16_supported()
+    if requested == "bf16" and not bf16_supported:
+        raise InputError(f"--precision bf16: {device} ({torch.cuda.get_device_name(device)}) has no bf16; "
+                         "use --precision fp16 or auto")
+    if requested == "auto":
+        return "bf16" if bf16_supported else "fp16"
+    return requested
+
+
+def autocast(precision: str, device: torch.device) -> Any:
+    """The autocast context of a precision (none for fp32)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler:
+    """fp16 needs a gradient scaler (small gradients underflow in half precision); a disabled one otherwise."""
+    return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+
+
+def train_step(model: nn.Module, task: Task, batch: Any, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+               precision: str, device: torch.device, grad_clip: float) -> torch.Tensor:
+    """One optimiser step; returns the loss, detached, on the device (no host synchronisation here, except
+    the fp16 scaler's own check for infinite gradients)."""
+    with autocast(precision, device):
+        loss = task.loss(model, batch)
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if grad_clip:
+        scaler.unscale_(opt)  # clip the true gradients, not the scaled ones
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(opt)  # skips the step when the fp16 gradients overflowed
+    scaler.update()
+    return loss.detach()
+
+
+def _validate(model: nn.Module, task: Task, shard: Any, s: Settings, device: torch.device, precision: str,
+              deadline: float | None) -> dict[str, float]:
+    """Validation sums over this worker's shard, summed on the device, reduced over all workers, turned into
+    metrics. With a ``deadline`` (time.monotonic()), the workers stop together once rank 0 passes it: a
+    per-batch lockstep like training's."""
+    import ray.train
+
+    rank = ray.train.get_context().get_world_rank()
     model.eval()
-    sums = dict.fromkeys(task.validation_keys, 0.0)
+    keys = task.validation_keys
+    acc = torch.zeros(len(keys), dtype=torch.float64, device=device)
+    batches = iter(shard.iter_batches(batch_size=s.batch_size, batch_format="pyarrow", prefetch_batches=2))
     with torch.no_grad():
-        for batch in shard.iter_batches(batch_size=s.batch_size, batch_format="pyarrow", prefetch_batches=2):
-            with autocast():
-                for k, v in task.validation_sums(model, task.collate(batch, device)).items():
-                    sums[k] += float(v)
+        while True:
+            batch = next(batches, None)
+            if deadline is not None:
+                late = rank == 0 and time.monotonic() > deadline
+                more, stop = _all_reduce(torch.tensor([batch is not None, late], dtype=torch.int64,
+                                                      device=device)).cpu().tolist()
+                if more == 0 or stop > 0:
+                    break
+            if batch is None:
+                if deadline is None:
+                    break
+                continue  # others still have batches
+            with autocast(precision, device):
+                sums = task.validation_sums(model, task.collate(batch, device))
+            acc += torch.stack([torch.as_tensor(sums[k], device=device).to(torch.float64) for k in keys])
     model.train()
-    total = _all_reduce(torch.tensor([sums[k] for k in task.validation_keys], dtype=torch.float64))
-    return task.validation_metrics(dict(zip(task.validation_keys, total.tolist())))
+    total = _all_reduce(acc).cpu().tolist()
+    return task.validation_metrics(dict(zip(keys, total)))
+
+
+def to_device(x: Any, device: torch.device) -> Any:
+    """A batch (tensor or PyG batch) to ``device``: to a GPU from pinned host memory, without blocking (the
+    copy overlaps the queued work; the host arrays stay alive in the pinned copy)."""
+    if device.type == "cuda":
+        return x.pin_memory().to(device, non_blocking=True)
+    return x.to(device)
+
+
+def _host(state: Any) -> Any:
+    """A state dict with its tensors copied to the host: checkpoints load anywhere (map_location or not)."""
+    from torch.utils._pytree import tree_map
+
+    return tree_map(lambda t: t.cpu() if isinstance(t, torch.Tensor) else t, state)
+
+
+def _hooked_device(hook: str) -> torch.device:
+    """The device a ``device_hook`` ("module:function") names: the seam that runs the loop on a pretend
+    device in CPU tests."""
+    import importlib
+
+    module, fn = hook.split(":")
+    return torch.device(getattr(importlib.import_module(module), fn)())
 
 
 def worker_loop(cfg: dict[str, Any]) -> None:
@@ -216,14 +337,15 @@ def worker_loop(cfg: dict[str, Any]) -> None:
     total_steps: int = cfg["total_steps"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
+    device = _hooked_device(cfg["device_hook"]) if cfg.get("device_hook") else ray.train.torch.get_device()
     if device.type == "cpu":
         # Whole CPUs only: a thread on a fractional share spins against Ray Data's decode tasks (2-5x slower).
         torch.set_num_threads(max(1, int(cfg["cpus_per_worker"])))
+    precision = precision_policy(s.precision, device)
     torch.manual_seed(s.seed)
     model = task.build_model()
     ema = copy.deepcopy(model) if s.ema_decay else None
-    p, opt_state = Progress(), None
+    p, opt_state, scaler_state = Progress(), None, None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
@@ -231,30 +353,56 @@ def worker_loop(cfg: dict[str, Any]) -> None:
         model.load_state_dict(saved["model"])
         if ema is not None:
             ema.load_state_dict(saved.get("ema") or saved["model"])
-        opt_state = saved["optimizer"]
+        opt_state, scaler_state = saved["optimizer"], saved.get("scaler")
         p = Progress(**saved["progress"])
         p.restarts += 1
         if rank == 0:
             _say(f"resuming from checkpoint: epoch {p.epoch}, step {p.step}, {p.events} events, "
                  f"{p.seconds / 60:.1f} min trained")
-    model = ray.train.torch.prepare_model(model)  # moves to the device; DDP when world > 1
+    p.precision = precision
+    # Moves to the device; DDP when world > 1.
+    model = ray.train.torch.prepare_model(model, move_to_device=device)
     core: nn.Module = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
     opt = make_optimizer(model.parameters(), s)
     if opt_state is not None:
         opt.load_state_dict(opt_state)
-    use_bf16 = device.type == "cuda"
+    scaler = grad_scaler(precision, device)
+    if scaler_state:
+        scaler.load_state_dict(scaler_state)
     if ema is not None:
         ema.to(device).eval().requires_grad_(False)
 
-    def autocast() -> Any:
-        return torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
-
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
+    budget = 60 * s.max_minutes if s.max_minutes else None
+    val_events_per_worker = cfg.get("val_events", 0) / world
+    clock = time.monotonic()
+
+    def tick() -> float:
+        """Count the wall time since the last tick into the run's time: all of it from this run's first step
+        (the budget's definition: first step to published model; not the start-up before it)."""
+        nonlocal clock
+        now = time.monotonic()
+        if trained_this_run:
+            p.seconds += now - clock
+        clock = now
+        return now
+
+    def reserve() -> float:
+        """Seconds to keep free at the end of the budget: the last validation + checkpoint as measured, else
+        an estimate (forward at half the training step's time per event, within validation's share)."""
+        if p.reserve:
+            return p.reserve + PUBLISH_RESERVE_SECONDS
+        per_event = p.step_seconds / max(1.0, p.events / world)
+        val = min(VALIDATION_SHARE * (budget or 0.0), 0.5 * per_event * val_events_per_worker)
+        return val + 2 * PUBLISH_RESERVE_SECONDS  # the first checkpoint write, then the publication
 
     def save_point(train_loss: float, events_per_second: float) -> None:
         """Validate, record, and report a checkpoint (every worker reports; rank 0 writes the files)."""
-        val = _validate(ema if ema is not None else core, task, val_shard, s, device, autocast)
+        start = tick()
+        deadline = start + VALIDATION_SHARE * budget if budget else None
+        val = _validate(ema if ema is not None else core, task, val_shard, s, device, precision, deadline)
+        tick()
         entry = {"epoch": p.epoch, "step": p.step, "events": p.events, "minutes": round(p.seconds / 60, 3),
                  "train_loss": train_loss, "train_events_per_second": round(events_per_second, 1),
                  "lr": opt.param_groups[0]["lr"], **val}
@@ -265,69 +413,70 @@ def worker_loop(cfg: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory() as d:
             ckpt = None
             if rank == 0:
-                torch.save({"model": core.state_dict(), "optimizer": opt.state_dict(), "progress": asdict(p),
-                            "ema": None if ema is None else ema.state_dict(),
+                torch.save({"model": _host(core.state_dict()), "optimizer": _host(opt.state_dict()),
+                            "progress": asdict(p), "ema": None if ema is None else _host(ema.state_dict()),
+                            "scaler": scaler.state_dict(),
                             "scheduler": {"kind": s.schedule, "total_steps": total_steps,
                                           "warmup_steps": s.warmup_steps,
                                           "warmup_fraction": s.warmup_fraction, "min_lr_fraction": s.min_lr_fraction},
                             "task": task.config(), "settings": asdict(s)}, Path(d) / STATE_FILE)
                 ckpt = ray.train.Checkpoint.from_directory(d)
             ray.train.report(entry, checkpoint=ckpt)
+        p.reserve = tick() - start  # the next save point will take about as long
 
     model.train()
-    clock = last_save = last_log = time.monotonic()
-    stop = p.epoch >= s.epochs or bool(s.max_minutes and p.seconds >= 60 * s.max_minutes) \
-        or early_stop(p.history, s.patience, p.epoch)
+    last_save = last_log = time.monotonic()
     trained_this_run = False
+    stop = p.epoch >= s.epochs or bool(budget and p.seconds + reserve() >= budget) \
+        or early_stop(p.history, s.patience, p.epoch)
     while not stop:
         batches = iter(train_shard.iter_batches(batch_size=s.batch_size, batch_format="pyarrow", prefetch_batches=2,
                                                 local_shuffle_buffer_size=s.shuffle_buffer or None,
                                                 local_shuffle_seed=s.seed + 1000 * p.epoch + rank))
-        loss_sum, loss_n, win_events, win_seconds = 0.0, 0, 0, 0.0
+        loss_sum = torch.zeros((), device=device)  # summed on the device; read when logged or saved
+        loss_n, win_events, win_seconds = 0, 0, 0.0
         while True:
             batch = next(batches, None)
-            now = time.monotonic()
-            p.seconds += now - clock
-            clock = now
-            over = bool(s.max_minutes and p.seconds >= 60 * s.max_minutes)
+            now = tick()
+            over = bool(budget and p.seconds + reserve() >= budget)
             due = now - last_save >= 60 * s.checkpoint_minutes
             # One small all-reduce per step keeps workers in lockstep: all stop, save or end the epoch together.
-            flags = _all_reduce(torch.tensor([batch is None, rank == 0 and over, rank == 0 and due,
-                                              0 if batch is None else batch.num_rows], dtype=torch.int64))
-            if flags[0] > 0:
+            # Its result is the step's one device-to-host synchronisation.
+            ended, stopping, saving, rows = _all_reduce(torch.tensor(
+                [batch is None, rank == 0 and over, rank == 0 and due, 0 if batch is None else batch.num_rows],
+                dtype=torch.int64, device=device)).cpu().tolist()
+            if ended > 0:
                 break
-            if flags[1] > 0:
+            if stopping > 0:
                 stop = True
                 break
-            if flags[2] > 0 and loss_n:
-                save_point(loss_sum / loss_n, win_events / max(win_seconds, 1e-9))
-                loss_sum, loss_n, win_events, win_seconds = 0.0, 0, 0, 0.0
-                clock = last_save = time.monotonic()
+            if saving > 0 and loss_n:
+                save_point(float(loss_sum) / loss_n, win_events / max(win_seconds, 1e-9))
+                loss_sum.zero_()
+                loss_n, win_events, win_seconds = 0, 0, 0.0
+                now = last_save = time.monotonic()
             t0 = time.monotonic()
+            if not trained_this_run:
+                clock = t0  # the budget counts from the first step
+                if p.first_step_at is None:
+                    p.first_step_at = time.time()
             for g in opt.param_groups:
                 g["lr"] = s.lr * lr_factor(p, s, total_steps)
-            b = task.collate(batch, device)
-            with autocast():
-                loss = task.loss(model, b)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if s.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
-            opt.step()
+            loss_sum += train_step(model, task, task.collate(batch, device), opt, scaler, precision, device,
+                                   s.grad_clip)
             if ema is not None:
                 update_ema(ema, core, s.ema_decay or 0.0, p.step)
             p.step += 1
-            p.events += int(flags[3])
+            p.events += rows
             dt = time.monotonic() - t0
             p.step_seconds += dt
-            win_events += int(flags[3])
+            win_events += rows
             win_seconds += time.monotonic() - now
-            loss_sum += float(loss.detach())
             loss_n += 1
             trained_this_run = True
             if rank == 0 and (p.step % s.log_every_steps == 0 or time.monotonic() - last_log > 60):
                 last_log = time.monotonic()
-                _say(f"epoch {p.epoch} step {p.step}: loss {loss_sum / loss_n:.4f}, "
+                _say(f"epoch {p.epoch} step {p.step}: loss {float(loss_sum) / loss_n:.4f}, "
                      f"lr {opt.param_groups[0]['lr']:.2e}, "
                      f"{win_events / max(win_seconds, 1e-9):.0f} events/s, {p.events} events, "
                      f"{p.seconds / 60:.1f} min")
@@ -343,8 +492,8 @@ def worker_loop(cfg: dict[str, Any]) -> None:
             p.epoch += 1
             stop = p.epoch >= s.epochs
         if trained_this_run:
-            save_point(loss_sum / loss_n if loss_n else float("nan"), win_events / max(win_seconds, 1e-9))
-            clock = last_save = time.monotonic()
+            save_point(float(loss_sum) / loss_n if loss_n else float("nan"), win_events / max(win_seconds, 1e-9))
+            last_save = time.monotonic()
             if not stop and early_stop(p.history, s.patience, p.epoch):  # same history on every worker
                 if rank == 0:
                     _say(f"early stopping: no lower val_loss in the last {s.patience} epochs")
@@ -371,20 +520,23 @@ class TrainResult:
 
 def fit(task: Task, s: Settings, train: Any, val: Any, n_train_events: int,
         command: list[str] | None = None, inputs: list[str] | None = None,
-        data_summary: dict[str, Any] | None = None) -> TrainResult:
+        data_summary: dict[str, Any] | None = None, n_val_events: int = 0) -> TrainResult:
     """Train with Ray Train and publish ``OUT/model/``; resumes from ``OUT/train/`` when it holds checkpoints.
 
-    ``data_summary`` (what was selected, skipped, balanced) is stored in ``config.json`` as ``data``."""
+    With GPU workers, waits (at most ``resource_wait_minutes``) for the cluster to hold them, asking the
+    autoscaler, and checks that CUDA sees each one (:func:`~neutrino_ray.runtime.wait_for_gpus`).
+    ``data_summary`` (what was selected, skipped, balanced) is stored in ``config.json`` as ``data``;
+    ``n_val_events`` sizes the time reserved for validation before a first one was measured."""
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     started = time.time()
     resources = runtime.init_ray(dashboard=True)
     use_gpu = s.gpus_per_worker > 0
-    if use_gpu and resources.get("GPU", 0) < s.gpus_per_worker * s.workers:
-        raise InputError(f"--workers {s.workers} x --gpus-per-worker {s.gpus_per_worker:g} need "
-                         f"{s.gpus_per_worker * s.workers:g} GPUs; the cluster has {resources.get('GPU', 0):g}")
     cpus = 1.0 if use_gpu and s.cpus_per_worker is None else s.cpus(resources.get("CPU", 1))
+    if use_gpu:
+        runtime.wait_for_gpus(s.workers, s.gpus_per_worker, cpus, s.resource_wait_minutes,
+                              f"--workers {s.workers} x --gpus-per-worker {s.gpus_per_worker:g}")
     per_worker: dict[str, float] = {"CPU": cpus}
     if use_gpu:
         per_worker["GPU"] = s.gpus_per_worker
@@ -392,9 +544,10 @@ def fit(task: Task, s: Settings, train: Any, val: Any, n_train_events: int,
     fs, path = storage.arrow_filesystem(s.out)
     trainer = TorchTrainer(
         worker_loop,
-        train_loop_config={"task": task, "settings": s, "total_steps": total_steps, "cpus_per_worker": cpus},
+        train_loop_config={"task": task, "settings": s, "total_steps": total_steps, "cpus_per_worker": cpus,
+                           "val_events": n_val_events, "device_hook": s.device_hook},
         scaling_config=ScalingConfig(num_workers=s.workers, use_gpu=use_gpu, resources_per_worker=per_worker),
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        torch_config=TorchConfig(backend=s.backend or ("nccl" if use_gpu else "gloo")),
         run_config=RunConfig(name=RUN_NAME, storage_path=path, storage_filesystem=fs,
                              failure_config=FailureConfig(max_failures=s.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
@@ -438,7 +591,8 @@ def publish(task: Task, s: Settings, saved: dict[str, Any], command: list[str] |
         "training": {"epochs": p.epoch, "steps": p.step, "events": p.events, "minutes": round(p.seconds / 60, 2),
                      "events_per_second": round(p.events / p.step_seconds, 1) if p.step_seconds else None,
                      "restarts": p.restarts, "workers": s.workers, "cpus_per_worker": cpus_per_worker,
-                     "gpus_per_worker": s.gpus_per_worker, "settings": asdict(s),
+                     "gpus_per_worker": s.gpus_per_worker, "precision": p.precision or "fp32",
+                     "first_step_at": p.first_step_at, "settings": asdict(s),
                      "final_validation": {k: v for k, v in last.items() if k.startswith("val_")}},
     }
     if data_summary is not None:
@@ -450,6 +604,7 @@ def publish(task: Task, s: Settings, saved: dict[str, Any], command: list[str] |
         out.write(CURVE, learning_curve(p.history, task.val_metric, task.name))
         manifest = out.commit(kind="train", task=task.name, events=p.events, epochs=p.epoch,
                               events_per_second=config["training"]["events_per_second"],
+                              precision=config["training"]["precision"],
                               n_parameters=config["n_parameters"], **config["training"]["final_validation"])
     return TrainResult(manifest, p.history, config)
 

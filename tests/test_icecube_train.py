@@ -170,7 +170,7 @@ def test_train_refuses_bad_input(tmp_path: Path, dataset: Path) -> None:
     with pytest.raises(icdata.DataError, match="meta for split 'train' not found"):
         train(str(test_only), str(tmp_path / "o3"))
     with pytest.raises(InputError, match="need 2 GPUs; the cluster has 0"):
-        train(str(dataset), str(tmp_path / "o4"), workers=2, gpus_per_worker=1, val_events=100)
+        train(str(dataset), str(tmp_path / "o4"), workers=2, gpus_per_worker=1, val_events=100, resource_wait_minutes=0)
     assert not (tmp_path / "o4" / "model").exists()
 
 

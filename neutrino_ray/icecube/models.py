@@ -17,6 +17,7 @@ import itertools
 import math
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -40,37 +41,67 @@ class Groups:
     """Events of one batch grouped by length for padded, batched distance computations.
 
     Each group holds ``node`` (b, L) indices into the packed nodes of b events padded to the group's
-    longest event L, ``real`` (b, L) marking real (not padding) slots, and ``events`` (b) the events'
-    indices in the batch.
+    longest event L, ``real`` (b, L) marking real (not padding) slots, ``events`` (b) the events'
+    indices in the batch, and ``slots`` the flat indices of the real slots in (b·L) (what ``real`` selects,
+    as an index: no device-to-host synchronisation to use it).
     """
 
     node: list[Tensor]
     real: list[Tensor]
     events: list[Tensor]
+    slots: list[Tensor]
 
 
-def group_events(ptr: Tensor, max_elements: int = 1 << 22, per_octave: int = 2) -> Groups:
+def host_offsets(ptr: Tensor, host_ptr: np.ndarray | None) -> np.ndarray:
+    """The event offsets on the host: ``host_ptr`` when the caller has them (collate does), else copied
+    from ``ptr`` (one synchronisation)."""
+    return np.asarray(host_ptr, dtype=np.int64) if host_ptr is not None else ptr.cpu().numpy()
+
+
+def group_events(ptr: Tensor, max_elements: int = 1 << 22, per_octave: int = 2,
+                 host_ptr: np.ndarray | None = None) -> Groups:
     """Group events whose lengths are within a factor 2^(1/per_octave) of each other, each group
-    ≤ max_elements b·L² (a longer event is a group of its own)."""
-    counts = ptr[1:] - ptr[:-1]
-    order = torch.argsort(counts, stable=True)
-    sorted_counts = counts[order]
+    ≤ max_elements b·L² (a longer event is a group of its own).
+
+    The grouping is decided on the host from ``host_ptr`` (the offsets collate already has): on a GPU,
+    no device-to-host synchronisation; only index tensors travel to the device."""
+    counts_host = np.diff(host_offsets(ptr, host_ptr))
+    order_host = np.argsort(counts_host, kind="stable")
+    sorted_counts = counts_host[order_host]
     # Length classes (half-octave by default): padding costs at most 2× in the b·L² distance matrices.
-    cls = torch.ceil(per_octave * torch.log2(sorted_counts.clamp(min=1).double())).long()
-    bounds = torch.nonzero(cls[1:] != cls[:-1]).flatten().add(1).tolist()
-    node, real, events = [], [], []
-    for lo, hi in zip([0, *bounds], [*bounds, len(order)]):
+    cls = np.ceil(per_octave * np.log2(np.maximum(sorted_counts, 1).astype(np.float64))).astype(np.int64)
+    bounds = (np.flatnonzero(cls[1:] != cls[:-1]) + 1).tolist()
+    device = ptr.device
+    counts = ptr[1:] - ptr[:-1]
+    order = torch.from_numpy(order_host).to(device)
+    node, real, events, slots = [], [], [], []
+    for lo, hi in zip([0, *bounds], [*bounds, len(order_host)]):
         length = int(sorted_counts[hi - 1])
         step = max(1, max_elements // max(1, length * length))
         for a in range(lo, hi, step):  # chunks of a class: bounded memory, not a loop over events
-            ev = order[a:min(hi, a + step)]
-            slot = torch.arange(length, device=ptr.device)
+            b = min(hi, a + step)
+            ev = order[a:b]
+            slot = torch.arange(length, device=device)
             is_real = slot[None, :] < counts[ev][:, None]
             idx = ptr[ev][:, None] + slot[None, :]
             node.append(torch.where(is_real, idx, ptr[ev][:, None]))  # padding points at the event's first node
             real.append(is_real)
             events.append(ev)
-    return Groups(node, real, events)
+            real_host = np.arange(length)[None, :] < sorted_counts[a:b, None]
+            slots.append(torch.from_numpy(np.flatnonzero(real_host)).to(device))
+    return Groups(node, real, events, slots)
+
+
+def short_nodes(ptr: Tensor, host_ptr: np.ndarray | None, k: int) -> Tensor:
+    """Indices of the nodes of events with ≤ k pulses (fewer than k neighbours), from the host offsets."""
+    host = host_offsets(ptr, host_ptr)
+    counts = np.diff(host)
+    short = np.flatnonzero(counts <= k)
+    if not len(short):
+        return torch.zeros(0, dtype=torch.long, device=ptr.device)
+    lengths = counts[short]
+    starts = np.repeat(host[:-1][short] - np.cumsum(lengths) + lengths, lengths)
+    return torch.from_numpy(starts + np.arange(lengths.sum())).to(ptr.device)
 
 
 def knn(x: Tensor, groups: Groups, k: int = N_NEIGHBOURS) -> tuple[Tensor, Tensor]:
@@ -84,7 +115,7 @@ def knn(x: Tensor, groups: Groups, k: int = N_NEIGHBOURS) -> tuple[Tensor, Tenso
     neighbours = torch.zeros(n_nodes, k, dtype=torch.long, device=x.device)
     valid = torch.zeros(n_nodes, k, dtype=torch.bool, device=x.device)
     x = x.detach().float()
-    for node, real in zip(groups.node, groups.real):
+    for node, real, slots in zip(groups.node, groups.real, groups.slots):
         xs = x[node]  # (b, L, d)
         # Distances pair by pair, not via a matmul whose rounding depends on the batch's shape: an event's
         # neighbours do not depend on what else is in the batch.
@@ -95,9 +126,9 @@ def knn(x: Tensor, groups: Groups, k: int = N_NEIGHBOURS) -> tuple[Tensor, Tenso
         dist, j = torch.topk(d, kk, dim=-1, largest=False)  # (b, L, kk)
         nb = torch.gather(node, 1, j.flatten(1)).view_as(j)
         ok = torch.isfinite(dist)
-        rows = node[real]
-        neighbours[rows, :kk] = nb[real]
-        valid[rows, :kk] = ok[real]
+        rows = node.flatten()[slots]  # node[real], without a synchronisation
+        neighbours[rows, :kk] = nb.flatten(0, 1)[slots]
+        valid[rows, :kk] = ok.flatten(0, 1)[slots]
     return neighbours, valid
 
 
@@ -127,7 +158,9 @@ class EdgeConv(nn.Module):
         self.rest = mlp([sizes[0], *sizes[1:]])
         self.n_in = n_in
 
-    def forward(self, x: Tensor, neighbours: Tensor, valid: Tensor) -> Tensor:
+    def forward(self, x: Tensor, neighbours: Tensor, valid: Tensor, short: Tensor | None = None) -> Tensor:
+        """``short``: the nodes with missing neighbours (:func:`short_nodes`; found from ``valid`` when not
+        given, at the cost of a device-to-host synchronisation)."""
         w_i, w_j = self.first.weight[:, :self.n_in], self.first.weight[:, self.n_in:]
         own = F.linear(x, w_i - w_j, self.first.bias)  # (P, H)
         other = F.linear(x, w_j)  # (P, H)
@@ -135,7 +168,8 @@ class EdgeConv(nn.Module):
         h = self.rest(h)
         out = h.sum(dim=1)
         # Only nodes of events with ≤ k pulses have missing neighbours: take their slots back out.
-        short = torch.nonzero(~valid.all(dim=1)).flatten()
+        if short is None:
+            short = torch.nonzero(~valid.all(dim=1)).flatten()
         if len(short):
             out = out.index_add(0, short, -(h[short] * (~valid[short])[:, :, None].to(h.dtype)).sum(dim=1))
         return out
@@ -195,12 +229,15 @@ class DynEdge(nn.Module):
         self.readout = mlp([3 * cfg.post[-1], *cfg.readout])
         self.head = nn.Linear(cfg.readout[-1], 3)
 
-    def forward(self, x: Tensor, ptr: Tensor, n_pulses: Tensor) -> Tensor:
-        """x (P, F) packed pulse features, ptr (B + 1) event starts, n_pulses (B) pulses before the cap."""
+    def forward(self, x: Tensor, ptr: Tensor, n_pulses: Tensor, host_ptr: np.ndarray | None = None) -> Tensor:
+        """x (P, F) packed pulse features, ptr (B + 1) event starts, n_pulses (B) pulses before the cap;
+        ``host_ptr``: ptr on the host, when the caller has it (no device-to-host synchronisation then)."""
         n_events = ptr.shape[0] - 1
         counts = ptr[1:] - ptr[:-1]
-        batch = torch.repeat_interleave(torch.arange(n_events, device=x.device), counts)
-        groups = group_events(ptr)
+        batch = torch.repeat_interleave(torch.arange(n_events, device=x.device), counts, output_size=x.shape[0])
+        host_ptr = host_offsets(ptr, host_ptr)
+        groups = group_events(ptr, host_ptr=host_ptr)
+        short = short_nodes(ptr, host_ptr, self.cfg.k)
         t = x[:, 3]
         t_rel = (t - global_mean_pool(t[:, None], batch, n_events)[batch, 0]) * MICROSECONDS_PER_UNIT
         x = torch.cat([x[:, :3], t_rel[:, None], x[:, 4:]], dim=1)
@@ -209,7 +246,7 @@ class DynEdge(nn.Module):
         h = torch.cat([x, global_variables(x, batch, neighbours, valid, n_pulses, n_events)[batch]], dim=1)
         skips = [h]
         for i, conv in enumerate(self.convs):
-            h = conv(h, neighbours, valid)
+            h = conv(h, neighbours, valid, short)
             skips.append(h)
             if i < len(self.convs) - 1:
                 neighbours, valid = knn(h[:, :KNN_FEATURES], groups, self.cfg.k)

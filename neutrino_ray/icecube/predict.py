@@ -225,6 +225,7 @@ class Scoring:
     kappa_weighted: bool = False  # ensemble: weight each member's direction by its κ as well
     calibrated: bool = True  # apply each model's κ calibration (calibration.json), where it has one
     uncertainty_events: int = 20_000  # LineFit: train events its empirical κ per pulse count is fitted on
+    resource_wait_minutes: float = 15.0  # GPU actors: how long to wait for the autoscaler (runtime.wait_for_gpus)
     ensemble_calibration: dict[str, Any] | None = None  # an ensemble artefact's κ calibration (of the combined κ)
     ensemble_uri: str | None = None  # the ensemble artefact these members came from
 
@@ -376,7 +377,8 @@ def build_dataset(split_plan: pipeline.SplitPlan, geometry: np.ndarray, scoring:
                               batch_format="pyarrow", batch_size=1, zero_copy_batch=True)
     ds = ray.data.from_arrow(split_plan.tables())  # one spec per block: model tasks are long, balance matters
     use_gpu = scoring.gpus_per_actor > 0
-    actors = runtime.actor_pool_size(scoring.actors, scoring.cpus_per_actor, scoring.gpus_per_actor)
+    actors = runtime.actor_pool_size(scoring.actors, scoring.cpus_per_actor, scoring.gpus_per_actor,
+                                     scoring.resource_wait_minutes)
     return ds.map_batches(
         DirectionScorer, batch_format="pyarrow", batch_size=1, zero_copy_batch=True,
         fn_constructor_kwargs={"model_uris": list(scoring.members), "weights": list(plan.weights),

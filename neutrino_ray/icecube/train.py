@@ -80,7 +80,9 @@ class DirectionTask:
         return transformer.Transformer(cfg) if isinstance(cfg, transformer.TransformerConfig) else models.DynEdge(cfg)
 
     def collate(self, batch: pa.Table, device: torch.device) -> Batch:
-        """Featurised event rows → a packed PyG batch (x, ptr, batch, n_pulses[, y unit vectors])."""
+        """Featurised event rows → a packed PyG batch (x, ptr, batch, n_pulses[, y unit vectors]) on ``device``,
+        with ``host_ptr`` (the offsets, on the host) for the models' grouping; to a GPU from pinned memory,
+        without blocking."""
         flat, offsets = features.features_from_table(batch)
         ptr = torch.from_numpy(offsets)
         b = Batch(x=torch.from_numpy(flat.copy()), ptr=ptr,  # Arrow buffers are read-only
@@ -90,18 +92,20 @@ class DirectionTask:
             az = batch.column("azimuth").to_numpy()
             zen = batch.column("zenith").to_numpy()
             b.y = torch.from_numpy(angles_to_direction(az, zen).astype(np.float32))
-        return b.to(device)
+        b = training.to_device(b, device)
+        b.host_ptr = offsets
+        return b
 
     def forward(self, model: nn.Module, b: Batch) -> torch.Tensor:
-        return model(b.x, b.ptr, b.n_pulses).float()
+        return model(b.x, b.ptr, b.n_pulses, getattr(b, "host_ptr", None)).float()
 
     def loss(self, model: nn.Module, b: Batch) -> torch.Tensor:
         return models.direction_loss(self.forward(model, b), b.y, self.loss_kind)
 
-    def validation_sums(self, model: nn.Module, b: Batch) -> dict[str, float]:
+    def validation_sums(self, model: nn.Module, b: Batch) -> dict[str, torch.Tensor | float]:
         v = self.forward(model, b)
-        return {"n": float(len(v)), "loss_sum": float(models.direction_loss(v, b.y, self.loss_kind)) * len(v),
-                "angle_sum": float(models.angular_error(v, b.y).double().sum())}
+        return {"n": float(len(v)), "loss_sum": models.direction_loss(v, b.y, self.loss_kind) * len(v),
+                "angle_sum": models.angular_error(v, b.y).double().sum()}
 
     def validation_metrics(self, sums: dict[str, float]) -> dict[str, float]:
         n = max(sums["n"], 1.0)
@@ -212,6 +216,7 @@ def train(data: str, out: str, size: str = "small", *, loss: str = "vmf",
     how = (f"the last {val_batches} batch file(s) of the train split" if val_batches is not None
            else "the last val_events events of the train split, in file order")
     return training.fit(task, s, train_ds, val_ds, train_plan.events, command=command, inputs=[data],
+                        n_val_events=val_plan.events,
                         data_summary={"train_events": train_plan.events, "val_events": val_plan.events,
                                       "train_batches": len(train_ranges), "val_batches": sorted(val_ranges),
                                       "validation": how, "shuffle": "task order per epoch + local buffer"})

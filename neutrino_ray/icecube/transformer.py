@@ -290,18 +290,19 @@ class Transformer(nn.Module):
         self.apply(_init)
         nn.init.trunc_normal_(self.cls, std=0.02)
 
-    def forward(self, x: Tensor, ptr: Tensor, n_pulses: Tensor) -> Tensor:
-        """x (P, F) packed pulse features, ptr (B + 1) event starts, n_pulses (B) pulses before the cap."""
+    def forward(self, x: Tensor, ptr: Tensor, n_pulses: Tensor, host_ptr: np.ndarray | None = None) -> Tensor:
+        """x (P, F) packed pulse features, ptr (B + 1) event starts, n_pulses (B) pulses before the cap;
+        ``host_ptr``: ptr on the host, when the caller has it (no device-to-host synchronisation then)."""
         n_events, P = ptr.shape[0] - 1, x.shape[0]
         counts = ptr[1:] - ptr[:-1]
-        event = torch.repeat_interleave(torch.arange(n_events, device=x.device), counts)
+        event = torch.repeat_interleave(torch.arange(n_events, device=x.device), counts, output_size=x.shape[0])
         sums = torch.zeros(n_events, 4, device=x.device, dtype=x.dtype).index_add_(0, event, x[:, :4])
         rel = x[:, :4] - (sums / counts.clamp(min=1).to(x.dtype)[:, None])[event]  # from the event's mean
         t_rel = rel[:, 3]
         log_n = torch.log10(n_pulses.to(x.dtype).clamp(min=1))[event]
         h = self.embed(x, rel[:, :3], t_rel, log_n)  # (P, C): no padding
         budget = max(1, CHUNK_BUDGET // (self.cfg.head_size + self.cfg.heads))
-        groups = group_events(ptr, budget, per_octave=LENGTH_CLASSES_PER_OCTAVE)
+        groups = group_events(ptr, budget, per_octave=LENGTH_CLASSES_PER_OCTAVE, host_ptr=host_ptr)
         if self.rel_blocks:
             h = self.encode_relative(h, groups.node, groups.real, x[:, :3], t_rel)
         # Plain blocks: the pulses' rows, then one CLS row per event; each chunk's slot 0 is its events' CLS.

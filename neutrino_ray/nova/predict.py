@@ -90,6 +90,7 @@ class Scoring:
     actors: int | None = None
     cpus_per_actor: float = 1.0
     gpus_per_actor: float = 0.0
+    resource_wait_minutes: float = 15.0  # GPU actors: how long to wait for the autoscaler (runtime.wait_for_gpus)
 
 
 def run_inference(data_uri: str, scoring: Scoring, skip_bad: bool = False) -> tuple[pa.Table, dict[str, Any]]:
@@ -100,7 +101,8 @@ def run_inference(data_uri: str, scoring: Scoring, skip_bad: bool = False) -> tu
     slices = data.plan_slices(scan.files, None, scoring.events_per_task)
     runtime.init_ray()
     use_gpu = scoring.gpus_per_actor > 0
-    actors = runtime.actor_pool_size(scoring.actors, scoring.cpus_per_actor, scoring.gpus_per_actor)
+    actors = runtime.actor_pool_size(scoring.actors, scoring.cpus_per_actor, scoring.gpus_per_actor,
+                                     scoring.resource_wait_minutes)
     ds: ray.data.Dataset = ray.data.from_arrow(data.slice_tables(slices))
     ds = ds.map_batches(NovaScorer, batch_format="pyarrow", batch_size=1, zero_copy_batch=True,
                         fn_constructor_kwargs={"model_uri": scoring.model, "batch_size": scoring.batch_size,

@@ -86,7 +86,7 @@ class NovaTask:
             raise InputError(f"file {batch.column('file')[0]}: events outside task {self.target!r} reached "
                              f"training (row {int(batch.column('index')[int(np.argmin(ok))].as_py())})")
         t = torch.from_numpy(y) if self.classes else torch.from_numpy(y.astype(np.float32))
-        return {"x": x.to(device), "y": t.to(device)}
+        return {"x": training.to_device(x, device), "y": training.to_device(t, device)}
 
     def forward(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return model(x).float()
@@ -110,19 +110,20 @@ class NovaTask:
     def loss(self, model: nn.Module, b: dict[str, torch.Tensor]) -> torch.Tensor:
         return self._loss(self.forward(model, b["x"]), b["y"])
 
-    def validation_sums(self, model: nn.Module, b: dict[str, torch.Tensor]) -> dict[str, float]:
+    def validation_sums(self, model: nn.Module, b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor | float]:
+        """Sums over the batch as tensors on its device (the scaffold adds them up there: no host sync)."""
         out = self.forward(model, b["x"])
         y = b["y"]
-        sums = {"n": float(len(y)), "loss_sum": float(self._loss(out, y)) * len(y)}
+        sums: dict[str, torch.Tensor | float] = {"n": float(len(y)), "loss_sum": self._loss(out, y) * len(y)}
         if self.classes:
             pred = out.argmax(dim=1)
             for i in range(len(self.classes)):
-                sums[f"count_{i}"] = float((y == i).sum())
-                sums[f"correct_{i}"] = float(((y == i) & (pred == i)).sum())
+                sums[f"count_{i}"] = (y == i).sum()
+                sums[f"correct_{i}"] = ((y == i) & (pred == i)).sum()
         else:
             v = self.values(out).double()
             r = (v - y) / y if self.target == "energy" else v - y
-            sums.update(r_sum=float(r.sum()), r2_sum=float((r * r).sum()))
+            sums.update(r_sum=r.sum(), r2_sum=(r * r).sum())
         return sums
 
     def validation_metrics(self, sums: dict[str, float]) -> dict[str, float]:
@@ -254,5 +255,5 @@ def train(data_uri: str, out: str, target: str = "numu-cc", model: str = "small"
     val_ds = data.dataset(data.plan_slices(scan.files, p.val, events_per_task), num_cpus=cpus)
     summary = {**p.summary(), "balance": balance, "input_files": len(scan.files),
                "skipped_files": [u for u, _ in scan.skipped]}
-    return training.fit(task, s, train_ds, val_ds, p.n_train, command=command, inputs=[data_uri],
+    return training.fit(task, s, train_ds, val_ds, p.n_train, command=command, inputs=[data_uri], n_val_events=p.n_val,
                         data_summary=summary)
