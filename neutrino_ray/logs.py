@@ -49,6 +49,7 @@ RAY_NOISE: tuple[str, ...] = (
     r"Requesting resources: \{",  # Train controller: worker group scheduling
     r"world_rank=\d+, local_rank=\d+",
     r"Started training worker group|Attempting to start training worker group",
+    r"Reporting training result \d+: TrainingReport",  # Ray Train's echo of every ray.train.report
     r"Setting up process group for: env://|Moving model to device: |Wrapping provided model in Distributed",
     r"Dataset \S+ execution finished in",  # Ray Data's per-dataset completion line in a SplitCoordinator
     r"\((PlacementGroupCleaner|SplitCoordinator|StatsActor|AutoscalingRequester|_StatsActor) pid=",

@@ -28,7 +28,8 @@ log = logging.getLogger("neutrino_ray.progress")
 INTERVAL_ENV = "NEUTRINO_RAY_PROGRESS_SECONDS"  # seconds between progress lines in a non-terminal log
 
 
-def _clock(seconds: float) -> str:
+def clock(seconds: float) -> str:
+    """Seconds as m:ss or h:mm:ss."""
     s = max(0, round(seconds))
     h, rem = divmod(s, 3600)
     m, s = divmod(rem, 60)
@@ -74,12 +75,12 @@ class Progress:
         if self.total:
             pct = 100.0 * self.done / self.total
             left = max(self.total - self.done, 0)
-            eta = _clock(left / rate) if rate > 0 else "?"
+            eta = clock(left / rate) if rate > 0 else "?"
             head = f"{self.done:,}/{self.total:,} {self.unit} ({pct:.1f} %)"
-            tail = f", elapsed {_clock(elapsed)}, ETA {eta}"
+            tail = f", elapsed {clock(elapsed)}, ETA {eta}"
         else:
             head = f"{self.done:,} {self.unit}"
-            tail = f", elapsed {_clock(elapsed)}"
+            tail = f", elapsed {clock(elapsed)}"
         return f"{self.what}: {head}{self.extra}, {rate:,.0f} {self.unit}/s{tail}"
 
     def _emit(self, final: bool = False) -> None:

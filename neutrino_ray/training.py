@@ -49,7 +49,7 @@ from typing import Any, ClassVar, Protocol
 import torch
 from torch import nn
 
-from neutrino_ray import runtime, storage
+from neutrino_ray import logs, progress, runtime, storage
 from neutrino_ray.errors import InputError
 from neutrino_ray.plotting import png, pyplot
 
@@ -160,7 +160,7 @@ def prepare(out: str, **settings: Any) -> Settings:
 
 
 @dataclass
-class Progress:
+class TrainingState:
     """Where training stands; saved in every checkpoint."""
 
     epoch: int = 0
@@ -175,7 +175,7 @@ class Progress:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def lr_factor(p: Progress, s: Settings, total_steps: int) -> float:
+def lr_factor(p: TrainingState, s: Settings, total_steps: int) -> float:
     """Linear warm-up (``warmup_steps`` or ``warmup_fraction`` of the run, whichever is shorter), then
     cosine decay to ``min_lr_fraction``; progress is steps over total steps or time over the budget,
     whichever is further along. The "constant" schedule: 1 throughout."""
@@ -207,8 +207,29 @@ def early_stop(history: list[dict[str, Any]], patience: int | None, epoch: int) 
     return epoch - best_epoch >= patience
 
 
+LOG_SECONDS = float(os.environ.get(progress.INTERVAL_ENV, "30"))  # a status line at least this often
+
+
+def status_line(p: TrainingState, total_steps: int, budget: float | None, loss: float, lr: float,
+                events_per_second: float) -> str:
+    """The training progress line: steps done of the planned total, loss, rate, elapsed time and ETA.
+
+    Elapsed is training time since the first step, across restarts; the ETA is the planned steps left at
+    the run's step rate, or the time budget left (``budget`` seconds) when that ends the run sooner."""
+    elapsed = p.seconds
+    left = (total_steps - p.step) * elapsed / p.step if p.step and elapsed > 0 else None
+    if budget:
+        left = min(left, budget - elapsed) if left is not None else budget - elapsed
+    eta = progress.clock(max(left, 0.0)) if left is not None else "?"
+    pct = 100.0 * p.step / total_steps if total_steps else 0.0
+    return (f"train: step {p.step:,}/{total_steps:,} ({pct:.1f} %), epoch {p.epoch}, loss {loss:.4f}, lr {lr:.2e}, "
+            f"{events_per_second:,.0f} events/s, {p.events:,} events, elapsed {progress.clock(elapsed)}, ETA {eta}")
+
+
 def _say(msg: str) -> None:
-    """One line to the job log (Ray Train's patched print would log it twice)."""
+    """One line to the job log (Ray Train's patched print would log it twice); nothing at ``-q``."""
+    if logs.level() == logs.QUIET:
+        return
     sys.stderr.write(f"[train {time.strftime('%H:%M:%S')}] {msg}\n")
     sys.stderr.flush()
 
@@ -345,7 +366,7 @@ def worker_loop(cfg: dict[str, Any]) -> None:
     torch.manual_seed(s.seed)
     model = task.build_model()
     ema = copy.deepcopy(model) if s.ema_decay else None
-    p, opt_state, scaler_state = Progress(), None, None
+    p, opt_state, scaler_state = TrainingState(), None, None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
@@ -354,7 +375,7 @@ def worker_loop(cfg: dict[str, Any]) -> None:
         if ema is not None:
             ema.load_state_dict(saved.get("ema") or saved["model"])
         opt_state, scaler_state = saved["optimizer"], saved.get("scaler")
-        p = Progress(**saved["progress"])
+        p = TrainingState(**saved["progress"])
         p.restarts += 1
         if rank == 0:
             _say(f"resuming from checkpoint: epoch {p.epoch}, step {p.step}, {p.events} events, "
@@ -474,12 +495,10 @@ def worker_loop(cfg: dict[str, Any]) -> None:
             win_seconds += time.monotonic() - now
             loss_n += 1
             trained_this_run = True
-            if rank == 0 and (p.step % s.log_every_steps == 0 or time.monotonic() - last_log > 60):
+            if rank == 0 and (p.step % s.log_every_steps == 0 or time.monotonic() - last_log > LOG_SECONDS):
                 last_log = time.monotonic()
-                _say(f"epoch {p.epoch} step {p.step}: loss {float(loss_sum) / loss_n:.4f}, "
-                     f"lr {opt.param_groups[0]['lr']:.2e}, "
-                     f"{win_events / max(win_seconds, 1e-9):.0f} events/s, {p.events} events, "
-                     f"{p.seconds / 60:.1f} min")
+                _say(status_line(p, total_steps, budget, float(loss_sum) / loss_n, opt.param_groups[0]["lr"],
+                                 win_events / max(win_seconds, 1e-9)))
             if s.fault_after_steps and p.step == s.fault_after_steps and rank == world - 1 and s.fault_marker \
                     and not os.path.exists(s.fault_marker):
                 Path(s.fault_marker).write_text("injected")
@@ -584,7 +603,7 @@ def publish(task: Task, s: Settings, saved: dict[str, Any], command: list[str] |
     """The final checkpoint → ``OUT/model/`` (weights, config, metrics, learning curve), atomically."""
     model = task.build_model()
     model.load_state_dict(saved.get("ema") or saved["model"])  # the EMA weights when training kept them
-    p = Progress(**saved["progress"])
+    p = TrainingState(**saved["progress"])
     last = p.history[-1] if p.history else {}
     config = {
         **artefact_config(task, model),

@@ -94,7 +94,7 @@ def test_deterministic_for_a_seed(dataset: Path, tmp_path: Path) -> None:
         pq.read_table(dataset / "test_truth.parquet").slice(0, 600).column("azimuth"))
 
 
-def run_on_terminal(args: list[str], timeout: float) -> tuple[int, str]:
+def run_on_terminal(args: list[str], timeout: float, env: dict[str, str] | None = None) -> tuple[int, str]:
     """Run a command with a pseudo-terminal as stdin, stdout and stderr (as a person at a terminal would)."""
     import os
     import pty
@@ -105,7 +105,7 @@ def run_on_terminal(args: list[str], timeout: float) -> tuple[int, str]:
     from neutrino_ray import logs
 
     master, slave = pty.openpty()
-    env = {**os.environ, logs.FILTER_ENV: "1", "COLUMNS": "200"}
+    env = {**os.environ, logs.FILTER_ENV: "1", "COLUMNS": "200", **(env or {})}
     proc = subprocess.Popen(args, stdin=slave, stdout=slave, stderr=slave, env=env, close_fds=True)
     os.close(slave)
     chunks, deadline = [], time.monotonic() + timeout
@@ -139,7 +139,8 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     from neutrino_ray import logs
 
     code, text = run_on_terminal([sys.executable, "-m", "neutrino_ray.cli", "demo", "--out", str(tmp_path / "demo"),
-                                  "--events", "2500", "--train-minutes", "0.2"], timeout=600)
+                                  "--events", "2500", "--train-minutes", "0.2"], timeout=600,
+                                 env={"NEUTRINO_RAY_PROGRESS_SECONDS": "4"})  # the 12 s of training log a line
     assert code == 0, text
     (tmp_path / "terminal.txt").write_text(text)
     lines = text.replace("\r\n", "\n").split("\n")
@@ -147,6 +148,7 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     assert not [line for line in lines if logs.hidden(line)], text
     shown = [re.sub(r"\x1b\[[0-9;]*m", "", line.split("\r")[-1]) for line in lines]  # what a terminal shows
     assert any(re.search(r"simulate icecube: 2,500/2,500 events \(100\.0 %\), .* ETA 0:00", s) for s in shown), text
+    assert any(re.search(r"train: step \d+/[\d,]+ \(.* %\), epoch \d+, loss .* ETA \d+:\d\d", s) for s in shown), text
     assert "Kaggle LineFit" in text and "1.214 rad (public LineFit, aux = False pulses, leaderboard)" in text
     assert "small GNN" in text and "GNN uncertainties:" in text
     assert "does NOT beat LineFit yet" in text or "the GNN beats LineFit by" in text

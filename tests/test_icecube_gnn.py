@@ -208,7 +208,8 @@ def test_bf16_autocast_forward_and_backward() -> None:
 
 
 def test_learning_rate_schedule_follows_the_binding_budget() -> None:
-    from neutrino_ray.training import Progress, Settings, lr_factor
+    from neutrino_ray.training import Settings, lr_factor
+    from neutrino_ray.training import TrainingState as Progress
 
     s = Settings(out="x", warmup_steps=100, warmup_fraction=0.03, min_lr_fraction=0.02)
     assert lr_factor(Progress(step=0), s, 10_000) == pytest.approx(0.01)  # warm-up by steps

@@ -143,3 +143,16 @@ def test_verbose_shows_everything_and_quiet_only_errors() -> None:
     out, err = run_level(logs.QUIET)
     assert out == "the summary\n" and "our own info line" not in err
     assert not any(line in err for line in RAY_CHATTER)
+
+
+def test_training_status_line_has_step_total_and_eta() -> None:
+    from neutrino_ray.training import TrainingState as TrainProgress
+    from neutrino_ray.training import status_line
+
+    p = TrainProgress(epoch=1, step=300, events=76_800, seconds=120.0)
+    line = status_line(p, 1_200, None, 1.2345, 5e-4, 640.0)
+    assert line == ("train: step 300/1,200 (25.0 %), epoch 1, loss 1.2345, lr 5.00e-04, 640 events/s, 76,800 events, "
+                    "elapsed 2:00, ETA 6:00")
+    # a time budget that ends the run before the planned steps: the ETA is the budget left
+    assert status_line(p, 1_200, 180.0, 1.0, 1e-3, 640.0).endswith("elapsed 2:00, ETA 1:00")
+    assert status_line(TrainProgress(), 100, None, float("nan"), 1e-3, 0.0).endswith("ETA ?")

@@ -92,7 +92,7 @@ def test_nova_task_registers_the_course_cnn() -> None:
 def test_recipe_settings() -> None:
     s = training.Settings(out="x", **models.COURSE_RECIPE)
     assert (s.optimizer, s.schedule, s.batch_size, s.patience) == ("adam", "constant", 256, 5)
-    p = training.Progress(step=0)
+    p = training.TrainingState(step=0)
     assert training.lr_factor(p, s, 100) == 1.0
     p.step = 90
     assert training.lr_factor(p, s, 100) == 1.0

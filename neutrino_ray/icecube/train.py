@@ -205,9 +205,9 @@ def train(data: str, out: str, size: str = "small", *, loss: str = "vmf",
     val_plan = pipeline.plan_ranges(data, "train", summary, val_ranges, events_per_task, truth=True)
     task = DirectionTask(size=size, max_pulses=max_pulses, loss_kind=loss, inference_max_pulses=inference_max_pulses)
     n_params = models.n_parameters(task.build_model())
-    print(f"model {size}: {n_params:,} parameters; {train_plan.events} training events in {len(train_ranges)} batch "
-          f"files, {val_plan.events} validation events; pulse cap {max_pulses} in training, "
-          f"{task.predict_max_pulses} at inference", flush=True)
+    log.info("model %s: %s parameters; %d training events in %d batch files, %d validation events; pulse cap %d in "
+             "training, %d at inference", size, f"{n_params:,}", train_plan.events, len(train_ranges), val_plan.events,
+             max_pulses, task.predict_max_pulses)
     cpus = training.DATA_TASK_CPUS
     # Every epoch reads the training tasks in a new order (row-group ranges of all batch files), then the
     # scaffold's local shuffle buffer mixes events across them.

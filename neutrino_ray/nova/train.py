@@ -246,9 +246,9 @@ def train(data_uri: str, out: str, target: str = "numu-cc", model: str = "small"
     scan = data.scan(data_uri, skip_bad=skip_bad)  # bad inputs fail before Ray starts
     p = plan(scan.files, target, balance, val_events, settings.get("seed", 0), data_uri)
     task = NovaTask(target=target, model=model, class_weights=p.class_weights)
-    print(f"task {target}, model {model}: {models.n_parameters(task.build_model()):,} parameters; "
-          f"{p.n_train} training events ({balance}: {p.train_counts}), {p.n_val} validation events; "
-          f"{p.out_of_task} events outside the task, {len(scan.skipped)} bad files skipped", flush=True)
+    log.info("task %s, model %s: %s parameters; %d training events (%s: %s), %d validation events; %d events "
+             "outside the task, %d bad files skipped", target, model, f"{models.n_parameters(task.build_model()):,}",
+             p.n_train, balance, p.train_counts, p.n_val, p.out_of_task, len(scan.skipped))
     s = training.prepare(out, batch_size=batch_size, lr=lr, **settings)
     cpus = training.DATA_TASK_CPUS
     train_ds = data.dataset(data.plan_slices(scan.files, p.train, events_per_task), num_cpus=cpus)
