@@ -121,7 +121,7 @@ def add_actor_args(p: argparse.ArgumentParser, batch_size: int) -> None:
     p.add_argument("--cpus-per-actor", type=_positive_float, default=1.0,
                    help="CPUs (torch threads) per model actor (1)")
     p.add_argument("--gpus-per-actor", type=_non_negative_float, default=0.0,
-                   help="GPUs per model actor; > 0 scores on GPUs with bf16 autocast (0)")
+                   help="GPUs per model actor; > 0 scores on GPUs (bf16 autocast where the GPU has it, else fp16) (0)")
     p.add_argument("--resource-wait-minutes", type=_non_negative_float, default=15.0,
                    help="GPU actors: wait this long for the autoscaler to bring their GPUs; 0 refuses at once (15)")
 
@@ -404,7 +404,7 @@ def _add_icecube_train(ic_sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
 def _add_icecube_predict(ic_sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
     """``icecube predict``: what to score with, the output, the actor pool."""
     from neutrino_ray.icecube.linefit import KAGGLE_CHARGE_CAP
-    from neutrino_ray.icecube.predict import DEFAULT_BATCH_SIZE, DEFAULT_EVENTS_PER_TASK, GNN_EVENTS_PER_TASK
+    from neutrino_ray.icecube.predict import DEFAULT_BATCH_SIZE, DEFAULT_EVENTS_PER_TASK, GNN_EVENTS_PER_TASK, PIPELINES
 
     pr = ic_sub.add_parser("predict", formatter_class=fmt, epilog=ENV_HELP,
                            help="batch inference → OUT/submission.csv",
@@ -442,6 +442,15 @@ def _add_icecube_predict(ic_sub: Any, fmt: type[argparse.HelpFormatter]) -> None
                     help=f"events per Ray Data read task, cut at row groups ({DEFAULT_EVENTS_PER_TASK} for "
                          f"LineFit, {GNN_EVENTS_PER_TASK} for a model)")
     add_actor_args(pr, DEFAULT_BATCH_SIZE)
+    pr.add_argument("--pipeline", choices=PIPELINES, default="auto",
+                    help="trained models: 'split' reads and featurises in Ray Data CPU tasks and sends only packed, "
+                         "featurised batches to the model actors (a GPU never waits on decoding); 'fused' has each "
+                         "actor read, featurise and score its own tasks (faster on CPUs); auto: split when the "
+                         "actors hold GPUs, else fused (auto)")
+    pr.add_argument("--featurise-tasks", type=_positive, default=None,
+                    help="split pipeline: concurrent read + featurise tasks (default: the CPUs the actors leave; "
+                         "'bench icecube --gnn' prints events/s per CPU, so R events/s on a GPU needs about "
+                         "R / that many)")
 
 
 def _add_km3net(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
@@ -586,7 +595,8 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
                           args.batch_size, args.actors, args.cpus_per_actor, args.gpus_per_actor,
                           weights=None if args.weights is None else tuple(args.weights),
                           kappa_weighted=args.kappa_weighted, uncertainty_events=args.uncertainty_events,
-                          resource_wait_minutes=args.resource_wait_minutes)
+                          resource_wait_minutes=args.resource_wait_minutes, pipeline=args.pipeline,
+                          featurise_tasks=args.featurise_tasks)
         m = predict(args.data, args.split, args.out, scoring, command=command, fmt=args.format)
         resumed = f"; {m['parts_reused']} of {m['parts']} parts reused from a killed run" if m["parts_reused"] else ""
         print(f"predicted {m['events']} events in {m['wall_seconds']:.1f} s "

@@ -10,8 +10,8 @@
   actor, the precision (:func:`neutrino_ray.training.precision_policy`: bf16 autocast on GPUs that have it,
   fp16 on older ones, fp32 on CPUs unless asked) and host→device copies from pinned memory without blocking
   (:func:`neutrino_ray.training.to_device`).
-- :func:`actor_pool`: the ``map_batches`` stage of an actor pool sized by :func:`neutrino_ray.runtime.actor_pool_size`
-  (GPU actors wait, boundedly, for the autoscaler to provide their GPUs).
+- :func:`actor_pool`: the ``map_batches`` stage of an actor pool (sized by :func:`neutrino_ray.runtime.actor_pool_size`,
+  where GPU actors wait, boundedly, for the autoscaler to provide their GPUs).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from neutrino_ray import runtime, storage, training
+from neutrino_ray import storage, training
 from neutrino_ray.errors import InputError
 
 
@@ -113,13 +113,13 @@ def _node() -> str:
         return "?"
 
 
-def actor_pool(ds: Any, actor: type, kwargs: dict[str, Any], actors: int | None, cpus_per_actor: float,
-               gpus_per_actor: float, resource_wait_minutes: float = 0.0) -> Any:
-    """``ds`` → one row group per call through a pool of ``actor`` (constructed with ``kwargs``), each holding
-    ``cpus_per_actor`` CPUs and ``gpus_per_actor`` GPUs; GPU pools wait for their GPUs, at most the given minutes."""
+def actor_pool(ds: Any, actor: type, kwargs: dict[str, Any], size: int, cpus_per_actor: float,
+               gpus_per_actor: float) -> Any:
+    """``ds`` → one block per call through a pool of ``size`` ``actor`` s (constructed with ``kwargs``), each
+    holding ``cpus_per_actor`` CPUs and ``gpus_per_actor`` GPUs. Size it with
+    :func:`neutrino_ray.runtime.actor_pool_size`, which waits (boundedly) for a GPU pool's GPUs."""
     from ray.data import ActorPoolStrategy
 
-    size = runtime.actor_pool_size(actors, cpus_per_actor, gpus_per_actor, resource_wait_minutes)
     return ds.map_batches(actor, batch_format="pyarrow", batch_size=1, zero_copy_batch=True,
                           fn_constructor_kwargs=kwargs, compute=ActorPoolStrategy(size=size),
                           num_cpus=cpus_per_actor, num_gpus=gpus_per_actor if gpus_per_actor > 0 else None)

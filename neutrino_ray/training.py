@@ -642,28 +642,3 @@ def learning_curve(history: list[dict[str, Any]], metric: str, title: str) -> by
     ax.set_title(title)
     ax.grid(alpha=0.3)
     return png(fig)
-
-
-def load_artefact(uri: str, task_name: str | tuple[str, ...]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """(config, state_dict) of a model artefact for one of the task names; a clear error for a missing or
-    foreign one."""
-    cfg_uri = storage.join(uri, CONFIG)
-    try:
-        config = json.loads(storage.read_bytes(cfg_uri))
-    except FileNotFoundError as e:
-        raise InputError(f"{cfg_uri}: no trained model here (expected {CONFIG} and {WEIGHTS}, as written by "
-                         f"'train' at OUT/{MODEL_DIR})") from e
-    except json.JSONDecodeError as e:
-        raise InputError(f"{cfg_uri}: not a model config ({e})") from e
-    names = (task_name,) if isinstance(task_name, str) else task_name
-    if config.get("format") != FORMAT or config.get("task") not in names:
-        raise InputError(f"{cfg_uri}: a {config.get('format')!r} model for task {config.get('task')!r}, "
-                         f"expected {FORMAT!r} for {' or '.join(map(repr, names))}")
-    w_uri = storage.join(uri, WEIGHTS)
-    try:
-        state = torch.load(io.BytesIO(storage.read_bytes(w_uri)), map_location="cpu", weights_only=True)
-    except FileNotFoundError as e:
-        raise InputError(f"{w_uri}: model weights not found") from e
-    except Exception as e:  # truncated or foreign file
-        raise InputError(f"{w_uri}: unreadable model weights ({type(e).__name__}: {e})") from e
-    return config, state

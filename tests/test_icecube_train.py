@@ -22,8 +22,9 @@ from neutrino_ray.cli import main
 from neutrino_ray.errors import InputError
 from neutrino_ray.icecube import data as icdata
 from neutrino_ray.icecube import pipeline
+from neutrino_ray.icecube.artefact import load_task_and_model, predict_directions
 from neutrino_ray.icecube.predict import Scoring, predict
-from neutrino_ray.icecube.train import DirectionTask, load_task_and_model, predict_directions, train
+from neutrino_ray.icecube.train import DirectionTask, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -188,8 +189,8 @@ def test_train_entrypoint_parses_its_flags() -> None:
 @pytest.mark.integration
 def test_transformer_trains_with_ema_and_scores_alone_and_in_an_ensemble(dataset: Path, tmp_path: Path) -> None:
     from neutrino_ray import training
+    from neutrino_ray.icecube.artefact import load_calibration, predict_vectors
     from neutrino_ray.icecube.predict import ensemble_directions
-    from neutrino_ray.icecube.train import load_calibration, predict_vectors
 
     out = tmp_path / "run"
     res = train(str(dataset), str(out), "transformer-tiny", workers=1, epochs=1, batch_size=64, val_events=300,

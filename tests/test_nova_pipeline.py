@@ -130,7 +130,9 @@ def test_train_predict_evaluate_cli(sim: Path, tmp_path: Path) -> None:
     p = np.stack([pred.column("prob_other").to_numpy(), pred.column("prob_numu-CC").to_numpy()], axis=1)
     assert np.allclose(p.sum(axis=1), 1, atol=1e-5)
     # actor scoring equals scoring in this process
-    task, model, _ = train.load_task_and_model(str(out / "model"))
+    from neutrino_ray.nova.artefact import load_task_and_model
+
+    task, model, _ = load_task_and_model(str(out / "model"))
     torch.set_num_threads(1)
     local = score_events(task, model, data.read_slice(data.plan_slices(data.scan(str(sim)).files, None, 400)[1]),
                          256, torch.device("cpu"))

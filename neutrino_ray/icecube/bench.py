@@ -167,9 +167,10 @@ def bench_gnn(sizes: list[str], events: int, data: str, seed: int = 12) -> dict[
 
     from neutrino_ray.icecube import pipeline
     from neutrino_ray.icecube.architectures import TRANSFORMER_INFERENCE_MAX_PULSES, default_max_pulses, is_transformer
+    from neutrino_ray.icecube.artefact import predict_directions
     from neutrino_ray.icecube.models import direction_loss
     from neutrino_ray.icecube.predict import Scoring
-    from neutrino_ray.icecube.train import DirectionTask, predict_directions
+    from neutrino_ray.icecube.train import DirectionTask
 
     _dataset(events, data, seed)
     meta = icdata.load_meta(data, "test")

@@ -27,7 +27,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
-from ray.data import ActorPoolStrategy
 
 from neutrino_ray import progress, runtime, storage
 from neutrino_ray.errors import InputError
@@ -71,6 +70,32 @@ def linefit_block(batch: pa.Table, geometry: np.ndarray, variant: str, cap: int,
     return score(batch) if parts is None else parts.score(batch, score)
 
 
+def featurise_block(batch: pa.Table, geometry: np.ndarray, max_pulses: int, parts: Parts | None = None) -> pa.Table:
+    """The split pipeline's CPU stage (Ray Data tasks): each task row with its featurised events packed in one
+    Arrow IPC blob (``events``), ready for a model actor; or, where an earlier attempt finished the task's part,
+    that part's summary (``finished``, JSON) and no events: a finished part is recognised before any decoding."""
+    out = []
+    for i, row in enumerate(batch.to_pylist()):
+        found = parts.finished(row) if parts is not None else None
+        if found is not None:
+            blob, done = None, json.dumps(found.to_pylist()[0])
+        else:
+            events = pipeline.read_featurise(batch.slice(i, 1), geometry, max_pulses)
+            sink = pa.BufferOutputStream()
+            with pa.ipc.new_stream(sink, events.schema) as w:
+                w.write_table(events)
+            blob, done = sink.getvalue().to_pybytes(), None
+        out.append(batch.slice(i, 1).append_column("events", pa.array([blob], pa.binary()))
+                   .append_column("finished", pa.array([done], pa.string())))
+    return pa.concat_tables(out)
+
+
+# How a trained model's read tasks reach it. "fused": each model actor reads, decodes and featurises its own
+# tasks, then scores them (no extra copies: the faster on CPUs, measured in docs/icecube.md). "split": read +
+# featurise run as Ray Data tasks on CPU workers and only packed, featurised batches reach the model actors
+# (a GPU never waits on the CPU work). "auto": split when the actors hold GPUs, else fused.
+PIPELINES = ("auto", "fused", "split")
+
 PART_SUMMARY = pa.schema([("part", pa.string()), ("batch_id", pa.int64()), ("rows", pa.int64()),
                           ("min_event_id", pa.int64()), ("max_event_id", pa.int64()), ("ok", pa.int64()),
                           ("fingerprint", pa.string()), ("reused", pa.bool_())])
@@ -96,10 +121,17 @@ class Parts:
         """Each task row of ``batch``: its finished part's summary, or its scores (``score(one_row)``) written."""
         out = []
         for i, row in enumerate(batch.to_pylist()):
-            uri = storage.join(self.uri, self.name(row))
-            found = self.reuse(uri, int(row["hi"]) - int(row["lo"]))
-            out.append(found if found is not None else self.write(score(batch.slice(i, 1)), uri, int(row["batch_id"])))
+            found = self.finished(row)
+            out.append(found if found is not None else self.write_task(score(batch.slice(i, 1)), row))
         return pa.concat_tables(out)
+
+    def finished(self, row: dict[str, Any]) -> pa.Table | None:
+        """The summary of the part an earlier attempt finished for this task row, or None (see :meth:`reuse`)."""
+        return self.reuse(storage.join(self.uri, self.name(row)), int(row["hi"]) - int(row["lo"]))
+
+    def write_task(self, result: pa.Table, row: dict[str, Any]) -> pa.Table:
+        """A task row's scores written as its part; returns the part's summary."""
+        return self.write(result, storage.join(self.uri, self.name(row)), int(row["batch_id"]))
 
     def reuse(self, uri: str, rows: int) -> pa.Table | None:
         """The summary of a part an earlier attempt finished (its footer names this fingerprint and the task's
@@ -136,31 +168,49 @@ class DirectionScorer:
 
     def __init__(self, model_uris: list[str], weights: list[float], kappa_weighted: bool, max_pulses: int,
                  geometry: np.ndarray, batch_size: int, threads: int, use_gpu: bool, calibrated: bool = True,
-                 ensemble_calibration: dict[str, Any] | None = None, parts: Parts | None = None):
-        import torch
+                 ensemble_calibration: dict[str, Any] | None = None, parts: Parts | None = None,
+                 featurised: bool = False):
+        from neutrino_ray import inference  # torch: not for LineFit
+        from neutrino_ray.icecube.artefact import load_calibration, load_task_and_model
 
-        from neutrino_ray.icecube.train import load_calibration, load_task_and_model
-
-        self.device = torch.device("cuda" if use_gpu else "cpu")
-        if not use_gpu:
-            torch.set_num_threads(threads)
+        self.runtime = inference.Scorer(use_gpu, threads)  # device, threads, precision
+        self.device = self.runtime.device
         self.members = []
         for uri in model_uris:
             task, model, _ = load_task_and_model(uri)
             self.members.append((task, model.to(self.device), load_calibration(uri) if calibrated else None))
         self.weights, self.kappa_weighted, self.max_pulses = np.asarray(weights), kappa_weighted, max_pulses
         self.geometry, self.batch_size = geometry, batch_size
-        self.ensemble_calibration, self.parts = ensemble_calibration, parts
+        self.ensemble_calibration, self.parts, self.featurised = ensemble_calibration, parts, featurised
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        if self.featurised:  # the split pipeline: rows from featurise_block
+            return self.score_featurised(batch)
         return self.scores(batch) if self.parts is None else self.parts.score(batch, self.scores)
 
-    def scores(self, batch: pa.Table) -> pa.Table:
-        """Read tasks → their events' ensemble directions and κ."""
-        from neutrino_ray.icecube.train import predict_vectors
+    def score_featurised(self, batch: pa.Table) -> pa.Table:
+        """Rows of :func:`featurise_block` → each task's scores (or, with parts, its part written, or the summary
+        of the part an earlier attempt finished)."""
+        out = []
+        for row in batch.to_pylist():
+            if row["finished"] is not None:
+                out.append(pa.Table.from_pylist([json.loads(row["finished"])], schema=PART_SUMMARY))
+                continue
+            events = pa.ipc.open_stream(row["events"]).read_all()
+            result = self.score_events(events)
+            out.append(result if self.parts is None else self.parts.write_task(result, row))
+        return pa.concat_tables(out)
 
-        events = pipeline.read_featurise(batch, self.geometry, self.max_pulses)
-        outs = [predict_vectors(task, model, events, self.batch_size, self.device) for task, model, _ in self.members]
+    def scores(self, batch: pa.Table) -> pa.Table:
+        """Read tasks → their events' ensemble directions and κ (the fused pipeline: read, featurise, score)."""
+        return self.score_events(pipeline.read_featurise(batch, self.geometry, self.max_pulses))
+
+    def score_events(self, events: pa.Table) -> pa.Table:
+        """Featurised events → their ensemble directions and κ."""
+        from neutrino_ray.icecube.artefact import predict_vectors
+
+        outs = [predict_vectors(task, model, events, self.batch_size, self.device, self.runtime.precision)
+                for task, model, _ in self.members]
         kappas = [uncertainty.apply_kappa_calibration(cal, o[1]) for o, (*_, cal) in zip(outs, self.members)]
         mu, kappa = ensemble_directions(np.stack([o[0] for o in outs]), np.stack(kappas), self.weights,
                                         self.kappa_weighted)
@@ -226,8 +276,15 @@ class Scoring:
     calibrated: bool = True  # apply each model's κ calibration (calibration.json), where it has one
     uncertainty_events: int = 20_000  # LineFit: train events its empirical κ per pulse count is fitted on
     resource_wait_minutes: float = 15.0  # GPU actors: how long to wait for the autoscaler (runtime.wait_for_gpus)
+    pipeline: str = "auto"  # trained models: "split" (CPU featurise tasks → model actors), "fused", "auto" (PIPELINES)
+    featurise_tasks: int | None = None  # split pipeline: concurrent featurise tasks (None: the CPUs actors leave)
     ensemble_calibration: dict[str, Any] | None = None  # an ensemble artefact's κ calibration (of the combined κ)
     ensemble_uri: str | None = None  # the ensemble artefact these members came from
+
+    @property
+    def split_pipeline(self) -> bool:
+        """Whether read + featurise run as their own CPU stage ahead of the model actors (see PIPELINES)."""
+        return self.pipeline == "split" or (self.pipeline == "auto" and self.gpus_per_actor > 0)
 
     @property
     def members(self) -> tuple[str, ...]:
@@ -263,7 +320,7 @@ def resolve_ensemble(scoring: Scoring) -> Scoring:
     κ rule and pulse cap, and its calibration of the combined κ; any other scoring unchanged."""
     if len(scoring.members) != 1 or scoring.is_linefit:
         return scoring
-    from neutrino_ray.icecube.train import load_calibration  # torch: not for LineFit
+    from neutrino_ray.icecube.artefact import load_calibration  # torch: not for LineFit
 
     uri = scoring.members[0]
     spec_uri = storage.join(uri, ENSEMBLE)
@@ -293,7 +350,7 @@ def check_models(scoring: Scoring) -> Plan:
         if scoring.weights is not None or scoring.kappa_weighted:
             raise InputError("--weights and --kappa-weighted are for ensembles of trained models, not LineFit")
         return Plan(scoring.max_pulses or lf.KAGGLE_CHARGE_CAP, (1.0,), {"model": members[0]})
-    from neutrino_ray.icecube.train import load_task_and_model  # torch: only for trained models (~2 s to import)
+    from neutrino_ray.icecube.artefact import load_task_and_model  # torch: only for trained models (~2 s to import)
 
     for uri in members:
         if uri in lf.VARIANTS:
@@ -375,20 +432,26 @@ def build_dataset(split_plan: pipeline.SplitPlan, geometry: np.ndarray, scoring:
         return ds.map_batches(partial(linefit_block, geometry=geometry, variant=scoring.members[0],
                                       cap=plan.max_pulses, parts=parts),
                               batch_format="pyarrow", batch_size=1, zero_copy_batch=True)
+    from neutrino_ray import inference  # torch: not for LineFit
+
     ds = ray.data.from_arrow(split_plan.tables())  # one spec per block: model tasks are long, balance matters
     use_gpu = scoring.gpus_per_actor > 0
     actors = runtime.actor_pool_size(scoring.actors, scoring.cpus_per_actor, scoring.gpus_per_actor,
                                      scoring.resource_wait_minutes)
-    return ds.map_batches(
-        DirectionScorer, batch_format="pyarrow", batch_size=1, zero_copy_batch=True,
-        fn_constructor_kwargs={"model_uris": list(scoring.members), "weights": list(plan.weights),
-                               "kappa_weighted": scoring.kappa_weighted, "max_pulses": plan.max_pulses,
-                               "geometry": geometry, "batch_size": scoring.batch_size,
-                               "threads": max(1, int(scoring.cpus_per_actor)), "use_gpu": use_gpu,
-                               "calibrated": scoring.calibrated,
-                               "ensemble_calibration": scoring.ensemble_calibration, "parts": parts},
-        compute=ActorPoolStrategy(size=actors), num_cpus=scoring.cpus_per_actor,
-        num_gpus=scoring.gpus_per_actor if use_gpu else None)
+    kwargs = {"model_uris": list(scoring.members), "weights": list(plan.weights),
+              "kappa_weighted": scoring.kappa_weighted, "max_pulses": plan.max_pulses, "geometry": geometry,
+              "batch_size": scoring.batch_size, "threads": max(1, int(scoring.cpus_per_actor)), "use_gpu": use_gpu,
+              "calibrated": scoring.calibrated, "ensemble_calibration": scoring.ensemble_calibration, "parts": parts,
+              "featurised": scoring.split_pipeline}
+    if scoring.split_pipeline:
+        # Read + featurise as their own CPU stage, so a model actor (a GPU) never waits on Parquet decoding:
+        # as many concurrent tasks as the CPUs the actors leave (or as asked), one task row each.
+        left = runtime.cpu_count() - (0 if use_gpu else actors * scoring.cpus_per_actor)
+        tasks = scoring.featurise_tasks or max(1, int(left))
+        ds = ds.map_batches(partial(featurise_block, geometry=geometry, max_pulses=plan.max_pulses, parts=parts),
+                            batch_format="pyarrow", batch_size=1, zero_copy_batch=True, num_cpus=1,
+                            concurrency=tasks)
+    return inference.actor_pool(ds, DirectionScorer, kwargs, actors, scoring.cpus_per_actor, scoring.gpus_per_actor)
 
 
 @dataclass
@@ -456,7 +519,7 @@ def prepare(data: str, split: str, scoring: Scoring | None = None, last_events: 
     if scoring.is_linefit:
         details["uncertainty"] = linefit_reason
     else:
-        from neutrino_ray.icecube.train import load_calibration
+        from neutrino_ray.icecube.artefact import load_calibration
 
         details.update(batch_size=scoring.batch_size, cpus_per_actor=scoring.cpus_per_actor,
                        gpus_per_actor=scoring.gpus_per_actor)

@@ -10,7 +10,6 @@ worker gets its own shard and collates Arrow batches into packed PyG batches.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -21,17 +20,17 @@ import torch
 from torch import nn
 from torch_geometric.data import Batch
 
-from neutrino_ray import storage, training
+from neutrino_ray import training
 from neutrino_ray.errors import InputError
 from neutrino_ray.icecube import data as icdata
-from neutrino_ray.icecube import features, models, pipeline, transformer, uncertainty
+from neutrino_ray.icecube import features, models, pipeline, transformer
 from neutrino_ray.icecube.architectures import (
     ARCHITECTURES,
     TRANSFORMER_INFERENCE_MAX_PULSES,
     default_max_pulses,
     is_transformer,
 )
-from neutrino_ray.icecube.linefit import angles_to_direction, direction_to_angles
+from neutrino_ray.icecube.linefit import angles_to_direction
 
 log = logging.getLogger("neutrino_ray")
 
@@ -119,56 +118,6 @@ class DirectionTask:
         if isinstance(cfg, models.DynEdgeConfig):
             out["k"] = cfg.k
         return out
-
-
-def predict_directions(task: DirectionTask, model: nn.Module, events: pa.Table, batch_size: int,
-                       device: torch.device) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(azimuth, zenith, κ) for featurised events, in mini-batches of ``batch_size`` events."""
-    mu, kappa = predict_vectors(task, model, events, batch_size, device)
-    if not len(mu):
-        return np.zeros(0), np.zeros(0), np.zeros(0)
-    az, zen = direction_to_angles(mu)
-    return az, zen, kappa
-
-
-def predict_vectors(task: DirectionTask, model: nn.Module, events: pa.Table, batch_size: int,
-                    device: torch.device) -> tuple[np.ndarray, np.ndarray]:
-    """(unit directions (N, 3), κ (N)) for featurised events, in mini-batches of ``batch_size`` events."""
-    parts, kappas = [], []
-    model.eval()
-    with torch.inference_mode():
-        for lo in range(0, len(events), batch_size):  # mini-batches, not events
-            b = task.collate(events.slice(lo, batch_size), device)
-            with torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext():
-                v = task.forward(model, b)
-            mu, kappa = models.split_output(v.double())
-            parts.append(mu.cpu().numpy())
-            kappas.append(kappa.cpu().numpy())
-    if not parts:
-        return np.zeros((0, 3)), np.zeros(0)
-    return np.concatenate(parts), np.concatenate(kappas)
-
-
-def load_calibration(uri: str) -> dict[str, Any] | None:
-    """The κ calibration stored with the model at ``uri`` (``calibration.json``, by 'icecube calibrate'), if any."""
-    return storage.read_format_json(storage.join(uri, uncertainty.CALIBRATION), uncertainty.CALIBRATION_FORMAT,
-                                     "a calibration file")
-
-
-def load_task_and_model(uri: str) -> tuple[DirectionTask, nn.Module, dict[str, Any]]:
-    """A trained direction model from ``uri`` (OUT/model), checked against this build's features."""
-    config, state = training.load_artefact(uri, TASK)
-    if config.get("features") != feature_set():
-        theirs, ours = config.get("features"), feature_set()
-        raise InputError(f"{uri}: model was trained with another feature set ({theirs}); this build computes {ours}")
-    task = DirectionTask(size=config["model"], max_pulses=int(config["max_pulses"]), loss_kind=config["loss"],
-                         sizes=config["sizes"], inference_max_pulses=config.get("inference_max_pulses"))
-    model = task.build_model()
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise InputError(f"{uri}: weights do not match the model in its config.json ({e})") from e
-    return task, model, config
 
 
 def train(data: str, out: str, size: str = "small", *, loss: str = "vmf",

@@ -11,7 +11,6 @@ Parquet schema metadata so ``nova evaluate`` knows what it is reading.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -21,13 +20,13 @@ import numpy as np
 import pyarrow as pa
 import ray
 import torch
-from ray.data import ActorPoolStrategy
 from torch import nn
 
-from neutrino_ray import progress, runtime, storage
+from neutrino_ray import inference, progress, runtime, storage, training
 from neutrino_ray.nova import data
+from neutrino_ray.nova.artefact import load_task_and_model
 from neutrino_ray.nova.simulate import GEV_PER_COUNT
-from neutrino_ray.nova.train import NovaTask, load_task_and_model
+from neutrino_ray.nova.train import NovaTask
 
 log = logging.getLogger("neutrino_ray")
 
@@ -39,19 +38,14 @@ DEFAULT_EVENTS_PER_TASK = 1_000
 
 
 def score_events(task: NovaTask, model: nn.Module, events: pa.Table, batch_size: int,
-                 device: torch.device) -> pa.Table:
+                 device: torch.device, precision: str = "fp32") -> pa.Table:
     """Event rows (with pixel maps) → keys, visible energy and the task's scores."""
     maps = data.images(events)
     n = len(maps)
-    parts = []
-    model.eval()
-    with torch.inference_mode():
-        for lo in range(0, n, batch_size):  # mini-batches, not events
-            x = torch.from_numpy(np.array(maps[lo:lo + batch_size])).to(device)
-            with torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext():
-                out = task.forward(model, x)
-            parts.append(task.values(out.float()).double().cpu().numpy())
-    values = np.concatenate(parts) if parts else np.zeros((0, task.n_out) if task.classes else 0)
+    out = inference.batched(model, n, batch_size, lambda lo, hi: task.forward(model, training.to_device(
+        torch.from_numpy(np.array(maps[lo:hi])), device)), device, precision)
+    values = task.values(out).double().numpy() if out is not None else \
+        np.zeros((0, task.n_out) if task.classes else 0)
     cols: dict[str, Any] = {"file": events.column("file"), "index": events.column("index")}
     cols.update({k: events.column(k) for k in KEY_FIELDS})
     cols["visible_energy"] = maps.reshape(n, -1).sum(axis=1, dtype=np.int64) * GEV_PER_COUNT
@@ -64,20 +58,18 @@ def score_events(task: NovaTask, model: nn.Module, events: pa.Table, batch_size:
     return pa.table(cols)
 
 
-class NovaScorer:
+class NovaScorer(inference.Scorer):
     """Ray Data actor: loads a trained model once, then reads and scores slices."""
 
-    def __init__(self, model_uri: str, batch_size: int, threads: int, use_gpu: bool):
-        self.device = torch.device("cuda" if use_gpu else "cpu")
-        if not use_gpu:
-            torch.set_num_threads(threads)
+    def __init__(self, model_uri: str, batch_size: int, threads: int, use_gpu: bool, precision: str = "auto"):
+        super().__init__(use_gpu, threads, precision)
         self.task, self.model, _ = load_task_and_model(model_uri)
         self.model.to(self.device)
         self.batch_size = batch_size
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         events = pa.concat_tables([data.read_slice(s) for s in data.slices_from_table(batch)])
-        return score_events(self.task, self.model, events, self.batch_size, self.device)
+        return score_events(self.task, self.model, events, self.batch_size, self.device, self.precision)
 
 
 @dataclass(frozen=True)
@@ -104,11 +96,9 @@ def run_inference(data_uri: str, scoring: Scoring, skip_bad: bool = False) -> tu
     actors = runtime.actor_pool_size(scoring.actors, scoring.cpus_per_actor, scoring.gpus_per_actor,
                                      scoring.resource_wait_minutes)
     ds: ray.data.Dataset = ray.data.from_arrow(data.slice_tables(slices))
-    ds = ds.map_batches(NovaScorer, batch_format="pyarrow", batch_size=1, zero_copy_batch=True,
-                        fn_constructor_kwargs={"model_uri": scoring.model, "batch_size": scoring.batch_size,
+    ds = inference.actor_pool(ds, NovaScorer, {"model_uri": scoring.model, "batch_size": scoring.batch_size,
                                                "threads": max(1, int(scoring.cpus_per_actor)), "use_gpu": use_gpu},
-                        compute=ActorPoolStrategy(size=actors), num_cpus=scoring.cpus_per_actor,
-                        num_gpus=scoring.gpus_per_actor if use_gpu else None)
+                              actors, scoring.cpus_per_actor, scoring.gpus_per_actor)
     parts = list(progress.track(ds.iter_batches(batch_format="pyarrow", batch_size=None), "predict nova",
                                 scan.n_events, count=len))
     result = pa.concat_tables(parts)

@@ -146,23 +146,6 @@ class NovaTask:
                 "class_weights": list(self.class_weights) if self.class_weights else None, "inputs": input_spec()}
 
 
-def load_task_and_model(uri: str) -> tuple[NovaTask, nn.Module, dict[str, Any]]:
-    """A trained NOvA model from ``uri`` (OUT/model of 'nova train'), checked against this build's inputs."""
-    config, state = training.load_artefact(uri, tuple(TASK_PREFIX + t for t in targets.TASKS))
-    if config.get("inputs") != input_spec():
-        raise InputError(f"{uri}: model was trained on other inputs ({config.get('inputs')}); this build feeds "
-                         f"{input_spec()}")
-    weights = config.get("class_weights")
-    task = NovaTask(target=config["target"], model=config["model"], sizes=config.get("sizes"),
-                    class_weights=tuple(weights) if weights else None)
-    model = task.build_model()
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise InputError(f"{uri}: weights do not match the model in its config.json ({e})") from e
-    return task, model.eval(), config
-
-
 @dataclass
 class Plan:
     """Which rows of which files train and validate, and what was left out."""
