@@ -11,8 +11,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from neutrino_ray.icecube import data as icdata
-from neutrino_ray.icecube import outofcore
-from neutrino_ray.icecube.evaluate import evaluate
+from neutrino_ray.icecube import outofcore, uncertainty
+from neutrino_ray.icecube.compare import compare
+from neutrino_ray.icecube.evaluate import N_PULSES_EDGES, ZENITH_EDGES, energy_edges, evaluate
+from neutrino_ray.icecube.metrics import angular_distance, summarise
 
 
 def _split(root: Path, n: int, kappa: bool, row_group: int) -> Path:
@@ -57,19 +59,46 @@ def _close(a: object, b: object, path: str = "") -> None:
         assert a == b, f"{path}: in memory {a}, out of core {b}"
 
 
+def _in_memory(root: Path, pred_uri: str) -> dict[str, object]:
+    """The figures computed the way evaluate did before it went out of core: every event in memory."""
+    truth = pq.read_table(root / "test_truth.parquet").sort_by("event_id")
+    meta = pq.read_table(root / "test_meta.parquet").sort_by("event_id")
+    pred = (pq.read_table(pred_uri) if pred_uri.endswith(".parquet") else pacsv.read_csv(pred_uri)).sort_by("event_id")
+    err = angular_distance(*(t.column(c).to_numpy() for t in (truth, pred) for c in ("azimuth", "zenith")))
+    n_pulses = meta.column("last_pulse_index").to_numpy() - meta.column("first_pulse_index").to_numpy() + 1
+    energy, zen = truth.column("energy").to_numpy(), truth.column("zenith").to_numpy()
+    topo = np.asarray(truth.column("topology").to_pylist())
+
+    def bins(values: np.ndarray, edges: np.ndarray, label: str) -> list[dict[str, object]]:
+        idx = np.digitize(values, edges) - 1
+        return [{label: [float(edges[b]), float(edges[b + 1])], **summarise(err[idx == b])}
+                for b in range(len(edges) - 1) if (idx == b).any()]
+
+    out: dict[str, object] = {**summarise(err), "by_n_pulses": bins(n_pulses, N_PULSES_EDGES, "n_pulses"),
+                              "by_true_zenith": bins(zen, ZENITH_EDGES, "zenith"),
+                              "by_energy_gev": bins(energy, energy_edges(energy), "energy_gev"),
+                              "by_topology": {str(k): summarise(err[topo == k]) for k in np.unique(topo)}}
+    if "kappa" in pred.column_names:
+        out["uncertainty"] = uncertainty.uncertainty_report(err, pred.column("kappa").to_numpy(), energy, n_pulses,
+                                                            N_PULSES_EDGES, energy_edges(energy))
+    return out
+
+
 @pytest.mark.parametrize("kappa", [False, True])
 def test_out_of_core_equals_in_memory(tmp_path: Path, kappa: bool) -> None:
+    """evaluate (out of core, 4 ranges) and compare's per-model figures equal the in-memory computation."""
     root = _split(tmp_path / "d", 20_011, kappa, row_group=3_000)
     pred = str(root / ("predictions.parquet" if kappa else "submission.csv"))
-    mem = evaluate(str(root), "test", pred, str(tmp_path / "ev"))
+    expected = _in_memory(root, pred)
     assert len(outofcore.id_ranges(str(root / "test_truth.parquet"), 5_000)) == 4  # 7 row groups, merged
-    ooc = outofcore.evaluate_summary(str(root), "test", pred, chunk_events=5_000)
-    keys = ["n_events", "mean_angular_error", "median_angular_error", "containment_68", "by_n_pulses",
-            "by_true_zenith", "by_energy_gev", "by_topology"] + (["uncertainty"] if kappa else [])
-    expected = {k: mem[k] for k in keys}
-    if kappa:
-        expected["uncertainty"] = {k: v for k, v in mem["uncertainty"].items()}
-    _close(expected, {k: ooc[k] for k in keys})
+    got = evaluate(str(root), "test", pred, str(tmp_path / "ev"), chunk_events=5_000)
+    _close(expected, {k: got[k] for k in expected})
+    rep = compare(str(root), "test", [pred, str(root / "submission.csv")], ["a", "b"], str(tmp_path / "cmp"))
+    model = rep["models"][0]
+    for b in model["by_n_pulses"]:
+        lo, hi = b["mean_interval_68"]
+        assert lo < b["mean_angular_error"] < hi
+    _close(expected, {k: model[k] for k in expected})
 
 
 def test_quantiles_exact_with_ties_and_bin_edges() -> None:

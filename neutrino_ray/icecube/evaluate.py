@@ -6,7 +6,6 @@ import json
 import logging
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -16,7 +15,6 @@ import pyarrow.parquet as pq
 from neutrino_ray import htmlreport, storage
 from neutrino_ray.icecube import data as icdata
 from neutrino_ray.icecube import outofcore, uncertainty
-from neutrino_ray.icecube.metrics import angular_distance, summarise
 from neutrino_ray.plotting import counts_with_errors, png, pyplot
 
 log = logging.getLogger("neutrino_ray")
@@ -28,7 +26,8 @@ ROW_GROUP_EVENTS = 1 << 18  # events.parquet row groups: 262,144 events, sorted 
 
 def read_predictions(uri: str) -> pa.Table:
     """A submission (CSV or Parquet), or a folder of Parquet parts (``OUT/predictions/`` of ``icecube predict
-    --format parquet``), with event_id, azimuth, zenith; validated."""
+    --format parquet``), with event_id, azimuth, zenith; validated, whole in memory (small data; evaluate and
+    compare read out of core, :mod:`~neutrino_ray.icecube.outofcore`)."""
     try:
         if uri.rstrip("/").endswith((".csv", ".parquet")):
             t = (storage.read_parquet if uri.endswith(".parquet") else storage.read_csv)(uri)
@@ -53,61 +52,6 @@ def read_predictions(uri: str) -> pa.Table:
         raise icdata.DataError(f"{uri}: event_id {t.column('event_id')[int(bad[0])].as_py()} has a non-finite "
                                f"prediction ({len(bad)} such rows)")
     return t.sort_by("event_id")
-
-
-def _bins(values: np.ndarray, errors: np.ndarray, edges: np.ndarray, label: str) -> list[dict[str, Any]]:
-    idx = np.digitize(values, edges) - 1
-    out = []
-    for b in range(len(edges) - 1):  # a handful of bins, not events
-        sel = idx == b
-        if sel.any():
-            out.append({label: [float(edges[b]), float(edges[b + 1])], **summarise(errors[sel])})
-    return out
-
-
-@dataclass
-class Scored:
-    """Predictions aligned with the split's truth, event by event (sorted by event_id)."""
-
-    pred: pa.Table
-    truth: pa.Table
-    errors: np.ndarray  # angular error (rad) per event, the competition's formula
-    n_pulses: np.ndarray
-    energy: np.ndarray | None
-    topology: np.ndarray | None
-    batch_id: np.ndarray | None = None  # the meta's batch of each event
-
-    @property
-    def kappa(self) -> np.ndarray | None:
-        """The predicted vMF concentrations, when the predictions carry them (predictions.parquet of a model)."""
-        if "kappa" not in self.pred.column_names or self.pred.column("kappa").null_count == len(self.pred):
-            return None
-        return self.pred.column("kappa").to_numpy()
-
-
-def score(data: str, split: str, predictions: str, truth: pa.Table | None = None,
-          meta: pa.Table | None = None) -> Scored:
-    """Read predictions and align them with the truth; a clear error for other events or bad rows."""
-    truth = (truth if truth is not None else icdata.split_truth(data, split)).sort_by("event_id")
-    pred = read_predictions(predictions)
-    t_ids, p_ids = truth.column("event_id").to_numpy(), pred.column("event_id").to_numpy()
-    if len(np.unique(p_ids)) != len(p_ids):
-        raise icdata.DataError(f"{predictions}: duplicate event_id rows")
-    if not np.array_equal(t_ids, p_ids):
-        missing, extra = np.setdiff1d(t_ids, p_ids), np.setdiff1d(p_ids, t_ids)
-        raise icdata.DataError(f"{predictions}: event ids differ from the {split} split: {len(missing)} missing "
-                               f"(e.g. {missing[:3].tolist()}), {len(extra)} unknown (e.g. {extra[:3].tolist()})")
-    if "kappa" in pred.column_names and 0 < pred.column("kappa").null_count < len(pred):
-        raise icdata.DataError(f"{predictions}: kappa is null for {pred.column('kappa').null_count} of "
-                               f"{len(pred)} events")
-    az_t, zen_t = truth.column("azimuth").to_numpy(), truth.column("zenith").to_numpy()
-    az_p, zen_p = pred.column("azimuth").to_numpy(), pred.column("zenith").to_numpy()
-    meta = (meta if meta is not None else icdata.load_meta(data, split)).sort_by("event_id")
-    n_pulses = (meta.column("last_pulse_index").to_numpy() - meta.column("first_pulse_index").to_numpy() + 1)
-    energy = truth.column("energy").to_numpy() if "energy" in truth.column_names else None
-    topology = np.asarray(truth.column("topology").to_pylist()) if "topology" in truth.column_names else None
-    return Scored(pred, truth, angular_distance(az_t, zen_t, az_p, zen_p), n_pulses, energy, topology,
-                  meta.column("batch_id").to_numpy())
 
 
 def events_table(ch: outofcore.Chunk) -> pa.Table:
