@@ -298,6 +298,7 @@ def compare(data: str, split: str, predictions: list[str], labels: list[str] | N
             for i, j in pairs:
                 paired_boots[(i, j)].add(block, chs[i].errors, chs[j].errors)
             prog.update(len(chs[0].errors))
+            del chs, ch, keys  # before the next range is read
     models = [_with_intervals(lab, uri, body, boot, breakdowns)
               for lab, uri, body, boot in zip(labels, predictions, bodies, boots)]
     paired = [{"a": labels[i], "b": labels[j], **paired_boots[(i, j)].result()} for i, j in pairs]

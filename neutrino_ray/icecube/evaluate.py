@@ -78,10 +78,12 @@ def events_table(ch: outofcore.Chunk) -> pa.Table:
 class EventsWriter:
     """``events.parquet`` streamed chunk by chunk (chunks arrive in event_id order): row groups of
     :data:`ROW_GROUP_EVENTS`, statistics on every column, dictionary encoding only where values repeat (on a
-    million distinct floats it tripled the encoding time). Encoding runs on a thread (it releases the GIL)
-    while the next chunk is scored."""
+    million distinct floats it tripled the encoding time). Each chunk is encoded before the next range is
+    read (one range in memory); the last rows are encoded on a thread (it releases the GIL) while the plots
+    draw: :meth:`finish` starts it, :meth:`close` waits."""
 
-    def __init__(self, uri: str):
+    def __init__(self, uri: str, one_range: bool = False):
+        self.one_range = one_range  # no next range to read: every chunk encodes on the thread
         self._cm = storage.open_output(uri)
         self._f = self._cm.__enter__()
         self._writer: pq.ParquetWriter | None = None
@@ -107,6 +109,8 @@ class EventsWriter:
         if self._job is not None:
             self._job.result()
         self._job = self._pool.submit(self._write, [t.slice(0, full)])
+        if not final and not self.one_range:  # encoded before the next range is read: one range in memory
+            self._job.result()
 
     def add(self, ch: outofcore.Chunk) -> None:
         t = events_table(ch)
@@ -114,8 +118,10 @@ class EventsWriter:
         self._pending.append(t)
         self._flush(final=False)
 
-    def close(self) -> None:
+    def finish(self) -> None:
         self._flush(final=True)
+
+    def close(self) -> None:
         if self._job is not None:
             self._job.result()
         self._pool.shutdown()
@@ -171,22 +177,23 @@ def evaluate(data: str, split: str, predictions: str, out: str,
         def on_chunk(ch: outofcore.Chunk) -> None:  # pass 2: the input is known good
             if not opened:
                 opened["out"] = stack.enter_context(storage.Output(out, command=command, inputs=[data, predictions]))
-                opened["events"] = EventsWriter(opened["out"].staged(EVENTS))
+                opened["events"] = EventsWriter(opened["out"].staged(EVENTS), len(source.ranges) == 1)
             opened["events"].add(ch)
 
         try:
             body, pdata = outofcore.evaluate_passes(source, "evaluate", on_chunk)
+            opened["events"].finish()
+            report: dict[str, Any] = {"split": split, "predictions": predictions, **body}
+            plots = _plots(pdata)
+            if pdata.sigma is not None:
+                plots.update(_uncertainty_plots(pdata, report["uncertainty"]))
+            page = report_html(report, plots, {"data": data, "split": split, "predictions": predictions})
+            bins = bins_table(report)
         except BaseException as e:
             if "events" in opened:
                 opened["events"].abort(e)
             raise
         opened["events"].close()
-        report: dict[str, Any] = {"split": split, "predictions": predictions, **body}
-        plots = _plots(pdata)
-        if pdata.sigma is not None:
-            plots.update(_uncertainty_plots(pdata, report["uncertainty"]))
-        page = report_html(report, plots, {"data": data, "split": split, "predictions": predictions})
-        bins = bins_table(report)
         output = opened["out"]
         output.write(REPORT, json.dumps(report, indent=2).encode())
         output.write(BINS, storage.parquet_bytes(bins))

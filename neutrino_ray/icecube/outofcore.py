@@ -187,7 +187,8 @@ def chunks(data: str, split: str, predictions: str, chunk_events: int = CHUNK_EV
     tcols = ["event_id", "azimuth", "zenith"] + [c for c in ("energy", "topology") if c in tnames and split != "train"]
     chk = _Checks()
     field = pads.field("event_id")
-    for lo, hi in ranges:
+    def one(lo: int, hi: int) -> Chunk | None:
+        """One range read, checked and scored; its tables are freed when the caller drops the chunk."""
         truth = storage.read_parquet_range(truth_uri, "event_id", lo, hi, tcols).sort_by("event_id")
         meta = storage.read_parquet_range(meta_uri, "event_id", lo, hi, list(icdata.META_COLUMNS))
         meta = meta.sort_by("event_id")
@@ -211,7 +212,7 @@ def chunks(data: str, split: str, predictions: str, chunk_events: int = CHUNK_EV
             chk.ex_missing = (chk.ex_missing + miss[:3].tolist())[:3]
             chk.ex_extra = (chk.ex_extra + extra[:3].tolist())[:3]
         if chk.nonfinite or chk.missing or chk.extra:
-            continue  # keep counting; nothing is scored
+            return None  # keep counting; nothing is scored
         kappa = None
         if has_kappa:
             kcol = pred.column("kappa")
@@ -222,11 +223,16 @@ def chunks(data: str, split: str, predictions: str, chunk_events: int = CHUNK_EV
             raise icdata.DataError(f"{meta_uri}: the meta's events differ from the truth's in event ids "
                                    f"{t_ids[0] if len(t_ids) else lo}…{t_ids[-1] if len(t_ids) else hi}")
         az_t, zen_t = truth.column("azimuth").to_numpy(), truth.column("zenith").to_numpy()
-        yield Chunk(t_ids, meta.column("batch_id").to_numpy(), az_t, zen_t, az_p, zen_p,
-                    angular_distance(az_t, zen_t, az_p, zen_p),
-                    meta.column("last_pulse_index").to_numpy() - meta.column("first_pulse_index").to_numpy() + 1,
-                    truth.column("energy").to_numpy() if "energy" in tcols else None,
-                    np.asarray(truth.column("topology").to_pylist()) if "topology" in tcols else None, kappa)
+        return Chunk(t_ids, meta.column("batch_id").to_numpy(), az_t, zen_t, az_p, zen_p,
+                     angular_distance(az_t, zen_t, az_p, zen_p),
+                     meta.column("last_pulse_index").to_numpy() - meta.column("first_pulse_index").to_numpy() + 1,
+                     truth.column("energy").to_numpy() if "energy" in tcols else None,
+                     np.asarray(truth.column("topology").to_pylist()) if "topology" in tcols else None, kappa)
+    for lo, hi in ranges:  # no reference to a chunk is kept here while the next one is read
+        ch = one(lo, hi)
+        if ch is not None:
+            yield ch
+        ch = None
     if chk.nonfinite:
         raise icdata.DataError(f"{predictions}: event_id {chk.ex_nonfinite} has a non-finite prediction "
                                f"({chk.nonfinite} such rows)")
@@ -384,6 +390,7 @@ def evaluate_passes(source: Source, what: str = "evaluate",
             if len(ch.n_pulses):
                 np_lo, np_hi = min(np_lo, float(ch.n_pulses.min())), max(np_hi, float(ch.n_pulses.max()))
             prog.update(len(ch.errors))
+            del ch, u, e, sel  # before the next range is read: one range in memory
         if with_kappa:
             prog.total = source.n_events * (passes + 2)
         if "all" not in sums:
@@ -405,6 +412,7 @@ def evaluate_passes(source: Source, what: str = "evaluate",
             if on_chunk is not None:
                 on_chunk(ch)
             prog.update(len(ch.errors))
+            del ch  # before the next range is read: one range in memory
         sigma = None
         if with_kappa:  # passes 3 and 4: errors binned by the exact σ₆₈ quantiles, their 68 % quantile per bin
             s_edges = np.unique(qs68.result("s68")[:-1])
@@ -425,6 +433,7 @@ def evaluate_passes(source: Source, what: str = "evaluate",
                     for b in np.unique(idx):
                         (q68.add if step == 3 else q68.collect)(int(b), ch.errors[idx == b])
                     prog.update(len(ch.errors))
+                    del ch
             ok = sig[0] > 0
             sigma = {"edges": s_edges, "counts": sig[0], "sum_sigma": sig[1], "sum_err": sig[2], "sum_err2": sig[3],
                      "q68": np.array([q68.result(int(b))[0] if ok[b] else np.nan for b in range(nb)])}
