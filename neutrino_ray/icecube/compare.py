@@ -17,20 +17,18 @@ import numpy as np
 
 from neutrino_ray import htmlreport, storage
 from neutrino_ray.errors import InputError
-from neutrino_ray.icecube import data as icdata
-from neutrino_ray.icecube import uncertainty
+from neutrino_ray.icecube import outofcore
 from neutrino_ray.icecube.evaluate import (
     BIN_TABLES,
     N_PULSES_EDGES,
     ZENITH_EDGES,
-    Scored,
     bin_header,
     bin_rows,
     energy_edges,
-    score,
 )
-from neutrino_ray.icecube.metrics import PairedBootstrap, poisson1_weights, summarise
+from neutrino_ray.icecube.metrics import PairedBootstrap, poisson1_weights
 from neutrino_ray.plotting import png, pyplot
+from neutrino_ray.progress import Progress
 
 log = logging.getLogger("neutrino_ray")
 
@@ -40,71 +38,78 @@ REFERENCES = ("real Kaggle data, leaderboard mean angular error: public LineFit 
               "GraphNeT DynEdge 1.018 rad, winning ensembles ≈ 0.98 rad")
 
 
+class MeanBootstrap:
+    """Poisson-bootstrap 68 % intervals of the mean error, for several keys (the whole set, each bin) at once,
+    accumulated block by block: one Poisson(1) weight per event and resample, drawn per block from a generator
+    seeded by ``(seed, model, block)``, shared by every key the event falls in. Memory O(resamples · chunk)."""
+
+    def __init__(self, n: int = N_BOOTSTRAP):
+        self.n = n
+        self.w: dict[Any, np.ndarray] = {}  # per key: Σ weights and Σ weight · error, per resample
+        self.we: dict[Any, np.ndarray] = {}
+
+    def add(self, rng: np.random.Generator, errors: np.ndarray, keys: list[tuple[Any, Any]],
+            chunk: int = 20_000) -> None:
+        for lo in range(0, len(errors), chunk):
+            w = poisson1_weights(rng, (self.n, min(chunk, len(errors) - lo))).astype(np.float64)
+            e = errors[lo:lo + chunk]
+            for key, sel in keys:
+                s = True if sel is True else sel[lo:lo + chunk]
+                ws = w if s is True else w[:, s]
+                self.w[key] = self.w.get(key, 0) + ws.sum(axis=1)
+                self.we[key] = self.we.get(key, 0) + ws @ (e if s is True else e[s])
+
+    def interval(self, key: Any, n_events: int) -> list[float]:
+        """The 16th and 84th percentiles of the resampled means (a 68 % interval); NaN below 2 events."""
+        if n_events < 2 or key not in self.w:
+            return [float("nan"), float("nan")]
+        ok = self.w[key] > 0
+        lo68, hi68 = np.percentile(self.we[key][ok] / self.w[key][ok], [16, 84])
+        return [float(lo68), float(hi68)]
+
+
 def bootstrap_mean(errors: np.ndarray, rng: np.random.Generator, n: int = N_BOOTSTRAP) -> list[float]:
     """The 16th and 84th percentiles of the mean over ``n`` Poisson-bootstrap resamples (a 68 % interval)."""
-    if len(errors) < 2:
-        return [float("nan"), float("nan")]
-    # Poisson(1) weights per event and resample (the Poisson bootstrap: as the multinomial one for many events,
-    # and ~6x faster to draw), in chunks of events: memory O(n · chunk).
-    w_sum, w_err = np.zeros(n), np.zeros(n)
-    chunk = 20_000
-    for lo in range(0, len(errors), chunk):
-        w = poisson1_weights(rng, (n, min(chunk, len(errors) - lo))).astype(np.float64)
-        w_sum += w.sum(axis=1)
-        w_err += w @ errors[lo:lo + chunk]
-    lo68, hi68 = np.percentile(w_err[w_sum > 0] / w_sum[w_sum > 0], [16, 84])
-    return [float(lo68), float(hi68)]
+    boot = MeanBootstrap(n)
+    boot.add(rng, np.asarray(errors, np.float64), [("all", True)])
+    return boot.interval("all", len(errors))
 
 
-def _binned(sc: Scored, values: np.ndarray, edges: np.ndarray, label: str,
-            rng: np.random.Generator) -> list[dict[str, Any]]:
-    idx = np.digitize(values, edges) - 1
-    out = []
-    for b in range(len(edges) - 1):  # a handful of bins, not events
-        sel = idx == b
-        if sel.any():
-            out.append({label: [float(edges[b]), float(edges[b + 1])], **summarise(sc.errors[sel]),
-                        "mean_interval_68": bootstrap_mean(sc.errors[sel], rng)})
+def _keys(ch: outofcore.Chunk, breakdowns: list[tuple[str, str, np.ndarray]]) -> list[tuple[Any, Any]]:
+    """(key, mask) of every breakdown bin the chunk's events fall in, and ("all", True)."""
+    out: list[tuple[Any, Any]] = [("all", True)]
+    cols: dict[str, Any] = {"n_pulses": ch.n_pulses, "zenith": ch.zen_true, "energy_gev": ch.energy}
+    for key, label, edges in breakdowns:
+        idx = np.digitize(cols[label], edges) - 1
+        out += [((key, int(b)), idx == b) for b in np.unique(idx) if 0 <= b < len(edges) - 1]
+    if ch.topology is not None:
+        out += [(("by_topology", str(k)), ch.topology == k) for k in np.unique(ch.topology)]
     return out
 
 
-def model_report(label: str, uri: str, sc: Scored, rng: np.random.Generator,
-                 e_edges: np.ndarray | None) -> dict[str, Any]:
-    zen = sc.truth.column("zenith").to_numpy()
-    rep: dict[str, Any] = {"label": label, "predictions": uri, **summarise(sc.errors),
-                           "mean_interval_68": bootstrap_mean(sc.errors, rng),
-                           "by_n_pulses": _binned(sc, sc.n_pulses, N_PULSES_EDGES, "n_pulses", rng),
-                           "by_true_zenith": _binned(sc, zen, ZENITH_EDGES, "zenith", rng)}
-    if sc.energy is not None and e_edges is not None:
-        rep["by_energy_gev"] = _binned(sc, sc.energy, e_edges, "energy_gev", rng)
-    if sc.topology is not None:
-        rep["by_topology"] = {str(k): {**summarise(sc.errors[sc.topology == k]),
-                                       "mean_interval_68": bootstrap_mean(sc.errors[sc.topology == k], rng)}
-                              for k in np.unique(sc.topology)}
-    kappa = sc.kappa
-    if kappa is not None:
-        rep["uncertainty"] = uncertainty.uncertainty_report(sc.errors, kappa, sc.energy, sc.n_pulses,
-                                                            N_PULSES_EDGES, e_edges)
+ZEN_RES_EDGES = np.linspace(0, np.pi, 13)
+CDF_EDGES = np.linspace(0, np.pi, 2001)  # the cumulative-error curve, from a histogram (plot only)
+
+
+def _with_intervals(label: str, uri: str, body: dict[str, Any], boot: MeanBootstrap,
+                    breakdowns: list[tuple[str, str, np.ndarray]]) -> dict[str, Any]:
+    """evaluate's figures for one model (:func:`outofcore.evaluate_passes`), each mean with its interval."""
+    rep: dict[str, Any] = {"label": label, "predictions": uri,
+                           **{k: body[k] for k in ("n_events", "mean_angular_error", "median_angular_error",
+                                                   "containment_68")},
+                           "mean_interval_68": boot.interval("all", body["n_events"])}
+    for key, label_, edges in breakdowns:
+        rows = []
+        for b in body.get(key) or []:
+            i = int(np.searchsorted(edges, b[label_][0]))
+            rows.append({**b, "mean_interval_68": boot.interval((key, i), b["n_events"])})
+        rep[key] = rows
+    if "by_topology" in body:
+        rep["by_topology"] = {k: {**v, "mean_interval_68": boot.interval(("by_topology", k), v["n_events"])}
+                              for k, v in body["by_topology"].items()}
+    if "uncertainty" in body:
+        rep["uncertainty"] = body["uncertainty"]
     return rep
-
-
-def paired_comparisons(labels: list[str], scored: list[Scored], seed: int,
-                       n: int = N_BOOTSTRAP) -> list[dict[str, Any]]:
-    """Every pair (A, B) of models on the same events: the mean of err_A − err_B and the fraction of events
-    where A's error is smaller, with paired Poisson-bootstrap intervals accumulated batch by batch
-    (:class:`~neutrino_ray.icecube.metrics.PairedBootstrap`)."""
-    out = []
-    batch = scored[0].batch_id if scored[0].batch_id is not None else np.zeros(len(scored[0].errors), int)
-    order = np.argsort(batch, kind="stable")
-    bounds = np.flatnonzero(np.diff(batch[order])) + 1
-    blocks = [(int(batch[idx[0]]), idx) for idx in np.split(order, bounds) if len(idx)]
-    for i in range(len(scored)):
-        for j in range(i + 1, len(scored)):
-            boot = PairedBootstrap(n, seed)
-            for b, idx in blocks:  # a batch at a time, as the out-of-core path merges them
-                boot.add(b, scored[i].errors[idx], scored[j].errors[idx])
-            out.append({"a": labels[i], "b": labels[j], **boot.result()})
-    return out
 
 
 def summary_markdown(split: str, models: list[dict[str, Any]], paired: list[dict[str, Any]] | None = None) -> str:
@@ -202,7 +207,8 @@ def _line_plot(models: list[dict[str, Any]], key: str, label: str, xlabel: str, 
     return png(fig)
 
 
-def _plots(models: list[dict[str, Any]], scored: list[Scored]) -> dict[str, bytes]:
+def _plots(models: list[dict[str, Any]], cdf_counts: list[np.ndarray],
+           zen_sums: list[np.ndarray]) -> dict[str, bytes]:
     plt = pyplot()
     out = {}
     if any(m.get("by_energy_gev") for m in models):
@@ -211,28 +217,26 @@ def _plots(models: list[dict[str, Any]], scored: list[Scored]) -> dict[str, byte
     out["error_vs_true_zenith.png"] = _line_plot(models, "by_true_zenith", "zenith", "true zenith (rad)", False)
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for m, sc in zip(models, scored):
-        e = np.sort(sc.errors)
-        f = np.arange(1, len(e) + 1) / len(e)
-        line = ax.plot(e, f, label=f"{m['label']} (mean {m['mean_angular_error']:.3f} rad)")[0]
-        band = np.sqrt(f * (1 - f) / len(e))  # binomial 1σ of each fraction
-        ax.fill_between(e, f - band, f + band, color=line.get_color(), alpha=0.25, lw=0)
+    n_events = models[0]["n_events"]
+    for m, c in zip(models, cdf_counts):
+        f = np.concatenate([[0.0], np.cumsum(c) / max(c.sum(), 1)])
+        line = ax.plot(CDF_EDGES, f, label=f"{m['label']} (mean {m['mean_angular_error']:.3f} rad)")[0]
+        band = np.sqrt(f * (1 - f) / max(n_events, 1))  # binomial 1σ of each fraction
+        ax.fill_between(CDF_EDGES, f - band, f + band, color=line.get_color(), alpha=0.25, lw=0)
     ax.set(xlabel="angular error (rad)", ylabel="fraction of events with a smaller error", xlim=(0, np.pi),
-           ylim=(0, 1), title=f"Cumulative error distribution ({len(scored[0].errors):,} events; "
+           ylim=(0, 1), title=f"Cumulative error distribution ({n_events:,} events; "
                               "bands: binomial 1σ)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     out["cumulative_error.png"] = png(fig)
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    zen_edges = np.linspace(0, np.pi, 13)
-    for m, sc in zip(models, scored):
-        dz = sc.pred.column("zenith").to_numpy() - sc.truth.column("zenith").to_numpy()
-        zt = sc.truth.column("zenith").to_numpy()
-        idx = np.clip(np.digitize(zt, zen_edges) - 1, 0, len(zen_edges) - 2)
-        res = [float(np.std(dz[idx == b])) if (idx == b).sum() > 1 else np.nan for b in range(len(zen_edges) - 1)]
-        n = np.bincount(idx, minlength=len(zen_edges) - 1)
-        err = np.array(res) / np.sqrt(2 * np.maximum(n - 1, 1))  # standard error of a standard deviation
+    zen_edges = ZEN_RES_EDGES
+    for m, zs in zip(models, zen_sums):
+        n = zs[0]
+        mean = zs[1] / np.maximum(n, 1)
+        res = np.where(n > 1, np.sqrt(np.maximum(zs[2] / np.maximum(n, 1) - mean ** 2, 0)), np.nan)
+        err = res / np.sqrt(2 * np.maximum(n - 1, 1))  # standard error of a standard deviation
         ax.errorbar((zen_edges[1:] + zen_edges[:-1]) / 2, res, yerr=err, fmt="o-", ms=3, capsize=2, label=m["label"])
     ax.set(xlabel="true zenith (rad)", ylabel="σ(predicted − true zenith) (rad)",
            title="Zenith resolution (error bars: s.e. of the standard deviation)")
@@ -267,27 +271,50 @@ def compare(data: str, split: str, predictions: list[str], labels: list[str] | N
         raise InputError(f"--labels: {len(labels)} labels for {len(predictions)} predictions")
     if len(set(labels)) != len(labels):
         raise InputError(f"--labels: every label must be unique (got {labels})")
-    truth = icdata.split_truth(data, split)
-    meta = icdata.load_meta(data, split)
-    scored = [score(data, split, p, truth=truth, meta=meta) for p in predictions]  # other event sets fail here
-    energy = scored[0].energy
-    e_edges = energy_edges(energy) if energy is not None else None
-    rng = np.random.default_rng(seed)
-    models = [model_report(lab, uri, sc, rng, e_edges) for lab, uri, sc in zip(labels, predictions, scored)]
-    paired = paired_comparisons(labels, scored, seed)
-    report = {"split": split, "n_events": len(scored[0].errors), "bootstrap_resamples": N_BOOTSTRAP,
+    sources = [outofcore.Source(data, split, p) for p in predictions]
+    bodies = [outofcore.evaluate_passes(src, f"compare {lab}")[0]  # other event sets fail here
+              for lab, src in zip(labels, sources)]
+    e_range = outofcore._energy_range(data, split)
+    breakdowns: list[tuple[str, str, np.ndarray]] = [("by_n_pulses", "n_pulses", N_PULSES_EDGES),
+                                                     ("by_true_zenith", "zenith", ZENITH_EDGES)]
+    if e_range:
+        breakdowns.append(("by_energy_gev", "energy_gev", energy_edges(np.array(e_range))))
+    boots = [MeanBootstrap() for _ in predictions]
+    pairs = [(i, j) for i in range(len(predictions)) for j in range(i + 1, len(predictions))]
+    paired_boots = {p: PairedBootstrap(N_BOOTSTRAP, seed) for p in pairs}
+    cdf_counts = [np.zeros(len(CDF_EDGES) - 1) for _ in predictions]
+    zen_sums = [np.zeros((3, len(ZEN_RES_EDGES) - 1)) for _ in predictions]
+    with Progress("compare: bootstrap", sources[0].n_events, tick=True) as prog:
+        for block, chs in enumerate(zip(*sources)):  # one event-id range of every model at a time
+            keys = _keys(chs[0], breakdowns)
+            for m, ch in enumerate(chs):
+                boots[m].add(np.random.default_rng([seed, m, block]), ch.errors, keys)
+                cdf_counts[m] += np.histogram(ch.errors, bins=CDF_EDGES)[0]
+                idx = np.clip(np.digitize(ch.zen_true, ZEN_RES_EDGES) - 1, 0, len(ZEN_RES_EDGES) - 2)
+                dz = ch.zen_pred - ch.zen_true
+                zen_sums[m] += np.stack([np.bincount(idx, minlength=len(ZEN_RES_EDGES) - 1),
+                                         np.bincount(idx, dz, minlength=len(ZEN_RES_EDGES) - 1),
+                                         np.bincount(idx, dz * dz, minlength=len(ZEN_RES_EDGES) - 1)])
+            for i, j in pairs:
+                paired_boots[(i, j)].add(block, chs[i].errors, chs[j].errors)
+            prog.update(len(chs[0].errors))
+            del chs, ch, keys  # before the next range is read
+    models = [_with_intervals(lab, uri, body, boot, breakdowns)
+              for lab, uri, body, boot in zip(labels, predictions, bodies, boots)]
+    paired = [{"a": labels[i], "b": labels[j], **paired_boots[(i, j)].result()} for i, j in pairs]
+    report = {"split": split, "n_events": models[0]["n_events"], "bootstrap_resamples": N_BOOTSTRAP,
               "references": REFERENCES, "models": models, "paired": paired}
     with storage.Output(out, command=command, inputs=[data, *predictions]) as output:
         output.write(REPORT, json.dumps(report, indent=2).encode())
         output.write(SUMMARY, summary_markdown(split, models, paired).encode())
-        plots = _plots(models, scored)
+        plots = _plots(models, cdf_counts, zen_sums)
         output.write(htmlreport.REPORT_HTML, report_html(report, plots, {"data": data, "split": split}),
                      htmlreport.CONTENT_TYPE)
         for name, blob in plots.items():
             output.write(name, blob)
         output.commit(kind="icecube-compare", split=split, events=report["n_events"],
                       models={m["label"]: round(m["mean_angular_error"], 6) for m in models})
-    for m in models:
-        log.info("%s: mean angular error %.4f rad [%.4f, %.4f]", m["label"], m["mean_angular_error"],
-                 *m["mean_interval_68"])
+    for rep in models:
+        log.info("%s: mean angular error %.4f rad [%.4f, %.4f]", rep["label"], rep["mean_angular_error"],
+                 *rep["mean_interval_68"])
     return report

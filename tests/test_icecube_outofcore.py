@@ -1,0 +1,138 @@
+"""Out-of-core scoring (icecube.outofcore) equals the in-memory evaluate on small data, bad input included."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+
+from neutrino_ray.icecube import data as icdata
+from neutrino_ray.icecube import outofcore, uncertainty
+from neutrino_ray.icecube.compare import compare
+from neutrino_ray.icecube.evaluate import N_PULSES_EDGES, ZENITH_EDGES, energy_edges, evaluate
+from neutrino_ray.icecube.metrics import angular_distance, summarise
+
+
+def _split(root: Path, n: int, kappa: bool, row_group: int) -> Path:
+    """A test split of ``n`` events (meta, truth with energy and topology, truth in ``row_group``-row groups)
+    and predictions: submission.csv, and predictions.parquet with a κ when asked."""
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    ids = 3 * np.arange(n, dtype=np.int64) + 7
+    first = np.arange(n) * 5
+    pq.write_table(pa.table({"batch_id": (1 + np.arange(n) // 700).astype(np.int64), "event_id": ids,
+                             "first_pulse_index": first.astype(np.int64),
+                             "last_pulse_index": (first + rng.integers(0, 300, n)).astype(np.int64)}),
+                   root / "test_meta.parquet", row_group_size=row_group)
+    az, zen = rng.uniform(0, 2 * np.pi, n), np.arccos(rng.uniform(-1, 1, n))
+    topo = rng.choice(["track", "cascade"], n)
+    pq.write_table(pa.table({"event_id": ids, "azimuth": az, "zenith": zen, "energy": 10 ** rng.uniform(1, 5, n),
+                             "topology": topo}), root / "test_truth.parquet", row_group_size=row_group)
+    pred = {"event_id": ids, "azimuth": np.mod(az + rng.normal(0, .4, n), 2 * np.pi),
+            "zenith": np.clip(zen + rng.normal(0, .4, n), 0, np.pi)}
+    order = rng.permutation(n)  # predictions in any order
+    t = pa.table(pred).take(order)
+    pacsv.write_csv(t, root / "submission.csv")
+    if kappa:
+        t = t.append_column("kappa", pa.array(rng.uniform(1, 50, n)))
+    pq.write_table(t, root / "predictions.parquet", row_group_size=997)
+    return root
+
+
+def _close(a: object, b: object, path: str = "") -> None:
+    if isinstance(a, dict):
+        assert isinstance(b, dict)
+        for k in a:
+            assert k in b, f"{path}.{k} missing out of core"
+            _close(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, list):
+        assert isinstance(b, list) and len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            _close(x, y, f"{path}[{i}]")
+    elif isinstance(a, float):
+        assert abs(a - b) <= 1e-9, f"{path}: in memory {a}, out of core {b}"
+    else:
+        assert a == b, f"{path}: in memory {a}, out of core {b}"
+
+
+def _in_memory(root: Path, pred_uri: str) -> dict[str, object]:
+    """The figures computed the way evaluate did before it went out of core: every event in memory."""
+    truth = pq.read_table(root / "test_truth.parquet").sort_by("event_id")
+    meta = pq.read_table(root / "test_meta.parquet").sort_by("event_id")
+    pred = (pq.read_table(pred_uri) if pred_uri.endswith(".parquet") else pacsv.read_csv(pred_uri)).sort_by("event_id")
+    err = angular_distance(*(t.column(c).to_numpy() for t in (truth, pred) for c in ("azimuth", "zenith")))
+    n_pulses = meta.column("last_pulse_index").to_numpy() - meta.column("first_pulse_index").to_numpy() + 1
+    energy, zen = truth.column("energy").to_numpy(), truth.column("zenith").to_numpy()
+    topo = np.asarray(truth.column("topology").to_pylist())
+
+    def bins(values: np.ndarray, edges: np.ndarray, label: str) -> list[dict[str, object]]:
+        idx = np.digitize(values, edges) - 1
+        return [{label: [float(edges[b]), float(edges[b + 1])], **summarise(err[idx == b])}
+                for b in range(len(edges) - 1) if (idx == b).any()]
+
+    out: dict[str, object] = {**summarise(err), "by_n_pulses": bins(n_pulses, N_PULSES_EDGES, "n_pulses"),
+                              "by_true_zenith": bins(zen, ZENITH_EDGES, "zenith"),
+                              "by_energy_gev": bins(energy, energy_edges(energy), "energy_gev"),
+                              "by_topology": {str(k): summarise(err[topo == k]) for k in np.unique(topo)}}
+    if "kappa" in pred.column_names:
+        out["uncertainty"] = uncertainty.uncertainty_report(err, pred.column("kappa").to_numpy(), energy, n_pulses,
+                                                            N_PULSES_EDGES, energy_edges(energy))
+    return out
+
+
+@pytest.mark.parametrize("kappa", [False, True])
+def test_out_of_core_equals_in_memory(tmp_path: Path, kappa: bool) -> None:
+    """evaluate (out of core, 4 ranges) and compare's per-model figures equal the in-memory computation."""
+    root = _split(tmp_path / "d", 20_011, kappa, row_group=3_000)
+    pred = str(root / ("predictions.parquet" if kappa else "submission.csv"))
+    expected = _in_memory(root, pred)
+    assert len(outofcore.id_ranges(str(root / "test_truth.parquet"), 5_000)) == 4  # 7 row groups, merged
+    got = evaluate(str(root), "test", pred, str(tmp_path / "ev"), chunk_events=5_000)
+    _close(expected, {k: got[k] for k in expected})
+    rep = compare(str(root), "test", [pred, str(root / "submission.csv")], ["a", "b"], str(tmp_path / "cmp"))
+    model = rep["models"][0]
+    for b in model["by_n_pulses"]:
+        lo, hi = b["mean_interval_68"]
+        assert lo < b["mean_angular_error"] < hi
+    _close(expected, {k: model[k] for k in expected})
+
+
+def test_quantiles_exact_with_ties_and_bin_edges() -> None:
+    rng = np.random.default_rng(3)
+    v = np.concatenate([rng.exponential(0.5, 10_001), np.full(500, 0.25), [0.0, 0.0, 40.0]])
+    q = outofcore.Quantiles((0.0, 0.1, 0.5, 0.68, 0.9, 1.0))
+    parts = np.array_split(rng.permutation(v), 7)
+    for p in parts:
+        q.add("k", p)
+    for p in parts:
+        q.collect("k", p)
+    np.testing.assert_allclose(q.result("k"), np.quantile(v, q.qs), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("case,message", [
+    ("missing", "event ids differ from the test split: 2 missing (e.g. [7, 9007]), 0 unknown"),
+    ("extra", "1 unknown (e.g. [5])"),
+    ("duplicate", "duplicate event_id rows"),
+    ("nonfinite", "has a non-finite prediction (1 such rows)"),
+])
+def test_out_of_core_bad_predictions(tmp_path: Path, case: str, message: str) -> None:
+    root = _split(tmp_path / "d", 5_000, False, row_group=1_000)
+    t = pq.read_table(root / "predictions.parquet").sort_by("event_id")
+    if case == "missing":  # one in the first range, one in a later one
+        t = t.filter(pa.compute.invert(pa.compute.is_in(t.column("event_id"), pa.array([7, 9007]))))
+    elif case == "extra":
+        t = pa.concat_tables([t, pa.table({"event_id": [5], "azimuth": [0.1], "zenith": [0.2]})])
+    elif case == "duplicate":
+        t = pa.concat_tables([t, t.slice(10, 1)])
+    else:
+        z = t.column("zenith").to_numpy().copy()
+        z[4000] = np.nan
+        t = t.set_column(2, "zenith", pa.array(z))
+    pq.write_table(t, root / "bad.parquet")
+    with pytest.raises(icdata.DataError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")
+                       .replace("]", r"\]")):
+        outofcore.evaluate_summary(str(root), "test", str(root / "bad.parquet"), chunk_events=1_000)
