@@ -269,7 +269,8 @@ def bound_block(batch: pa.Table, data: str, split: str, n_sensors: int) -> pa.Ta
         found = (pos < len(ids_all)) & (ids_all[np.minimum(pos, len(ids_all) - 1)] == ids)
         if not found.all():
             raise icdata.DataError(f"{data}: event_id {int(ids[~found][0])} of split {split!r} has no truth row")
-        out.append(bound_events(events, truth.take(pa.array(pos))))
+        fits = bound_events(events, truth.take(pa.array(pos)))
+        out.append(fits.append_column("batch_id", pa.array(np.full(len(fits), task.batch_id, np.int64))))
     return pa.concat_tables(out)
 
 
