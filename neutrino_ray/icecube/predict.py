@@ -445,12 +445,20 @@ def build_dataset(split_plan: pipeline.SplitPlan, geometry: np.ndarray, scoring:
               "featurised": scoring.split_pipeline}
     if scoring.split_pipeline:
         # Read + featurise as their own CPU stage, so a model actor (a GPU) never waits on Parquet decoding:
-        # as many concurrent tasks as the CPUs the actors leave (or as asked), one task row each.
-        left = runtime.cpu_count() - (0 if use_gpu else actors * scoring.cpus_per_actor)
+        # as many concurrent tasks as the CPUs the actors leave (or as asked), one task row each. CPU actors
+        # sized by default leave one CPU for them.
+        total = runtime.cpu_count()
+        if not use_gpu and scoring.actors is None:
+            actors = max(1, int((total - 1) // scoring.cpus_per_actor))
+            kwargs["threads"] = max(1, int(scoring.cpus_per_actor))
+        left = total - actors * scoring.cpus_per_actor
+        if left <= 0:
+            raise InputError(f"--pipeline split: {actors} actors x {scoring.cpus_per_actor:g} CPUs take all {total} "
+                             "CPUs of the cluster; leave some for the featurise tasks (fewer --actors)")
         tasks = scoring.featurise_tasks or max(1, int(left))
         ds = ds.map_batches(partial(featurise_block, geometry=geometry, max_pulses=plan.max_pulses, parts=parts),
-                            batch_format="pyarrow", batch_size=1, zero_copy_batch=True, num_cpus=1,
-                            concurrency=tasks)
+                            batch_format="pyarrow", batch_size=1, zero_copy_batch=True,
+                            num_cpus=min(1.0, left), concurrency=tasks)
     return inference.actor_pool(ds, DirectionScorer, kwargs, actors, scoring.cpus_per_actor, scoring.gpus_per_actor)
 
 
