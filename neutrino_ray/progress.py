@@ -118,7 +118,9 @@ class Progress:
     def __exit__(self, *exc: Any) -> None:
         if exc[0] is None:
             self.close()
-        elif self._open_line:
+            return
+        self.closed = True  # a failed run: no final line; the ticker stops
+        if self._open_line:
             self.stream.write("\n")
             self.stream.flush()
 

@@ -169,8 +169,9 @@ def _errors(uri: str, action: str) -> Iterator[None]:
         raise StorageError(f"{uri}: cannot {action}: {e}") from e
     except Exception as e:  # botocore/aiohttp errors that s3fs does not translate
         name = type(e).__name__
-        if name in {"ClientError", "NoCredentialsError", "EndpointConnectionError", "ClientConnectorError",
-                    "ConnectTimeoutError", "ReadTimeoutError", "ServerDisconnectedError"}:
+        known = {"ClientError", "NoCredentialsError", "EndpointConnectionError", "ClientConnectorError",
+                 "ConnectTimeoutError", "ReadTimeoutError", "ServerDisconnectedError"}
+        if any(c.__name__ in known for c in type(e).__mro__):  # botocore's modelled errors (AccessDenied, ...) too
             raise StorageError(f"{uri}: cannot {action}: {name}: {e}") from e
         raise
 

@@ -448,7 +448,9 @@ def worker_loop(cfg: dict[str, Any]) -> None:
     model.train()
     last_save = last_log = time.monotonic()
     trained_this_run = False
-    stop = p.epoch >= s.epochs or bool(budget and p.seconds + reserve() >= budget) \
+    # A budget is checked from the run's first step on: a budget smaller than the fixed costs (the last
+    # validation, checkpoint and publication) still trains one step and publishes, rather than nothing.
+    stop = p.epoch >= s.epochs or bool(budget and p.step and p.seconds + reserve() >= budget) \
         or early_stop(p.history, s.patience, p.epoch)
     while not stop:
         batches = iter(train_shard.iter_batches(batch_size=s.batch_size, batch_format="pyarrow", prefetch_batches=2,
@@ -459,7 +461,7 @@ def worker_loop(cfg: dict[str, Any]) -> None:
         while True:
             batch = next(batches, None)
             now = tick()
-            over = bool(budget and p.seconds + reserve() >= budget)
+            over = bool(budget and p.step and p.seconds + reserve() >= budget)
             due = now - last_save >= 60 * s.checkpoint_minutes
             # One small all-reduce per step keeps workers in lockstep: all stop, save or end the epoch together.
             # Its result is the step's one device-to-host synchronisation.

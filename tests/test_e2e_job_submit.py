@@ -117,6 +117,7 @@ def test_job_submit_simulate_predict_on_s3(ray_head: str, bucket: str) -> None:
     assert not storage.exists(f"{bucket}/bad/submission.csv")
 
 
+@pytest.mark.slow  # 41 s: the IceCube job-submit tests cover the entrypoints; test_km3net_pipeline covers KM3NeT
 def test_job_submit_km3net_train_predict_on_s3(ray_head: str, bucket: str) -> None:
     data, model, pred = f"{bucket}/km3net", f"{bucket}/km3net-model", f"{bucket}/km3net-pred"
     sim = _submit(ray_head, "km3net_simulate.py", data, "--events", "3000", "--files", "2", "--seed", "2")

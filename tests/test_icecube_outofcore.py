@@ -13,8 +13,9 @@ import pytest
 from neutrino_ray.icecube import data as icdata
 from neutrino_ray.icecube import outofcore, uncertainty
 from neutrino_ray.icecube.compare import compare
-from neutrino_ray.icecube.evaluate import N_PULSES_EDGES, ZENITH_EDGES, energy_edges, evaluate
+from neutrino_ray.icecube.evaluate import evaluate
 from neutrino_ray.icecube.metrics import angular_distance, summarise
+from neutrino_ray.icecube.outofcore import N_PULSES_EDGES, ZENITH_EDGES, energy_edges
 
 
 def _split(root: Path, n: int, kappa: bool, row_group: int) -> Path:

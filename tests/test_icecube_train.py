@@ -186,6 +186,7 @@ def test_train_entrypoint_parses_its_flags() -> None:
     assert e.value.code == 2
 
 
+@pytest.mark.slow  # 95 s on 2 cores: the suite's budget; the transformer's steps are in test_icecube_transformer
 @pytest.mark.integration
 def test_transformer_trains_with_ema_and_scores_alone_and_in_an_ensemble(dataset: Path, tmp_path: Path) -> None:
     from neutrino_ray import training

@@ -316,6 +316,7 @@ def test_nue_showers_denser_than_numu() -> None:
     assert dense[nue].mean() > 2 * dense[numu].mean()
 
 
+@pytest.mark.slow  # a throughput figure: fails under load in the default suite; bench measures it
 def test_speed() -> None:
     sim.simulate_events(seed=0, n=200)  # warm up
     start = time.perf_counter()

@@ -107,7 +107,7 @@ def test_permanent_errors_name_the_uri_and_publish_nothing(proxy: FaultProxy, s3
         named = f"{s3_data}/test/batch_2.parquet"
     elif case == "denied write":
         proxy.set_faults(Fault("error", status=403, method="PUT", path="/pred/", times=None))
-        named = f"{out}/_staging-"
+        named = f"{out}/_LEASE.json"  # the run's first write under OUT is its lease
     else:
         proxy.set_faults(Fault("error", status=503, method="GET", path=r"batch_1\.parquet", times=None))
         named = f"{s3_data}/test/batch_1.parquet"

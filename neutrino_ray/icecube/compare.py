@@ -18,15 +18,9 @@ import numpy as np
 from neutrino_ray import htmlreport, storage
 from neutrino_ray.errors import InputError
 from neutrino_ray.icecube import outofcore
-from neutrino_ray.icecube.evaluate import (
-    BIN_TABLES,
-    N_PULSES_EDGES,
-    ZENITH_EDGES,
-    bin_header,
-    bin_rows,
-    energy_edges,
-)
+from neutrino_ray.icecube.evaluate import BIN_TABLES, bin_header, bin_rows
 from neutrino_ray.icecube.metrics import PairedBootstrap, poisson1_weights
+from neutrino_ray.icecube.outofcore import N_PULSES_EDGES, ZENITH_EDGES, energy_edges
 from neutrino_ray.plotting import png, pyplot
 from neutrino_ray.progress import Progress
 

@@ -156,15 +156,6 @@ def bins_table(report: dict[str, Any]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=BINS_SCHEMA)
 
 
-N_PULSES_EDGES = np.array([1, 16, 32, 64, 128, 256, 512, 1024, 1e9])
-ZENITH_EDGES = np.linspace(0, np.pi, 7)
-
-
-def energy_edges(energy: np.ndarray) -> np.ndarray:
-    """Half-decade bins over the energies present (GeV)."""
-    return 10.0 ** np.arange(np.floor(np.log10(energy.min())), np.ceil(np.log10(energy.max())) + 0.5, 0.5)
-
-
 def evaluate(data: str, split: str, predictions: str, out: str,
              command: list[str] | None = None, chunk_events: int = outofcore.CHUNK_EVENTS) -> dict[str, Any]:
     """Compare predictions with the split's truth, out of core (one event-id range at a time:

@@ -36,6 +36,15 @@ CHUNK_EVENTS = 1 << 20
 HIST_BINS = 1 << 14
 INT64 = np.iinfo(np.int64)
 
+# The bins of the per-bin tables (evaluate, compare): pulse count, true zenith, and energy per half decade.
+N_PULSES_EDGES = np.array([1, 16, 32, 64, 128, 256, 512, 1024, 1e9])
+ZENITH_EDGES = np.linspace(0, np.pi, 7)
+
+
+def energy_edges(energy: np.ndarray) -> np.ndarray:
+    """Half-decade bins over the energies present (GeV)."""
+    return 10.0 ** np.arange(np.floor(np.log10(energy.min())), np.ceil(np.log10(energy.max())) + 0.5, 0.5)
+
 
 def _bin(values: np.ndarray) -> np.ndarray:
     t = values / (1.0 + values)
@@ -332,7 +341,6 @@ def evaluate_passes(source: Source, what: str = "evaluate",
     histograms and coverage counts; pass 2 selects the exact quantiles (and hands each chunk to ``on_chunk``,
     once the input is known good); with a κ, passes 3 and 4 bin the errors by the exact σ₆₈ quantiles for
     the error-against-σ plot. Figures equal :func:`evaluate.score`-based ones (``np.quantile`` exactly)."""
-    from neutrino_ray.icecube.evaluate import N_PULSES_EDGES, ZENITH_EDGES, energy_edges
 
     e_range = _energy_range(source.data, source.split)
     e_edges = energy_edges(np.array(e_range)) if e_range else None

@@ -722,18 +722,17 @@ def profile_split(data: str, split: str, events_per_task: int = DEFAULT_EVENTS_P
     pending = [_profile_batch_task.remote(data, split, b, geo, events_per_task, truth, variants) for b in summary]
     counts = dict(zip(pending, (s.n_events for s in summary.values()), strict=True))
     merged: Profile | None = None
-    line = progress.Progress("stats", sum(counts.values()), tick=True)
-    try:
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            part = ray.get(done[0])
-            merged = part if merged is None else merge(merged, part)
-            line.update(counts[done[0]])
-    except BaseException:
-        for ref in pending:  # the first bad batch stops the job
-            ray.cancel(ref)
-        raise
-    line.close()
+    with progress.Progress("stats", sum(counts.values()), tick=True) as line:
+        try:
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1)
+                part = ray.get(done[0])
+                merged = part if merged is None else merge(merged, part)
+                line.update(counts[done[0]])
+        except BaseException:
+            for ref in pending:  # the first bad batch stops the job
+                ray.cancel(ref)
+            raise
     assert merged is not None
     if merged.events != sum(s.n_events for s in summary.values()):
         raise RuntimeError(f"{data} split {split!r}: profiled {merged.events} events, the meta has "
