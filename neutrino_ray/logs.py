@@ -136,15 +136,20 @@ def _filter_fd2() -> None:
 
     def pump() -> None:
         buf = b""
+        quiet = 0.0
         while True:
             ready, _, _ = select.select([read_fd], [], [], 0.2)
             if not ready:
                 if buf:  # a partial line (a prompt, a line being written): pass it on
                     _write(original, buf)
                     buf = b""
-                if stop.is_set():
+                quiet += 0.2
+                # At exit: Ray forwards worker output with a lag, so wait for 1 s of quiet (at most the join's
+                # timeout) before fd 2 goes back to the terminal unfiltered.
+                if stop.is_set() and quiet >= 1.0:
                     return
                 continue
+            quiet = 0.0
             chunk = os.read(read_fd, 1 << 16)
             if not chunk:
                 break
@@ -166,7 +171,7 @@ def _filter_fd2() -> None:
         except (OSError, ValueError):
             pass
         stop.set()
-        thread.join(timeout=2.0)  # drains what is in the pipe, then stops after 0.2 s of quiet
+        thread.join(timeout=5.0)  # drains what is in the pipe, then stops after 1 s of quiet
         os.dup2(original, 2)
 
     atexit.register(restore)

@@ -187,15 +187,26 @@ class Layout:
     back: Tensor  # (N,): each row's position among the chunks' slots, flattened and concatenated
 
 
-def layout(index: list[Tensor], real: list[Tensor], n_rows: int) -> Layout:
+def layout(index: list[Tensor], real: list[Tensor], slots: list[Tensor], n_rows: int) -> Layout:
     """The layout of chunks (b, L) of row indices; each of the ``n_rows`` rows is real in exactly one slot.
-    Two host syncs in all, whatever the number of chunks."""
-    flat_real = torch.cat([r.flatten() for r in real])
-    slots = torch.nonzero(flat_real).flatten()
-    back = torch.empty(n_rows, dtype=torch.long, device=flat_real.device)
-    back[torch.cat([i.flatten() for i in index])[slots]] = slots
-    padded = torch.stack([~r.all() for r in real]).tolist()
-    return Layout(index, [r[:, None, None, :] if p else None for r, p in zip(real, padded)], back)
+    ``slots``: per chunk the flat indices of its real slots, derived on the host (:class:`models.Groups`), so
+    laying out the chunks needs no device-to-host synchronisation (a tensor's shape is known on the host)."""
+    flat, offset = [], 0
+    for i, s in zip(index, slots, strict=True):
+        flat.append(s + offset)
+        offset += i.numel()
+    all_slots = torch.cat(flat)
+    back = torch.empty(n_rows, dtype=torch.long, device=all_slots.device)
+    back[torch.cat([i.flatten() for i in index])[all_slots]] = all_slots
+    masks = [r[:, None, None, :] if s.numel() < r.numel() else None for r, s in zip(real, slots, strict=True)]
+    return Layout(index, masks, back)
+
+
+def with_cls_slots(slots: Tensor, b: int, length: int) -> Tensor:
+    """The real slots of a chunk (b, L) once a CLS column is put in front of it (b, L + 1): the CLS slots,
+    then the pulses' slots shifted by one column."""
+    cls = torch.arange(b, device=slots.device) * (length + 1)
+    return torch.cat([cls, slots // length * (length + 1) + 1 + slots % length])
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -304,25 +315,27 @@ class Transformer(nn.Module):
         budget = max(1, CHUNK_BUDGET // (self.cfg.head_size + self.cfg.heads))
         groups = group_events(ptr, budget, per_octave=LENGTH_CLASSES_PER_OCTAVE, host_ptr=host_ptr)
         if self.rel_blocks:
-            h = self.encode_relative(h, groups.node, groups.real, x[:, :3], t_rel)
+            h = self.encode_relative(h, groups.node, groups.real, groups.slots, x[:, :3], t_rel)
         # Plain blocks: the pulses' rows, then one CLS row per event; each chunk's slot 0 is its events' CLS.
         h = torch.cat([h, self.cls[0].expand(n_events, -1).to(h.dtype)])
         cls_rows = [P + events[:, None] for events in groups.events]
         lay = layout([torch.cat([c, node], 1) for c, node in zip(cls_rows, groups.node)],
-                     [F.pad(real, (1, 0), value=True) for real in groups.real], P + n_events)
+                     [F.pad(real, (1, 0), value=True) for real in groups.real],
+                     [with_cls_slots(sl, *node.shape) for sl, node in zip(groups.slots, groups.node)], P + n_events)
         for blk in self.blocks:
             h = blk(h, lay)
         h = self.norm(h)
         mean = h.new_zeros(n_events, h.shape[1]).index_add_(0, event, h[:P]) / counts.clamp(min=1).to(h.dtype)[:, None]
         return self.head(torch.cat([h[P:], mean], dim=1))  # the CLS token and the mean over the pulses
 
-    def encode_relative(self, h: Tensor, node: list[Tensor], real: list[Tensor], pos: Tensor, t: Tensor) -> Tensor:
+    def encode_relative(self, h: Tensor, node: list[Tensor], real: list[Tensor], real_slots: list[Tensor],
+                        pos: Tensor, t: Tensor) -> Tensor:
         """The relative-bias blocks, one chunk at a time (its φ, (b, L, L, head_size), exists only while the
-        chunk runs), on the chunk's real rows: h (P, C) → (P, C)."""
+        chunk runs), on the chunk's real rows: h (P, C) → (P, C). No host synchronisation: the real slots
+        come from the host-side grouping."""
         out, rows_all = [], []
-        for index, is_real in zip(node, real):
+        for index, is_real, slots in zip(node, real, real_slots, strict=True):
             flat = is_real.flatten()
-            slots = torch.nonzero(flat).flatten()  # the chunk's real slots, in order: its rows
             local = torch.cumsum(flat, 0).view_as(is_real) - 1  # each real slot's row in the chunk
             local = torch.where(is_real, local, local[:, :1])  # padding: the event's first (real) slot
             lay = Layout([local], [None if len(slots) == len(flat) else is_real[:, None, None, :]], slots)
