@@ -758,6 +758,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"neutrino-ray: error: {' '.join(str(cause).split())}", file=sys.stderr)  # always one line
         return 2
+    finally:
+        logs.shutdown_ray()
 
 
 def user_error(exc: BaseException) -> BaseException | None:

@@ -198,3 +198,15 @@ class _Terminal:
 
     def isatty(self) -> bool:
         return self._tty
+
+
+def shutdown_ray() -> None:
+    """End this process's Ray while the stderr filter still runs (a command's last step): Ray forwards worker
+    output with a lag, and lines that arrive after the filter lets go of fd 2 would reach the user unfiltered.
+    Only where the filter is on (a command's own process), never under the test suite's shared Ray."""
+    if "thread" not in _state or "ray" not in sys.modules:
+        return
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
