@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +62,7 @@ def ray_head(s3_server: str, tmp_path_factory: pytest.TempPathFactory, ray_temp_
     _ray("start", "--head", "--node-ip-address=127.0.0.1", f"--port={free_port()}", "--num-cpus=2",
          "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
          f"--ray-client-server-port={free_port()}", f"--temp-dir={ray_temp_dir}", "--disable-usage-stats",
+         f"--dashboard-agent-listen-port={free_port()}",  # not 52365: another Ray on the machine may hold it
          timeout=180)
     try:
         yield f"http://127.0.0.1:{dash}"
@@ -71,26 +73,47 @@ def ray_head(s3_server: str, tmp_path_factory: pytest.TempPathFactory, ray_temp_
 
 
 def _submit(address: str, script: str, *args: str) -> subprocess.CompletedProcess[str]:
-    for _ in range(10):  # right after the head starts its job agent may still be registering: bounded retries
+    deadline = time.monotonic() + 180  # right after the head starts, its job agent may still be registering
+    while True:  # (slowly on a loaded machine): retry, bounded in time
         job = _ray("job", "submit", f"--address={address}", f"--working-dir={REPO}", "--",
                    "python", f"jobs/{script}", *args, timeout=420, check=False)
-        if "No available agent" not in job.stderr:
-            break
+        if "No available agent" not in job.stderr or time.monotonic() > deadline:
+            return job
         time.sleep(3)
-    return job
 
 
-def test_job_submit_simulate_predict_on_s3(ray_head: str, bucket: str) -> None:
-    data, out = f"{bucket}/icecube", f"{bucket}/linefit"
+@dataclass(frozen=True)
+class LinefitJobs:
+    bucket: str
+    simulate: subprocess.CompletedProcess[str]
+    predict: subprocess.CompletedProcess[str]
+
+
+@pytest.fixture(scope="module")
+def linefit_jobs(ray_head: str, s3_server: str) -> LinefitJobs:
+    """Simulate and LineFit-predict on S3 through `ray job submit`, once per module, in a bucket of the
+    module's own: the first test checks their outputs, the canary test searches everything they wrote."""
+    import boto3
+
+    bucket = f"nr-e2e-linefit-{os.getpid()}"
+    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=bucket)
+    data, out = f"s3://{bucket}/icecube", f"s3://{bucket}/linefit"
     sim = _submit(ray_head, "icecube_simulate.py", data, "--events-per-batch", "400", "--train-batches", "1",
                   "--test-batches", "2", "--seed", "3")
-    unauthenticated = _ray("job", "list", f"--address={ray_head}", check=False, timeout=60,
-                           env={"RAY_AUTH_TOKEN_PATH": "/nonexistent"})
-    assert unauthenticated.returncode != 0  # token authentication stays on
     assert sim.returncode == 0, sim.stdout[-3000:] + sim.stderr[-3000:]
     pred = _submit(ray_head, "icecube_predict.py", data, "--split", "test", "--model", "linefit", "--out", out,
                    "--events-per-task", "150")
     assert pred.returncode == 0, pred.stdout[-3000:] + pred.stderr[-3000:]
+    return LinefitJobs(f"s3://{bucket}", sim, pred)
+
+
+def test_job_submit_simulate_predict_on_s3(ray_head: str, linefit_jobs: LinefitJobs) -> None:
+    bucket = linefit_jobs.bucket
+    data, out = f"{bucket}/icecube", f"{bucket}/linefit"
+    unauthenticated = _ray("job", "list", f"--address={ray_head}", check=False, timeout=60,
+                           env={"RAY_AUTH_TOKEN_PATH": "/nonexistent"})
+    assert unauthenticated.returncode != 0  # token authentication stays on
+    pred = linefit_jobs.predict
     assert "predicted 800 events" in pred.stdout
     with storage.open_input(f"{out}/submission.csv") as f:
         sub = pacsv.read_csv(f)
@@ -109,9 +132,13 @@ def test_job_submit_simulate_predict_on_s3(ray_head: str, bucket: str) -> None:
     assert st["events"] == 800 and st["batch_files"] == 2
     assert st["linefit"]["mean_angular_error"]["linefit"] == pytest.approx(report["mean_angular_error"], rel=1e-9)
 
-    # Bad input through the same path: the job fails with the file named, and nothing is published.
-    storage.write_bytes(f"{data}/test/batch_3.parquet", b"PAR1 this is not parquet")
-    bad = _submit(ray_head, "icecube_predict.py", data, "--out", f"{bucket}/bad")
+    # Bad input through the same path: the job fails with the file named, and nothing is published
+    # (in a copy of the split, so the module's data stays valid for the tests after this one).
+    bad_data = f"{bucket}/icecube-bad"
+    for name in ("sensor_geometry.csv", "test_meta.parquet", "test/batch_2.parquet"):
+        storage.write_bytes(f"{bad_data}/{name}", storage.read_bytes(f"{data}/{name}"))
+    storage.write_bytes(f"{bad_data}/test/batch_3.parquet", b"PAR1 this is not parquet")
+    bad = _submit(ray_head, "icecube_predict.py", bad_data, "--out", f"{bucket}/bad")
     assert bad.returncode != 0
     assert "batch_3.parquet" in bad.stdout + bad.stderr
     assert not storage.exists(f"{bucket}/bad/submission.csv")
@@ -235,18 +262,17 @@ def test_job_submit_nova_on_s3(ray_head: str, bucket: str) -> None:
     assert storage.read_manifest(f"{bucket}/skip")["skipped_files"] == [f"{data}/neutrino3.h5"]
 
 
-def test_no_secret_in_logs_outputs_or_job_metadata(ray_head: str, bucket: str, ray_temp_dir: Path) -> None:
+def test_no_secret_in_logs_outputs_or_job_metadata(ray_head: str, bucket: str, ray_temp_dir: Path,
+                                                   linefit_jobs: LinefitJobs) -> None:
     """Jobs that read and write S3 with a canary secret: it appears in no log, output or job record.
 
-    Last in this module, so the files and buckets of every job before it are searched too."""
+    Last in this module, so the files and buckets of every job before it are searched too: the module's
+    simulate and predict jobs, and here one job that fails (an error path prints more)."""
     import boto3
 
-    data, out = f"{bucket}/icecube", f"{bucket}/linefit"
-    jobs = [_submit(ray_head, "icecube_simulate.py", data, "--events-per-batch", "200", "--train-batches", "0",
-                    "--test-batches", "1", "--seed", "5"),
-            _submit(ray_head, "icecube_predict.py", data, "--out", out),
-            _submit(ray_head, "icecube_predict.py", f"{bucket}/missing", "--out", out)]  # an error path too
-    assert [j.returncode == 0 for j in jobs] == [True, True, False], jobs[-1].stdout[-2000:]
+    missing = _submit(ray_head, "icecube_predict.py", f"{bucket}/missing", "--out", f"{bucket}/linefit-missing")
+    assert missing.returncode != 0, missing.stdout[-2000:]
+    jobs = [linefit_jobs.simulate, linefit_jobs.predict, missing]
     canary = CANARY.encode()
     assert all(CANARY not in j.stdout + j.stderr for j in jobs)
 

@@ -41,6 +41,15 @@ def data(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def hist_gb(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One hist-gb model trained on ``data``'s table, for the tests that only need a trained model."""
+    root = tmp_path_factory.mktemp("km3net-model")
+    pq.write_table(make_table(1200), root / "features.parquet")
+    train(str(root / "features.parquet"), "hist-gb", str(root / "m"), workers=1, cv=2)
+    return root / "m"
+
+
 def test_label_definition() -> None:
     pdg = np.array([14, -14, 14, 12, -12, 16, 14])
     cc = np.array([True, True, False, True, False, True, True])
@@ -241,9 +250,8 @@ def test_bad_files_through_cli(tmp_path: Path, case: str, capsys: pytest.Capture
 
 
 @pytest.mark.integration
-def test_predict_skip_bad_drops_and_counts_non_finite_events(data: Path, tmp_path: Path,
+def test_predict_skip_bad_drops_and_counts_non_finite_events(hist_gb: Path, tmp_path: Path,
                                                             capsys: pytest.CaptureFixture[str]) -> None:
-    train(str(data), "hist-gb", str(tmp_path / "m"), workers=1, cv=2)
     folder = tmp_path / "in"
     folder.mkdir()
     t = make_table(300, seed=5)
@@ -252,7 +260,7 @@ def test_predict_skip_bad_drops_and_counts_non_finite_events(data: Path, tmp_pat
     pq.write_table(t.set_column(t.schema.get_field_index("shower_energy"), "shower_energy", pa.array(x)),
                    folder / "bad.parquet")
     pq.write_table(make_table(100, seed=6), folder / "good.parquet")
-    args = ["-q", "km3net", "predict", str(folder), "--model", str(tmp_path / "m")]
+    args = ["-q", "km3net", "predict", str(folder), "--model", str(hist_gb)]
     assert main([*args, "--out", str(tmp_path / "p")]) == 2
     err = capsys.readouterr().err
     assert (f"neutrino-ray: error: {folder}/bad.parquet: row 11 (event_id 11) has a non-finite shower_energy (inf); "
@@ -267,18 +275,16 @@ def test_predict_skip_bad_drops_and_counts_non_finite_events(data: Path, tmp_pat
 
 
 @pytest.mark.integration
-def test_model_artefact_is_a_plain_pickle(data: Path, tmp_path: Path) -> None:
-    train(str(data), "hist-gb", str(tmp_path / "m"), workers=1, cv=2)
-    model = pickle.loads((tmp_path / "m/model.pkl").read_bytes())
+def test_model_artefact_is_a_plain_pickle(hist_gb: Path) -> None:
+    model = pickle.loads((hist_gb / "model.pkl").read_bytes())
     assert hasattr(model, "predict_proba")
 
 
-def test_real_offline_file_from_s3_scores_30_events(bucket: str, data: Path, tmp_path: Path) -> None:
+def test_real_offline_file_from_s3_scores_30_events(bucket: str, hist_gb: Path) -> None:
     real = pytest.importorskip("neutrino_ray.km3net.real")
     pytest.importorskip("km3net_testdata", reason="km3net-testdata is not installed: no sample offline file")
     storage.write_bytes(f"{bucket}/real/sample.root", Path(real.sample_file()).read_bytes())
-    train(str(data), "hist-gb", str(tmp_path / "m"), workers=1, cv=2)
-    assert main(["-q", "km3net", "predict", f"{bucket}/real/sample.root", "--model", str(tmp_path / "m"),
+    assert main(["-q", "km3net", "predict", f"{bucket}/real/sample.root", "--model", str(hist_gb),
                  "--out", f"{bucket}/real-pred"]) == 0
     with storage.open_input(f"{bucket}/real-pred/predictions.parquet") as f:
         pred = pq.read_table(f)
