@@ -29,7 +29,7 @@ def _events(batch: sim.SimulatedBatch) -> list[tuple[dict, np.ndarray, np.ndarra
 def _slow_lnl(truth: bd.EventTruth, sensor: np.ndarray, time: np.ndarray, charge: np.ndarray,
               u: np.ndarray) -> float:
     """The same likelihood, DOM by DOM and pulse by pulse over all 5,160 DOMs, minus the noise-only value."""
-    ev = sim.events_along(truth.vertex[None, :], np.array([truth.vertex_time]), np.array([truth.energy]),
+    ev = sim.events_along(truth.trial_vertices(u[None, :]), np.array([truth.vertex_time]), np.array([truth.energy]),
                           np.array([truth.interaction]), np.array([truth.is_track]),
                           np.array([truth.cascade_energy]), u[None, :])
     light = sim.expected_light(ev)
