@@ -1,7 +1,8 @@
 """Information bound: the maximum-likelihood direction of each simulated event under the simulator's own model.
 
-This is NOT a production reconstruction. It is seeded with the event's true vertex, vertex time, energy,
-interaction and topology (which no real reconstruction knows) and left free only in direction, and its
+This is NOT a production reconstruction. It is seeded with the event's true vertex (cascades: the true centre
+of their light, see :class:`EventTruth`), vertex time, energy, interaction and topology (which no real
+reconstruction knows) and left free only in direction, and its
 likelihood is the generative model of :mod:`neutrino_ray.icecube.simulate` itself: it imports the
 simulator's expectation functions (:func:`~neutrino_ray.icecube.simulate.events_along`,
 :func:`~neutrino_ray.icecube.simulate.expected_light`, :func:`~neutrino_ray.icecube.simulate.expected_pulses`,
@@ -98,7 +99,14 @@ def fibonacci_sphere(n: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class EventTruth:
-    """What the bound is seeded with: everything but the direction."""
+    """What the bound is seeded with: everything but the direction.
+
+    A cascade's light comes from the shower's centre of light, ``simulate.shower_depth`` ahead of the interaction
+    vertex along the direction. The pulses show where that centre is, never where the vertex is apart from it; a
+    vertex held fixed while the direction turns would move the light and tell the fit the direction through the
+    seed. So a cascade event is seeded with its true centre of light (``light_shift`` = depth x true direction past
+    the vertex) and each trial direction u puts the vertex a depth behind it; its time follows (the centre is reached
+    depth / c after the vertex for every u). Track events are seeded with the vertex itself (the muon's start)."""
 
     vertex: np.ndarray  # (3,)
     vertex_time: float
@@ -106,6 +114,14 @@ class EventTruth:
     interaction: int  # index into simulate.INTERACTIONS
     is_track: bool
     cascade_energy: float
+    light_shift: np.ndarray | None = None  # (3,) true centre of light minus vertex; None: seed the vertex
+
+    def trial_vertices(self, u: np.ndarray) -> np.ndarray:
+        """(m, 3) vertices that keep the seeded centre of light for trial directions u (m, 3)."""
+        if self.light_shift is None:
+            return np.broadcast_to(self.vertex, u.shape).copy()
+        depth = float(np.linalg.norm(self.light_shift))
+        return self.vertex + self.light_shift - depth * u
 
 
 class Likelihood:
@@ -141,7 +157,7 @@ class Likelihood:
 
     def _eval(self, u: np.ndarray) -> np.ndarray:
         m, tr = len(u), self.truth
-        ev = sim.events_along(np.broadcast_to(tr.vertex, (m, 3)).copy(), np.full(m, tr.vertex_time),
+        ev = sim.events_along(tr.trial_vertices(u), np.full(m, tr.vertex_time),
                               np.full(m, tr.energy), np.full(m, tr.interaction), np.full(m, tr.is_track),
                               np.full(m, tr.cascade_energy), u)
         light = sim.expected_light(ev)
@@ -215,11 +231,16 @@ def fit_direction(like: Likelihood, grid: np.ndarray | None = None) -> tuple[np.
 
 
 def truth_of(row: dict[str, Any]) -> EventTruth:
-    """An event's seed from its truth row."""
+    """An event's seed from its truth row (cascades: their true centre of light, see EventTruth)."""
     inter = list(sim.INTERACTIONS).index(row["interaction"])
+    is_track = row["topology"] == "track"
+    shift = None
+    if not is_track:
+        u = sim.direction_of_travel(np.array([row["azimuth"]]), np.array([row["zenith"]]))[0]
+        shift = float(sim.shower_depth(np.array([float(row["cascade_energy"])]))[0]) * u
     return EventTruth(np.array([row["vertex_x"], row["vertex_y"], row["vertex_z"]], np.float64),
-                      float(row["vertex_time"]), float(row["energy"]), inter, row["topology"] == "track",
-                      float(row["cascade_energy"]))
+                      float(row["vertex_time"]), float(row["energy"]), inter, is_track,
+                      float(row["cascade_energy"]), shift)
 
 
 def bound_events(events: pa.Table, truth: pa.Table) -> pa.Table:
