@@ -734,7 +734,11 @@ def run_nova(args: argparse.Namespace, command: list[str]) -> int:
         from neutrino_ray.nova.evaluate import SUMMARY
         from neutrino_ray.nova.evaluate import evaluate as nova_evaluate
 
-        nova_evaluate(args.data, args.predictions, args.out, args.threshold, args.skip_bad, command=command)
+        from neutrino_ray.nova.analysis import notebook_line
+
+        report = nova_evaluate(args.data, args.predictions, args.out, args.threshold, args.skip_bad, command=command)
+        if "notebook" in report:  # classification: the course notebooks' figures
+            print(f"as the course notebooks measured it: {notebook_line(report['notebook'])}")
         print(f"evaluated → {storage.join(args.out, SUMMARY)}")
     return 0
 
