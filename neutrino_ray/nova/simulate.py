@@ -839,14 +839,13 @@ def _readout(rng: np.random.Generator, images: np.ndarray, origin: np.ndarray, f
     v = flat[hit].astype(np.float64) * f_hit
     v = v * (1.0 + CALIB_SIGMA * rng.standard_normal(len(v))) + np.sqrt(PHOTO_VARIANCE * v) * rng.standard_normal(
         len(v))
+    flat[hit] = v  # from here on: light, in counts at the cell's middle
     n_noise = rng.poisson(NOISE_HITS * len(images))
     noise_at = rng.integers(0, flat.size, n_noise)
-    raw = np.zeros(flat.size, np.float64)  # light, in counts at the cell's middle
-    raw[hit] = v
-    np.add.at(raw, noise_at, rng.exponential(NOISE_MEAN_COUNTS, n_noise))
+    np.add.at(flat, noise_at, rng.exponential(NOISE_MEAN_COUNTS, n_noise).astype(np.float32))
     out = np.zeros(flat.size, np.uint8)
-    at = np.unique(np.concatenate([hit, noise_at]))
-    val = raw[at]
+    at = np.concatenate([hit, noise_at])  # a noise hit on a hit pixel: the same value written twice
+    val = flat[at].astype(np.float64)
     keep = (val >= THRESHOLD) & ~_dead(at, images.shape, origin)
     at, val = at[keep], val[keep] / light[at[keep] // n_cells]  # calibrated: the attenuation divided out
     out[at] = np.clip(np.rint(val), 0, 255).astype(np.uint8)
