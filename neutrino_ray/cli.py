@@ -94,19 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _wait_minutes(v: str) -> float:
-    x = float(v)
-    if not x >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0 minutes, got {v}")
-    return x
-
-
 def _add_wait(p: argparse.ArgumentParser) -> None:
     """``--wait [MINUTES]`` on every command that publishes (has an OUT): one writer per output (storage.Lease)."""
     subs = [a for a in p._actions if isinstance(a, argparse._SubParsersAction)]
     if not subs:
         if any(a.dest == "out" for a in p._actions):
-            p.add_argument("--wait", type=_wait_minutes, nargs="?", const=WAIT_MINUTES, default=0.0,
+            p.add_argument("--wait", type=_non_negative_float, nargs="?", const=WAIT_MINUTES, default=0.0,
                            metavar="MINUTES", help="when another run is writing OUT, wait up to MINUTES for it "
                            f"to finish ({WAIT_MINUTES:g} without a value) instead of failing at once")
         return
