@@ -16,7 +16,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from neutrino_ray import logs, storage
+from neutrino_ray.argtypes import non_negative as _non_negative
+from neutrino_ray.argtypes import non_negative_float as _non_negative_float
+from neutrino_ray.argtypes import positive as _positive
+from neutrino_ray.argtypes import positive_float as _positive_float
 from neutrino_ray.errors import InputError
+from neutrino_ray.settings import PRECISIONS, add_training_args, training_kwargs
 
 log = logging.getLogger("neutrino_ray")
 
@@ -34,82 +39,20 @@ ENV_HELP = """environment:
 WAIT_MINUTES = 60.0  # --wait without a value
 
 
-def _positive(v: str) -> int:
-    n = int(v)
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
-    return n
+class _Deprecated(argparse.Action):
+    """An option's old name, kept for one release: stores under the new name's ``dest`` and records a
+    deprecation notice, which :func:`main` logs as a warning."""
 
+    def __init__(self, option_strings: list[str], dest: str, new: str, **kwargs: Any):
+        self.new = new
+        super().__init__(option_strings, dest, **kwargs)
 
-def _non_negative(v: str) -> int:
-    n = int(v)
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {n}")
-    return n
-
-
-def _positive_float(v: str) -> float:
-    x = float(v)
-    if not x > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {v}")
-    return x
-
-
-def _unit_interval(v: str) -> float:
-    x = float(v)
-    if not 0 < x < 1:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), got {v}")
-    return x
-
-
-def _non_negative_float(v: str) -> float:
-    x = float(v)
-    if not x >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
-    return x
-
-
-def add_training_args(p: argparse.ArgumentParser, batch_size: int, lr: float) -> None:
-    """Options every Ray Train command shares (the scaffold's Settings)."""
-    p.add_argument("--workers", type=_positive, default=1, help="data-parallel training workers (1)")
-    p.add_argument("--gpus-per-worker", type=_non_negative_float, default=0.0,
-                   help="GPUs per worker; > 0 trains on GPUs with NCCL (0: CPUs, gloo)")
-    p.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
-                   help="GPU training precision: auto = bf16 autocast where the GPU has it, else fp16 with a "
-                        "gradient scaler; CPUs train in fp32 (auto)")
-    p.add_argument("--resource-wait-minutes", type=_non_negative_float, default=15.0,
-                   help="wait this long for the autoscaler to bring the GPUs asked for; 0 refuses at once (15)")
-    p.add_argument("--cpus-per-worker", type=_positive_float, default=None,
-                   help="CPUs per worker (default: 1 with GPUs; else an equal share of the cluster's CPUs)")
-    p.add_argument("--max-minutes", type=_positive_float, default=None,
-                   help="training time budget in minutes, counted across restarts and resumes (none)")
-    p.add_argument("--epochs", type=_positive, default=10, help="passes over the training events (10)")
-    p.add_argument("--batch-size", type=_positive, default=batch_size,
-                   help=f"events per batch per worker ({batch_size})")
-    p.add_argument("--lr", type=_positive_float, default=lr,
-                   help="peak learning rate of AdamW; warm-up, then cosine decay over the epochs or the "
-                        f"time budget, whichever ends first ({lr:g})")
-    p.add_argument("--checkpoint-minutes", type=_positive_float, default=5.0,
-                   help="validate and checkpoint at every epoch end and at least this often (5)")
-    p.add_argument("--max-failures", type=_non_negative, default=3,
-                   help="worker failures to recover from the latest checkpoint (3)")
-    p.add_argument("--seed", type=int, default=0, help="seed for weights, shuffling and balancing (0)")
-    p.add_argument("--ema", type=_unit_interval, default=None, dest="ema_decay", metavar="DECAY",
-                   help="keep an exponential moving average of the weights with this decay (e.g. 0.999); "
-                        "validation and the published model use it (off)")
-    p.add_argument("--optimizer", choices=["adamw", "adam"], default="adamw",
-                   help="adamw (weight decay 1e-5), or adam (no weight decay, as the NOvA course recipe) (adamw)")
-    p.add_argument("--schedule", choices=["warmup-cosine", "constant"], default="warmup-cosine",
-                   help="learning-rate schedule: warm-up then cosine decay, or constant (warmup-cosine)")
-    p.add_argument("--patience", type=_positive, default=None,
-                   help="early stopping: end after this many epochs without a lower validation loss (off)")
-
-
-def training_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    return {k: getattr(args, k) for k in ("workers", "gpus_per_worker", "cpus_per_worker", "max_minutes", "epochs",
-                                          "batch_size", "lr", "checkpoint_minutes", "max_failures", "seed",
-                                          "ema_decay", "optimizer", "schedule", "patience",
-                                          "precision", "resource_wait_minutes")}
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, values)
+        notices = [*getattr(namespace, "deprecated", []), f"{option_string} is deprecated and will be removed in "
+                   f"the next release: use {self.new}"]
+        namespace.deprecated = notices
 
 
 def add_actor_args(p: argparse.ArgumentParser, batch_size: int) -> None:
@@ -151,19 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _wait_minutes(v: str) -> float:
-    x = float(v)
-    if not x >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0 minutes, got {v}")
-    return x
-
-
 def _add_wait(p: argparse.ArgumentParser) -> None:
     """``--wait [MINUTES]`` on every command that publishes (has an OUT): one writer per output (storage.Lease)."""
     subs = [a for a in p._actions if isinstance(a, argparse._SubParsersAction)]
     if not subs:
         if any(a.dest == "out" for a in p._actions):
-            p.add_argument("--wait", type=_wait_minutes, nargs="?", const=WAIT_MINUTES, default=0.0,
+            p.add_argument("--wait", type=_non_negative_float, nargs="?", const=WAIT_MINUTES, default=0.0,
                            metavar="MINUTES", help="when another run is writing OUT, wait up to MINUTES for it "
                            f"to finish ({WAIT_MINUTES:g} without a value) instead of failing at once")
         return
@@ -211,7 +147,7 @@ def _add_simulate(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
 
 def _add_nova(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
     """The ``nova`` command and its subcommands."""
-    from neutrino_ray.nova.models import MODELS as NOVA_MODELS
+    from neutrino_ray.nova.architectures import MODELS as NOVA_MODELS
     from neutrino_ray.nova.targets import TASKS
 
     nova = sub.add_parser("nova", help="NOvA-style pixel-map CNNs (Ray Train) and analysis")
@@ -224,9 +160,13 @@ def _add_nova(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
                                          "--val-events in-task events validate. Checkpoints go to OUT/train "
                                          "(re-running with the same OUT resumes); the model to OUT/model.")
     nt.add_argument("data", metavar="DATA", help=nova_data)
-    nt.add_argument("--task", required=True, choices=list(TASKS),
-                    help="numu-cc (binary), flavour (numu CC / nue CC / NC), mode (QE / RES / DIS / other, CC "
-                         "events), energy (neutrino energy), y (E_lepton / E_nu; E_nu = 0 skipped)")
+    target = nt.add_mutually_exclusive_group(required=True)
+    target.add_argument("--target", choices=list(TASKS),
+                        help="what to predict: numu-cc (binary), flavour (numu CC / nue CC / NC), mode (QE / RES / "
+                             "DIS / other, CC events), energy (neutrino energy), y (E_lepton / E_nu; E_nu = 0 "
+                             "skipped)")
+    target.add_argument("--task", choices=list(TASKS), dest="target", action=_Deprecated, new="--target",
+                        help=argparse.SUPPRESS)  # the old name, for one release
     nt.add_argument("--out", required=True, help="output URI (a folder): checkpoints in OUT/train, model in OUT/model")
     nt.add_argument("--model", choices=list(NOVA_MODELS), default="small",
                     help="'small' dual-view CNN (CPU-friendly), 'medium' CNN, or 'baseline' (a linear model on image "
@@ -548,7 +488,7 @@ def _add_bench(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
                                       "first; nothing downloaded); without CUDA it stops at once.")
     bg.add_argument("--steps", type=_positive, default=100, help="timed training steps per model (100)")
     bg.add_argument("--warmup", type=_non_negative, default=10, help="untimed steps first (10)")
-    bg.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
+    bg.add_argument("--precision", choices=PRECISIONS, default="auto",
                     help="auto: bf16 where the GPU has it, else fp16 with a gradient scaler (auto)")
 
 
@@ -714,12 +654,12 @@ def run_nova(args: argparse.Namespace, command: list[str]) -> int:
     if args.action == "train":
         from neutrino_ray.nova.train import train as nova_train
 
-        res = nova_train(args.data, args.out, args.task, args.model, balance=args.balance, val_events=args.val_events,
+        res = nova_train(args.data, args.out, args.target, args.model, balance=args.balance, val_events=args.val_events,
                          events_per_task=args.events_per_task, skip_bad=args.skip_bad, command=command,
                          **training_kwargs(args))
         t = res.config["training"]
         val = ", ".join(f"{k} {v:.4f}" for k, v in t["final_validation"].items() if isinstance(v, float))
-        print(f"trained {args.model} for {args.task} ({res.config['n_parameters']:,} parameters) on {t['events']} "
+        print(f"trained {args.model} for {args.target} ({res.config['n_parameters']:,} parameters) on {t['events']} "
               f"events in {t['minutes']:.1f} min; {val} → {storage.join(args.out, 'model')}")
     elif args.action == "predict":
         from neutrino_ray.nova.predict import PREDICTIONS, Scoring
@@ -743,6 +683,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     logs.configure(logs.QUIET if args.quiet else logs.VERBOSE if args.verbose else logs.DEFAULT)
+    for notice in getattr(args, "deprecated", []):
+        log.warning("%s", notice)
     try:
         out = getattr(args, "out", None)
         if not out or args.command == "bench":
