@@ -671,10 +671,13 @@ def run_nova(args: argparse.Namespace, command: list[str]) -> int:
         print(f"scored {m['events']} events in {m['wall_seconds']:.1f} s ({m['events_per_second']:.0f} events/s end "
               f"to end) → {storage.join(args.out, PREDICTIONS)}")
     elif args.action == "evaluate":
+        from neutrino_ray.nova.analysis import notebook_line
         from neutrino_ray.nova.evaluate import SUMMARY
         from neutrino_ray.nova.evaluate import evaluate as nova_evaluate
 
-        nova_evaluate(args.data, args.predictions, args.out, args.threshold, args.skip_bad, command=command)
+        report = nova_evaluate(args.data, args.predictions, args.out, args.threshold, args.skip_bad, command=command)
+        if "notebook" in report:  # classification: the course notebooks' figures
+            print(f"as the course notebooks measured it: {notebook_line(report['notebook'])}")
         print(f"evaluated → {storage.join(args.out, SUMMARY)}")
     return 0
 

@@ -316,6 +316,35 @@ def test_nue_showers_denser_than_numu() -> None:
     assert dense[nue].mean() > 2 * dense[numu].mean()
 
 
+def test_fibre_attenuation_along_the_cell() -> None:
+    """View-0 cells run along y to the readout at y = +190 cm: light made far from it (low y, which view 1 shows at
+    the same plane) is attenuated; the cell's middle is the reference (light 1)."""
+    images = np.zeros((3, 2, fmt.PLANES, fmt.CELLS), np.float32)
+    images[:, :, 10, 40] = 50.0
+    origin = np.array([[0, 0, 0], [0, 0, 48 - 40], [0, 0, 0]])  # event 1: window shifted to the cell's middle
+    origin[2, 2] = 97 - 40  # event 2: view-1 charge at detector y cell 97, next to the readout end
+    light = sim._light_yield(images, origin, np.full((3, 2), 40.0, np.float32))
+    y_cm = (np.array([40, 48, 97]) + 0.5) * sim.CELL_PITCH_CM - sim.DET_HALF_WIDTH_CM
+    expected = np.exp(-((sim.DET_HALF_WIDTH_CM - y_cm) - sim.DET_HALF_WIDTH_CM) / sim.ATTENUATION_CM)
+    np.testing.assert_allclose(light[:, 0, 10], expected, rtol=1e-5)
+    assert light[0, 0, 10] < light[1, 0, 10] < 1.05 and light[2, 0, 10] > 1.2
+    # a plane without charge in the other view uses the vertex's cell (the fallback)
+    assert light[0, 0, 50] == pytest.approx(light[0, 0, 10])
+
+
+def test_dead_channels_read_nothing() -> None:
+    """A fixed map of dead (view, plane, cell) detector channels: the same pixels are empty in every event placed
+    there, about DEAD_FRACTION of them; the rest read the deposit back (attenuation calibrated out)."""
+    rng = np.random.default_rng(0)
+    images = np.full((2, 2, fmt.PLANES, fmt.CELLS), 100.0, np.float32)
+    origin = np.array([[0, 0, 0], [0, 0, 0]])
+    maps = sim._readout(rng, images, origin, np.full((2, 2), 40.0, np.float32))
+    dead = sim.DEAD_CHANNELS[:, :fmt.PLANES, :fmt.CELLS]
+    assert (maps[:, dead] == 0).all() and (maps[:, ~dead] > 0).all()
+    assert 0.5 * sim.DEAD_FRACTION < dead.mean() < 1.5 * sim.DEAD_FRACTION
+    assert abs(float(maps[:, ~dead].mean()) - 100.0) < 2.0
+
+
 @pytest.mark.slow  # a throughput figure: fails under load in the default suite; bench measures it
 def test_speed() -> None:
     sim.simulate_events(seed=0, n=200)  # warm up

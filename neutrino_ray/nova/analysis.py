@@ -232,6 +232,15 @@ def notebook_figures(y: np.ndarray, pred: np.ndarray, truth: dict[str, np.ndarra
     return out
 
 
+def notebook_line(nb: dict[str, Any]) -> str:
+    """The figures of :func:`notebook_figures` in one line (``nova evaluate`` prints it; summary.md has it)."""
+    modes = ", ".join(f"{m} {_fmt(v['accuracy'], '.3f')}" for m, v in nb["by_mode"].items() if v["n"])
+    halves = "; ".join(f"{var} above / below the CC median {v['median']:.2f} GeV: {_fmt(v['high'], '.3f')} / "
+                       f"{_fmt(v['low'], '.3f')}" for var, v in nb["split"].items())
+    return (f"balanced accuracy {_fmt(nb['balanced_accuracy'], '.3f')}, accuracy {_fmt(nb['accuracy'], '.3f')} on "
+            f"{nb['n']} events; accuracy on the CC events of each mode: {modes}; {halves}")
+
+
 def _confusion(y: np.ndarray, pred: np.ndarray, k: int) -> np.ndarray:
     return np.bincount(y * k + pred, minlength=k * k).reshape(k, k)
 
@@ -530,11 +539,7 @@ def _classification_markdown(report: dict[str, Any], plots: list[str]) -> str:
         rows += [(r, "background") for r in report["background_acceptance"]["by_interaction"]]
     for r, c in sorted(rows, key=lambda rc: rc[0]["code"]):
         lines.append(f"| {r['name']} | {c} | {r['n']} | {r['k']} | {_pm(r)} |")
-    nb = report["notebook"]
-    modes = ", ".join(f"{m} {_fmt(v['accuracy'], '.3f')}" for m, v in nb["by_mode"].items() if v["n"])
-    halves = "; ".join(f"{var} above / below the CC median {v['median']:.2f} GeV: {_fmt(v['high'], '.3f')} / "
-                       f"{_fmt(v['low'], '.3f')}" for var, v in nb["split"].items())
-    lines += ["", f"As the course notebooks measured it: accuracy on the CC events of each mode: {modes}; {halves}."]
+    lines += ["", f"As the course notebooks measured it: {notebook_line(report['notebook'])}."]
     lines += ["", "Plots: " + ", ".join(plots), ""]
     return "\n".join(lines)
 

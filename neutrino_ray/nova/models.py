@@ -88,6 +88,37 @@ COURSE_RECIPE: dict[str, Any] = {"optimizer": "adam", "schedule": "constant", "l
                                   "patience": 5}
 
 
+def glorot_limit(layer: nn.Conv2d | nn.Linear) -> float:
+    """Keras' ``glorot_uniform`` bound sqrt(6 / (fan_in + fan_out)) for one layer, per tower.
+
+    Keras counts a Conv2D's fans as kernel area × input channels and kernel area × filters of the layer
+    itself; one of our grouped convolutions is ``groups`` Keras layers side by side (one per view), so
+    both fans are per group. A Dense layer: inputs and units."""
+    if isinstance(layer, nn.Conv2d):
+        area = layer.kernel_size[0] * layer.kernel_size[1]
+        fan_in = area * layer.in_channels // layer.groups
+        fan_out = area * layer.out_channels // layer.groups
+    else:
+        fan_in, fan_out = layer.in_features, layer.out_features
+    return math.sqrt(6.0 / (fan_in + fan_out))
+
+
+def keras_init(layer: nn.Conv2d | nn.Linear) -> None:
+    """Initialise a layer as Keras does by default: kernel ``glorot_uniform``, bias ``zeros``.
+
+    Source: the Keras layer defaults (``Conv2D``, ``SeparableConv2D``, ``Dense``:
+    ``kernel_initializer="glorot_uniform"``, ``bias_initializer="zeros"``; keras.io/api/layers). The course
+    notebooks build their layers without naming an initialiser, so these are theirs. PyTorch's defaults
+    differ (kaiming_uniform with a = √5, i.e. U(±1/√fan_in), and biases U(±1/√fan_in)): for the 15,360-input
+    dense layer that is a bound of 0.008 against Keras' 0.0197, which makes the untrained network's
+    outputs ~2.5× smaller and its first epochs slower."""
+    bound = glorot_limit(layer)
+    with torch.no_grad():
+        layer.weight.uniform_(-bound, bound)
+        if layer.bias is not None:
+            layer.bias.zero_()
+
+
 class CourseCNN(nn.Module):
     """The dual-input CNN of the NOvA course notebooks (the "seed analyses" of the real course files).
 
@@ -103,7 +134,14 @@ class CourseCNN(nn.Module):
     50×40 → 25×20 → 12×10; flattened 2 × 64 × 12 × 10 = 15,360 features. 1.0 M parameters, ~98 % of them in
     the dense layer, as in a Keras Flatten → Dense network. No batch normalisation (the notebooks had none).
     The two towers are one grouped convolution (``groups=2``): channel block 0 only sees view 0, block 1
-    only view 1.
+    only view 1. Weights start as Keras' would (:func:`keras_init`: glorot_uniform kernels per tower, zero
+    biases), not PyTorch's defaults.
+
+    Input scaling: the issue's recipe scales images to [0, 1]; count / 255 does that with the 8-bit range
+    (a fixed map, as a notebook's ``X / 255``, not a per-event maximum). A public student notebook for the
+    same course files (UCL PHAS0056 NOvA project) fed the raw uint8 counts to Keras unscaled: with zero
+    biases, ReLU and max-pooling (positively homogeneous) that only multiplies the untrained network's
+    logits by 255; we keep the [0, 1] scaling the issue names.
     """
 
     def __init__(self, n_out: int, cfg: CourseConfig = COURSE):
@@ -121,6 +159,9 @@ class CourseCNN(nn.Module):
         self.flat = v * c_in * planes * cells
         self.head = nn.Sequential(nn.Linear(self.flat, cfg.dense), nn.ReLU(inplace=True), nn.Dropout(cfg.dense_dropout),
                                   nn.Linear(cfg.dense, n_out))
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                keras_init(m)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.towers(x.float() * (1.0 / MAX_COUNT))  # (N, 2F, 12, 10): channels [0, F) view 0, [F, 2F) view 1

@@ -74,6 +74,16 @@ energy ≈ 3.8 GeV, 87–88 % ν_μ CC, ≤ 2 % ν_e, no ν_τ, DIS over half an
   spread), ~4 noise hits per event are added, pixels below 3 counts are dropped, values are rounded
   and clipped to 0..255 (the 8-bit pixel saturates in shower cores). A muon crossing one plane gives ~16
   counts per view.
+* Fibre attenuation and dead channels (issue 27, the detector effects the real maps carry; reason: the course
+  CNN found our maps easier than the real ones, and on the real detector a track's hits are neither uniform
+  nor gap-free). Each cell is read out at one end through its fibre; light made far from that end is
+  attenuated (:data:`ATTENUATION_CM`), so it has fewer photoelectrons, larger relative fluctuations and is
+  more often under the threshold, which acts on the light; the calibration then divides the attenuation out
+  (NOvA's attenuation-corrected energies), so the mean pixel value is unchanged. Where along the cell the
+  light was made is not in the cell's own view; it is taken from the other view at the same plane (its
+  charge-weighted mean cell), as reconstruction matches the two views plane by plane. And a fixed 2 %
+  (:data:`DEAD_FRACTION`) of the detector's channels are dead in every event (one seeded map in detector
+  coordinates), leaving gaps in tracks and showers. Not done: a per-channel gain map beyond the 8 % spread.
 * Pile-up (issue 27): :data:`OVERLAY_P` = 3 % of the neutrino slices carry a steep through-going muon (a rock
   muon or cosmic in the slice's time window) that is not theirs: an NC event can then show a long track, and
   the network cannot call every event with a long track ν_μ CC.
@@ -174,7 +184,18 @@ PHOTO_VARIANCE = 1.0  # variance of a pixel per count (Poisson-like photostatist
 CALIB_SIGMA = 0.08  # relative pixel-to-pixel calibration spread
 NOISE_HITS = 4.0  # mean noise pixels per event
 NOISE_MEAN_COUNTS = 4.0  # exponential noise amplitude (counts)
-THRESHOLD = 3.0  # pixels below this many counts read 0
+THRESHOLD = 3.0  # pixels below this much light (counts at the cell's middle) read 0
+# Fibre attenuation (issue 27): a cell's light travels along its wavelength-shifting fibre to the readout at
+# one end (view-0 cells, which measure x, are read out at y = +190 cm; view-1 cells at x = +190 cm) and is
+# attenuated on the way, exp(-d / ATTENUATION_CM) relative to the cell's middle (0.78-1.29 over a 3.8 m
+# cell: far end / near end 0.60). Our assumption for the Near Detector's short cells; the calibration
+# (NOvA's attenuation-corrected PECorr) restores the mean but not the photostatistics or the threshold.
+ATTENUATION_CM = 750.0
+# Dead channels (issue 27): a fixed share of the detector's (view, plane, cell) channels reads nothing, in
+# every event (one map for the detector, seeded: DEAD_SEED), so a track crossing one has a gap.
+DEAD_FRACTION = 0.02
+DEAD_SEED = 27
+DEAD_MAP_SHAPE = (2, 512, 128)  # (view, detector plane, detector cell), indices wrapped onto it
 # Pile-up: a rock muon or cosmic crossing the window in the slice's time window (the slicer separates most in
 # time, not all): this share of neutrino slices carries a steep through-going muon track that is not theirs.
 OVERLAY_P = 0.03
@@ -754,7 +775,9 @@ def _chunk(rng: np.random.Generator, classes: np.ndarray) -> tuple[np.ndarray, d
                              c["dir"], c["counts"], c["shape"], c["scale"], c["core"], c["halo"], c["halo_f"])
     images = np.zeros(shape, np.float32)
     _deposit(images, np.concatenate([ti, ci]), np.concatenate([tw, cw]))
-    maps = _readout(rng, images)
+    origin = np.column_stack([np.floor(det_p) - win_p, np.floor(det_x) - win_x, np.floor(det_y) - win_y]).astype(
+        np.int64)
+    maps = _readout(rng, images, origin, np.column_stack([vx, vy]).astype(np.float32))
 
     prongs = n_tracks + n_showers
     fs_family = np.select([family == F_NUMU, family == F_NUE, family == F_NC], [0, 1, 2], -1)
@@ -775,22 +798,57 @@ def _chunk(rng: np.random.Generator, classes: np.ndarray) -> tuple[np.ndarray, d
     }
 
 
-def _readout(rng: np.random.Generator, images: np.ndarray) -> np.ndarray:
-    """Deposited counts → quantised pixels: fluctuations, noise hits, threshold, rounding, 0..255."""
+DEAD_CHANNELS = np.random.default_rng(DEAD_SEED).random(DEAD_MAP_SHAPE) < DEAD_FRACTION
+
+
+def _light_yield(images: np.ndarray, origin: np.ndarray, fallback: np.ndarray) -> np.ndarray:
+    """(N, 2, P) light per deposited count, relative to the cell's middle (fibre attenuation).
+
+    A pixel of view 0 at plane p is a cell along y; where along it the light was made is not in that view,
+    so it is taken from the other view at the same plane (the charge-weighted mean y cell of view 1 there),
+    as reconstruction matches the views plane by plane; ``fallback`` (N, 2), the vertex's window cell in
+    each view, where the other view has no charge at that plane. ``origin`` (N, 3): the detector (plane,
+    x cell, y cell) of window pixel (0, 0)."""
+    cells = np.arange(images.shape[3], dtype=np.float32)
+    charge = images.sum(axis=3)
+    mean_cell = np.where(charge > 0, (images @ cells) / np.maximum(charge, 1e-9), fallback[:, :, None])
+    along = mean_cell[:, ::-1] + origin[:, [2, 1], None] + 0.5  # view 0 ← y from view 1, view 1 ← x from view 0
+    distance = DET_HALF_WIDTH_CM - (along * CELL_PITCH_CM - DET_HALF_WIDTH_CM)  # to the readout end at +190 cm
+    return np.exp(-(distance - DET_HALF_WIDTH_CM) / ATTENUATION_CM)
+
+
+def _dead(flat_idx: np.ndarray, shape: tuple[int, ...], origin: np.ndarray) -> np.ndarray:
+    """Whether the pixels at these flat indices of (N, 2, P, C) images sit on dead detector channels."""
+    _, views, planes, cells = shape
+    rest, cell = np.divmod(flat_idx, cells)
+    rest, plane = np.divmod(rest, planes)
+    event, view = np.divmod(rest, views)
+    det_plane = (origin[event, 0] + plane) % DEAD_MAP_SHAPE[1]
+    det_cell = (origin[event, 1 + view] + cell) % DEAD_MAP_SHAPE[2]
+    return DEAD_CHANNELS[view, det_plane, det_cell]
+
+
+def _readout(rng: np.random.Generator, images: np.ndarray, origin: np.ndarray, fallback: np.ndarray) -> np.ndarray:
+    """Deposited counts → quantised pixels: attenuated light with fluctuations, noise hits, threshold on the
+    light, the attenuation calibrated out, dead channels, rounding, 0..255 (see the module docstring)."""
+    light = _light_yield(images, origin, fallback).reshape(-1)
+    n_cells = images.shape[3]
     flat = images.reshape(-1)
     hit = np.flatnonzero(flat)
-    v = flat[hit].astype(np.float64)
+    f_hit = light[hit // n_cells]
+    v = flat[hit].astype(np.float64) * f_hit
     v = v * (1.0 + CALIB_SIGMA * rng.standard_normal(len(v))) + np.sqrt(PHOTO_VARIANCE * v) * rng.standard_normal(
         len(v))
-    flat[hit] = v
+    flat[hit] = v  # from here on: light, in counts at the cell's middle
     n_noise = rng.poisson(NOISE_HITS * len(images))
     noise_at = rng.integers(0, flat.size, n_noise)
     np.add.at(flat, noise_at, rng.exponential(NOISE_MEAN_COUNTS, n_noise).astype(np.float32))
     out = np.zeros(flat.size, np.uint8)
-    at = np.concatenate([hit, noise_at])
-    val = flat[at]
-    keep = val >= THRESHOLD
-    out[at[keep]] = np.clip(np.rint(val[keep]), 0, 255).astype(np.uint8)
+    at = np.concatenate([hit, noise_at])  # a noise hit on a hit pixel: the same value written twice
+    val = flat[at].astype(np.float64)
+    keep = (val >= THRESHOLD) & ~_dead(at, images.shape, origin)
+    at, val = at[keep], val[keep] / light[at[keep] // n_cells]  # calibrated: the attenuation divided out
+    out[at] = np.clip(np.rint(val), 0, 255).astype(np.uint8)
     return out.reshape(images.shape)
 
 
