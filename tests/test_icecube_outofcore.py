@@ -151,3 +151,26 @@ def test_out_of_core_bad_predictions(tmp_path: Path, case: str, message: str) ->
     with pytest.raises(icdata.DataError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")
                        .replace("]", r"\]")):
         outofcore.evaluate_summary(str(root), "test", str(root / "bad.parquet"), chunk_events=1_000)
+
+
+def test_evaluate_and_compare_log_progress_with_totals_and_eta(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    """Out of core over 4 ranges, every range moves a progress line: done/total over the passes and an ETA,
+    ending at the total (evaluate: 2 passes; compare: each model's 2 passes, then the side-by-side pass)."""
+    import re
+
+    from neutrino_ray.progress import INTERVAL_ENV
+
+    root = _split(tmp_path / "d", 20_011, False, row_group=3_000)
+    sub = str(root / "submission.csv")
+    monkeypatch.setenv(INTERVAL_ENV, "0")
+    with caplog.at_level("INFO", logger="neutrino_ray.progress"):
+        evaluate(str(root), "test", sub, str(tmp_path / "ev"), chunk_events=5_000)
+        compare(str(root), "test", [sub, sub], ["a", "b"], str(tmp_path / "cmp"), chunk_events=5_000)
+    lines = [r.getMessage() for r in caplog.records if r.name == "neutrino_ray.progress"]
+    for what, total in (("evaluate", 40_022), ("compare a", 40_022), ("compare b", 40_022),
+                        ("compare: bootstrap", 20_011)):
+        mine = [ln for ln in lines if ln.startswith(what + ": ")]
+        done = [int(re.search(r": ([\d,]+)/", ln).group(1).replace(",", "")) for ln in mine]  # type: ignore[union-attr]
+        assert len(mine) >= 4 and all(f"/{total:,} events" in ln and "ETA" in ln for ln in mine), (what, mine)
+        assert done == sorted(done) and done[-1] == total and len(set(done)) >= 4, (what, done)
