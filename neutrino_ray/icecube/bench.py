@@ -326,19 +326,18 @@ def _scale_run(data: str, out: str) -> dict[str, float]:
             "driver_peak_rss_mib": _peak_rss_mib(), "ray_worker_peak_rss_mib": _ray_workers_peak_rss_mib()}
 
 
-def _scale_analysis(data: str, pred: str, out: str) -> dict[str, float]:
-    """In a fresh process: evaluate, then compare (the predictions against themselves: two models' worth of
-    work) the scored train split; wall times and the driver's peak."""
+def _scale_analysis(command: str, data: str, pred: str, out: str) -> dict[str, float]:
+    """In a fresh process (so the peak is this command's own): ``evaluate`` the scored train split, or
+    ``compare`` it against itself (two models' worth of work); wall time and the driver's peak RSS."""
     from neutrino_ray.icecube.compare import compare
     from neutrino_ray.icecube.evaluate import evaluate
 
     t0 = time.perf_counter()
-    evaluate(data, "train", pred, f"{out}/eval")
-    ev_s, ev_rss = time.perf_counter() - t0, _peak_rss_mib()
-    t0 = time.perf_counter()
-    compare(data, "train", [pred, pred], ["a", "b"], f"{out}/cmp")
-    return {"evaluate_seconds": ev_s, "evaluate_peak_rss_mib": ev_rss, "compare_seconds": time.perf_counter() - t0,
-            "compare_peak_rss_mib": _peak_rss_mib()}
+    if command == "evaluate":
+        evaluate(data, "train", pred, f"{out}/eval")
+    else:
+        compare(data, "train", [pred, pred], ["a", "b"], f"{out}/cmp")
+    return {f"{command}_seconds": time.perf_counter() - t0, f"{command}_peak_rss_mib": _peak_rss_mib()}
 
 
 def _in_fresh_process(fn: Any, *args: Any) -> dict[str, float]:
@@ -356,7 +355,8 @@ def bench_scale(batches: list[int], root: str, events_per_batch: int = MAX_EVENT
                 meta_row_group: int | None = None, analysis: bool = False) -> list[dict[str, float]]:
     """For each number of batch files: write the cheap layout (``meta_row_group``: its meta in row groups
     of that many rows), then plan and score it in a fresh process (so each driver peak is that run's own),
-    and with ``analysis`` evaluate and compare its predictions in another; print and return the figures."""
+    and with ``analysis`` evaluate, then compare, its ``predictions.parquet`` in a fresh process each; print and
+    return the figures."""
     import shutil
 
     rows = []
@@ -370,7 +370,10 @@ def bench_scale(batches: list[int], root: str, events_per_batch: int = MAX_EVENT
         shutil.rmtree(out, ignore_errors=True)
         fig = _in_fresh_process(_scale_run, str(data), str(out))
         if analysis:
-            fig.update(_in_fresh_process(_scale_analysis, str(data), str(out / "submission.csv"), str(out / "an")))
+            # predictions.parquet, not submission.csv: a CSV is scanned whole for each event-id range
+            for command in ("evaluate", "compare"):
+                fig.update(_in_fresh_process(_scale_analysis, command, str(data), str(out / "predictions.parquet"),
+                                             str(out / "an")))
             print(f"{b:>5} files: evaluate {fig['evaluate_seconds']:.0f} s (driver peak "
                   f"{fig['evaluate_peak_rss_mib']:,.0f} MiB), compare {fig['compare_seconds']:.0f} s (driver peak "
                   f"{fig['compare_peak_rss_mib']:,.0f} MiB)", flush=True)
