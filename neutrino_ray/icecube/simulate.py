@@ -51,6 +51,14 @@ Light yield and timing:
     which levels off near g λ_eff / L_att rather than vanishing after one scattering length; m = 10 keeps
     ~0.6 at 100 m and 0.3–0.5 at 250 m, at or below that value (issue 26; the first
     calibration's m = 1 left cascades above 10 TeV with no recoverable direction, a bound of ~45°).
+    Closer in, the scattered light remembers the Cherenkov cone itself, not only its mean (``cascade_memory``,
+    issue 26, third session): after μ = d/λ_s scatterings with a Henyey–Greenstein phase function (moments g^l,
+    g = ``G_ICE``) the l-th Legendre moment of the photons' angular distribution is the emitted one times
+    e^{−μ(1 − g^l)} (Goudsmit & Saunderson, Phys. Rev. 57 (1940) 24), the emitted one being the shower's Cherenkov
+    profile: the dipole (3 <cos> ≈ 2.0, not capped at 0.9) decays over one effective scattering length
+    λ_e = λ_s/(1 − g), the quadrupole over λ_e/1.9, the cone's sharper features faster; the unscattered share
+    e^{−μ} is the direct light below, and the dipole never falls below the diffusion value above. The factor peaks
+    near the cone (×2.7–3.3 within 10 m) and is the plain dipole past ~2 λ_e.
   * Arrival delays after the direct Cherenkov time (θc = 41°, group index 1.35): Pandel gamma
     distribution (Pandel 1996; NIM A 524 (2004) 169) with the local scattering and absorption
     lengths at each DOM's depth; 2 ns PMT jitter. Tracks: over the real emission–DOM distance. Cascades:
@@ -179,6 +187,12 @@ CASCADE_FORWARD = 0.9
 # Propagation and Scattering in Random Media, ch. 9). 10 lengths (L_scat ~ 25 m) keep the factor at 0.9 near the
 # shower, ~0.6 at 100 m and 0.3-0.5 at 250 m: at or below the levelled-off diffusion value (conservative).
 CASCADE_MEMORY_LENGTHS = 10.0
+# Higher angular moments of the scattered cascade light (Goudsmit-Saunderson, see cascade_memory): Legendre orders up to
+# MEMORY_LMAX (g^150 ~ 1e-7), tabulated on MEMORY_COS_BINS cosines x MEMORY_DEPTH_BINS scattering depths d / lambda_s
+# up to MEMORY_DEPTH_MAX; the angular factor is kept above MEMORY_FLOOR where the truncated sums undershoot.
+MEMORY_LMAX = 150
+MEMORY_COS_BINS, MEMORY_DEPTH_BINS, MEMORY_DEPTH_MAX = 401, 401, 100.0
+MEMORY_FLOOR = 0.02
 # Angle-dependent Pandel effective distance for cascades: the diffuse light of a forward-emitting source starts from a
 # point one transport length g lambda_eff ahead of the vertex (the displaced isotropic source of diffusion theory,
 # Farrell et al. 1992), so the Pandel distance is the distance from that point, d_eff = |r - delta u|, delta =
@@ -463,6 +477,55 @@ CHERENKOV_PEAK = float(cherenkov_profile(np.array([1.0 / N_PHASE]))[0])  # ~46
 DIRECT_SCAT_MAX = 85.0  # m, above the clearest ice's effective scattering length (82 m; the direct light's reach)
 
 
+@lru_cache(maxsize=1)
+def _memory_table() -> tuple[np.ndarray, np.ndarray, float, np.ndarray]:
+    """(cos grid, scattering-depth grid, dipole coefficient b_1, table): the scattered cascade light's angular memory
+    beyond the dipole, T(cos, mu) = sum_{l=2..MEMORY_LMAX} b_l (e^{-mu (1 - g^l)} - e^{-mu}) P_l(cos), and the
+    Cherenkov profile's b_1 = 3 <cos> (see cascade_memory)."""
+    x = _x
+    prof = cherenkov_profile(x)
+    p_prev, p_cur = np.ones_like(x), x.copy()
+    b = np.zeros(MEMORY_LMAX + 1)
+    b[0], b[1] = 1.0, 3.0 * float(np.mean(prof * x))
+    cos = np.linspace(-1.0, 1.0, MEMORY_COS_BINS)
+    depth = np.linspace(0.0, MEMORY_DEPTH_MAX, MEMORY_DEPTH_BINS)
+    q_prev, q_cur = np.ones_like(cos), cos.copy()
+    table = np.zeros((MEMORY_DEPTH_BINS, MEMORY_COS_BINS))
+    for n in range(1, MEMORY_LMAX):  # Bonnet's recursion: P_{n+1} from P_n, P_{n-1}, on the fine grid and the table's
+        p_prev, p_cur = p_cur, ((2 * n + 1) * x * p_cur - n * p_prev) / (n + 1)
+        q_prev, q_cur = q_cur, ((2 * n + 1) * cos * q_cur - n * q_prev) / (n + 1)
+        lv = n + 1
+        b[lv] = (2 * lv + 1) * float(np.mean(prof * p_cur))  # mean over [-1, 1] = integral / 2
+        decay = np.exp(-depth * (1.0 - G_ICE**lv)) - np.exp(-depth)
+        table += b[lv] * decay[:, None] * q_cur[None, :]
+    return cos, depth, float(b[1]), table
+
+
+def cascade_memory(cos_angle: np.ndarray, distance: np.ndarray, scat: np.ndarray) -> np.ndarray:
+    """Angular factor of a cascade's scattered light at a DOM ``distance`` m away at cosine ``cos_angle`` to the shower
+    axis, in ice of effective scattering length ``scat`` (averages ~1 over directions; see the module docstring).
+
+    Goudsmit-Saunderson: after mu = d / lambda_s scatterings with a phase function of Legendre moments g_l (Henyey-
+    Greenstein: g^l, g = G_ICE), the l-th Legendre moment of the photons' angular distribution is the emitted one times
+    e^{-mu (1 - g_l)} (Goudsmit & Saunderson, Phys. Rev. 57 (1940) 24). The emitted one is the shower's Cherenkov
+    profile (b_l its moments), so the cone at 41 deg is remembered over ~ lambda_e / (1 - g^l) / (1 - g)^-1: the dipole
+    over one effective scattering length lambda_e = lambda_s / (1 - g), the quadrupole over lambda_e / 1.9, ... The
+    unscattered e^{-mu} share is the direct light (its own source). The dipole never falls below the diffusion
+    (P1) value, CASCADE_FORWARD e^{-d / (CASCADE_MEMORY_LENGTHS lambda_e)} (Farrell et al. 1992)."""
+    cos_grid, depth_grid, b1, t = _memory_table()
+    mu = distance / ((1.0 - G_ICE) * scat)
+    fc = (np.clip(cos_angle, -1.0, 1.0) + 1.0) / (cos_grid[1] - cos_grid[0])
+    fd = np.clip(mu, 0.0, depth_grid[-1]) / (depth_grid[1] - depth_grid[0])
+    ic = np.minimum(fc.astype(np.int64), len(cos_grid) - 2)
+    idp = np.minimum(fd.astype(np.int64), len(depth_grid) - 2)
+    wc, wd = fc - ic, fd - idp
+    higher = ((1 - wd) * ((1 - wc) * t[idp, ic] + wc * t[idp, ic + 1])
+              + wd * ((1 - wc) * t[idp + 1, ic] + wc * t[idp + 1, ic + 1]))
+    dipole = np.maximum(b1 * (np.exp(-mu * (1.0 - G_ICE)) - np.exp(-mu)),
+                        CASCADE_FORWARD * np.exp(-distance / (CASCADE_MEMORY_LENGTHS * scat)))
+    return np.maximum(1.0 + dipole * cos_angle + higher, MEMORY_FLOOR)
+
+
 def _reach(brightness: np.ndarray, power: float, att_len: float,
            peak: float = 1 + CASCADE_FORWARD) -> np.ndarray:
     """Largest d with brightness * HQE * peak * exp(-d/L) / d^power >= MU_PRUNE (fixed-point iteration)."""
@@ -581,10 +644,9 @@ def dom_light(src: Sources, det: _Detector) -> DomLight:
     # around the foot point; a muon that exists over only part of it gives that fraction.
     width = np.sqrt(np.maximum(rho, MIN_DISTANCE) / inv_att)
     seen = _normal_cdf((src.s_end[s] - sp) / width) - _normal_cdf((src.s_start[s] - sp) / width)
-    memory = CASCADE_FORWARD * np.exp(-d / (CASCADE_MEMORY_LENGTHS * scat))
     delta = CASCADE_DISPLACEMENT_LENGTHS * scat  # cascades: the displaced diffusion source (d = |w|)
     direct = src.direct[s]
-    spread = np.where(trk, seen / np.sqrt(dd), (1.0 + memory * proj / dd) / dd)
+    spread = np.where(trk, seen / np.sqrt(dd), cascade_memory(proj / dd, d, scat) / dd)
     spread = np.where(direct, cherenkov_profile(np.clip(proj / dd, -1.0, 1.0)) * scat / (3.0 * dd * dd), spread)
     extinction = np.where(direct, d * (1.0 / ((1.0 - G_ICE) * scat) + 1.0 / absn), d * inv_att)
     mu = src.brightness[s] * det.efficiency[sensor] * np.exp(-extinction) * spread
@@ -646,13 +708,19 @@ def expected_light(ev: Events) -> DomLight:
     return dom_light(light_sources(ev, det), det)
 
 
+def pulses_of(n_pe: np.ndarray) -> np.ndarray:
+    """Pulses that waveform unfolding makes of n photo-electrons at one DOM: min(n, ceil(PULSE_SPLIT sqrt(n)))."""
+    n = np.asarray(n_pe, dtype=np.float64)
+    return np.minimum(n, np.ceil(PULSE_SPLIT * np.sqrt(n)))
+
+
 @lru_cache(maxsize=1)
 def _pulse_table() -> tuple[np.ndarray, np.ndarray]:
     """(log mu grid, expected pulses above the discriminator) for Poisson(mu) photo-electrons."""
     from scipy.special import gammaln
 
     n = np.arange(0, 40_001, dtype=np.float64)
-    n_pulse = np.minimum(n, np.ceil(PULSE_SPLIT * np.sqrt(n)))
+    n_pulse = pulses_of(n)
     share = n / np.maximum(n_pulse, 1)
     split_loss = _normal_cdf((SPE_THRESHOLD - share * SPE_MEAN) / (np.sqrt(np.maximum(share, 1.0)) * SPE_SIGMA))
     kept = n_pulse * np.where(share > 1, 1.0 - split_loss, 1.0 - SPE_LOSS)
@@ -728,7 +796,7 @@ def _signal_pulses(rng: np.random.Generator, ev: Events, det: _Detector
     n_pe = rng.poisson(light.expected_pe)
     hit = np.flatnonzero(n_pe)
     n_pe = n_pe[hit]
-    n_pulse = np.minimum(n_pe, np.ceil(PULSE_SPLIT * np.sqrt(n_pe)).astype(np.int64))
+    n_pulse = pulses_of(n_pe).astype(np.int64)
     p = np.repeat(hit, n_pulse)
     delay = rng.gamma(light.pandel_shape[p], light.pandel_scale[p])
     jitter = np.clip(rng.normal(0.0, PMT_JITTER, len(p)), -PMT_JITTER_MAX, PMT_JITTER_MAX)
