@@ -306,3 +306,21 @@ def test_transformer_trains_with_ema_and_scores_alone_and_in_an_ensemble(dataset
         predict(str(dataset), "test", str(tmp_path / "p5"), Scoring(model=str(ens), weights=(1.0,)))
     with pytest.raises(InputError, match="pass --out URI"):
         calibrate(str(dataset), members, "train", 300, Scoring(model=members, max_pulses=256))
+
+
+def test_registered_checkpoint_is_read_from_ray_trains_snapshot(tmp_path: Path) -> None:
+    """What the fault hook and the resume test poll: Ray Train's checkpoint-manager snapshot, with bounded waits."""
+    out = str(tmp_path)
+    assert training.registered_checkpoint(out) is None
+    t0 = time.monotonic()
+    assert not training.wait_for_registered_checkpoint(out, None, timeout=0.3)
+    assert time.monotonic() - t0 < 5
+    snapshot = tmp_path / training.RUN_NAME / training.CHECKPOINT_SNAPSHOT
+    snapshot.parent.mkdir()
+    snapshot.write_text('{"latest_checkpoint_result": null, "checkpoint_results": []')  # being written
+    assert training.registered_checkpoint(out) is None
+    snapshot.write_text(json.dumps({"latest_checkpoint_result": {"checkpoint_dir_name": "checkpoint_x",
+                                                                 "metrics": {"epoch": 1, "step": 21}}}))
+    assert training.registered_checkpoint(out) == {"epoch": 1, "step": 21}
+    assert training.wait_for_registered_checkpoint(out, 21, timeout=0)
+    assert not training.wait_for_registered_checkpoint(out, 25, timeout=0.3)  # an older checkpoint: not yet
