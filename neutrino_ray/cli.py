@@ -479,8 +479,9 @@ def _add_bench(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
     bi.add_argument("--scale-meta-row-group", type=_positive, default=None, metavar="ROWS",
                     help="for --scale: write the meta in row groups of ROWS rows across batches (e.g. 1048576, "
                          "as pandas or Spark write it) instead of one row group per batch")
-    bi.add_argument("--scale-analysis", action="store_true",
-                    help="for --scale: also evaluate and compare the predictions, each in a fresh driver process")
+    bi.add_argument("--scale-analysis", nargs="?", const="evaluate,compare", default="", metavar="COMMANDS",
+                    help="for --scale: also run these comma-separated analysis commands (evaluate, compare) on the "
+                         "predictions, each in a fresh driver process (evaluate,compare without a value)")
     bg = b_sub.add_parser("gpu", formatter_class=fmt,
                           help="one GPU: training events/s, peak memory, utilisation of dynedge, transformer-base, "
                                "NOvA medium",
@@ -601,7 +602,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         bench_gpu(args.steps, args.warmup, args.precision)
     elif args.command == "bench":
         from neutrino_ray.icecube.architectures import ARCHITECTURES
-        from neutrino_ray.icecube.bench import bench, bench_gnn, bench_scale
+        from neutrino_ray.icecube.bench import bench, bench_gnn, bench_scale, scale_analysis_commands
 
         if args.scale is not None:
             try:
@@ -611,7 +612,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
             if not batches or min(batches) < 1:
                 raise InputError(f"--scale {args.scale}: expected positive batch-file counts")
             bench_scale(batches, args.data.rstrip("/") + "-scale", args.scale_events_per_batch,
-                        args.scale_meta_row_group, args.scale_analysis)
+                        args.scale_meta_row_group, scale_analysis_commands(args.scale_analysis))
             return 0
         if args.events:
             bench(args.events, args.data, args.seed)

@@ -637,7 +637,8 @@ def test_the_scale_benchmark_evaluates_and_compares_on_a_meta_of_big_row_groups(
     written in 4,096-row groups across batches, and predict, evaluate and compare each report a driver peak."""
     from neutrino_ray.icecube.bench import bench_scale
 
-    (fig,) = bench_scale([3], str(tmp_path), events_per_batch=5_000, meta_row_group=4_096, analysis=True)
+    (fig,) = bench_scale([3], str(tmp_path), events_per_batch=5_000, meta_row_group=4_096,
+                         analysis=("evaluate", "compare"))
     md = pq.ParquetFile(tmp_path / "scale-3x5000-rg4096" / "train_meta.parquet").metadata
     assert [md.row_group(i).num_rows for i in range(md.num_row_groups)] == [4_096] * 3 + [15_000 - 3 * 4_096]
     assert fig["events"] == 15_000

@@ -174,3 +174,22 @@ def test_evaluate_and_compare_log_progress_with_totals_and_eta(tmp_path: Path, m
         done = [int(re.search(r": ([\d,]+)/", ln).group(1).replace(",", "")) for ln in mine]  # type: ignore[union-attr]
         assert len(mine) >= 4 and all(f"/{total:,} events" in ln and "ETA" in ln for ln in mine), (what, mine)
         assert done == sorted(done) and done[-1] == total and len(set(done)) >= 4, (what, done)
+
+
+def test_side_by_side_shares_the_truth_and_refuses_predictions_that_changed(tmp_path: Path) -> None:
+    """compare's side-by-side pass: every model's chunk of a range shares one read of the truth (the same
+    arrays), errors equal chunks()'s; a predictions file that lost an event since the first pass is a
+    one-line DataError naming it."""
+    root = _split(tmp_path / "d", 5_000, False, row_group=1_000)
+    sub, pqt = str(root / "submission.csv"), str(root / "predictions.parquet")
+    one = list(outofcore.chunks(str(root), "test", sub, chunk_events=2_000))
+    both = list(outofcore.side_by_side(str(root), "test", [sub, pqt], chunk_events=2_000))
+    assert len(both) == len(one) == 3
+    for ch, (a, b) in zip(one, both):
+        assert a.zen_true is b.zen_true and a.event_id is b.event_id
+        np.testing.assert_array_equal(a.errors, ch.errors)
+        np.testing.assert_array_equal(b.errors, ch.errors)
+    t = pq.read_table(pqt)
+    pq.write_table(t.filter(pa.compute.not_equal(t.column("event_id"), 9_007)), pqt)
+    with pytest.raises(icdata.DataError, match=r"predictions.parquet: event ids in .* changed since the first pass"):
+        list(outofcore.side_by_side(str(root), "test", [sub, pqt], chunk_events=2_000))

@@ -16,6 +16,7 @@ import pyarrow as pa
 import ray
 
 from neutrino_ray import runtime, storage
+from neutrino_ray.errors import InputError
 from neutrino_ray.icecube import data as icdata
 from neutrino_ray.icecube.features import DEFAULT_MAX_PULSES, featurise
 from neutrino_ray.icecube.linefit import KAGGLE_CHARGE_CAP, VARIANTS
@@ -351,12 +352,24 @@ def _in_fresh_process(fn: Any, *args: Any) -> dict[str, float]:
         pool.join()
 
 
+SCALE_ANALYSIS = ("evaluate", "compare")
+
+
+def scale_analysis_commands(text: str) -> tuple[str, ...]:
+    """``--scale-analysis``'s comma-separated commands, each one of :data:`SCALE_ANALYSIS`."""
+    commands = tuple(c.strip() for c in text.split(",") if c.strip())
+    unknown = [c for c in commands if c not in SCALE_ANALYSIS]
+    if unknown:
+        raise InputError(f"--scale-analysis {text}: unknown {unknown} (choose from {', '.join(SCALE_ANALYSIS)})")
+    return commands
+
+
 def bench_scale(batches: list[int], root: str, events_per_batch: int = MAX_EVENTS_PER_BATCH,
-                meta_row_group: int | None = None, analysis: bool = False) -> list[dict[str, float]]:
+                meta_row_group: int | None = None, analysis: tuple[str, ...] = ()) -> list[dict[str, float]]:
     """For each number of batch files: write the cheap layout (``meta_row_group``: its meta in row groups
     of that many rows), then plan and score it in a fresh process (so each driver peak is that run's own),
-    and with ``analysis`` evaluate, then compare, its ``predictions.parquet`` in a fresh process each; print and
-    return the figures."""
+    and run each ``analysis`` command (``evaluate``, ``compare``) on its ``predictions.parquet`` in a fresh
+    process each; print and return the figures."""
     import shutil
 
     rows = []
@@ -369,14 +382,12 @@ def bench_scale(batches: list[int], root: str, events_per_batch: int = MAX_EVENT
         out = Path(root) / f"{name}-pred"
         shutil.rmtree(out, ignore_errors=True)
         fig = _in_fresh_process(_scale_run, str(data), str(out))
-        if analysis:
-            # predictions.parquet, not submission.csv: a CSV is scanned whole for each event-id range
-            for command in ("evaluate", "compare"):
-                fig.update(_in_fresh_process(_scale_analysis, command, str(data), str(out / "predictions.parquet"),
-                                             str(out / "an")))
-            print(f"{b:>5} files: evaluate {fig['evaluate_seconds']:.0f} s (driver peak "
-                  f"{fig['evaluate_peak_rss_mib']:,.0f} MiB), compare {fig['compare_seconds']:.0f} s (driver peak "
-                  f"{fig['compare_peak_rss_mib']:,.0f} MiB)", flush=True)
+        # predictions.parquet, not submission.csv: a CSV is scanned whole for each event-id range
+        for command in analysis:
+            fig.update(_in_fresh_process(_scale_analysis, command, str(data), str(out / "predictions.parquet"),
+                                         str(out / "an")))
+            print(f"{b:>5} files: {command} {fig[f'{command}_seconds']:.0f} s (driver peak "
+                  f"{fig[f'{command}_peak_rss_mib']:,.0f} MiB)", flush=True)
         shutil.rmtree(out, ignore_errors=True)
         rows.append({"batch_files": b, "write_seconds": write_s, **fig})
         print(f"{b:>5} files, {fig['events']:>12,.0f} events: plan {fig['plan_seconds']:7.1f} s "
