@@ -68,7 +68,9 @@ class Utilisation:
         if device.type != "cuda":
             self.unavailable = f"no CUDA device: the work ran on {device.type}"
         else:
-            index = device.index if device.index is not None else torch.cuda.current_device()
+            index: int | None = device.index  # None: the current device
+            if index is None:
+                index = torch.cuda.current_device()
             reasons = []
             for source, read in (("torch.cuda.utilization", lambda: float(torch.cuda.utilization(index))),
                                  ("nvidia-smi", lambda: _nvidia_smi_utilisation(index))):
@@ -182,7 +184,8 @@ def _time_model(model: str, task: Any, batches: list[Any], device: torch.device,
         seconds = time.perf_counter() - t0
     out = {"events_per_second": steps * BATCH[model] / seconds, "batch": BATCH[model], "steps": steps,
            "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30,
-           "utilisation_percent": util.mean, "utilisation_error": util.window()["unavailable"] or "", "precision": precision}
+           "utilisation_percent": util.mean, "utilisation_error": util.window()["unavailable"] or "",
+           "precision": precision}
 
     torch.cuda.empty_cache()
     return out
@@ -336,18 +339,22 @@ def bench_gpu_inference(out: str, device: str = "cuda", icecube_events: int = IN
             m = novapredict.predict(nova_data, f"{tmp}/nova-out", scoring)
             return m["events"], m, None
 
-        results = {"icecube": _timed("icecube predict --pipeline split", icecube_model, icecube, dev),
-                   "nova": _timed("nova predict", nova_model, nova, dev)}
+        report: dict[str, Any] = {
+            "half": "inference", "complete": False, "device": dev.type, "gpu": gpu, "random_weights": True,
+            "precision": training.precision_policy("auto", dev), "ray_resources": resources,
+            "simulate_seconds": round(sim_s, 3), "time_goal_seconds": TIME_GOAL_SECONDS,
+            "utilisation_goal_percent": UTILISATION_GOAL, "workloads": {}}
+        results = report["workloads"]
+        results["icecube"] = _timed("icecube predict --pipeline split", icecube_model, icecube, dev)
+        _write_report(out, INFERENCE_REPORT, report)  # a run stopped by a timeout keeps what it measured
+        results["nova"] = _timed("nova predict", nova_model, nova, dev)
     total = time.perf_counter() - started
     ic_util = results["icecube"]["utilisation"]["mean_percent"]
     goal = ("not measured: " + str(results["icecube"]["utilisation"]["unavailable"]) if ic_util is None
             else f"{'met' if ic_util >= UTILISATION_GOAL else 'missed'} ({ic_util:.0f} %)")
-    report = {"half": "inference", "device": dev.type, "gpu": gpu, "random_weights": True,
-              "precision": training.precision_policy("auto", dev), "ray_resources": resources,
-              "simulate_seconds": round(sim_s, 3), "total_seconds": round(total, 3),
-              "time_goal_seconds": TIME_GOAL_SECONDS, "utilisation_goal_percent": UTILISATION_GOAL,
-              "utilisation_goal": goal if icecube_model == "transformer-base" else "not applicable (not transformer-base)",
-              "workloads": results}
+    report.update(complete=True, total_seconds=round(total, 3),
+                  utilisation_goal=goal if icecube_model == "transformer-base"
+                  else "not applicable (not transformer-base)")
     uri = _write_report(out, INFERENCE_REPORT, report)
     print(f"{'workload':<34}{'model':<18}{'events':>9}{'score s':>9}{'events/s':>10}{'e2e ev/s':>10}"
           f"{'util mean':>11}{'median':>8}")

@@ -24,7 +24,8 @@ def test_inference_half_on_cpu_actors_end_to_end(tmp_path: Path, capsys: pytest.
     wall = time.perf_counter() - t0
     printed = capsys.readouterr().out
     r = json.loads((tmp_path / gpubench.INFERENCE_REPORT).read_text())
-    assert r["half"] == "inference" and r["device"] == "cpu" and r["gpu"] is None and r["random_weights"] is True
+    assert r["complete"] is True and r["half"] == "inference" and r["device"] == "cpu" and r["gpu"] is None
+    assert r["random_weights"] is True
     assert r["precision"] == "fp32" and r["code_version"]
     assert r["utilisation_goal"] == "not applicable (not transformer-base)"
     assert 0 < r["simulate_seconds"] < r["total_seconds"] <= wall
