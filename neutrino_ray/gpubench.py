@@ -253,11 +253,7 @@ def _random_nova_model(out: str, size: str) -> str:
 
     task = NovaTask("numu-cc", size)
     torch.manual_seed(0)
-    model = task.build_model()
-    uri = storage.join(out, f"random-nova-{size}")
-    storage.write_bytes(storage.join(uri, training.WEIGHTS), training.weights_bytes(model))
-    storage.write_bytes(storage.join(uri, training.CONFIG), json.dumps(training.artefact_config(task, model)).encode())
-    return uri
+    return training.write_model(storage.join(out, f"random-nova-{size}"), task, task.build_model())
 
 
 def _simulate(tmp: str, icecube_events: int, nova_events: int) -> tuple[str, str, int, int, float]:
@@ -309,7 +305,7 @@ def bench_gpu_inference(out: str, device: str = "cuda", icecube_events: int = IN
     utilisation sampled in this process over that window (mean, median; 'unavailable' and why on a CPU)."""
     from neutrino_ray import runtime
     from neutrino_ray.icecube import predict as icpredict
-    from neutrino_ray.icecube.bench import _random_model
+    from neutrino_ray.icecube.bench import random_model
     from neutrino_ray.nova import predict as novapredict
 
     if device not in DEVICES:
@@ -324,7 +320,7 @@ def bench_gpu_inference(out: str, device: str = "cuda", icecube_events: int = IN
         print(f"simulated {ic_n:,} IceCube and {nova_n:,} NOvA events in {sim_s:.0f} s on "
               f"{runtime.cpu_count()} CPUs; scoring on {gpu or 'CPU'} with random weights (throughput only: "
               "the weights do not change the work)", flush=True)
-        ic_uri, nova_uri = _random_model(tmp, icecube_model), _random_nova_model(tmp, nova_model)
+        ic_uri, nova_uri = random_model(tmp, icecube_model), _random_nova_model(tmp, nova_model)
 
         def icecube() -> tuple[int, dict[str, Any], tuple[float, float]]:
             scoring = icpredict.Scoring(model=ic_uri, pipeline="split", actors=1, cpus_per_actor=cpus_per_actor,
