@@ -1,11 +1,16 @@
-"""``neutrino-ray bench gpu``: the GPU check, training half (issue 23).
+"""``neutrino-ray bench gpu``: the GPU check. Training half (issue 23) below; the inference half (issue 24,
+:func:`bench_gpu_inference`) runs the real ``icecube predict --pipeline split`` and ``nova predict`` on simulated
+events with GPU actors (CPU actors with ``--device cpu``, the seam the default suite runs) and samples the GPU's
+utilisation from the driver (:class:`Utilisation`).
+
+Training half.
 
 On one CUDA GPU it trains ``dynedge``, ``transformer-base`` (IceCube) and the NOvA ``medium`` CNN for a fixed
 number of steps each, with the scaffold's own training step (:func:`~neutrino_ray.training.train_step`:
 precision policy, gradient scaler, gradient clipping) and batches copied from pinned memory without
 blocking, and prints per model: events/s (after warm-up steps), peak GPU memory
 (``torch.cuda.max_memory_allocated``) and GPU utilisation (``torch.cuda.utilization``, which needs the
-``nvidia-ml-py`` package (pynvml); sampled every 0.2 s while the timed steps run).
+``nvidia-ml-py`` package (pynvml), else ``nvidia-smi``; sampled every 0.2 s while the timed steps run).
 
 Its data are simulated before any timing (IceCube: one batch file of events, featurised at each model's
 training pulse cap; NOvA: pixel maps), in a temporary folder; nothing is downloaded. Without CUDA it
