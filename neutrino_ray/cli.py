@@ -721,7 +721,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.warning("%s", notice)
     try:
         out = getattr(args, "out", None)
-        if not out or args.command == "bench":
+        if not out or (args.command == "bench" and args.detector != "gpu"):  # bench gpu's OUT holds its reports
             return run(args, argv)
         with storage.lease(out, getattr(args, "wait", 0.0)):  # one writer per output, before any work
             return run(args, argv)

@@ -23,6 +23,7 @@ def test_inference_half_on_cpu_actors_end_to_end(tmp_path: Path, capsys: pytest.
                  "--nova-model", "small"]) == 0
     wall = time.perf_counter() - t0
     printed = capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == [gpubench.INFERENCE_REPORT]  # the lease gone with the run
     r = json.loads((tmp_path / gpubench.INFERENCE_REPORT).read_text())
     assert r["complete"] is True and r["half"] == "inference" and r["device"] == "cpu" and r["gpu"] is None
     assert r["random_weights"] is True
