@@ -15,12 +15,13 @@ blocking, and prints per model: events/s (after warm-up steps), peak GPU memory
 Its data are simulated before any timing (IceCube: one batch file of events, featurised at each model's
 training pulse cap; NOvA: pixel maps), in a temporary folder; nothing is downloaded. Without CUDA it
 stops at once with one line. It runs in well under 4 minutes on an L4-class GPU by construction (a few
-hundred steps); see docs/development.md for the figures, or for the note that none were measured yet.
+hundred steps); see docs/cluster.md for the figures, or for the note that none were measured yet.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import tempfile
 import threading
@@ -50,8 +51,12 @@ UTILISATION_PERIOD = 0.2  # seconds between utilisation samples
 
 
 def _nvidia_smi_utilisation(index: int) -> float:
-    """GPU ``index``'s utilisation (%) from ``nvidia-smi`` (the fallback where pynvml is not installed)."""
-    r = subprocess.run(["nvidia-smi", f"--id={index}", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
+    """GPU ``index``'s utilisation (%) from ``nvidia-smi`` (the fallback where pynvml is not installed). ``index``
+    counts the GPUs this process sees; nvidia-smi counts all of them, so it is mapped through
+    ``CUDA_VISIBLE_DEVICES`` (indices or UUIDs, both of which ``--id`` takes)."""
+    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    gpu = visible[index] if index < len(visible) else str(index)
+    r = subprocess.run(["nvidia-smi", f"--id={gpu}", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
                        capture_output=True, text=True, timeout=5, check=True)
     return float(r.stdout.strip().splitlines()[0])
 

@@ -5,6 +5,7 @@ number where there is no GPU to sample."""
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from pathlib import Path
 
@@ -94,3 +95,25 @@ def test_sampler_without_a_source_says_why(monkeypatch: pytest.MonkeyPatch) -> N
     assert w["mean_percent"] is None and w["samples"] == 0 and w["source"] is None
     assert w["unavailable"] == ("torch.cuda.utilization: ModuleNotFoundError: pynvml does not seem to be installed; "
                                 "nvidia-smi: FileNotFoundError: nvidia-smi")
+
+
+def test_nvidia_smi_fallback_maps_the_visible_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where pynvml is missing the sampler asks nvidia-smi, for the GPU this process sees (its index mapped through
+    CUDA_VISIBLE_DEVICES: nvidia-smi counts every GPU of the machine)."""
+    calls: list[list[str]] = []
+
+    def run(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+        calls.append(cmd)
+        return subprocess.CompletedProcess(cmd, 0, stdout="73\n", stderr="")
+
+    def no_nvml(device: object = None) -> float:
+        raise ModuleNotFoundError("pynvml does not seem to be installed")
+
+    monkeypatch.setattr(torch.cuda, "utilization", no_nvml)
+    monkeypatch.setattr(subprocess, "run", run)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    monkeypatch.setattr(gpubench, "UTILISATION_PERIOD", 0.01)
+    with gpubench.Utilisation(torch.device("cuda", 1)) as u:
+        time.sleep(0.1)
+    assert u.source == "nvidia-smi" and u.window()["mean_percent"] == 73.0 and u.window()["samples"] >= 2
+    assert calls[0] == ["nvidia-smi", "--id=5", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"]
