@@ -297,6 +297,8 @@ def _timed(workload: str, model: str, run: Any, device: torch.device) -> dict[st
             "score_seconds": round(hi - lo, 3), "events_per_second": events / (hi - lo),
             "end_to_end_events_per_second": events / wall, "utilisation": util.window(lo, hi),
             "utilisation_whole_run": util.window(t0, t0 + wall),
+            # every sample, seconds from the command's start: the ramp (actor start, model load) shows here
+            "utilisation_samples": [[round(t - t0, 2), p] for t, p in util.samples],
             "manifest": {k: manifest.get(k) for k in ("stage_seconds", "max_pulses", "batch_size", "actors",
                                                      "cpus_per_actor", "gpus_per_actor", "n_parameters")
                          if k in manifest}}

@@ -42,6 +42,7 @@ def test_inference_half_on_cpu_actors_end_to_end(tmp_path: Path, capsys: pytest.
         for u in (w["utilisation"], w["utilisation_whole_run"]):  # no GPU: no number, and why
             assert u["mean_percent"] is None and u["median_percent"] is None and u["samples"] == 0
             assert u["unavailable"] == "no CUDA device: the work ran on cpu"
+        assert w["utilisation_samples"] == []
     # IceCube's window is predict's score stage (its manifest's), inside the command's wall time
     stages = ic["manifest"]["stage_seconds"]
     assert ic["score_seconds"] == pytest.approx(stages["score"], abs=2e-3) and ic["manifest"]["max_pulses"] == 768
