@@ -454,6 +454,7 @@ def _add_demo(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
 def _add_bench(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
     """The ``bench`` command and its subcommands."""
     from neutrino_ray.icecube.architectures import ARCHITECTURES
+    from neutrino_ray.nova.architectures import MODELS as NOVA_MODELS
 
     b = sub.add_parser("bench", help="throughput benchmarks")
     b_sub = b.add_subparsers(dest="detector", required=True, metavar="DETECTOR")
@@ -483,14 +484,37 @@ def _add_bench(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
                     help="for --scale: also run these comma-separated analysis commands (evaluate, compare) on the "
                          "predictions, each in a fresh driver process (evaluate,compare without a value)")
     bg = b_sub.add_parser("gpu", formatter_class=fmt,
-                          help="one GPU: training events/s, peak memory, utilisation of dynedge, transformer-base, "
-                               "NOvA medium",
-                          description="Train each model for a fixed number of steps on one CUDA GPU (data simulated "
-                                      "first; nothing downloaded); without CUDA it stops at once.")
-    bg.add_argument("--steps", type=_positive, default=100, help="timed training steps per model (100)")
-    bg.add_argument("--warmup", type=_non_negative, default=10, help="untimed steps first (10)")
+                          help="one GPU: training (dynedge, transformer-base, NOvA medium) and inference "
+                               "(icecube predict --pipeline split with transformer-base, nova predict with medium): "
+                               "events/s, peak memory, utilisation",
+                          description="The GPU check. Training half: train each model for a fixed number of steps "
+                                      "on one CUDA GPU. Inference half: score 200,000 simulated IceCube events "
+                                      "through 'icecube predict --pipeline split' (CPU featurise tasks feeding a "
+                                      "GPU actor) and 50,000 NOvA events through 'nova predict' (a GPU actor), "
+                                      "models with random weights; events/s and the GPU's utilisation (mean, "
+                                      "median), into OUT/bench-gpu-inference.json. Data simulated first; nothing "
+                                      "downloaded; without CUDA it stops at once (--device cpu: the inference half "
+                                      "on CPU actors, for tests).")
+    bg.add_argument("--half", choices=("both", "training", "inference"), default="both",
+                    help="which half of the check to run (both)")
+    bg.add_argument("--out", default="bench-gpu", help="folder for the JSON reports (bench-gpu)")
+    bg.add_argument("--steps", type=_positive, default=100, help="training: timed training steps per model (100)")
+    bg.add_argument("--warmup", type=_non_negative, default=10, help="training: untimed steps first (10)")
     bg.add_argument("--precision", choices=PRECISIONS, default="auto",
-                    help="auto: bf16 where the GPU has it, else fp16 with a gradient scaler (auto)")
+                    help="training: auto: bf16 where the GPU has it, else fp16 with a gradient scaler (auto); "
+                         "inference scores with the actors' auto policy")
+    bg.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
+                    help="inference: cpu scores on CPU actors with the same code (the test seam; utilisation "
+                         "'unavailable'); only with --half inference (cuda)")
+    bg.add_argument("--icecube-events", type=_positive, default=200_000,
+                    help="inference: simulated IceCube test events (200000)")
+    bg.add_argument("--nova-events", type=_positive, default=50_000, help="inference: simulated NOvA events (50000)")
+    bg.add_argument("--icecube-model", choices=list(ARCHITECTURES), default="transformer-base",
+                    help="inference: IceCube architecture, random weights (transformer-base)")
+    bg.add_argument("--nova-model", choices=list(NOVA_MODELS), default="medium",
+                    help="inference: NOvA architecture, random weights (medium)")
+    bg.add_argument("--cpus-per-actor", type=_positive_float, default=1.0,
+                    help="inference: CPUs each scoring actor holds (1; the rest run IceCube's featurise tasks)")
 
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
@@ -597,9 +621,16 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
         demo(args.out, args.events, args.seed, args.train_minutes, args.workers)
     elif args.command == "bench" and args.detector == "gpu":
-        from neutrino_ray.gpubench import bench_gpu
+        from neutrino_ray.gpubench import bench_gpu, bench_gpu_inference
 
-        bench_gpu(args.steps, args.warmup, args.precision)
+        if args.device == "cpu" and args.half != "inference":
+            raise InputError("--device cpu runs only the inference half (the training half needs CUDA): add "
+                             "--half inference")
+        if args.half in ("both", "training"):
+            bench_gpu(args.steps, args.warmup, args.precision, args.out)
+        if args.half in ("both", "inference"):
+            bench_gpu_inference(args.out, args.device, args.icecube_events, args.nova_events, args.icecube_model,
+                                args.nova_model, args.cpus_per_actor)
     elif args.command == "bench":
         from neutrino_ray.icecube.architectures import ARCHITECTURES
         from neutrino_ray.icecube.bench import bench, bench_gnn, bench_scale, scale_analysis_commands
@@ -691,7 +722,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.warning("%s", notice)
     try:
         out = getattr(args, "out", None)
-        if not out or args.command == "bench":
+        if not out or (args.command == "bench" and args.detector != "gpu"):  # bench gpu's OUT holds its reports
             return run(args, argv)
         with storage.lease(out, getattr(args, "wait", 0.0)):  # one writer per output, before any work
             return run(args, argv)

@@ -597,6 +597,14 @@ def weights_bytes(model: nn.Module) -> bytes:
     return buf.getvalue()
 
 
+def write_model(uri: str, task: Task, model: nn.Module) -> str:
+    """A model folder at ``uri`` (weights and ``config.json``, as :func:`publish` writes them, without a run's
+    manifest): the benchmarks' models with freshly initialised weights. Returns ``uri``."""
+    storage.write_bytes(storage.join(uri, WEIGHTS), weights_bytes(model))
+    storage.write_bytes(storage.join(uri, CONFIG), json.dumps(artefact_config(task, model)).encode())
+    return uri
+
+
 def publish(task: Task, s: Settings, saved: dict[str, Any], command: list[str] | None, inputs: list[str] | None,
             started: float, cpus_per_worker: float, data_summary: dict[str, Any] | None = None) -> TrainResult:
     """The final checkpoint → ``OUT/model/`` (weights, config, metrics, learning curve), atomically."""

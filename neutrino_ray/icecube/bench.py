@@ -129,21 +129,15 @@ def bench(events: int, data: str, seed: int = 11) -> dict[str, float]:
     return figures
 
 
-def _random_model(out: str, size: str) -> str:
+def random_model(out: str, size: str) -> str:
     """A model artefact with freshly initialised weights: throughput does not depend on the weights."""
-    import json
-
     from neutrino_ray import training
     from neutrino_ray.icecube.architectures import TRANSFORMER_INFERENCE_MAX_PULSES, default_max_pulses, is_transformer
     from neutrino_ray.icecube.train import DirectionTask
 
     task = DirectionTask(size, max_pulses=default_max_pulses(size),
                          inference_max_pulses=TRANSFORMER_INFERENCE_MAX_PULSES if is_transformer(size) else None)
-    model = task.build_model()
-    uri = storage.join(out, f"random-{size}")
-    storage.write_bytes(storage.join(uri, training.WEIGHTS), training.weights_bytes(model))
-    storage.write_bytes(storage.join(uri, training.CONFIG), json.dumps(training.artefact_config(task, model)).encode())
-    return uri
+    return training.write_model(storage.join(out, f"random-{size}"), task, task.build_model())
 
 
 PEERS = {  # forward-pass events/s (2 threads, fp32, padded batches, real pulse quartiles, cap 192), training step
@@ -215,7 +209,7 @@ def bench_gnn(sizes: list[str], events: int, data: str, seed: int = 12) -> dict[
              "train_events_per_s": train_rate, "read_featurise_events_per_s_per_cpu": read_featurise}
         caps = [cap, TRANSFORMER_INFERENCE_MAX_PULSES] if is_transformer(size) else [cap]
         with tempfile.TemporaryDirectory() as tmp:
-            uri = _random_model(tmp, size)
+            uri = random_model(tmp, size)
             for c in caps:
                 ray.shutdown()  # fresh actors: their peak memory is this run's
                 runtime.init_ray()
