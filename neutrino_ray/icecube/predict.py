@@ -461,7 +461,7 @@ def build_dataset(split_plan: pipeline.SplitPlan, geometry: np.ndarray, scoring:
         tasks = scoring.featurise_tasks or max(1, int(left))
         ds = ds.map_batches(partial(featurise_block, geometry=geometry, max_pulses=plan.max_pulses, parts=parts),
                             batch_format="pyarrow", batch_size=1, zero_copy_batch=True,
-                            num_cpus=min(1.0, left), concurrency=tasks)
+                            num_cpus=min(1.0, left), compute=ray.data.TaskPoolStrategy(size=tasks))
     return inference.actor_pool(ds, DirectionScorer, kwargs, actors, cpus_per_actor, scoring.gpus_per_actor)
 
 
