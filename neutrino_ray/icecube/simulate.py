@@ -656,7 +656,10 @@ def dom_light(src: Sources, det: _Detector) -> DomLight:
     seen = _normal_cdf((src.s_end[s] - sp) / width) - _normal_cdf((src.s_start[s] - sp) / width)
     delta = CASCADE_DISPLACEMENT_LENGTHS * scat  # cascades: the displaced diffusion source (d = |w|)
     direct = src.direct[s]
-    spread = np.where(trk, seen / np.sqrt(dd), cascade_memory(proj / dd, d, scat) / dd)
+    diffuse = np.flatnonzero(~trk & ~direct)  # the angular memory only where it is used
+    angular = np.ones(len(d))
+    angular[diffuse] = cascade_memory(proj[diffuse] / dd[diffuse], d[diffuse], scat[diffuse])
+    spread = np.where(trk, seen / np.sqrt(dd), angular / dd)
     spread = np.where(direct, cherenkov_profile(np.clip(proj / dd, -1.0, 1.0)) * scat / (3.0 * dd * dd), spread)
     extinction = np.where(direct, d * (1.0 / ((1.0 - G_ICE) * scat) + 1.0 / absn), d * inv_att)
     mu = src.brightness[s] * det.efficiency[sensor] * np.exp(-extinction) * spread
