@@ -38,6 +38,7 @@ test-slow: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy neutrino_ray
+	$(BIN)/pylint --disable=all --enable=duplicate-code --score=no neutrino_ray
 
 bench: $(STAMP)
 	$(BIN)/neutrino-ray bench icecube --events 200000

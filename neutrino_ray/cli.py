@@ -16,7 +16,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from neutrino_ray import logs, storage
+from neutrino_ray.argtypes import non_negative as _non_negative
+from neutrino_ray.argtypes import non_negative_float as _non_negative_float
+from neutrino_ray.argtypes import positive as _positive
+from neutrino_ray.argtypes import positive_float as _positive_float
 from neutrino_ray.errors import InputError
+from neutrino_ray.settings import PRECISIONS, add_training_args, training_kwargs
 
 log = logging.getLogger("neutrino_ray")
 
@@ -34,82 +39,20 @@ ENV_HELP = """environment:
 WAIT_MINUTES = 60.0  # --wait without a value
 
 
-def _positive(v: str) -> int:
-    n = int(v)
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
-    return n
+class _Deprecated(argparse.Action):
+    """An option's old name, kept for one release: stores under the new name's ``dest`` and records a
+    deprecation notice, which :func:`main` logs as a warning."""
 
+    def __init__(self, option_strings: list[str], dest: str, new: str, **kwargs: Any):
+        self.new = new
+        super().__init__(option_strings, dest, **kwargs)
 
-def _non_negative(v: str) -> int:
-    n = int(v)
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {n}")
-    return n
-
-
-def _positive_float(v: str) -> float:
-    x = float(v)
-    if not x > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {v}")
-    return x
-
-
-def _unit_interval(v: str) -> float:
-    x = float(v)
-    if not 0 < x < 1:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), got {v}")
-    return x
-
-
-def _non_negative_float(v: str) -> float:
-    x = float(v)
-    if not x >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
-    return x
-
-
-def add_training_args(p: argparse.ArgumentParser, batch_size: int, lr: float) -> None:
-    """Options every Ray Train command shares (the scaffold's Settings)."""
-    p.add_argument("--workers", type=_positive, default=1, help="data-parallel training workers (1)")
-    p.add_argument("--gpus-per-worker", type=_non_negative_float, default=0.0,
-                   help="GPUs per worker; > 0 trains on GPUs with NCCL (0: CPUs, gloo)")
-    p.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
-                   help="GPU training precision: auto = bf16 autocast where the GPU has it, else fp16 with a "
-                        "gradient scaler; CPUs train in fp32 (auto)")
-    p.add_argument("--resource-wait-minutes", type=_non_negative_float, default=15.0,
-                   help="wait this long for the autoscaler to bring the GPUs asked for; 0 refuses at once (15)")
-    p.add_argument("--cpus-per-worker", type=_positive_float, default=None,
-                   help="CPUs per worker (default: 1 with GPUs; else an equal share of the cluster's CPUs)")
-    p.add_argument("--max-minutes", type=_positive_float, default=None,
-                   help="training time budget in minutes, counted across restarts and resumes (none)")
-    p.add_argument("--epochs", type=_positive, default=10, help="passes over the training events (10)")
-    p.add_argument("--batch-size", type=_positive, default=batch_size,
-                   help=f"events per batch per worker ({batch_size})")
-    p.add_argument("--lr", type=_positive_float, default=lr,
-                   help="peak learning rate of AdamW; warm-up, then cosine decay over the epochs or the "
-                        f"time budget, whichever ends first ({lr:g})")
-    p.add_argument("--checkpoint-minutes", type=_positive_float, default=5.0,
-                   help="validate and checkpoint at every epoch end and at least this often (5)")
-    p.add_argument("--max-failures", type=_non_negative, default=3,
-                   help="worker failures to recover from the latest checkpoint (3)")
-    p.add_argument("--seed", type=int, default=0, help="seed for weights, shuffling and balancing (0)")
-    p.add_argument("--ema", type=_unit_interval, default=None, dest="ema_decay", metavar="DECAY",
-                   help="keep an exponential moving average of the weights with this decay (e.g. 0.999); "
-                        "validation and the published model use it (off)")
-    p.add_argument("--optimizer", choices=["adamw", "adam"], default="adamw",
-                   help="adamw (weight decay 1e-5), or adam (no weight decay, as the NOvA course recipe) (adamw)")
-    p.add_argument("--schedule", choices=["warmup-cosine", "constant"], default="warmup-cosine",
-                   help="learning-rate schedule: warm-up then cosine decay, or constant (warmup-cosine)")
-    p.add_argument("--patience", type=_positive, default=None,
-                   help="early stopping: end after this many epochs without a lower validation loss (off)")
-
-
-def training_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    return {k: getattr(args, k) for k in ("workers", "gpus_per_worker", "cpus_per_worker", "max_minutes", "epochs",
-                                          "batch_size", "lr", "checkpoint_minutes", "max_failures", "seed",
-                                          "ema_decay", "optimizer", "schedule", "patience",
-                                          "precision", "resource_wait_minutes")}
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, values)
+        notices = [*getattr(namespace, "deprecated", []), f"{option_string} is deprecated and will be removed in "
+                   f"the next release: use {self.new}"]
+        namespace.deprecated = notices
 
 
 def add_actor_args(p: argparse.ArgumentParser, batch_size: int) -> None:
@@ -151,19 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _wait_minutes(v: str) -> float:
-    x = float(v)
-    if not x >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0 minutes, got {v}")
-    return x
-
-
 def _add_wait(p: argparse.ArgumentParser) -> None:
     """``--wait [MINUTES]`` on every command that publishes (has an OUT): one writer per output (storage.Lease)."""
     subs = [a for a in p._actions if isinstance(a, argparse._SubParsersAction)]
     if not subs:
         if any(a.dest == "out" for a in p._actions):
-            p.add_argument("--wait", type=_wait_minutes, nargs="?", const=WAIT_MINUTES, default=0.0,
+            p.add_argument("--wait", type=_non_negative_float, nargs="?", const=WAIT_MINUTES, default=0.0,
                            metavar="MINUTES", help="when another run is writing OUT, wait up to MINUTES for it "
                            f"to finish ({WAIT_MINUTES:g} without a value) instead of failing at once")
         return
@@ -211,7 +147,7 @@ def _add_simulate(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
 
 def _add_nova(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
     """The ``nova`` command and its subcommands."""
-    from neutrino_ray.nova.models import MODELS as NOVA_MODELS
+    from neutrino_ray.nova.architectures import MODELS as NOVA_MODELS
     from neutrino_ray.nova.targets import TASKS
 
     nova = sub.add_parser("nova", help="NOvA-style pixel-map CNNs (Ray Train) and analysis")
@@ -224,9 +160,13 @@ def _add_nova(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
                                          "--val-events in-task events validate. Checkpoints go to OUT/train "
                                          "(re-running with the same OUT resumes); the model to OUT/model.")
     nt.add_argument("data", metavar="DATA", help=nova_data)
-    nt.add_argument("--task", required=True, choices=list(TASKS),
-                    help="numu-cc (binary), flavour (numu CC / nue CC / NC), mode (QE / RES / DIS / other, CC "
-                         "events), energy (neutrino energy), y (E_lepton / E_nu; E_nu = 0 skipped)")
+    target = nt.add_mutually_exclusive_group(required=True)
+    target.add_argument("--target", choices=list(TASKS),
+                        help="what to predict: numu-cc (binary), flavour (numu CC / nue CC / NC), mode (QE / RES / "
+                             "DIS / other, CC events), energy (neutrino energy), y (E_lepton / E_nu; E_nu = 0 "
+                             "skipped)")
+    target.add_argument("--task", choices=list(TASKS), dest="target", action=_Deprecated, new="--target",
+                        help=argparse.SUPPRESS)  # the old name, for one release
     nt.add_argument("--out", required=True, help="output URI (a folder): checkpoints in OUT/train, model in OUT/model")
     nt.add_argument("--model", choices=list(NOVA_MODELS), default="small",
                     help="'small' dual-view CNN (CPU-friendly), 'medium' CNN, or 'baseline' (a linear model on image "
@@ -514,6 +454,7 @@ def _add_demo(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
 def _add_bench(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
     """The ``bench`` command and its subcommands."""
     from neutrino_ray.icecube.architectures import ARCHITECTURES
+    from neutrino_ray.nova.architectures import MODELS as NOVA_MODELS
 
     b = sub.add_parser("bench", help="throughput benchmarks")
     b_sub = b.add_subparsers(dest="detector", required=True, metavar="DETECTOR")
@@ -539,17 +480,41 @@ def _add_bench(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
     bi.add_argument("--scale-meta-row-group", type=_positive, default=None, metavar="ROWS",
                     help="for --scale: write the meta in row groups of ROWS rows across batches (e.g. 1048576, "
                          "as pandas or Spark write it) instead of one row group per batch")
-    bi.add_argument("--scale-analysis", action="store_true",
-                    help="for --scale: also evaluate and compare the predictions, each in a fresh driver process")
+    bi.add_argument("--scale-analysis", nargs="?", const="evaluate,compare", default="", metavar="COMMANDS",
+                    help="for --scale: also run these comma-separated analysis commands (evaluate, compare) on the "
+                         "predictions, each in a fresh driver process (evaluate,compare without a value)")
     bg = b_sub.add_parser("gpu", formatter_class=fmt,
-                          help="one GPU: training events/s, peak memory, utilisation of dynedge, transformer-base, "
-                               "NOvA medium",
-                          description="Train each model for a fixed number of steps on one CUDA GPU (data simulated "
-                                      "first; nothing downloaded); without CUDA it stops at once.")
-    bg.add_argument("--steps", type=_positive, default=100, help="timed training steps per model (100)")
-    bg.add_argument("--warmup", type=_non_negative, default=10, help="untimed steps first (10)")
-    bg.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
-                    help="auto: bf16 where the GPU has it, else fp16 with a gradient scaler (auto)")
+                          help="one GPU: training (dynedge, transformer-base, NOvA medium) and inference "
+                               "(icecube predict --pipeline split with transformer-base, nova predict with medium): "
+                               "events/s, peak memory, utilisation",
+                          description="The GPU check. Training half: train each model for a fixed number of steps "
+                                      "on one CUDA GPU. Inference half: score 200,000 simulated IceCube events "
+                                      "through 'icecube predict --pipeline split' (CPU featurise tasks feeding a "
+                                      "GPU actor) and 50,000 NOvA events through 'nova predict' (a GPU actor), "
+                                      "models with random weights; events/s and the GPU's utilisation (mean, "
+                                      "median), into OUT/bench-gpu-inference.json. Data simulated first; nothing "
+                                      "downloaded; without CUDA it stops at once (--device cpu: the inference half "
+                                      "on CPU actors, for tests).")
+    bg.add_argument("--half", choices=("both", "training", "inference"), default="both",
+                    help="which half of the check to run (both)")
+    bg.add_argument("--out", default="bench-gpu", help="folder for the JSON reports (bench-gpu)")
+    bg.add_argument("--steps", type=_positive, default=100, help="training: timed training steps per model (100)")
+    bg.add_argument("--warmup", type=_non_negative, default=10, help="training: untimed steps first (10)")
+    bg.add_argument("--precision", choices=PRECISIONS, default="auto",
+                    help="training: auto: bf16 where the GPU has it, else fp16 with a gradient scaler (auto); "
+                         "inference scores with the actors' auto policy")
+    bg.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
+                    help="inference: cpu scores on CPU actors with the same code (the test seam; utilisation "
+                         "'unavailable'); only with --half inference (cuda)")
+    bg.add_argument("--icecube-events", type=_positive, default=200_000,
+                    help="inference: simulated IceCube test events (200000)")
+    bg.add_argument("--nova-events", type=_positive, default=50_000, help="inference: simulated NOvA events (50000)")
+    bg.add_argument("--icecube-model", choices=list(ARCHITECTURES), default="transformer-base",
+                    help="inference: IceCube architecture, random weights (transformer-base)")
+    bg.add_argument("--nova-model", choices=list(NOVA_MODELS), default="medium",
+                    help="inference: NOvA architecture, random weights (medium)")
+    bg.add_argument("--cpus-per-actor", type=_positive_float, default=1.0,
+                    help="inference: CPUs each scoring actor holds (1; the rest run IceCube's featurise tasks)")
 
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
@@ -656,12 +621,19 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
         demo(args.out, args.events, args.seed, args.train_minutes, args.workers)
     elif args.command == "bench" and args.detector == "gpu":
-        from neutrino_ray.gpubench import bench_gpu
+        from neutrino_ray.gpubench import bench_gpu, bench_gpu_inference
 
-        bench_gpu(args.steps, args.warmup, args.precision)
+        if args.device == "cpu" and args.half != "inference":
+            raise InputError("--device cpu runs only the inference half (the training half needs CUDA): add "
+                             "--half inference")
+        if args.half in ("both", "training"):
+            bench_gpu(args.steps, args.warmup, args.precision, args.out)
+        if args.half in ("both", "inference"):
+            bench_gpu_inference(args.out, args.device, args.icecube_events, args.nova_events, args.icecube_model,
+                                args.nova_model, args.cpus_per_actor)
     elif args.command == "bench":
         from neutrino_ray.icecube.architectures import ARCHITECTURES
-        from neutrino_ray.icecube.bench import bench, bench_gnn, bench_scale
+        from neutrino_ray.icecube.bench import bench, bench_gnn, bench_scale, scale_analysis_commands
 
         if args.scale is not None:
             try:
@@ -671,7 +643,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
             if not batches or min(batches) < 1:
                 raise InputError(f"--scale {args.scale}: expected positive batch-file counts")
             bench_scale(batches, args.data.rstrip("/") + "-scale", args.scale_events_per_batch,
-                        args.scale_meta_row_group, args.scale_analysis)
+                        args.scale_meta_row_group, scale_analysis_commands(args.scale_analysis))
             return 0
         if args.events:
             bench(args.events, args.data, args.seed)
@@ -714,12 +686,12 @@ def run_nova(args: argparse.Namespace, command: list[str]) -> int:
     if args.action == "train":
         from neutrino_ray.nova.train import train as nova_train
 
-        res = nova_train(args.data, args.out, args.task, args.model, balance=args.balance, val_events=args.val_events,
+        res = nova_train(args.data, args.out, args.target, args.model, balance=args.balance, val_events=args.val_events,
                          events_per_task=args.events_per_task, skip_bad=args.skip_bad, command=command,
                          **training_kwargs(args))
         t = res.config["training"]
         val = ", ".join(f"{k} {v:.4f}" for k, v in t["final_validation"].items() if isinstance(v, float))
-        print(f"trained {args.model} for {args.task} ({res.config['n_parameters']:,} parameters) on {t['events']} "
+        print(f"trained {args.model} for {args.target} ({res.config['n_parameters']:,} parameters) on {t['events']} "
               f"events in {t['minutes']:.1f} min; {val} → {storage.join(args.out, 'model')}")
     elif args.action == "predict":
         from neutrino_ray.nova.predict import PREDICTIONS, Scoring
@@ -746,9 +718,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     logs.configure(logs.QUIET if args.quiet else logs.VERBOSE if args.verbose else logs.DEFAULT)
+    for notice in getattr(args, "deprecated", []):
+        log.warning("%s", notice)
     try:
         out = getattr(args, "out", None)
-        if not out or args.command == "bench":
+        if not out or (args.command == "bench" and args.detector != "gpu"):  # bench gpu's OUT holds its reports
             return run(args, argv)
         with storage.lease(out, getattr(args, "wait", 0.0)):  # one writer per output, before any work
             return run(args, argv)

@@ -50,6 +50,7 @@ RAY_NOISE: tuple[str, ...] = (
     r"world_rank=\d+, local_rank=\d+",
     r"Started training worker group|Attempting to start training worker group",
     r"Reporting training result \d+: TrainingReport",  # Ray Train's echo of every ray.train.report
+    r"Checkpoint successfully created at: Checkpoint\(",  # ... and of every checkpoint it persists
     r"Setting up process group for: env://|Moving model to device: |Wrapping provided model in Distributed",
     r"Dataset \S+ execution finished in",  # Ray Data's per-dataset completion line in a SplitCoordinator
     r"\((PlacementGroupCleaner|SplitCoordinator|StatsActor|AutoscalingRequester|_StatsActor) pid=",

@@ -39,6 +39,9 @@ from neutrino_ray.errors import InputError
 log = logging.getLogger(__name__)
 
 SUCCESS = "_SUCCESS.json"
+# The manifest keys Output.commit writes itself; a caller's manifest may not set them, and a republication
+# (e.g. calibrate's) carries over every other key.
+RESERVED_MANIFEST_KEYS = ("output", "files", "inputs", "command", "code_version", "wall_seconds", "finished_at")
 STAGING_PREFIX = "_staging-"
 
 
@@ -482,8 +485,7 @@ class Output:
 
     def commit(self, **manifest: Any) -> dict[str, Any]:
         """Publish every staged file, then the manifest (row counts, inputs, command, timing)."""
-        reserved = sorted(set(manifest) & {"output", "files", "inputs", "command", "code_version", "wall_seconds",
-                                           "finished_at"})
+        reserved = sorted(set(manifest) & set(RESERVED_MANIFEST_KEYS))
         if reserved:
             raise ValueError(f"manifest keys {reserved} are written by Output itself")
         for rel in self._files:

@@ -42,9 +42,10 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -52,6 +53,8 @@ from torch import nn
 from neutrino_ray import logs, progress, runtime, storage
 from neutrino_ray.errors import InputError
 from neutrino_ray.plotting import png, pyplot
+from neutrino_ray.settings import DATA_TASK_CPUS as DATA_TASK_CPUS  # re-exported
+from neutrino_ray.settings import PRECISIONS, Settings
 
 log = logging.getLogger("neutrino_ray")
 
@@ -60,9 +63,10 @@ MODEL_DIR = "model"  # the artefact under OUT/model/
 WEIGHTS, CONFIG, METRICS, CURVE = "model.pt", "config.json", "metrics.json", "learning_curve.png"
 STATE_FILE = "state.pt"
 FORMAT = "neutrino-ray torch model v1"
-DATA_TASK_CPUS = 0.25  # Ray Data decode tasks beside the training workers: light, and never starved of CPUs
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 VALIDATION_SHARE = 0.1  # of the time budget, at most, per validation pass (with --max-minutes)
+CHECKPOINT_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train V2's list of registered checkpoints
+CHECKPOINT_POLL_SECONDS = 0.2
+CHECKPOINT_WAIT_SECONDS = 60.0  # the controller registers a reported checkpoint when it next polls (every 2 s)
 PUBLISH_RESERVE_SECONDS = 10.0  # after the last checkpoint: Ray Train stops its workers, the driver publishes
 
 
@@ -83,69 +87,6 @@ class Task(Protocol):
     def validation_sums(self, model: nn.Module, batch: Any) -> dict[str, torch.Tensor | float]: ...
     def validation_metrics(self, sums: dict[str, float]) -> dict[str, float]: ...
     def config(self) -> dict[str, Any]: ...
-
-
-@dataclass(frozen=True)
-class Settings:
-    """How to train: scale, budget, optimiser. Stored with every checkpoint and the final artefact."""
-
-    OPTIMIZERS: ClassVar[tuple[str, ...]] = ("adamw", "adam")
-    SCHEDULES: ClassVar[tuple[str, ...]] = ("warmup-cosine", "constant")
-
-    out: str
-    workers: int = 1
-    gpus_per_worker: float = 0.0
-    cpus_per_worker: float | None = None  # None: share the cluster's CPUs between workers (see cpus())
-    epochs: int = 10
-    max_minutes: float | None = None
-    batch_size: int = 128
-    lr: float = 1e-3
-    weight_decay: float = 1e-5
-    warmup_steps: int = 100
-    warmup_fraction: float = 0.03
-    min_lr_fraction: float = 0.02
-    grad_clip: float = 1.0
-    ema_decay: float | None = None  # keep an exponential moving average of the weights; validate and publish it
-    optimizer: str = "adamw"  # one of OPTIMIZERS ("adam": plain Adam, no weight decay, as Keras' Adam)
-    schedule: str = "warmup-cosine"  # one of SCHEDULES ("constant": lr throughout)
-    patience: int | None = None  # early stopping: end after this many epochs without a lower val_loss (None: off)
-    checkpoint_minutes: float = 5.0
-    log_every_steps: int = 50  # a progress line every this many steps, and at least once a minute
-    shuffle_buffer: int = 1024
-    max_failures: int = 3
-    seed: int = 0
-    precision: str = "auto"  # GPUs: bf16 where supported, else fp16 with a gradient scaler (precision_policy)
-    resource_wait_minutes: float = 15.0  # wait this long for the autoscaler to bring the GPUs; 0: refuse at once
-    # Fault injection for tests: the last worker's process is killed once after this many steps (marker file:
-    # once only).
-    fault_after_steps: int | None = None
-    fault_marker: str | None = None
-    # The device seam for CPU tests: a process-group backend registered in the workers (e.g. one that enforces
-    # NCCL's rules) and "module:function" returning the device the loop runs on (e.g. a pretend accelerator).
-    backend: str | None = None
-    device_hook: str | None = None
-
-    def __post_init__(self) -> None:
-        precision_policy(self.precision, torch.device("cpu"))  # a bad name fails here, before Ray starts
-        if self.gpus_per_worker <= 0 and self.precision in ("bf16", "fp16"):
-            raise InputError(f"--precision {self.precision} needs GPU workers (--gpus-per-worker); CPUs train "
-                             "in fp32")
-        if self.optimizer not in self.OPTIMIZERS:
-            raise InputError(f"unknown optimizer {self.optimizer!r}: expected one of {', '.join(self.OPTIMIZERS)}")
-        if self.schedule not in self.SCHEDULES:
-            raise InputError(f"unknown schedule {self.schedule!r}: expected one of {', '.join(self.SCHEDULES)}")
-        if self.patience is not None and self.patience < 1:
-            raise InputError(f"patience must be >= 1 epoch, got {self.patience}")
-
-    def cpus(self, cluster_cpus: float) -> float:
-        """CPUs per worker: as given, else an equal share that leaves a little for Ray Data's decode tasks."""
-        if self.cpus_per_worker is not None:
-            return self.cpus_per_worker
-        share = (cluster_cpus - 2 * DATA_TASK_CPUS) / self.workers
-        if share < DATA_TASK_CPUS:
-            raise InputError(f"--workers {self.workers} do not fit on a cluster with {cluster_cpus:g} CPUs")
-        # Whole CPUs where there are: a worker on 1.5 of 2 CPUs starves the decode tasks and trains ~2x slower.
-        return float(math.floor(share)) if share >= 1 else share
 
 
 def prepare(out: str, **settings: Any) -> Settings:
@@ -348,6 +289,67 @@ def _hooked_device(hook: str) -> torch.device:
     return torch.device(getattr(importlib.import_module(module), fn)())
 
 
+def registered_checkpoint(out: str) -> dict[str, Any] | None:
+    """The metrics of the latest checkpoint Ray Train has registered for the run under ``out`` (from its
+    checkpoint manager's snapshot, ``OUT/train/checkpoint_manager_snapshot.json``, which a resumed run reads),
+    or None while it has registered none."""
+    try:
+        doc = json.loads(storage.read_bytes(storage.join(out, RUN_NAME, CHECKPOINT_SNAPSHOT)))
+    except (FileNotFoundError, ValueError):
+        return None
+    latest = doc.get("latest_checkpoint_result")
+    return dict(latest["metrics"]) if latest else None
+
+
+def wait_for_registered_checkpoint(out: str, step: int | None, timeout: float) -> bool:
+    """Poll until Ray Train has registered a checkpoint (the one reported at ``step``, when given); False after
+    ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = registered_checkpoint(out)
+        if got is not None and (step is None or got.get("step") == step):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(CHECKPOINT_POLL_SECONDS)
+
+
+@dataclass(frozen=True)
+class FaultInjection:
+    """A test hook: the last worker's process is SIGKILLed once (``marker`` records that it was), at step
+    ``after_steps``, once Ray Train has registered the checkpoint reported before it, so that the restart starts
+    from that checkpoint. Passed to the workers beside the Settings; never stored with a checkpoint or model."""
+
+    after_steps: int
+    marker: str
+
+    def due(self, step: int, rank: int, world: int) -> bool:
+        return step == self.after_steps and rank == world - 1 and not os.path.exists(self.marker)
+
+    def fire(self, out: str, last_reported_step: int | None, rank: int) -> None:
+        Path(self.marker).write_text("injected")
+        if last_reported_step is not None and not wait_for_registered_checkpoint(out, last_reported_step,
+                                                                                 CHECKPOINT_WAIT_SECONDS):
+            _say(f"injected fault: Ray Train registered no checkpoint of step {last_reported_step} within "
+                 f"{CHECKPOINT_WAIT_SECONDS:g} s")
+        _say(f"injected fault: killing training worker {rank} (pid {os.getpid()}) at step {self.after_steps}")
+        os.kill(os.getpid(), signal.SIGKILL)  # as the OOM killer or a lost node would
+
+
+_fault: FaultInjection | None = None
+
+
+@contextlib.contextmanager
+def inject_fault(after_steps: int, marker: str) -> Iterator[FaultInjection]:
+    """Tests: the runs :func:`fit` starts inside this block kill their last worker once (:class:`FaultInjection`)."""
+    global _fault
+    _fault = FaultInjection(after_steps, marker)
+    try:
+        yield _fault
+    finally:
+        _fault = None
+
+
 def worker_loop(cfg: dict[str, Any]) -> None:
     """Ray Train's per-worker function."""
     import ray.train
@@ -355,6 +357,7 @@ def worker_loop(cfg: dict[str, Any]) -> None:
 
     task: Task = cfg["task"]
     s: Settings = cfg["settings"]
+    fault: FaultInjection | None = cfg.get("fault")
     total_steps: int = cfg["total_steps"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -501,14 +504,8 @@ def worker_loop(cfg: dict[str, Any]) -> None:
                 last_log = time.monotonic()
                 _say(status_line(p, total_steps, budget, float(loss_sum) / loss_n, opt.param_groups[0]["lr"],
                                  win_events / max(win_seconds, 1e-9)))
-            if s.fault_after_steps and p.step == s.fault_after_steps and rank == world - 1 and s.fault_marker \
-                    and not os.path.exists(s.fault_marker):
-                Path(s.fault_marker).write_text("injected")
-                _say(f"injected fault: killing training worker {rank} (pid {os.getpid()}) at step {p.step}")
-                # Ray Train's controller registers a reported checkpoint when it next polls the workers (every
-                # 2 s): give it that time, so the restart starts from the checkpoint this test expects.
-                time.sleep(5)
-                os.kill(os.getpid(), signal.SIGKILL)  # as the OOM killer or a lost node would
+            if fault is not None and fault.due(p.step, rank, world):
+                fault.fire(s.out, p.history[-1]["step"] if p.history else None, rank)
         if not stop:
             p.epoch += 1
             stop = p.epoch >= s.epochs
@@ -566,7 +563,7 @@ def fit(task: Task, s: Settings, train: Any, val: Any, n_train_events: int,
     trainer = TorchTrainer(
         worker_loop,
         train_loop_config={"task": task, "settings": s, "total_steps": total_steps, "cpus_per_worker": cpus,
-                           "val_events": n_val_events, "device_hook": s.device_hook},
+                           "val_events": n_val_events, "device_hook": s.device_hook, "fault": _fault},
         scaling_config=ScalingConfig(num_workers=s.workers, use_gpu=use_gpu, resources_per_worker=per_worker),
         torch_config=TorchConfig(backend=s.backend or ("nccl" if use_gpu else "gloo")),
         run_config=RunConfig(name=RUN_NAME, storage_path=path, storage_filesystem=fs,
@@ -598,6 +595,14 @@ def weights_bytes(model: nn.Module) -> bytes:
     buf = io.BytesIO()
     torch.save(model.state_dict(), buf)
     return buf.getvalue()
+
+
+def write_model(uri: str, task: Task, model: nn.Module) -> str:
+    """A model folder at ``uri`` (weights and ``config.json``, as :func:`publish` writes them, without a run's
+    manifest): the benchmarks' models with freshly initialised weights. Returns ``uri``."""
+    storage.write_bytes(storage.join(uri, WEIGHTS), weights_bytes(model))
+    storage.write_bytes(storage.join(uri, CONFIG), json.dumps(artefact_config(task, model)).encode())
+    return uri
 
 
 def publish(task: Task, s: Settings, saved: dict[str, Any], command: list[str] | None, inputs: list[str] | None,

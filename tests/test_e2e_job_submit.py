@@ -236,8 +236,8 @@ def test_job_submit_nova_on_s3(ray_head: str, bucket: str) -> None:
     sim = _submit(ray_head, "nova_simulate.py", data, "--files", "2", "--events-per-file", "600", "--seed", "8",
                   "--mix", "numu_cc=0.6,nue_cc=0.1,nc=0.3")
     assert sim.returncode == 0, sim.stdout[-3000:] + sim.stderr[-3000:]
-    tr = _submit(ray_head, "nova_train.py", data, "--task", "flavour", "--out", run, "--workers", "2", "--epochs", "2",
-                 "--batch-size", "32", "--val-events", "150")
+    tr = _submit(ray_head, "nova_train.py", data, "--target", "flavour", "--out", run, "--workers", "2",
+                 "--epochs", "2", "--batch-size", "32", "--val-events", "150")
     assert tr.returncode == 0, (tr.stdout + tr.stderr)[-5000:]
     assert any("/checkpoint_" in p for p in storage.listdir(f"{run}/train"))
     config = json.loads(storage.read_bytes(f"{run}/model/config.json"))

@@ -118,8 +118,10 @@ def test_compare_on_s3(dataset: Path, tmp_path: Path, bucket: str) -> None:
     assert [m["label"] for m in rep["models"]] == ["good", "bad"]  # labels from the folders
     assert rep["models"][0]["mean_angular_error"] == pytest.approx(_kaggle_metric(*true, *good), abs=1e-12)
     assert storage.exists(f"{bucket}/cmp/_SUCCESS.json")
-    head = storage.s3().info(f"{bucket}/cmp/report.html".split("://", 1)[1], refresh=True)
-    assert head["ContentType"].startswith("text/html")  # a browser shows it straight from the bucket
+    assert main(["-q", "icecube", "evaluate", data, "--predictions", uris[0], "--out", f"{bucket}/ev"]) == 0
+    for out in ("cmp", "ev"):  # a browser shows either page straight from the bucket
+        head = storage.s3().info(f"{bucket}/{out}/report.html".split("://", 1)[1], refresh=True)
+        assert head["ContentType"].startswith("text/html"), (out, head["ContentType"])
 
 
 def test_paired_bootstrap_against_a_direct_computation() -> None:
@@ -189,15 +191,21 @@ def _browser() -> str | None:
 
 @pytest.mark.slow
 @pytest.mark.skipif(_browser() is None, reason="no headless browser installed (Debian: apt-get install chromium)")
-def test_report_html_renders_in_a_headless_browser(dataset: Path, tmp_path: Path) -> None:
-    """The compare page, opened from disk by headless Chromium: a screenshot with the tables and the embedded
-    figures drawn (many distinct colours, most of a tall page not blank)."""
+@pytest.mark.parametrize("command", ["compare", "evaluate"])
+def test_report_html_renders_in_a_headless_browser(dataset: Path, tmp_path: Path, command: str) -> None:
+    """The compare (or evaluate) page, opened from disk by headless Chromium: a screenshot with the tables and
+    the embedded figures drawn (many distinct colours, most of a tall page not blank)."""
     import subprocess
 
     import matplotlib.image
 
+    from neutrino_ray.icecube.evaluate import evaluate
+
     paths, _ = _submissions(dataset, tmp_path)
-    compare(str(dataset), "test", paths, ["good", "bad"], str(tmp_path / "out"))
+    if command == "compare":
+        compare(str(dataset), "test", paths, ["good", "bad"], str(tmp_path / "out"))
+    else:
+        evaluate(str(dataset), "test", paths[0], str(tmp_path / "out"))
     shot = tmp_path / "shot.png"
     browser = _browser()
     assert browser is not None

@@ -151,9 +151,15 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     assert any(re.search(r"train: step \d+/[\d,]+ \(.* %\), epoch \d+, loss .* ETA \d+:\d\d", s) for s in shown), text
     assert "Kaggle LineFit" in text and "1.214 rad (public LineFit, aux = False pulses, leaderboard)" in text
     assert "small GNN" in text and "GNN uncertainties:" in text
-    assert "does NOT beat LineFit yet" in text or "the GNN beats LineFit by" in text
-    assert [s for s in shown if s.strip()][-1].lstrip().startswith(("after ", "the GNN beats"))  # ends with the table
     cmp = json.loads((tmp_path / "demo/comparison/report.json").read_text())
+    pair = cmp["paired"][0]  # the verdict follows the paired interval on err(LineFit) - err(GNN), not a guess
+    assert (pair["a"], pair["b"]) == ("Kaggle LineFit", "small GNN")
+    lo, hi = pair["mean_difference_interval_95"]
+    assert f"95 % interval [{lo:+.3f}, {hi:+.3f}]" in text, text
+    assert ("the GNN beats LineFit: paired" in text) == (lo > 0), text
+    assert ("does NOT beat LineFit yet" in text) == (lo <= 0), text
+    last = [s for s in shown if s.strip()][-1].lstrip()  # ends with the table and its verdict
+    assert last.startswith("after " if lo <= 0 else "the GNN beats LineFit: paired"), text
     assert [m["label"] for m in cmp["models"]] == ["Kaggle LineFit", "small GNN"]
     assert "uncertainty" in cmp["models"][1] and (tmp_path / "demo/gnn/model/calibration.json").exists()
     report = json.loads((tmp_path / "demo/evaluation/report.json").read_text())

@@ -60,12 +60,19 @@ def _close(a: object, b: object, path: str = "") -> None:
         assert a == b, f"{path}: in memory {a}, out of core {b}"
 
 
+def _in_memory_errors(root: Path, pred_uri: str) -> np.ndarray:
+    """Every event's angular error, in event-id order, all in memory."""
+    truth = pq.read_table(root / "test_truth.parquet").sort_by("event_id")
+    pred = (pq.read_table(pred_uri) if pred_uri.endswith(".parquet") else pacsv.read_csv(pred_uri)).sort_by("event_id")
+    return angular_distance(*(t.column(c).to_numpy() for t in (truth, pred) for c in ("azimuth", "zenith")))
+
+
 def _in_memory(root: Path, pred_uri: str) -> dict[str, object]:
     """The figures computed the way evaluate did before it went out of core: every event in memory."""
     truth = pq.read_table(root / "test_truth.parquet").sort_by("event_id")
     meta = pq.read_table(root / "test_meta.parquet").sort_by("event_id")
     pred = (pq.read_table(pred_uri) if pred_uri.endswith(".parquet") else pacsv.read_csv(pred_uri)).sort_by("event_id")
-    err = angular_distance(*(t.column(c).to_numpy() for t in (truth, pred) for c in ("azimuth", "zenith")))
+    err = _in_memory_errors(root, pred_uri)
     n_pulses = meta.column("last_pulse_index").to_numpy() - meta.column("first_pulse_index").to_numpy() + 1
     energy, zen = truth.column("energy").to_numpy(), truth.column("zenith").to_numpy()
     topo = np.asarray(truth.column("topology").to_pylist())
@@ -87,15 +94,22 @@ def _in_memory(root: Path, pred_uri: str) -> dict[str, object]:
 
 @pytest.mark.parametrize("kappa", [False, True])
 def test_out_of_core_equals_in_memory(tmp_path: Path, kappa: bool) -> None:
-    """evaluate (out of core, 4 ranges) and compare's per-model figures equal the in-memory computation."""
+    """evaluate and compare (out of core, 4 ranges) give the in-memory computation's figures; compare's paired
+    mean difference and fraction of A-better events, from its side-by-side pass, the direct ones."""
     root = _split(tmp_path / "d", 20_011, kappa, row_group=3_000)
     pred = str(root / ("predictions.parquet" if kappa else "submission.csv"))
     expected = _in_memory(root, pred)
     assert len(outofcore.id_ranges(str(root / "test_truth.parquet"), 5_000)) == 4  # 7 row groups, merged
     got = evaluate(str(root), "test", pred, str(tmp_path / "ev"), chunk_events=5_000)
     _close(expected, {k: got[k] for k in expected})
-    rep = compare(str(root), "test", [pred, str(root / "submission.csv")], ["a", "b"], str(tmp_path / "cmp"))
+    rep = compare(str(root), "test", [pred, str(root / "submission.csv")], ["a", "b"], str(tmp_path / "cmp"),
+                  chunk_events=5_000)
     model = rep["models"][0]
+    err_a, err_b = _in_memory_errors(root, pred), _in_memory_errors(root, str(root / "submission.csv"))
+    pair = rep["paired"][0]
+    assert pair["n_events"] == 20_011
+    assert pair["mean_difference"] == pytest.approx(np.mean(err_a - err_b), abs=1e-12)
+    assert pair["fraction_a_better"] == pytest.approx(np.mean(err_a < err_b), abs=1e-12)
     for b in model["by_n_pulses"]:
         lo, hi = b["mean_interval_68"]
         assert lo < b["mean_angular_error"] < hi
@@ -137,3 +151,45 @@ def test_out_of_core_bad_predictions(tmp_path: Path, case: str, message: str) ->
     with pytest.raises(icdata.DataError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")
                        .replace("]", r"\]")):
         outofcore.evaluate_summary(str(root), "test", str(root / "bad.parquet"), chunk_events=1_000)
+
+
+def test_evaluate_and_compare_log_progress_with_totals_and_eta(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    """Out of core over 4 ranges, every range moves a progress line: done/total over the passes and an ETA,
+    ending at the total (evaluate: 2 passes; compare: each model's 2 passes, then the side-by-side pass)."""
+    import re
+
+    from neutrino_ray.progress import INTERVAL_ENV
+
+    root = _split(tmp_path / "d", 20_011, False, row_group=3_000)
+    sub = str(root / "submission.csv")
+    monkeypatch.setenv(INTERVAL_ENV, "0")
+    with caplog.at_level("INFO", logger="neutrino_ray.progress"):
+        evaluate(str(root), "test", sub, str(tmp_path / "ev"), chunk_events=5_000)
+        compare(str(root), "test", [sub, sub], ["a", "b"], str(tmp_path / "cmp"), chunk_events=5_000)
+    lines = [r.getMessage() for r in caplog.records if r.name == "neutrino_ray.progress"]
+    for what, total in (("evaluate", 40_022), ("compare a", 40_022), ("compare b", 40_022),
+                        ("compare: bootstrap", 20_011)):
+        mine = [ln for ln in lines if ln.startswith(what + ": ")]
+        done = [int(re.search(r": ([\d,]+)/", ln).group(1).replace(",", "")) for ln in mine]  # type: ignore[union-attr]
+        assert len(mine) >= 4 and all(f"/{total:,} events" in ln and "ETA" in ln for ln in mine), (what, mine)
+        assert done == sorted(done) and done[-1] == total and len(set(done)) >= 4, (what, done)
+
+
+def test_side_by_side_shares_the_truth_and_refuses_predictions_that_changed(tmp_path: Path) -> None:
+    """compare's side-by-side pass: every model's chunk of a range shares one read of the truth (the same
+    arrays), errors equal chunks()'s; a predictions file that lost an event since the first pass is a
+    one-line DataError naming it."""
+    root = _split(tmp_path / "d", 5_000, False, row_group=1_000)
+    sub, pqt = str(root / "submission.csv"), str(root / "predictions.parquet")
+    one = list(outofcore.chunks(str(root), "test", sub, chunk_events=2_000))
+    both = list(outofcore.side_by_side(str(root), "test", [sub, pqt], chunk_events=2_000))
+    assert len(both) == len(one) == 3
+    for ch, (a, b) in zip(one, both):
+        assert a.zen_true is b.zen_true and a.event_id is b.event_id
+        np.testing.assert_array_equal(a.errors, ch.errors)
+        np.testing.assert_array_equal(b.errors, ch.errors)
+    t = pq.read_table(pqt)
+    pq.write_table(t.filter(pa.compute.not_equal(t.column("event_id"), 9_007)), pqt)
+    with pytest.raises(icdata.DataError, match=r"predictions.parquet: event ids in .* changed since the first pass"):
+        list(outofcore.side_by_side(str(root), "test", [sub, pqt], chunk_events=2_000))

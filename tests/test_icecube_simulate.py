@@ -344,11 +344,6 @@ def _pulse_share_misses(n_pulses: np.ndarray) -> dict[str, tuple[float, float, f
     return out
 
 
-@pytest.mark.xfail(strict=True, reason="issue 26 target missed: pulse-count shares (< 200 / 200-999 / >= 1,000) "
-                                       "91.9 / 6.8 / 1.33 % on this fixture (3,000 events), 92.4 / 6.5 / 1.09 % and "
-                                       "92.8 / 6.2 / 1.07 % on 10,000 events (seeds 2024 / 2025) at spectral index "
-                                       "1.75, against the real 94.2 / 4.7 / 1.1 % (+-1.5 / 1.0 / 0.3): the "
-                                       "200-999 bin stays too full")
 def test_pulse_count_shares_match_the_real_data(calibration):
     misses = _pulse_share_misses(_np(calibration.truth, "n_pulses"))
     assert not misses, f"(share %, real %, allowed +-) per bin: {misses}"

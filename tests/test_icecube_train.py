@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -18,6 +19,7 @@ import pytest
 import torch
 from kaggle import model_artefact, random_events, write_dataset
 
+from neutrino_ray import training
 from neutrino_ray.cli import main
 from neutrino_ray.errors import InputError
 from neutrino_ray.icecube import data as icdata
@@ -43,10 +45,14 @@ def test_training_recovers_from_a_worker_failure_resumes_and_scores(dataset: Pat
     # 1,300 training events, 2 workers x 32 per step: 21 steps per epoch. The last worker's process is
     # SIGKILLed at step 25, in the second epoch: Ray Train restarts both workers from the end-of-epoch-1
     # checkpoint.
-    first = train(str(dataset), str(out), "small", workers=2, epochs=2, batch_size=32, val_events=300,
-                  checkpoint_minutes=60, max_failures=2, fault_after_steps=25, fault_marker=str(marker))
+    with training.inject_fault(after_steps=25, marker=str(marker)):
+        first = train(str(dataset), str(out), "small", workers=2, epochs=2, batch_size=32, val_events=300,
+                      checkpoint_minutes=60, max_failures=2)
     t = first.config["training"]
     assert marker.exists(), "the fault was not injected"
+    # The test hook is not a setting: nothing of it is published with the model.
+    assert set(t["settings"]) == {f.name for f in dataclasses.fields(training.Settings)}
+    assert "fault" not in json.dumps(t["settings"])
     assert t["restarts"] == 1 and t["epochs"] == 2 and t["events"] == 2 * 1300
     assert [h["epoch"] for h in first.history] == [1, 2]
     assert all(np.isfinite(h["val_mean_angular_error"]) and h["val_events"] == 300 for h in first.history)
@@ -133,10 +139,11 @@ def test_a_killed_training_job_resumes_when_run_again(dataset: Path, tmp_path: P
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     try:
-        deadline = time.monotonic() + 240
-        while not any((out / "train").glob("checkpoint_*")) and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        time.sleep(1.0)  # let Ray Train record the checkpoint it has just written
+        deadline = time.monotonic() + 240  # until Ray Train has registered the first checkpoint
+        while training.registered_checkpoint(str(out)) is None and proc.poll() is None \
+                and time.monotonic() < deadline:
+            time.sleep(training.CHECKPOINT_POLL_SECONDS)
+        assert training.registered_checkpoint(str(out)) is not None, "no checkpoint registered within 240 s"
         assert proc.poll() is None, "training ended before it could be killed"
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
@@ -299,3 +306,21 @@ def test_transformer_trains_with_ema_and_scores_alone_and_in_an_ensemble(dataset
         predict(str(dataset), "test", str(tmp_path / "p5"), Scoring(model=str(ens), weights=(1.0,)))
     with pytest.raises(InputError, match="pass --out URI"):
         calibrate(str(dataset), members, "train", 300, Scoring(model=members, max_pulses=256))
+
+
+def test_registered_checkpoint_is_read_from_ray_trains_snapshot(tmp_path: Path) -> None:
+    """What the fault hook and the resume test poll: Ray Train's checkpoint-manager snapshot, with bounded waits."""
+    out = str(tmp_path)
+    assert training.registered_checkpoint(out) is None
+    t0 = time.monotonic()
+    assert not training.wait_for_registered_checkpoint(out, None, timeout=0.3)
+    assert time.monotonic() - t0 < 5
+    snapshot = tmp_path / training.RUN_NAME / training.CHECKPOINT_SNAPSHOT
+    snapshot.parent.mkdir()
+    snapshot.write_text('{"latest_checkpoint_result": null, "checkpoint_results": []')  # being written
+    assert training.registered_checkpoint(out) is None
+    snapshot.write_text(json.dumps({"latest_checkpoint_result": {"checkpoint_dir_name": "checkpoint_x",
+                                                                 "metrics": {"epoch": 1, "step": 21}}}))
+    assert training.registered_checkpoint(out) == {"epoch": 1, "step": 21}
+    assert training.wait_for_registered_checkpoint(out, 21, timeout=0)
+    assert not training.wait_for_registered_checkpoint(out, 25, timeout=0.3)  # an older checkpoint: not yet

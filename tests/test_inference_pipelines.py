@@ -75,3 +75,36 @@ def test_split_pipeline_reuses_finished_parts_and_rescoring_the_rest(trained: tu
         icpredict.build_dataset(prep.split_plan, prep.geometry, prep.scoring, prep.plan, stale)
         .iter_batches(batch_format="pyarrow", batch_size=None)))
     assert not any(third.column("reused").to_pylist())
+
+
+@pytest.mark.parametrize("how", ["fused", "split"])
+def test_a_part_doubled_is_caught_by_the_exactly_once_check_in_both_pipelines(trained: tuple[Path, Path],
+                                                                               tmp_path: Path, how: str) -> None:
+    """A read task that reaches the pipeline twice (its part written, and summarised, twice) fails the exactly-once
+    check before anything is published, whichever pipeline scored it; both pipelines summarise it the same way."""
+    from dataclasses import replace
+
+    from neutrino_ray.icecube import predict as icpredict
+    from neutrino_ray.icecube.predict import Scoring
+
+    data, model = trained
+    prep = icpredict.prepare(str(data), "test", Scoring(model=str(model), events_per_task=150, pipeline=how))
+    specs = prep.split_plan.specs
+    doubled = replace(prep.split_plan, specs=[*specs, specs[1]],
+                      events=prep.split_plan.events + specs[1].hi - specs[1].lo)
+    fp = icpredict.fingerprint(prep)
+    parts = icpredict.Parts(str(tmp_path / f"_staging-parts-{fp[:16]}"), fp)
+    summary = pa.concat_tables(list(icpredict.build_dataset(doubled, prep.geometry, prep.scoring, prep.plan, parts)
+                                    .iter_batches(batch_format="pyarrow", batch_size=None)))
+    names = summary.column("part").to_pylist()
+    assert len(names) == len(specs) + 1 and len(set(names)) == len(specs)
+    assert len(list(Path(parts.uri).glob("part-*.parquet"))) == len(specs)  # same name: one file, written twice
+    twice = icpredict.Parts.name({"batch_id": specs[1].batch_id, "start": specs[1].start, "lo": specs[1].lo,
+                                  "hi": specs[1].hi})
+    with pytest.raises(RuntimeError, match=f"part {twice} written twice; nothing was published"):
+        icpredict.check_parts(summary, icpredict.expected_rows(doubled), fp, str(data), "test")
+    # The same parts, each summary once: every part once and the events of the plan, so they pass.
+    first = [names.index(n) for n in dict.fromkeys(names)]
+    names_once, _ = icpredict.check_parts(summary.take(first), icpredict.expected_rows(prep.split_plan), fp,
+                                          str(data), "test")
+    assert sorted(names_once) == sorted(set(names))

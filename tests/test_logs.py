@@ -36,6 +36,8 @@ RAY_CHATTER = [
     "/x/ray/data/_internal/execution/interfaces/execution_options.py:1: RayDeprecationWarning: "
     "ExecutionOptions.exclude_resources is deprecated",
     "\x1b[36m(RayTrainWorker pid=21927)\x1b[0m Setting up process group for: env:// [rank=0, world_size=2]",
+    "\x1b[36m(RayTrainWorker pid=29102)\x1b[0m Checkpoint successfully created at: Checkpoint(filesystem=local, "
+    "path=/tmp/demo1/gnn/train/checkpoint_2026-12-07_12-41-00.666206)",
 ]
 # Lines that must always show: ours, real warnings and errors, from the driver or a worker.
 KEPT = [

@@ -193,7 +193,7 @@ def test_bad_file_through_cli_fails_or_is_skipped_and_counted(tmp_path: Path, ki
     fmt.write_h5(tmp_path / "neutrino1.h5", marked_maps(20, 0), fields(20))
     bad = tmp_path / "neutrino2.h5"
     write_bad(bad, kind)
-    code = main(["-q", "nova", "train", str(tmp_path), "--task", "energy", "--out", str(tmp_path / "model")])
+    code = main(["-q", "nova", "train", str(tmp_path), "--target", "energy", "--out", str(tmp_path / "model")])
     err = capsys.readouterr().err
     line = one_line_error(code, err)
     assert line.startswith(f"neutrino-ray: error: {bad}: {BAD_FILE_MESSAGES[kind]}"), line

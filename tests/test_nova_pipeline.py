@@ -114,7 +114,7 @@ def test_plan_balancing_and_validation_tail(sim: Path) -> None:
 def test_train_predict_evaluate_cli(sim: Path, tmp_path: Path) -> None:
     """The scaffold (Ray Train) end to end for one task, then actor-pool scoring and the analysis."""
     out = tmp_path / "run"
-    assert main(["-q", "nova", "train", str(sim), "--task", "numu-cc", "--out", str(out), "--epochs", "2",
+    assert main(["-q", "nova", "train", str(sim), "--target", "numu-cc", "--out", str(out), "--epochs", "2",
                  "--val-events", "100", "--batch-size", "32", "--balance", "weights"]) == 0
     config = json.loads((out / "model" / "config.json").read_text())
     assert config["task"] == "nova-numu-cc" and config["data"]["balance"] == "weights"

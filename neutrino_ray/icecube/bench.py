@@ -16,6 +16,7 @@ import pyarrow as pa
 import ray
 
 from neutrino_ray import runtime, storage
+from neutrino_ray.errors import InputError
 from neutrino_ray.icecube import data as icdata
 from neutrino_ray.icecube.features import DEFAULT_MAX_PULSES, featurise
 from neutrino_ray.icecube.linefit import KAGGLE_CHARGE_CAP, VARIANTS
@@ -128,21 +129,15 @@ def bench(events: int, data: str, seed: int = 11) -> dict[str, float]:
     return figures
 
 
-def _random_model(out: str, size: str) -> str:
+def random_model(out: str, size: str) -> str:
     """A model artefact with freshly initialised weights: throughput does not depend on the weights."""
-    import json
-
     from neutrino_ray import training
     from neutrino_ray.icecube.architectures import TRANSFORMER_INFERENCE_MAX_PULSES, default_max_pulses, is_transformer
     from neutrino_ray.icecube.train import DirectionTask
 
     task = DirectionTask(size, max_pulses=default_max_pulses(size),
                          inference_max_pulses=TRANSFORMER_INFERENCE_MAX_PULSES if is_transformer(size) else None)
-    model = task.build_model()
-    uri = storage.join(out, f"random-{size}")
-    storage.write_bytes(storage.join(uri, training.WEIGHTS), training.weights_bytes(model))
-    storage.write_bytes(storage.join(uri, training.CONFIG), json.dumps(training.artefact_config(task, model)).encode())
-    return uri
+    return training.write_model(storage.join(out, f"random-{size}"), task, task.build_model())
 
 
 PEERS = {  # forward-pass events/s (2 threads, fp32, padded batches, real pulse quartiles, cap 192), training step
@@ -214,7 +209,7 @@ def bench_gnn(sizes: list[str], events: int, data: str, seed: int = 12) -> dict[
              "train_events_per_s": train_rate, "read_featurise_events_per_s_per_cpu": read_featurise}
         caps = [cap, TRANSFORMER_INFERENCE_MAX_PULSES] if is_transformer(size) else [cap]
         with tempfile.TemporaryDirectory() as tmp:
-            uri = _random_model(tmp, size)
+            uri = random_model(tmp, size)
             for c in caps:
                 ray.shutdown()  # fresh actors: their peak memory is this run's
                 runtime.init_ray()
@@ -326,19 +321,18 @@ def _scale_run(data: str, out: str) -> dict[str, float]:
             "driver_peak_rss_mib": _peak_rss_mib(), "ray_worker_peak_rss_mib": _ray_workers_peak_rss_mib()}
 
 
-def _scale_analysis(data: str, pred: str, out: str) -> dict[str, float]:
-    """In a fresh process: evaluate, then compare (the predictions against themselves: two models' worth of
-    work) the scored train split; wall times and the driver's peak."""
+def _scale_analysis(command: str, data: str, pred: str, out: str) -> dict[str, float]:
+    """In a fresh process (so the peak is this command's own): ``evaluate`` the scored train split, or
+    ``compare`` it against itself (two models' worth of work); wall time and the driver's peak RSS."""
     from neutrino_ray.icecube.compare import compare
     from neutrino_ray.icecube.evaluate import evaluate
 
     t0 = time.perf_counter()
-    evaluate(data, "train", pred, f"{out}/eval")
-    ev_s, ev_rss = time.perf_counter() - t0, _peak_rss_mib()
-    t0 = time.perf_counter()
-    compare(data, "train", [pred, pred], ["a", "b"], f"{out}/cmp")
-    return {"evaluate_seconds": ev_s, "evaluate_peak_rss_mib": ev_rss, "compare_seconds": time.perf_counter() - t0,
-            "compare_peak_rss_mib": _peak_rss_mib()}
+    if command == "evaluate":
+        evaluate(data, "train", pred, f"{out}/eval")
+    else:
+        compare(data, "train", [pred, pred], ["a", "b"], f"{out}/cmp")
+    return {f"{command}_seconds": time.perf_counter() - t0, f"{command}_peak_rss_mib": _peak_rss_mib()}
 
 
 def _in_fresh_process(fn: Any, *args: Any) -> dict[str, float]:
@@ -352,11 +346,24 @@ def _in_fresh_process(fn: Any, *args: Any) -> dict[str, float]:
         pool.join()
 
 
+SCALE_ANALYSIS = ("evaluate", "compare")
+
+
+def scale_analysis_commands(text: str) -> tuple[str, ...]:
+    """``--scale-analysis``'s comma-separated commands, each one of :data:`SCALE_ANALYSIS`."""
+    commands = tuple(c.strip() for c in text.split(",") if c.strip())
+    unknown = [c for c in commands if c not in SCALE_ANALYSIS]
+    if unknown:
+        raise InputError(f"--scale-analysis {text}: unknown {unknown} (choose from {', '.join(SCALE_ANALYSIS)})")
+    return commands
+
+
 def bench_scale(batches: list[int], root: str, events_per_batch: int = MAX_EVENTS_PER_BATCH,
-                meta_row_group: int | None = None, analysis: bool = False) -> list[dict[str, float]]:
+                meta_row_group: int | None = None, analysis: tuple[str, ...] = ()) -> list[dict[str, float]]:
     """For each number of batch files: write the cheap layout (``meta_row_group``: its meta in row groups
     of that many rows), then plan and score it in a fresh process (so each driver peak is that run's own),
-    and with ``analysis`` evaluate and compare its predictions in another; print and return the figures."""
+    and run each ``analysis`` command (``evaluate``, ``compare``) on its ``predictions.parquet`` in a fresh
+    process each; print and return the figures."""
     import shutil
 
     rows = []
@@ -369,11 +376,12 @@ def bench_scale(batches: list[int], root: str, events_per_batch: int = MAX_EVENT
         out = Path(root) / f"{name}-pred"
         shutil.rmtree(out, ignore_errors=True)
         fig = _in_fresh_process(_scale_run, str(data), str(out))
-        if analysis:
-            fig.update(_in_fresh_process(_scale_analysis, str(data), str(out / "submission.csv"), str(out / "an")))
-            print(f"{b:>5} files: evaluate {fig['evaluate_seconds']:.0f} s (driver peak "
-                  f"{fig['evaluate_peak_rss_mib']:,.0f} MiB), compare {fig['compare_seconds']:.0f} s (driver peak "
-                  f"{fig['compare_peak_rss_mib']:,.0f} MiB)", flush=True)
+        # predictions.parquet, not submission.csv: a CSV is scanned whole for each event-id range
+        for command in analysis:
+            fig.update(_in_fresh_process(_scale_analysis, command, str(data), str(out / "predictions.parquet"),
+                                         str(out / "an")))
+            print(f"{b:>5} files: {command} {fig[f'{command}_seconds']:.0f} s (driver peak "
+                  f"{fig[f'{command}_peak_rss_mib']:,.0f} MiB)", flush=True)
         shutil.rmtree(out, ignore_errors=True)
         rows.append({"batch_files": b, "write_seconds": write_s, **fig})
         print(f"{b:>5} files, {fig['events']:>12,.0f} events: plan {fig['plan_seconds']:7.1f} s "

@@ -33,7 +33,6 @@ from neutrino_ray.icecube.metrics import errors_against_truth
 from neutrino_ray.icecube.predict import ENSEMBLE, Scoring, check_models, ensemble_spec, run_inference
 
 log = logging.getLogger("neutrino_ray")
-RESERVED = ("output", "files", "inputs", "command", "code_version", "wall_seconds", "finished_at")  # Output's own
 
 
 def _held_out_events(members: tuple[str, ...], split: str, events: int | None) -> int | None:
@@ -126,7 +125,7 @@ def calibrate(data: str, model: str | tuple[str, ...], split: str = "train", eve
         previous = storage.read_manifest(where)
         files = {name: storage.read_bytes(storage.join(where, name)) for name in previous["files"]
                  if name != uncertainty.CALIBRATION}
-        kept = {k: v for k, v in previous.items() if k not in RESERVED}
+        kept = {k: v for k, v in previous.items() if k not in storage.RESERVED_MANIFEST_KEYS}
         inputs = list(dict.fromkeys([*previous.get("inputs", []), data]))
         with storage.Output(where, command=command, inputs=inputs, started=started) as output:
             for name, blob in files.items():

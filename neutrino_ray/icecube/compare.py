@@ -256,8 +256,12 @@ def _plots(models: list[dict[str, Any]], cdf_counts: list[np.ndarray],
 
 
 def compare(data: str, split: str, predictions: list[str], labels: list[str] | None, out: str,
-            seed: int = 0, command: list[str] | None = None) -> dict[str, Any]:
-    """Score every predictions file against the split's truth; publish report.json, summary.md and plots."""
+            seed: int = 0, command: list[str] | None = None,
+            chunk_events: int = outofcore.CHUNK_EVENTS) -> dict[str, Any]:
+    """Score every predictions file against the split's truth; publish report.json, summary.md and plots.
+    Each model's figures come from evaluate's passes (:func:`outofcore.evaluate_passes`), one model at a
+    time; then one side-by-side pass (:func:`outofcore.side_by_side`: one read of the truth per event-id
+    range of ``chunk_events``, shared by the models) accumulates the bootstraps and the plots' histograms."""
     if not predictions:
         raise InputError("--predictions: nothing to compare")
     labels = labels or [p.rstrip("/").rsplit("/", 2)[-2] if "/" in p else p for p in predictions]
@@ -265,9 +269,13 @@ def compare(data: str, split: str, predictions: list[str], labels: list[str] | N
         raise InputError(f"--labels: {len(labels)} labels for {len(predictions)} predictions")
     if len(set(labels)) != len(labels):
         raise InputError(f"--labels: every label must be unique (got {labels})")
-    sources = [outofcore.Source(data, split, p) for p in predictions]
-    bodies = [outofcore.evaluate_passes(src, f"compare {lab}")[0]  # other event sets fail here
-              for lab, src in zip(labels, sources)]
+    n_events = 0
+    bodies = []
+    for lab, p in zip(labels, predictions):  # each model's Source (and its cached range) is dropped after
+        source = outofcore.Source(data, split, p, chunk_events)
+        n_events = source.n_events
+        bodies.append(outofcore.evaluate_passes(source, f"compare {lab}")[0])  # other event sets fail here
+        del source
     e_range = outofcore._energy_range(data, split)
     breakdowns: list[tuple[str, str, np.ndarray]] = [("by_n_pulses", "n_pulses", N_PULSES_EDGES),
                                                      ("by_true_zenith", "zenith", ZENITH_EDGES)]
@@ -278,8 +286,12 @@ def compare(data: str, split: str, predictions: list[str], labels: list[str] | N
     paired_boots = {p: PairedBootstrap(N_BOOTSTRAP, seed) for p in pairs}
     cdf_counts = [np.zeros(len(CDF_EDGES) - 1) for _ in predictions]
     zen_sums = [np.zeros((3, len(ZEN_RES_EDGES) - 1)) for _ in predictions]
-    with Progress("compare: bootstrap", sources[0].n_events, tick=True) as prog:
-        for block, chs in enumerate(zip(*sources)):  # one event-id range of every model at a time
+    with Progress("compare: bootstrap", n_events, tick=True) as prog:
+        # One event-id range of every model at a time, sharing one read of the truth. No enumerate() or
+        # zip(): they keep their last tuple, so the previous range stayed alive while the next was read.
+        block = -1
+        for chs in outofcore.side_by_side(data, split, predictions, chunk_events):
+            block += 1
             keys = _keys(chs[0], breakdowns)
             for m, ch in enumerate(chs):
                 boots[m].add(np.random.default_rng([seed, m, block]), ch.errors, keys)
@@ -292,7 +304,7 @@ def compare(data: str, split: str, predictions: list[str], labels: list[str] | N
             for i, j in pairs:
                 paired_boots[(i, j)].add(block, chs[i].errors, chs[j].errors)
             prog.update(len(chs[0].errors))
-            del chs, ch, keys  # before the next range is read
+            del chs, ch, keys, idx, dz  # before the next range is read
     models = [_with_intervals(lab, uri, body, boot, breakdowns)
               for lab, uri, body, boot in zip(labels, predictions, bodies, boots)]
     paired = [{"a": labels[i], "b": labels[j], **paired_boots[(i, j)].result()} for i, j in pairs]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -23,9 +23,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.nn import global_max_pool, global_mean_pool
 
+from neutrino_ray.icecube.architectures import GNN_SIZES, N_NEIGHBOURS, DynEdgeConfig
 from neutrino_ray.icecube.features import N_FEATURES, TIME_SCALE
 
-N_NEIGHBOURS = 8
 KNN_FEATURES = 4  # later layers: k-NN on the first four latent features (the first graph: on x, y, z)
 N_GLOBAL = 4 + N_FEATURES + 1  # homophily of x, y, z, t; feature means; log10 of the pulse count
 MICROSECONDS_PER_UNIT = TIME_SCALE / 1000.0  # the time feature's unit in µs
@@ -179,28 +179,7 @@ class EdgeConv(nn.Module):
 # The network
 
 
-@dataclass(frozen=True)
-class DynEdgeConfig:
-    """Layer sizes. ``dynedge`` is GraphNeT's competition benchmark shape (1.35M parameters)."""
-
-    conv: tuple[tuple[int, ...], ...]
-    post: tuple[int, ...]
-    readout: tuple[int, ...]
-    k: int = N_NEIGHBOURS
-
-    def to_dict(self) -> dict[str, object]:
-        return asdict(self)
-
-    @staticmethod
-    def from_dict(d: dict[str, object]) -> DynEdgeConfig:
-        conv = tuple(tuple(int(v) for v in layer) for layer in d["conv"])  # type: ignore[attr-defined]
-        return DynEdgeConfig(conv, tuple(d["post"]), tuple(d["readout"]), int(d["k"]))  # type: ignore[arg-type,call-overload]
-
-
-SIZES = {
-    "dynedge": DynEdgeConfig(conv=((128, 256), (336, 256), (336, 256), (336, 256)), post=(336, 256), readout=(128,)),
-    "small": DynEdgeConfig(conv=((64, 64), (96, 64), (96, 64)), post=(128, 96), readout=(64,)),
-}
+SIZES = GNN_SIZES  # the named shapes (architectures.py, torch-free)
 
 
 class DynEdge(nn.Module):

@@ -178,33 +178,68 @@ class _Checks:
         self.ex_nonfinite: int | None = None
 
 
-def chunks(data: str, split: str, predictions: str, chunk_events: int = CHUNK_EVENTS,
-           ranges: list[tuple[int, int]] | None = None) -> Iterator[Chunk]:
-    """Predictions aligned with the truth, one event-id range at a time; after the last range, a DataError
-    for missing, unknown, duplicate or non-finite prediction rows, as :func:`evaluate.score` words them."""
-    truth_uri, meta_uri = _truth_uri(data, split), icdata.meta_uri(data, split)
-    if ranges is None:
-        ranges = id_ranges(truth_uri, chunk_events)
+class _Reader:
+    """One event-id range of the truth and meta (read once, however many predictions are aligned with it),
+    and of a predictions input, with an ``event_id`` filter pushed down to each reader."""
+
+    def __init__(self, data: str, split: str):
+        self.split = split
+        self.truth_uri, self.meta_uri = _truth_uri(data, split), icdata.meta_uri(data, split)
+        tnames = storage.read_parquet_metadata(self.truth_uri).schema.to_arrow_schema().names
+        self.tcols = ["event_id", "azimuth", "zenith"] + [c for c in ("energy", "topology")
+                                                          if c in tnames and split != "train"]
+
+    def truth(self, lo: int, hi: int) -> dict[str, Any]:
+        """The range's truth columns (Chunk field names) and ``meta_ids``, each sorted by event_id."""
+        truth = storage.read_parquet_range(self.truth_uri, "event_id", lo, hi, self.tcols).sort_by("event_id")
+        meta = storage.read_parquet_range(self.meta_uri, "event_id", lo, hi, list(icdata.META_COLUMNS))
+        meta = meta.sort_by("event_id")
+        first, last = meta.column("first_pulse_index").to_numpy(), meta.column("last_pulse_index").to_numpy()
+        return {"event_id": truth.column("event_id").to_numpy(), "meta_ids": meta.column("event_id").to_numpy(),
+                "batch_id": meta.column("batch_id").to_numpy(), "az_true": truth.column("azimuth").to_numpy(),
+                "zen_true": truth.column("zenith").to_numpy(), "n_pulses": last - first + 1,
+                "energy": truth.column("energy").to_numpy() if "energy" in self.tcols else None,
+                "topology": np.asarray(truth.column("topology").to_pylist()) if "topology" in self.tcols else None}
+
+    def check_meta(self, t: dict[str, Any], lo: int, hi: int) -> None:
+        t_ids = t["event_id"]
+        if not np.array_equal(t.pop("meta_ids"), t_ids):
+            raise icdata.DataError(f"{self.meta_uri}: the meta's events differ from the truth's in event ids "
+                                   f"{t_ids[0] if len(t_ids) else lo}…{t_ids[-1] if len(t_ids) else hi}")
+
+
+def _open_predictions(predictions: str) -> tuple[pads.Dataset, list[str]]:
+    """The predictions dataset and the columns read from it (``kappa`` where present)."""
     ds = _predictions_dataset(predictions)
     names = ds.schema.names
     missing_cols = {"event_id", "azimuth", "zenith"} - set(names)
     if missing_cols:
         raise icdata.DataError(f"{predictions}: missing columns {sorted(missing_cols)}")
-    has_kappa = "kappa" in names
-    pcols = ["event_id", "azimuth", "zenith"] + (["kappa"] if has_kappa else [])
-    tnames = storage.read_parquet_metadata(truth_uri).schema.to_arrow_schema().names
-    tcols = ["event_id", "azimuth", "zenith"] + [c for c in ("energy", "topology") if c in tnames and split != "train"]
+    return ds, ["event_id", "azimuth", "zenith"] + (["kappa"] if "kappa" in names else [])
+
+
+def _read_predictions(ds: pads.Dataset, pcols: list[str], lo: int, hi: int) -> pa.Table:
+    pred = ds.to_table(columns=pcols, filter=(pads.field("event_id") >= lo) & (pads.field("event_id") <= hi))
+    pred = pred.cast(pa.schema([(c, pa.int64() if c == "event_id" else pa.float64()) for c in pcols]))
+    return pred.sort_by("event_id")
+
+
+def chunks(data: str, split: str, predictions: str, chunk_events: int = CHUNK_EVENTS,
+           ranges: list[tuple[int, int]] | None = None) -> Iterator[Chunk]:
+    """Predictions aligned with the truth, one event-id range at a time; after the last range, a DataError
+    for missing, unknown, duplicate or non-finite prediction rows, as :func:`evaluate.score` words them."""
+    reader = _Reader(data, split)
+    if ranges is None:
+        ranges = id_ranges(reader.truth_uri, chunk_events)
+    ds, pcols = _open_predictions(predictions)
+    has_kappa = "kappa" in pcols
     chk = _Checks()
-    field = pads.field("event_id")
+
     def one(lo: int, hi: int) -> Chunk | None:
         """One range read, checked and scored; its tables are freed when the caller drops the chunk."""
-        truth = storage.read_parquet_range(truth_uri, "event_id", lo, hi, tcols).sort_by("event_id")
-        meta = storage.read_parquet_range(meta_uri, "event_id", lo, hi, list(icdata.META_COLUMNS))
-        meta = meta.sort_by("event_id")
-        pred = ds.to_table(columns=pcols, filter=(field >= lo) & (field <= hi))
-        pred = pred.cast(pa.schema([(c, pa.int64() if c == "event_id" else pa.float64()) for c in pcols]))
-        pred = pred.sort_by("event_id")
-        t_ids, p_ids = truth.column("event_id").to_numpy(), pred.column("event_id").to_numpy()
+        t = reader.truth(lo, hi)
+        pred = _read_predictions(ds, pcols, lo, hi)
+        t_ids, p_ids = t["event_id"], pred.column("event_id").to_numpy()
         if len(p_ids) > 1 and np.any(p_ids[1:] == p_ids[:-1]):
             raise icdata.DataError(f"{predictions}: duplicate event_id rows")
         az_p = pred.column("azimuth").to_numpy(zero_copy_only=False)
@@ -228,15 +263,9 @@ def chunks(data: str, split: str, predictions: str, chunk_events: int = CHUNK_EV
             chk.kappa_null += kcol.null_count
             if kcol.null_count == 0:
                 kappa = kcol.to_numpy()
-        if not np.array_equal(meta.column("event_id").to_numpy(), t_ids):
-            raise icdata.DataError(f"{meta_uri}: the meta's events differ from the truth's in event ids "
-                                   f"{t_ids[0] if len(t_ids) else lo}…{t_ids[-1] if len(t_ids) else hi}")
-        az_t, zen_t = truth.column("azimuth").to_numpy(), truth.column("zenith").to_numpy()
-        return Chunk(t_ids, meta.column("batch_id").to_numpy(), az_t, zen_t, az_p, zen_p,
-                     angular_distance(az_t, zen_t, az_p, zen_p),
-                     meta.column("last_pulse_index").to_numpy() - meta.column("first_pulse_index").to_numpy() + 1,
-                     truth.column("energy").to_numpy() if "energy" in tcols else None,
-                     np.asarray(truth.column("topology").to_pylist()) if "topology" in tcols else None, kappa)
+        reader.check_meta(t, lo, hi)
+        return Chunk(**t, az_pred=az_p, zen_pred=zen_p,
+                     errors=angular_distance(t["az_true"], t["zen_true"], az_p, zen_p), kappa=kappa)
     for lo, hi in ranges:  # no reference to a chunk is kept here while the next one is read
         ch = one(lo, hi)
         if ch is not None:
@@ -250,6 +279,35 @@ def chunks(data: str, split: str, predictions: str, chunk_events: int = CHUNK_EV
                                f"(e.g. {chk.ex_missing}), {chk.extra} unknown (e.g. {chk.ex_extra})")
     if has_kappa and 0 < chk.kappa_null < chk.n:
         raise icdata.DataError(f"{predictions}: kappa is null for {chk.kappa_null} of {chk.n} events")
+
+
+def side_by_side(data: str, split: str, predictions: list[str],
+                 chunk_events: int = CHUNK_EVENTS) -> Iterator[list[Chunk]]:
+    """Several predictions inputs of one split aligned with its truth, one event-id range at a time: the
+    truth and meta are read once per range and shared by every input's chunk, so the driver holds one range
+    of truth plus each input's predicted directions and errors (compare's side-by-side pass; reading each
+    input as its own :func:`chunks` held one truth copy per input and, with the previous range of the other
+    inputs still alive, about twice a range per input). The inputs were validated by :func:`chunks` first;
+    here an input whose events no longer match (a file replaced meanwhile) is a DataError. No κ."""
+    reader = _Reader(data, split)
+    opened = [_open_predictions(p) for p in predictions]
+    for lo, hi in id_ranges(reader.truth_uri, chunk_events):
+        t = reader.truth(lo, hi)
+        reader.check_meta(t, lo, hi)
+        out = []
+        for uri, (ds, _) in zip(predictions, opened):
+            pred = _read_predictions(ds, ["event_id", "azimuth", "zenith"], lo, hi)
+            if not np.array_equal(pred.column("event_id").to_numpy(), t["event_id"]):
+                raise icdata.DataError(f"{uri}: event ids in {lo}…{hi} changed since the first pass "
+                                       f"({pred.num_rows} rows against {len(t['event_id'])} events)")
+            az_p = pred.column("azimuth").to_numpy(zero_copy_only=False)
+            zen_p = pred.column("zenith").to_numpy(zero_copy_only=False)
+            del pred
+            out.append(Chunk(**t, az_pred=az_p, zen_pred=zen_p,
+                             errors=angular_distance(t["az_true"], t["zen_true"], az_p, zen_p), kappa=None))
+        del t
+        yield out
+        out = []  # dropped before the next range is read
 
 
 class Source:

@@ -438,9 +438,12 @@ def build_dataset(split_plan: pipeline.SplitPlan, geometry: np.ndarray, scoring:
     use_gpu = scoring.gpus_per_actor > 0
     actors = runtime.actor_pool_size(scoring.actors, scoring.cpus_per_actor, scoring.gpus_per_actor,
                                      scoring.resource_wait_minutes)
+    cpus_per_actor = scoring.cpus_per_actor
+    if not use_gpu and scoring.actors is None and not scoring.split_pipeline:
+        actors, cpus_per_actor = inference.cpu_pool_for_tasks(actors, cpus_per_actor, len(split_plan.specs))
     kwargs = {"model_uris": list(scoring.members), "weights": list(plan.weights),
               "kappa_weighted": scoring.kappa_weighted, "max_pulses": plan.max_pulses, "geometry": geometry,
-              "batch_size": scoring.batch_size, "threads": max(1, int(scoring.cpus_per_actor)), "use_gpu": use_gpu,
+              "batch_size": scoring.batch_size, "threads": max(1, int(cpus_per_actor)), "use_gpu": use_gpu,
               "calibrated": scoring.calibrated, "ensemble_calibration": scoring.ensemble_calibration, "parts": parts,
               "featurised": scoring.split_pipeline}
     if scoring.split_pipeline:
@@ -458,8 +461,8 @@ def build_dataset(split_plan: pipeline.SplitPlan, geometry: np.ndarray, scoring:
         tasks = scoring.featurise_tasks or max(1, int(left))
         ds = ds.map_batches(partial(featurise_block, geometry=geometry, max_pulses=plan.max_pulses, parts=parts),
                             batch_format="pyarrow", batch_size=1, zero_copy_batch=True,
-                            num_cpus=min(1.0, left), concurrency=tasks)
-    return inference.actor_pool(ds, DirectionScorer, kwargs, actors, scoring.cpus_per_actor, scoring.gpus_per_actor)
+                            num_cpus=min(1.0, left), compute=ray.data.TaskPoolStrategy(size=tasks))
+    return inference.actor_pool(ds, DirectionScorer, kwargs, actors, cpus_per_actor, scoring.gpus_per_actor)
 
 
 @dataclass

@@ -33,13 +33,14 @@ What differs from GraphNeT's ``DeepIce``, and why:
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from neutrino_ray.icecube.architectures import TRANSFORMER_SIZES, TransformerConfig
 from neutrino_ray.icecube.features import POSITION_SCALE, TIME_SCALE
 from neutrino_ray.icecube.geometry import ORIGIN_DEPTH, south_pole_ice
 from neutrino_ray.icecube.models import MICROSECONDS_PER_UNIT, group_events
@@ -54,43 +55,9 @@ LENGTH_CLASSES_PER_OCTAVE = 4  # chunks of events within a factor 2^(1/4) in len
 
 
 # ---------------------------------------------------------------------------------------------------
-# Shapes
+# Shapes: the named ones live in architectures.py (torch-free, for the CLI)
 
-
-@dataclass(frozen=True)
-class TransformerConfig:
-    """Shapes. ``transformer-base`` is GraphNeT's ``DeepIce`` default (hidden 384, Fourier base 128,
-    4 relative-bias blocks, 12 plain blocks, head size 32); ``transformer-small`` its hidden-192,
-    depth-8 variant."""
-
-    hidden: int
-    depth: int  # plain blocks after the CLS token
-    depth_rel: int  # blocks with the space-time bias, before the CLS token
-    head_size: int = 32
-    fourier: int = 128  # sinusoidal embedding width per input quantity
-    fourier_mlp: int = 1536  # hidden width of the embedding MLP
-    mlp_ratio: int = 4
-    layer_scale: float | None = None  # LayerScale's initial value (CaiT); None: off
-
-    @property
-    def heads(self) -> int:
-        return self.hidden // self.head_size
-
-    def to_dict(self) -> dict[str, object]:
-        return {"family": "transformer", **asdict(self)}
-
-    @staticmethod
-    def from_dict(d: dict[str, object]) -> TransformerConfig:
-        d = {k: v for k, v in d.items() if k != "family"}
-        return TransformerConfig(**d)  # type: ignore[arg-type]
-
-
-SIZES = {
-    "transformer-tiny": TransformerConfig(hidden=64, depth=2, depth_rel=1, head_size=16, fourier=32,
-                                          fourier_mlp=256),
-    "transformer-small": TransformerConfig(hidden=192, depth=8, depth_rel=4),
-    "transformer-base": TransformerConfig(hidden=384, depth=12, depth_rel=4, layer_scale=1.0),
-}
+SIZES = TRANSFORMER_SIZES
 
 
 # ---------------------------------------------------------------------------------------------------

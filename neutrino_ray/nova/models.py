@@ -14,41 +14,17 @@ towers run as one grouped convolution (``groups=2``): channel block 0 only ever 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from neutrino_ray.nova import format as fmt
+from neutrino_ray.nova.architectures import BASELINE, COURSE_CNN, SIZES, CNNConfig
+from neutrino_ray.nova.architectures import MODELS as MODELS  # re-exported: the names live in architectures.py
 
 MAX_COUNT = 255.0
-
-
-@dataclass(frozen=True)
-class CNNConfig:
-    """Tower widths per stage (each stage halves the image), extra 3x3 convolutions per stage, head width."""
-
-    channels: tuple[int, ...] = (8, 24, 48)
-    depth: int = 0
-    hidden: int = 64
-    dropout: float = 0.1
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "channels": list(self.channels)}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> CNNConfig:
-        return cls(channels=tuple(int(c) for c in d["channels"]), depth=int(d["depth"]), hidden=int(d["hidden"]),
-                   dropout=float(d["dropout"]))
-
-
-SIZES = {
-    "small": CNNConfig(),  # 67k parameters: > 1,000 events/s on 2 CPU cores
-    "medium": CNNConfig(channels=(16, 32, 64), depth=1, hidden=128),
-}
-COURSE_CNN = "course-cnn"
-MODELS = ("baseline", *SIZES, COURSE_CNN)
 
 
 def scale_pixels(x: torch.Tensor) -> torch.Tensor:
@@ -253,7 +229,7 @@ class SummaryLinear(nn.Module):
 
 def build(model: str, n_out: int, sizes: dict[str, Any] | None = None) -> nn.Module:
     """The named model ('baseline', 'course-cnn', or a CNN size; ``sizes`` overrides a CNN's layer sizes)."""
-    if model == "baseline":
+    if model == BASELINE:
         return SummaryLinear(n_out)
     if model == COURSE_CNN:
         return CourseCNN(n_out)
