@@ -56,7 +56,7 @@ NOVA_TRAIN_ARGS ?= --epochs 5
 nova-proxy: $(STAMP)
 	$(BIN)/neutrino-ray simulate nova $(NOVA_PROXY)/train --files $(NOVA_TRAIN_FILES) --events-per-file 7000 --seed 1
 	$(BIN)/neutrino-ray simulate nova $(NOVA_PROXY)/test --files 1 --events-per-file $(NOVA_TEST_EVENTS) --seed 2
-	$(BIN)/neutrino-ray nova train $(NOVA_PROXY)/train --task numu-cc --model course-cnn --optimizer adam \
+	$(BIN)/neutrino-ray nova train $(NOVA_PROXY)/train --target numu-cc --model course-cnn --optimizer adam \
 		--schedule constant --lr 1e-3 --batch-size 256 --val-events 1000 $(NOVA_TRAIN_ARGS) --out $(NOVA_PROXY)/course
 	$(BIN)/neutrino-ray nova predict $(NOVA_PROXY)/test --model $(NOVA_PROXY)/course/model --out $(NOVA_PROXY)/predict
 	$(BIN)/neutrino-ray nova evaluate $(NOVA_PROXY)/test --predictions $(NOVA_PROXY)/predict/predictions.parquet \

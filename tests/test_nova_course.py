@@ -178,9 +178,9 @@ def test_course_cnn_difficulty_ordering_on_the_simulation(tmp_path: Path) -> Non
     train, test = tmp_path / "train", tmp_path / "test"
     assert main(["-q", "simulate", "nova", str(train), "--files", "6", "--events-per-file", "7000", "--seed", "1"]) == 0
     assert main(["-q", "simulate", "nova", str(test), "--files", "1", "--events-per-file", "20000", "--seed", "2"]) == 0
-    assert main(["-q", "nova", "train", str(train), "--task", "numu-cc", "--model", "course-cnn", "--optimizer", "adam",
-                 "--schedule", "constant", "--lr", "1e-3", "--batch-size", "256", "--val-events", "1000",
-                 "--epochs", "5", "--out", str(tmp_path / "course")]) == 0
+    assert main(["-q", "nova", "train", str(train), "--target", "numu-cc", "--model", "course-cnn",
+                 "--optimizer", "adam", "--schedule", "constant", "--lr", "1e-3", "--batch-size", "256",
+                 "--val-events", "1000", "--epochs", "5", "--out", str(tmp_path / "course")]) == 0
     assert main(["-q", "nova", "predict", str(test), "--model", str(tmp_path / "course" / "model"),
                  "--out", str(tmp_path / "predict")]) == 0
     assert main(["-q", "nova", "evaluate", str(test), "--predictions",
