@@ -69,18 +69,6 @@ def bootstrap_mean(errors: np.ndarray, rng: np.random.Generator, n: int = N_BOOT
     return boot.interval("all", len(errors))
 
 
-def _keys(ch: outofcore.Chunk, breakdowns: list[tuple[str, str, np.ndarray]]) -> list[tuple[Any, Any]]:
-    """(key, mask) of every breakdown bin the chunk's events fall in, and ("all", True)."""
-    out: list[tuple[Any, Any]] = [("all", True)]
-    cols: dict[str, Any] = {"n_pulses": ch.n_pulses, "zenith": ch.zen_true, "energy_gev": ch.energy}
-    for key, label, edges in breakdowns:
-        idx = np.digitize(cols[label], edges) - 1
-        out += [((key, int(b)), idx == b) for b in np.unique(idx) if 0 <= b < len(edges) - 1]
-    if ch.topology is not None:
-        out += [(("by_topology", str(k)), ch.topology == k) for k in np.unique(ch.topology)]
-    return out
-
-
 ZEN_RES_EDGES = np.linspace(0, np.pi, 13)
 CDF_EDGES = np.linspace(0, np.pi, 2001)  # the cumulative-error curve, from a histogram (plot only)
 
@@ -292,7 +280,7 @@ def compare(data: str, split: str, predictions: list[str], labels: list[str] | N
         block = -1
         for chs in outofcore.side_by_side(data, split, predictions, chunk_events):
             block += 1
-            keys = _keys(chs[0], breakdowns)
+            keys = list(outofcore.bin_masks(chs[0], breakdowns))
             for m, ch in enumerate(chs):
                 boots[m].add(np.random.default_rng([seed, m, block]), ch.errors, keys)
                 cdf_counts[m] += np.histogram(ch.errors, bins=CDF_EDGES)[0]
