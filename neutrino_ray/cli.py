@@ -447,7 +447,7 @@ def _add_demo(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
     d.add_argument("--events", type=_positive, default=30_000, help="events to simulate (30000)")
     d.add_argument("--seed", type=int, default=7, help="random seed (7)")
     d.add_argument("--train-minutes", type=_positive_float, default=1.0,
-                   help="the GNN's training budget in minutes (1; 5 on 2 CPUs gets it below LineFit)")
+                   help="the GNN's training budget in minutes (1)")
     d.add_argument("--workers", type=_positive, default=2, help="Ray Train workers for the GNN (2)")
 
 

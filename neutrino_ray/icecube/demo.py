@@ -18,7 +18,6 @@ from neutrino_ray.icecube.simwrite import simulate_dataset
 
 REAL = {"linefit": "1.214 rad (public LineFit, aux = False pulses, leaderboard)",
         "gnn": "1.018 rad (GraphNeT DynEdge, trained for days on a GPU)"}
-GAP_MINUTES = 5  # the demo budget at which `small` was measured below LineFit (README: 1.202 against 1.235 rad)
 
 
 @contextlib.contextmanager
@@ -74,9 +73,8 @@ def demo(out: str = "demo-output", events: int = 30_000, seed: int = 7, train_mi
               f"{1 - pair['fraction_a_better'] - pair['fraction_tied']:.1%} of them")
     verdict = (f"the GNN beats LineFit: {paired}" if beats else
                f"{paired}\n  after {t['minutes']:.1f} min on {t['events']:,} events the GNN does NOT beat LineFit "
-               "yet: on this "
-               f"demo's data `small` needs about {GAP_MINUTES} minutes on 2 CPUs to get below it (README); try "
-               f"--train-minutes {GAP_MINUTES}")
+               "yet: a few CPU-minutes of `small` are not enough on this simulation (docs/icecube.md, 'The demo', "
+               "has the budgets measured)")
     print(f"""neutrino-ray demo finished in {wall:.0f} s
   data         {data} ({sim['events']:,} events, Kaggle layout); LineFit {lf['events']:,} test events at \
 {lf['inference_events_per_second']:,.0f} events/s
