@@ -619,6 +619,7 @@ def test_the_exactly_once_check_on_parts_catches_a_missing_doubled_or_foreign_pa
         check_parts(mixed, expected, "f1", "d", "test")
 
 
+@pytest.mark.slow  # 41 s on a quiet 2-core EPYC: beside evaluate's and compare's memory tests (the suite's 15 minutes)
 @pytest.mark.integration  # fresh driver processes that start Ray
 def test_driver_memory_does_not_grow_with_the_events_scored(tmp_path: Path) -> None:
     """Plan and score 1M and then 5M cheap events (3 pulses each) with LineFit, each in a fresh driver

@@ -30,8 +30,8 @@ def numu_nc_events() -> tuple[np.ndarray, dict[str, np.ndarray]]:
 
 def _extent(maps: np.ndarray) -> np.ndarray:
     """Planes from the first to the last with >= 20 counts in >= 2 pixels (both views): noise hits are single pixels."""
-    hits = (maps > 0).sum(axis=(1, 3))
-    counts = maps.astype(np.int64).sum(axis=(1, 3))
+    hits = np.count_nonzero(maps, axis=(1, 3))
+    counts = maps.sum(axis=(1, 3), dtype=np.int64)  # no int64 copy of the maps (GBs at 20,000 events)
     active = (counts >= 20) & (hits >= 2)
     first = np.argmax(active, axis=1)
     last = maps.shape[2] - 1 - np.argmax(active[:, ::-1], axis=1)
@@ -144,12 +144,12 @@ def test_beam_goes_forward(default_events: tuple[np.ndarray, dict[str, np.ndarra
     maps, f = default_events
     numu = f["interaction"] <= 3
     long_track = numu & (_extent(maps) >= 40)
-    counts = maps[long_track].astype(np.float64).sum(axis=(1, 3))
+    counts = maps[long_track].sum(axis=(1, 3), dtype=np.int64)  # per plane: views and cells summed
     mean_plane = (counts * np.arange(100)).sum(axis=1) / counts.sum(axis=1)
     assert long_track.sum() > 5_000
     assert (mean_plane > sim.VERTEX_PLANE[1] + 1).mean() > 0.95  # beyond the vertex plane (5..20)
     # the event starts at the vertex plane
-    first = np.argmax(maps[long_track].sum(axis=(1, 3)) >= 20, axis=1)
+    first = np.argmax(counts >= 20, axis=1)
     assert np.median(first) >= sim.VERTEX_PLANE[0] - 1 and np.median(first) <= sim.VERTEX_PLANE[1]
 
 
