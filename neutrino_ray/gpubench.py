@@ -29,7 +29,6 @@ import time
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import torch
 
 from neutrino_ray import training
@@ -141,10 +140,9 @@ def _icecube_batches(size: str, tmp: str, n_events: int, batch: int) -> tuple[An
     if not icdata.list_batches(data, "test"):
         simulate_dataset(data, n_events, train_batches=0, test_batches=1, seed=23)
     cap = default_max_pulses(size)
-    meta = icdata.load_meta(data, "test")
     geometry = icdata.load_geometry(data)
-    tasks = list(icdata.iter_split_tasks(data, "test", 2_000, meta=meta))
-    events = pa.concat_tables(pipeline.read_featurise(t, geometry, cap) for t in pipeline.task_tables(tasks))
+    plan = pipeline.plan_split(data, "test", 2_000, in_process=True)
+    events = pipeline.read_featurise(pipeline.SplitPlan.table(plan.slices), geometry, cap)
     truth = icdata.split_truth(data, "test").sort_by("event_id")
     events = events.sort_by("event_id")
     rows = np.searchsorted(truth.column("event_id").to_numpy(), events.column("event_id").to_numpy())

@@ -17,6 +17,7 @@ from neutrino_ray import storage
 from neutrino_ray.cli import main
 from neutrino_ray.icecube import data as icdata
 from neutrino_ray.icecube import linefit as lf
+from neutrino_ray.icecube import pipeline
 from neutrino_ray.icecube.features import list_offsets, list_values
 from neutrino_ray.icecube.geometry import icecube86
 from neutrino_ray.icecube.predict import SUBMISSION, Scoring, predict
@@ -30,18 +31,18 @@ def _tricky_batches(rng: np.random.Generator) -> dict[int, dict[str, np.ndarray]
             4: random_events(rng, len(counts2), 10_000_000, counts2)}
 
 
-def test_read_tasks_cut_at_event_boundaries(tmp_path: Path) -> None:
+def test_slices_cut_at_event_boundaries(tmp_path: Path) -> None:
     batches = _tricky_batches(np.random.default_rng(5))
     root = write_dataset(tmp_path / "d", batches, row_group_size=997)  # events straddle row groups
-    tasks = list(icdata.iter_split_tasks(str(root), "test", events_per_task=37))
-    assert len(tasks) > 10
+    slices = pipeline.plan_split(str(root), "test", 37, in_process=True).slices
+    assert len(slices) > 10
     seen = []
-    for task in tasks:
-        ev = icdata.read_task_events(task, 5160)
+    for s in slices:
+        ev = icdata.read_slice(s, 5160)
         ids = ev.column("event_id").to_numpy()
         seen.append(ids)
         for b, p in batches.items():  # every event arrives whole, with its pulses in order
-            if b != task.batch_id:
+            if b != s.batch_id:
                 continue
             for k in rng_pick(len(ids)):
                 sel = p["event_id"] == ids[k]
@@ -70,8 +71,8 @@ def test_predict_local_matches_in_process_linefit(tmp_path: Path) -> None:
     assert np.array_equal(ids, np.sort(meta.column("event_id").to_numpy()))
     # Same answer as running the pure cores over the whole split in this process.
     ref_parts = []
-    for task in icdata.iter_split_tasks(str(root), "test", 10_000):
-        events = icdata.read_task_events(task, 5160)
+    for s in pipeline.plan_split(str(root), "test", 10_000, in_process=True).slices:
+        events = icdata.read_slice(s, 5160)
         off = list_offsets(events.column("time"))
         sensor, t, q, aux = (list_values(events.column(c)) for c in ("sensor_id", "time", "charge", "auxiliary"))
         az, zen, _ = lf.fit("linefit", off, icecube86().xyz[sensor], t.astype(float), q, aux.astype(bool))
@@ -345,11 +346,11 @@ def test_bad_input_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[
 def test_float_time_is_read_as_int64(tmp_path: Path) -> None:
     """Floating ``time`` (GraphNeT conversions) is checked finite, then truncated to int64 ns as in the Kaggle files."""
     root = _dataset(tmp_path)
-    tasks = list(icdata.iter_split_tasks(str(root), "test", 20))
-    want = [icdata.read_task_events(t, 5160) for t in tasks]
+    slices = pipeline.plan_split(str(root), "test", 20, in_process=True).slices
+    want = [icdata.read_slice(s, 5160) for s in slices]
     _edit(root, BATCH, lambda t: _set(t, "time", pa.array(t.column("time").to_numpy() + 0.75)))
     assert pq.read_schema(root / BATCH).field("time").type == pa.float64()
-    got = [icdata.read_task_events(t, 5160) for t in tasks]
+    got = [icdata.read_slice(s, 5160) for s in slices]
     assert got[0].schema.field("time").type == pa.list_(pa.int64())
     assert all(g.equals(w) for g, w in zip(got, want, strict=True))
 
@@ -436,8 +437,7 @@ def test_scale_layout_is_a_valid_split_and_the_scale_run_scores_all_of_it(tmp_pa
     stamp = (root / "scale.json").stat().st_mtime_ns
     write_scale_layout(root, batches=3, events_per_batch=400)  # reused, not rewritten
     assert (root / "scale.json").stat().st_mtime_ns == stamp
-    task = next(icdata.iter_split_tasks(str(root), "train", 1000))
-    events = icdata.read_task_events(task, 5160)
+    events = icdata.read_slice(pipeline.plan_split(str(root), "train", 1000, in_process=True).slices[0], 5160)
     assert set(pa.compute.list_value_length(events.column("time")).to_pylist()) == {SCALE_PULSES_PER_EVENT}
     fig = _scale_run(str(root), str(tmp_path / "pred"))
     # The figures bench prints are what they say (their values are measured by bench, not asserted here).
@@ -466,9 +466,8 @@ def test_an_event_id_in_two_batches_is_one_line_error_naming_both(tmp_path: Path
 
 
 @pytest.mark.integration
-def test_the_plan_holds_a_summary_per_batch_and_light_specs_not_the_events(tmp_path: Path) -> None:
+def test_the_plan_holds_a_summary_per_batch_and_light_slices_not_the_events(tmp_path: Path) -> None:
     from neutrino_ray import runtime
-    from neutrino_ray.icecube import pipeline
 
     batches = {b: random_events(np.random.default_rng(b), 300, 10_000 * b) for b in (1, 2, 3)}
     root = write_dataset(tmp_path / "d", batches, row_group_size=400)
@@ -479,16 +478,16 @@ def test_the_plan_holds_a_summary_per_batch_and_light_specs_not_the_events(tmp_p
     assert plan.summary[2].n_events == 300
     assert plan.summary[2].min_event_id == int(np.min(batches[2]["event_id"]))
     assert all(not pa.types.is_list(f.type) for t in plan.tables() for f in t.schema)  # no per-event arrays
-    # The specs, filled in from each batch's meta where they run, are the read tasks planned from the meta.
-    got = [icdata.spec_task(str(root), "test", s) for s in plan.specs]
-    want = list(icdata.iter_split_tasks(str(root), "test", 100, meta=meta))
-    assert [(t.uri, t.batch_id, t.rg_start, t.rg_stop) for t in got] == [(t.uri, t.batch_id, t.rg_start, t.rg_stop)
-                                                                         for t in want]
-    assert all(np.array_equal(g.event_id, w.event_id) and np.array_equal(g.first, w.first)
-               for g, w in zip(got, want, strict=True))
+    # The slices, planned by one Ray task per batch, are those planned in process; filled in from each
+    # batch's meta where they run, they cover the meta's rows in order, each once.
+    local = pipeline.plan_split(str(root), "test", 100, in_process=True)
+    fields = [(s.batch_id, s.start, s.lo, s.hi, s.rg_start, s.rg_stop) for s in plan.slices]
+    assert fields == [(s.batch_id, s.start, s.lo, s.hi, s.rg_start, s.rg_stop) for s in local.slices]
+    rows = pa.concat_tables(icdata.slice_meta(s) for s in plan.slices)
+    assert rows.equals(meta.select(rows.column_names))
     # The last N events in file order: the tail of batch 2 and all of batch 3.
     tail = pipeline.plan_split(str(root), "test", 100, last_events=450)
-    ids = np.concatenate([icdata.spec_task(str(root), "test", s).event_id for s in tail.specs])
+    ids = np.concatenate([icdata.slice_meta(s).column("event_id").to_numpy() for s in tail.slices])
     assert tail.events == 450 and np.array_equal(ids, meta.column("event_id").to_numpy()[-450:])
 
 
@@ -496,8 +495,6 @@ def test_the_plan_holds_a_summary_per_batch_and_light_specs_not_the_events(tmp_p
 def test_training_plans_by_batch_and_reads_the_tasks_in_a_new_order_every_epoch(tmp_path: Path) -> None:
     """Training holds out the split's last events (or batch files) per batch, without the meta in the driver;
     its dataset carries each event's true direction and reads the tasks in another order every epoch."""
-    from neutrino_ray.icecube import pipeline
-
     batches = {b: random_events(np.random.default_rng(60 + b), 100, 1_000 * b) for b in (1, 2, 3)}
     root = str(write_dataset(tmp_path / "d", batches, split="train", row_group_size=20))
     summary = pipeline.split_summary(root, "train")
@@ -510,7 +507,7 @@ def test_training_plans_by_batch_and_reads_the_tasks_in_a_new_order_every_epoch(
         icdata.holdout_ranges(summary, 300, "u")
 
     plan = pipeline.plan_ranges(root, "train", summary, train_r, 10, truth=True)
-    assert plan.events == 150 and len(plan.specs) >= 10
+    assert plan.events == 150 and len(plan.slices) >= 10
     ds = pipeline.events_dataset(plan, icdata.load_geometry(root), 64, shuffle_seed=3)
     epochs = [pa.concat_tables(ds.iter_batches(batch_format="pyarrow", batch_size=None)) for _ in range(2)]
     orders = [e.column("event_id").to_numpy() for e in epochs]
@@ -649,9 +646,9 @@ def test_the_scale_benchmark_evaluates_and_compares_on_a_meta_of_big_row_groups(
 
 
 def test_linefit_blocks_shrink_so_few_tasks_pay_ray_datas_scheduling_wait_and_the_slots_finish_together() -> None:
-    from neutrino_ray.icecube.pipeline import SplitPlan
+    SplitPlan = pipeline.SplitPlan
 
-    specs = [icdata.TaskSpec("r", b, 0, lo, lo + 10, 0, 1) for b in (1, 2) for lo in range(0, 250, 10)]
+    specs = [icdata.BatchSlice("d", "test", "r", b, 0, lo, lo + 10, 0, 1) for b in (1, 2) for lo in range(0, 250, 10)]
     plan = SplitPlan("d", "test", {}, specs, 500)
     for slots in (1, 2, 8, 100):
         blocks = plan.guided_blocks(slots)

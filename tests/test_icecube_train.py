@@ -76,14 +76,13 @@ def test_training_recovers_from_a_worker_failure_resumes_and_scores(dataset: Pat
     assert sub.column_names == ["event_id", "azimuth", "zenith"]
     # The actor's computation replayed in this process: one torch thread, the same read tasks and batches.
     task, model, _ = load_task_and_model(str(model_dir))
-    meta = icdata.load_meta(str(dataset), "test")
     geometry = icdata.load_geometry(str(dataset))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         parts = []
-        for t in pipeline.task_tables(list(icdata.iter_split_tasks(str(dataset), "test", 300, meta))):
-            events = pipeline.read_featurise(t, geometry, task.max_pulses)
+        for s in pipeline.plan_split(str(dataset), "test", 300, in_process=True).tables():
+            events = pipeline.read_featurise(s, geometry, task.max_pulses)
             parts.append((events.column("event_id").to_numpy(),
                           *predict_directions(task, model, events, 100, torch.device("cpu"))))
     finally:
@@ -261,15 +260,14 @@ def test_transformer_trains_with_ema_and_scores_alone_and_in_an_ensemble(dataset
                                                          kappa_weighted=True, batch_size=100, events_per_task=400))
     assert m["model"] == "ensemble" and m["max_pulses"] == 256
     sub = pacsv.read_csv(pred / "submission.csv")
-    meta = icdata.load_meta(str(dataset), "test")
     geometry = icdata.load_geometry(str(dataset))
     loaded = [load_task_and_model(u)[:2] for u in members]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         ids, dirs = [], []
-        for t in pipeline.task_tables(list(icdata.iter_split_tasks(str(dataset), "test", 400, meta))):
-            events = pipeline.read_featurise(t, geometry, 256)
+        for s in pipeline.plan_split(str(dataset), "test", 400, in_process=True).tables():
+            events = pipeline.read_featurise(s, geometry, 256)
             outs = [predict_vectors(task, model, events, 100, torch.device("cpu")) for task, model in loaded]
             ids.append(events.column("event_id").to_numpy())
             ks = [apply_kappa_calibration(load_calibration(u), o[1]) for u, o in zip(members, outs)]  # tiny's

@@ -62,7 +62,7 @@ def test_split_pipeline_reuses_finished_parts_and_rescoring_the_rest(trained: tu
     first = list(icpredict.build_dataset(prep.split_plan, prep.geometry, prep.scoring, prep.plan, parts)
                  .iter_batches(batch_format="pyarrow", batch_size=None))
     written = sorted(Path(parts.uri).glob("part-*.parquet"))
-    assert len(written) == len(prep.split_plan.specs) and not any(t.column("reused")[0].as_py() for t in first)
+    assert len(written) == len(prep.split_plan.slices) and not any(t.column("reused")[0].as_py() for t in first)
     written[0].unlink()  # a part missing: scored again
     again = icpredict.build_dataset(prep.split_plan, prep.geometry, prep.scoring, prep.plan, parts)
     summary = pa.concat_tables(list(again.iter_batches(batch_format="pyarrow", batch_size=None)))
@@ -89,8 +89,8 @@ def test_a_part_doubled_is_caught_by_the_exactly_once_check_in_both_pipelines(tr
 
     data, model = trained
     prep = icpredict.prepare(str(data), "test", Scoring(model=str(model), events_per_task=150, pipeline=how))
-    specs = prep.split_plan.specs
-    doubled = replace(prep.split_plan, specs=[*specs, specs[1]],
+    specs = prep.split_plan.slices
+    doubled = replace(prep.split_plan, slices=[*specs, specs[1]],
                       events=prep.split_plan.events + specs[1].hi - specs[1].lo)
     fp = icpredict.fingerprint(prep)
     parts = icpredict.Parts(str(tmp_path / f"_staging-parts-{fp[:16]}"), fp)

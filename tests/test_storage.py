@@ -96,7 +96,7 @@ def test_ray_payloads_carry_no_secret(bucket: str, tmp_path: Path, model: str) -
     payload = ray.cloudpickle.dumps(ds) + b"".join(storage.parquet_bytes(t) for t in split_plan.tables())
     assert data.encode() in payload  # the URIs do travel
     # The planning tasks' payloads too: the per-batch planning functions and their arguments.
-    payload += ray.cloudpickle.dumps((pipeline._plan_batch, split_plan.summary, split_plan.specs))
+    payload += ray.cloudpickle.dumps((pipeline._plan_batch, split_plan.summary, split_plan.slices))
     assert CANARY.encode() not in payload and os.environ["AWS_SECRET_ACCESS_KEY"] == CANARY
 
 

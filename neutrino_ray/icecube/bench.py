@@ -18,6 +18,7 @@ import ray
 from neutrino_ray import runtime, storage
 from neutrino_ray.errors import InputError
 from neutrino_ray.icecube import data as icdata
+from neutrino_ray.icecube import pipeline
 from neutrino_ray.icecube.features import DEFAULT_MAX_PULSES, featurise
 from neutrino_ray.icecube.linefit import KAGGLE_CHARGE_CAP, VARIANTS
 from neutrino_ray.icecube.predict import DEFAULT_EVENTS_PER_TASK, linefit_events, predict
@@ -79,17 +80,16 @@ def bench(events: int, data: str, seed: int = 11) -> dict[str, float]:
     _dataset(events, data, seed)
     gen_s = time.perf_counter() - t0
     ray.shutdown()  # fresh workers below, so their peak memory is the predict job's
-    meta = icdata.load_meta(data, "test")
+    plan = pipeline.plan_split(data, "test", DEFAULT_EVENTS_PER_TASK, in_process=True)
     geometry = icdata.load_geometry(data)
-    n = len(meta)
-    tasks = list(icdata.iter_split_tasks(data, "test", DEFAULT_EVENTS_PER_TASK, meta=meta))
+    n = plan.events
     t_read = t_feat = 0.0
     t_fit = dict.fromkeys(VARIANTS, 0.0)
     n_pulses = 0
     with _one_arrow_thread():
-        for task in tasks:  # in this process, one core: stage costs without Ray
+        for s in plan.slices:  # in this process, one core: stage costs without Ray
             a = time.perf_counter()
-            ev = icdata.read_task_events(task, len(geometry))
+            ev = icdata.read_slice(s, len(geometry))
             b = time.perf_counter()
             featurise(ev, geometry, DEFAULT_MAX_PULSES)
             c = time.perf_counter()
@@ -160,7 +160,6 @@ def bench_gnn(sizes: list[str], events: int, data: str, seed: int = 12) -> dict[
     peak RSS, on ``events`` test events; transformers at pulse caps 192 (training) and 768 (inference)."""
     import torch
 
-    from neutrino_ray.icecube import pipeline
     from neutrino_ray.icecube.architectures import TRANSFORMER_INFERENCE_MAX_PULSES, default_max_pulses, is_transformer
     from neutrino_ray.icecube.artefact import predict_directions
     from neutrino_ray.icecube.models import direction_loss
@@ -168,9 +167,8 @@ def bench_gnn(sizes: list[str], events: int, data: str, seed: int = 12) -> dict[
     from neutrino_ray.icecube.train import DirectionTask
 
     _dataset(events, data, seed)
-    meta = icdata.load_meta(data, "test")
+    plan = pipeline.plan_split(data, "test", DEFAULT_EVENTS_PER_TASK, in_process=True)
     geometry = icdata.load_geometry(data)
-    tasks = list(icdata.iter_split_tasks(data, "test", DEFAULT_EVENTS_PER_TASK, meta=meta))
     truth = icdata.split_truth(data, "test").sort_by("event_id")
     cpu = torch.device("cpu")
     results: dict[str, dict[str, float]] = {}
@@ -178,8 +176,7 @@ def bench_gnn(sizes: list[str], events: int, data: str, seed: int = 12) -> dict[
         cap = default_max_pulses(size)
         with _one_arrow_thread():  # as one Ray Data task of the training input
             t0 = time.perf_counter()
-            featurised = pa.concat_tables(pipeline.read_featurise(t, geometry, cap)
-                                          for t in pipeline.task_tables(tasks))
+            featurised = pipeline.read_featurise(pipeline.SplitPlan.table(plan.slices), geometry, cap)
             read_featurise = len(featurised) / (time.perf_counter() - t0)
         big = size in ("dynedge", "transformer-small", "transformer-base")
         n_fwd, n_train = min(len(featurised), 1024 if big else 2048), min(len(featurised), 256 if big else 512)
@@ -217,7 +214,7 @@ def bench_gnn(sizes: list[str], events: int, data: str, seed: int = 12) -> dict[
                 r[f"predict_end_to_end_events_per_s_cap{c}"] = m["events"] / m["wall_seconds"]
                 r[f"actor_peak_rss_mib_cap{c}"] = _ray_workers_peak_rss_mib()
         results[size] = r
-    print(f"\nmodel stages: {len(meta)} test events from {data}, {torch.get_num_threads()} torch threads in-process "
+    print(f"\nmodel stages: {plan.events} test events from {data}, {torch.get_num_threads()} torch threads in-process "
           f"(forward: 256 events per packed batch; training: 128); predict on {runtime.cpu_count()} CPUs (one "
           "1-CPU actor each, Ray up), peak RSS of the largest actor")
     print(f"{'model':<19}{'parameters':>12}{'forward ev/s':>14}{'train ev/s':>12}{'cap':>6}{'predict e2e ev/s':>18}"
@@ -305,12 +302,11 @@ def write_scale_layout(root: Path, batches: int, events_per_batch: int, seed: in
 
 def _scale_run(data: str, out: str) -> dict[str, float]:
     """In a fresh process: plan the train split, then score it with LineFit end to end; peak memories."""
-    from neutrino_ray.icecube.pipeline import plan_split
     from neutrino_ray.icecube.predict import Scoring
 
     runtime.init_ray()
     t0 = time.perf_counter()
-    plan = plan_split(data, "train", DEFAULT_EVENTS_PER_TASK)  # what predict plans
+    plan = pipeline.plan_split(data, "train", DEFAULT_EVENTS_PER_TASK)  # what predict plans
     plan_s = time.perf_counter() - t0
     plan_rss = _peak_rss_mib()
     n = plan.events

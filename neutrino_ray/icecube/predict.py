@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from functools import partial
@@ -58,8 +59,8 @@ def linefit_events(events: pa.Table, geometry: np.ndarray, variant: str, cap: in
 
 def linefit_scores(batch: pa.Table, geometry: np.ndarray, variant: str, cap: int) -> pa.Table:
     """Read tasks → their events' LineFit directions."""
-    return pa.concat_tables(linefit_events(icdata.read_task_events(task, len(geometry)), geometry, variant, cap)
-                            for task, _ in pipeline.iter_tasks(batch))
+    return pa.concat_tables(linefit_events(icdata.read_slice(s, len(geometry)), geometry, variant, cap)
+                            for s in pipeline.iter_slices(batch))
 
 
 def linefit_block(batch: pa.Table, geometry: np.ndarray, variant: str, cap: int,
@@ -410,10 +411,17 @@ def fit_linefit_uncertainty(data: str, variant: str, cap: int, geometry: np.ndar
         return None, (f"none: {data} has no train split (train_meta.parquet and train/batch_*.parquet) to fit "
                       "LineFit's empirical uncertainty on; kappa and sigma_* are null")
     batch_id = max(batches)
-    meta = icdata.load_batch_meta(data, "train", batch_id, with_truth=True)
-    meta = meta.slice(max(0, len(meta) - events))
-    fitted = pa.concat_tables(linefit_events(icdata.read_task_events(t, len(geometry)), geometry, variant, cap)
-                              for t in icdata.plan_batch(batches[batch_id], batch_id, meta, len(meta)))
+    run = uuid.uuid4().hex
+    meta = icdata.batch_meta(run, data, "train", batch_id, truth=True)
+    ids = meta.column("event_id").to_numpy()
+    if not len(ids):
+        return None, (f"none: train batch {batch_id} has no meta rows to fit LineFit's empirical uncertainty on; "
+                      "kappa and sigma_* are null")
+    batch = icdata.BatchSummary(batch_id, len(ids), int(ids.min()), int(ids.max()))
+    slices = icdata.plan_batch(data, "train", run, batch, events, max(0, len(meta) - events), truth=True)
+    fitted = pa.concat_tables(linefit_events(icdata.read_slice(s, len(geometry)), geometry, variant, cap)
+                              for s in slices)
+    meta = pa.concat_tables(icdata.slice_meta(s) for s in slices)
     err = errors_against_truth(meta, fitted)
     model = uncertainty.fit_pulse_count_kappa(fitted.column("n_pulses").to_numpy(), err)
     model["fitted_on"] = {"data": data, "split": "train", "batch_id": batch_id, "events": len(fitted),
@@ -427,7 +435,7 @@ def build_dataset(split_plan: pipeline.SplitPlan, geometry: np.ndarray, scoring:
                   plan: Plan, parts: Parts | None = None) -> ray.data.Dataset:
     """The lazy Ray Data pipeline: LineFit fused into the read tasks, or an actor pool holding the model(s);
     with ``parts``, each task's scores are written there where they are computed (see :class:`Parts`)."""
-    if scoring.is_linefit:  # short tasks: guided blocks of specs (see SplitPlan.guided_blocks)
+    if scoring.is_linefit:  # short tasks: guided blocks of slices (see SplitPlan.guided_blocks)
         ds: ray.data.Dataset = ray.data.from_arrow(split_plan.guided_blocks(runtime.cpu_count()))
         return ds.map_batches(partial(linefit_block, geometry=geometry, variant=scoring.members[0],
                                       cap=plan.max_pulses, parts=parts),
@@ -440,7 +448,7 @@ def build_dataset(split_plan: pipeline.SplitPlan, geometry: np.ndarray, scoring:
                                      scoring.resource_wait_minutes)
     cpus_per_actor = scoring.cpus_per_actor
     if not use_gpu and scoring.actors is None and not scoring.split_pipeline:
-        actors, cpus_per_actor = inference.cpu_pool_for_tasks(actors, cpus_per_actor, len(split_plan.specs))
+        actors, cpus_per_actor = inference.cpu_pool_for_tasks(actors, cpus_per_actor, len(split_plan.slices))
     kwargs = {"model_uris": list(scoring.members), "weights": list(plan.weights),
               "kappa_weighted": scoring.kappa_weighted, "max_pulses": plan.max_pulses, "geometry": geometry,
               "batch_size": scoring.batch_size, "threads": max(1, int(cpus_per_actor)), "use_gpu": use_gpu,
@@ -626,7 +634,7 @@ def fingerprint(prep: Prepared) -> str:
         "format": PARTS_FORMAT, "code": storage.code_version(), "data": data, "split": split,
         "files": [storage.versions(icdata.meta_uri(data, split)), storage.versions(storage.join(data, split))],
         "batches": [[b.batch_id, b.n_events, b.min_event_id, b.max_event_id] for b in prep.split_plan.summary.values()],
-        "tasks": [[t.batch_id, t.start, t.lo, t.hi, t.rg_start, t.rg_stop] for t in prep.split_plan.specs],
+        "tasks": [[t.batch_id, t.start, t.lo, t.hi, t.rg_start, t.rg_stop] for t in prep.split_plan.slices],
         "geometry": hashlib.sha256(np.ascontiguousarray(prep.geometry).tobytes()).hexdigest(),
         "models": list(s.members), "weights": list(prep.plan.weights), "max_pulses": prep.plan.max_pulses,
         "kappa_weighted": s.kappa_weighted, "calibrated": s.calibrated, "batch_size": s.batch_size,
@@ -638,7 +646,7 @@ def fingerprint(prep: Prepared) -> str:
 def expected_rows(split_plan: pipeline.SplitPlan) -> dict[int, int]:
     """batch_id → the events its tasks cover."""
     out: dict[int, int] = {}
-    for t in split_plan.specs:
+    for t in split_plan.slices:
         out[t.batch_id] = out.get(t.batch_id, 0) + t.hi - t.lo
     return out
 
