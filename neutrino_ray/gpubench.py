@@ -316,6 +316,7 @@ def bench_gpu_inference(out: str, device: str = "cuda", icecube_events: int = IN
     from neutrino_ray import runtime
     from neutrino_ray.icecube import predict as icpredict
     from neutrino_ray.icecube.bench import random_model
+    from neutrino_ray.icecube.options import ScoringOptions
     from neutrino_ray.nova import predict as novapredict
 
     if device not in DEVICES:
@@ -333,7 +334,7 @@ def bench_gpu_inference(out: str, device: str = "cuda", icecube_events: int = IN
         ic_uri, nova_uri = random_model(tmp, icecube_model), _random_nova_model(tmp, nova_model)
 
         def icecube() -> tuple[int, dict[str, Any], tuple[float, float]]:
-            scoring = icpredict.Scoring(model=ic_uri, pipeline="split", actors=1, cpus_per_actor=cpus_per_actor,
+            scoring = ScoringOptions(model=ic_uri, pipeline="split", actors=1, cpus_per_actor=cpus_per_actor,
                                         gpus_per_actor=gpus, resource_wait_minutes=1.0)
             m = icpredict.predict(ic_data, "test", f"{tmp}/icecube-out", scoring, fmt="parquet")
             st = m["stage_seconds"]

@@ -20,7 +20,8 @@ from neutrino_ray.icecube import linefit as lf
 from neutrino_ray.icecube import pipeline
 from neutrino_ray.icecube.features import list_offsets, list_values
 from neutrino_ray.icecube.geometry import icecube86
-from neutrino_ray.icecube.predict import SUBMISSION, Scoring, predict
+from neutrino_ray.icecube.options import ScoringOptions
+from neutrino_ray.icecube.predict import SUBMISSION, predict
 
 
 def _tricky_batches(rng: np.random.Generator) -> dict[int, dict[str, np.ndarray]]:
@@ -62,7 +63,7 @@ def test_predict_local_matches_in_process_linefit(tmp_path: Path) -> None:
     batches = _tricky_batches(np.random.default_rng(6))
     root = write_dataset(tmp_path / "d", batches, row_group_size=5_000)
     out = tmp_path / "out"
-    m = predict(str(root), "test", str(out), Scoring(events_per_task=50))
+    m = predict(str(root), "test", str(out), ScoringOptions(events_per_task=50))
     assert (out / "submission.csv").read_text().splitlines()[0] == "event_id,azimuth,zenith"
     sub = pacsv.read_csv(out / "submission.csv")
     assert sub.column_names == ["event_id", "azimuth", "zenith"]
@@ -527,7 +528,7 @@ def test_parts_written_by_the_workers_assemble_to_the_in_memory_result(tmp_path:
 
     batches = {b: random_events(np.random.default_rng(20 + b), 120, 10_000 * b) for b in (1, 2, 3)}
     root = write_dataset(tmp_path / "d", batches, row_group_size=150)
-    scoring = Scoring(events_per_task=40)
+    scoring = ScoringOptions(events_per_task=40)
     m = predict(str(root), "test", str(tmp_path / "p"), scoring)
     assert m["parts"] >= 6 and m["events"] == 360
     ref = run_inference(str(root), "test", scoring)
@@ -545,12 +546,12 @@ def test_a_rerun_reuses_the_parts_a_failed_run_finished_and_never_a_stale_one(tm
     publishes byte for byte what an undisturbed run does. A part with another fingerprint in its footer is
     scored again; other settings (another fingerprint) reuse nothing; and --format parquet publishes the
     same events as predictions/ parts."""
-    from neutrino_ray.icecube import predict as icpredict
     from neutrino_ray.icecube.evaluate import read_predictions
+    from neutrino_ray.parts import PART_META
 
     batches = {b: random_events(np.random.default_rng(40 + b), 120, 10_000 * b) for b in (1, 2)}
     root = str(write_dataset(tmp_path / "d", batches, row_group_size=150))
-    scoring, out = Scoring(events_per_task=40, uncertainty_events=0), str(tmp_path / "p")
+    scoring, out = ScoringOptions(events_per_task=40, uncertainty_events=0), str(tmp_path / "p")
     clean = predict(root, "test", str(tmp_path / "clean"), scoring)
     assert clean["parts_reused"] == 0
 
@@ -565,8 +566,8 @@ def test_a_rerun_reuses_the_parts_a_failed_run_finished_and_never_a_stale_one(tm
     parts = sorted(folder.glob("part-*.parquet"))
     assert len(parts) == clean["parts"] and not (tmp_path / "p" / storage.SUCCESS).exists()
     stale = pq.read_table(parts[0])  # the same rows, but scored under another fingerprint
-    meta = json.loads(stale.schema.metadata[icpredict.PART_META])
-    pq.write_table(stale.replace_schema_metadata({icpredict.PART_META: json.dumps({**meta, "fingerprint": "0"})}),
+    meta = json.loads(stale.schema.metadata[PART_META])
+    pq.write_table(stale.replace_schema_metadata({PART_META: json.dumps({**meta, "fingerprint": "0"})}),
                    parts[0])
 
     m1 = predict(root, "test", out, scoring)
@@ -576,7 +577,7 @@ def test_a_rerun_reuses_the_parts_a_failed_run_finished_and_never_a_stale_one(tm
         assert (tmp_path / "p" / name).read_bytes() == (tmp_path / "clean" / name).read_bytes()
     assert not any(p.name.startswith("_staging-") for p in (tmp_path / "p").iterdir())
 
-    other = Scoring(events_per_task=40, uncertainty_events=0, max_pulses=16)
+    other = ScoringOptions(events_per_task=40, uncertainty_events=0, max_pulses=16)
     with monkeypatch.context() as m:
         m.setattr(storage.Output, "commit", die)
         with pytest.raises(KeyboardInterrupt):
@@ -592,28 +593,28 @@ def test_a_rerun_reuses_the_parts_a_failed_run_finished_and_never_a_stale_one(tm
 
 
 def test_the_exactly_once_check_on_parts_catches_a_missing_doubled_or_foreign_part() -> None:
-    from neutrino_ray.icecube.predict import PART_SUMMARY, check_parts
+    from neutrino_ray.parts import PART_SUMMARY, check_parts
 
     def summary(rows: list[tuple[str, int, int, int, int]], fp: str = "f1") -> pa.Table:
-        return pa.Table.from_pylist([{"part": p, "batch_id": b, "rows": n, "min_event_id": lo, "max_event_id": hi,
+        return pa.Table.from_pylist([{"part": p, "group": b, "rows": n, "min_key": lo, "max_key": hi,
                                       "ok": n, "fingerprint": fp, "reused": False} for p, b, n, lo, hi in rows],
                                     schema=PART_SUMMARY)
 
     good = [("b", 1, 10, 100, 190), ("a", 1, 10, 0, 90), ("c", 2, 5, 200, 240)]
     expected = {1: 20, 2: 5}
-    assert check_parts(summary(good), expected, "f1", "d", "test") == (["a", "b", "c"], True)
+    assert check_parts(summary(good), expected, "f1", "d split 'test'") == (["a", "b", "c"], True)
     overlapping = [("a", 1, 10, 0, 150), ("b", 1, 10, 100, 190)]
-    assert check_parts(summary(overlapping), {1: 20}, "f1", "d", "test") == (["a", "b"], False)
+    assert check_parts(summary(overlapping), {1: 20}, "f1", "d split 'test'") == (["a", "b"], False)
     with pytest.raises(RuntimeError, match=r"batch 1 has 10 events in its parts for 20 in the meta \(a part is "
                                            r"missing\); nothing was published"):
-        check_parts(summary(good[1:]), expected, "f1", "d", "test")
+        check_parts(summary(good[1:]), expected, "f1", "d split 'test'")
     with pytest.raises(RuntimeError, match="part a written twice"):
-        check_parts(summary([*good, good[1]]), expected, "f1", "d", "test")
+        check_parts(summary([*good, good[1]]), expected, "f1", "d split 'test'")
     with pytest.raises(RuntimeError, match="batch 3 has 5 events in its parts for 0 in the meta"):
-        check_parts(summary([*good, ("x", 3, 5, 300, 304)]), expected, "f1", "d", "test")  # a batch not planned
+        check_parts(summary([*good, ("x", 3, 5, 300, 304)]), expected, "f1", "d split 'test'")  # a batch not planned
     mixed = pa.concat_tables([summary(good[:2]), summary(good[2:], fp="f0")])
     with pytest.raises(RuntimeError, match="part c was scored from other inputs, models or settings"):
-        check_parts(mixed, expected, "f1", "d", "test")
+        check_parts(mixed, expected, "f1", "d split 'test'")
 
 
 @pytest.mark.slow  # 41 s on a quiet 2-core EPYC: beside evaluate's and compare's memory tests (the suite's 15 minutes)

@@ -21,7 +21,9 @@ from neutrino_ray.icecube import data as icdata
 from neutrino_ray.icecube import pipeline
 from neutrino_ray.icecube.features import DEFAULT_MAX_PULSES, featurise
 from neutrino_ray.icecube.linefit import KAGGLE_CHARGE_CAP, VARIANTS
-from neutrino_ray.icecube.predict import DEFAULT_EVENTS_PER_TASK, linefit_events, predict
+from neutrino_ray.icecube.options import LINEFIT_EVENTS_PER_TASK, ScoringOptions
+from neutrino_ray.icecube.predict import predict
+from neutrino_ray.icecube.scoring import linefit_events
 from neutrino_ray.icecube.simwrite import simulate_dataset
 
 MAX_EVENTS_PER_BATCH = 200_000  # the Kaggle batch size
@@ -80,7 +82,7 @@ def bench(events: int, data: str, seed: int = 11) -> dict[str, float]:
     _dataset(events, data, seed)
     gen_s = time.perf_counter() - t0
     ray.shutdown()  # fresh workers below, so their peak memory is the predict job's
-    plan = pipeline.plan_split(data, "test", DEFAULT_EVENTS_PER_TASK, in_process=True)
+    plan = pipeline.plan_split(data, "test", LINEFIT_EVENTS_PER_TASK, in_process=True)
     geometry = icdata.load_geometry(data)
     n = plan.events
     t_read = t_feat = 0.0
@@ -163,11 +165,10 @@ def bench_gnn(sizes: list[str], events: int, data: str, seed: int = 12) -> dict[
     from neutrino_ray.icecube.architectures import TRANSFORMER_INFERENCE_MAX_PULSES, default_max_pulses, is_transformer
     from neutrino_ray.icecube.artefact import predict_directions
     from neutrino_ray.icecube.models import direction_loss
-    from neutrino_ray.icecube.predict import Scoring
     from neutrino_ray.icecube.train import DirectionTask
 
     _dataset(events, data, seed)
-    plan = pipeline.plan_split(data, "test", DEFAULT_EVENTS_PER_TASK, in_process=True)
+    plan = pipeline.plan_split(data, "test", LINEFIT_EVENTS_PER_TASK, in_process=True)
     geometry = icdata.load_geometry(data)
     truth = icdata.split_truth(data, "test").sort_by("event_id")
     cpu = torch.device("cpu")
@@ -210,7 +211,7 @@ def bench_gnn(sizes: list[str], events: int, data: str, seed: int = 12) -> dict[
             for c in caps:
                 ray.shutdown()  # fresh actors: their peak memory is this run's
                 runtime.init_ray()
-                m = predict(data, "test", storage.join(tmp, f"pred-{c}"), Scoring(model=uri, max_pulses=c))
+                m = predict(data, "test", storage.join(tmp, f"pred-{c}"), ScoringOptions(model=uri, max_pulses=c))
                 r[f"predict_end_to_end_events_per_s_cap{c}"] = m["events"] / m["wall_seconds"]
                 r[f"actor_peak_rss_mib_cap{c}"] = _ray_workers_peak_rss_mib()
         results[size] = r
@@ -302,16 +303,15 @@ def write_scale_layout(root: Path, batches: int, events_per_batch: int, seed: in
 
 def _scale_run(data: str, out: str) -> dict[str, float]:
     """In a fresh process: plan the train split, then score it with LineFit end to end; peak memories."""
-    from neutrino_ray.icecube.predict import Scoring
 
     runtime.init_ray()
     t0 = time.perf_counter()
-    plan = pipeline.plan_split(data, "train", DEFAULT_EVENTS_PER_TASK)  # what predict plans
+    plan = pipeline.plan_split(data, "train", LINEFIT_EVENTS_PER_TASK)  # what predict plans
     plan_s = time.perf_counter() - t0
     plan_rss = _peak_rss_mib()
     n = plan.events
     del plan
-    m = predict(data, "train", out, Scoring(uncertainty_events=0), fmt="csv")  # the Kaggle CSV: the dearer path
+    m = predict(data, "train", out, ScoringOptions(uncertainty_events=0), fmt="csv")  # the Kaggle CSV: the dearer path
     return {"events": n, "plan_seconds": plan_s, "plan_peak_rss_mib": plan_rss,
             "predict_wall_seconds": m["wall_seconds"], "events_per_s": n / m["wall_seconds"],
             "driver_peak_rss_mib": _peak_rss_mib(), "ray_worker_peak_rss_mib": _ray_workers_peak_rss_mib()}

@@ -53,12 +53,12 @@ from neutrino_ray.icecube import data as icdata
 from neutrino_ray.icecube import linefit as lf
 from neutrino_ray.icecube.features import PULSE_COLUMNS, flat_pulses
 from neutrino_ray.icecube.metrics import angular_distance
+from neutrino_ray.icecube.options import STATS_EVENTS_PER_TASK
 from neutrino_ray.plotting import counts_with_errors, png, pyplot
 
 log = logging.getLogger("neutrino_ray")
 
 STATS, SUMMARY = "stats.json", "summary.md"
-DEFAULT_EVENTS_PER_TASK = 20_000  # events read at once inside a batch file's task (cut at row groups)
 CHARGE_STEP = 0.025  # pe: the real data's charge grid
 GRID_RTOL = 1e-6  # a charge is on the grid when |charge − k · 0.025| <= 1e-6 · charge
 CHARGE_MAX_INDEX = 2**20  # grid bins kept: charges up to 26,214.4 pe (real max 2,762); above, clipped (max exact)
@@ -663,7 +663,7 @@ def batch_truth(data: str, split: str, meta: pa.Table) -> tuple[np.ndarray, np.n
 
 
 def profile_batch(data: str, split: str, batch: icdata.BatchSummary, geometry: np.ndarray,
-                  events_per_task: int = DEFAULT_EVENTS_PER_TASK, truth: bool = True,
+                  events_per_task: int = STATS_EVENTS_PER_TASK, truth: bool = True,
                   variants: Sequence[str] = lf.VARIANTS) -> Profile:
     """The profile of one batch file: its own meta (and truth) rows only, pulses read slice by slice."""
     run = uuid.uuid4().hex
@@ -699,7 +699,7 @@ class SplitProfile:
     seconds: float
 
 
-def profile_split(data: str, split: str, events_per_task: int = DEFAULT_EVENTS_PER_TASK,
+def profile_split(data: str, split: str, events_per_task: int = STATS_EVENTS_PER_TASK,
                   linefit: bool = True) -> SplitProfile:
     """Profile a split with one Ray task per batch file; partial profiles merged on the driver as they arrive."""
     start = time.perf_counter()
@@ -742,7 +742,7 @@ def profile_split(data: str, split: str, events_per_task: int = DEFAULT_EVENTS_P
                         time.perf_counter() - start)
 
 
-def stats(data: str, split: str, out: str, events_per_task: int = DEFAULT_EVENTS_PER_TASK, linefit: bool = True,
+def stats(data: str, split: str, out: str, events_per_task: int = STATS_EVENTS_PER_TASK, linefit: bool = True,
           command: list[str] | None = None) -> dict[str, Any]:
     """Profile a split and publish ``stats.json``, ``summary.md`` and PNG histograms to ``out`` atomically."""
     started = time.time()
