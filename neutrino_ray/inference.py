@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import io
-import json
 import os
 from collections.abc import Callable
 from typing import Any
@@ -34,17 +33,14 @@ def load_artefact(uri: str, task_name: str | tuple[str, ...]) -> tuple[dict[str,
     """(config, state_dict) of a model artefact for one of the task names; a clear error for a missing or
     foreign one."""
     cfg_uri = storage.join(uri, training.CONFIG)
-    try:
-        config = json.loads(storage.read_bytes(cfg_uri))
-    except FileNotFoundError as e:
+    config = storage.read_format_json(cfg_uri, training.FORMAT, "a model config")
+    if config is None:
         raise InputError(f"{cfg_uri}: no trained model here (expected {training.CONFIG} and {training.WEIGHTS}, as "
-                         f"written by 'train' at OUT/{training.MODEL_DIR})") from e
-    except json.JSONDecodeError as e:
-        raise InputError(f"{cfg_uri}: not a model config ({e})") from e
+                         f"written by 'train' at OUT/{training.MODEL_DIR})")
     names = (task_name,) if isinstance(task_name, str) else task_name
-    if config.get("format") != training.FORMAT or config.get("task") not in names:
-        raise InputError(f"{cfg_uri}: a {config.get('format')!r} model for task {config.get('task')!r}, "
-                         f"expected {training.FORMAT!r} for {' or '.join(map(repr, names))}")
+    if config.get("task") not in names:
+        raise InputError(f"{cfg_uri}: a model for task {config.get('task')!r}, expected one for "
+                         f"{' or '.join(map(repr, names))}")
     w_uri = storage.join(uri, training.WEIGHTS)
     try:
         state = torch.load(io.BytesIO(storage.read_bytes(w_uri)), map_location="cpu", weights_only=True)
