@@ -105,7 +105,8 @@ class Settings:
         share = (cluster_cpus - 2 * DATA_TASK_CPUS) / self.workers
         if share < DATA_TASK_CPUS:
             raise InputError(f"--workers {self.workers} do not fit on a cluster with {cluster_cpus:g} CPUs")
-        # Whole CPUs where there are: a worker on 1.5 of 2 CPUs starves the decode tasks and trains ~2x slower.
+        # Whole CPUs where there are: a worker on 1.5 of 2 CPUs starves the decode tasks and trains slower
+        # (docs/nova.md, "Training throughput").
         return float(math.floor(share)) if share >= 1 else share
 
 

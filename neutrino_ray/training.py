@@ -363,7 +363,8 @@ def worker_loop(cfg: dict[str, Any]) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = _hooked_device(cfg["device_hook"]) if cfg.get("device_hook") else ray.train.torch.get_device()
     if device.type == "cpu":
-        # Whole CPUs only: a thread on a fractional share spins against Ray Data's decode tasks (2-5x slower).
+        # Whole CPUs only: a thread on a fractional share spins against Ray Data's decode tasks (figures:
+        # docs/nova.md, "Training throughput").
         torch.set_num_threads(max(1, int(cfg["cpus_per_worker"])))
     precision = precision_policy(s.precision, device)
     torch.manual_seed(s.seed)
