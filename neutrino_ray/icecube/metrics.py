@@ -56,8 +56,8 @@ def summarise(errors: np.ndarray) -> dict[str, float]:
 
 
 # Poisson(1) by inversion of 16-bit uniforms: k = the number of thresholds 2^16 · P(X ≤ j), j = 0…8, that u
-# reaches (each probability within 2^-16 of the exact one). Comparisons on uint16 arrays are much cheaper than
-# numpy's Poisson sampler, which dominated the bootstrap (figures: docs/icecube.md, "compare's bootstraps").
+# reaches (each probability within 2^-16 of the exact one). Comparisons on uint16 arrays are ~10× faster than
+# numpy's Poisson sampler, which dominated the bootstrap (2M events × 200 resamples: 33 s on 2 shared cores).
 _POISSON1_THRESHOLDS = np.round(65536 * np.cumsum([np.exp(-1.0) / np.prod(np.arange(1, j + 1)) for j in range(9)]))
 _POISSON1_THRESHOLDS = _POISSON1_THRESHOLDS[_POISSON1_THRESHOLDS < 65536].astype(np.uint32)
 
