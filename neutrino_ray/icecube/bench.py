@@ -131,13 +131,13 @@ def bench(events: int, data: str, seed: int = 11) -> dict[str, float]:
 
 def random_model(out: str, size: str) -> str:
     """A model artefact with freshly initialised weights: throughput does not depend on the weights."""
-    from neutrino_ray import training
+    from neutrino_ray import artefact
     from neutrino_ray.icecube.architectures import TRANSFORMER_INFERENCE_MAX_PULSES, default_max_pulses, is_transformer
     from neutrino_ray.icecube.train import DirectionTask
 
     task = DirectionTask(size, max_pulses=default_max_pulses(size),
                          inference_max_pulses=TRANSFORMER_INFERENCE_MAX_PULSES if is_transformer(size) else None)
-    return training.write_model(storage.join(out, f"random-{size}"), task, task.build_model())
+    return artefact.write_model(storage.join(out, f"random-{size}"), task, task.build_model())
 
 
 # The published peer of each size; its figures, measured once on the same machine class (GraphNeT is not a
