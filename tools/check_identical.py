@@ -12,7 +12,9 @@ evaluate and stats of BOTH trees read the dataset BASE simulated, so a change of
 makes on purpose (``--expect-differ simulate``) does not hide whether the analysis commands changed.
 
 Every file of each output is compared byte for byte, except the ``_SUCCESS.json`` manifests, which are compared
-as JSON without their timing and version keys (:data:`VOLATILE`); ``_LEASE.json`` is never part of an output.
+as JSON without their timing and version keys (:data:`VOLATILE`), and the timestamps a few outputs print
+(:data:`TIMESTAMPS`: evaluate's ``report.html`` says when it was written), blanked before the comparison;
+``_LEASE.json`` is never part of an output.
 A step listed with ``--expect-differ`` (an intentional change, to be documented with the commit making it) is
 reported but does not fail the check. Exit status: 0 when every other step is identical, 1 otherwise.
 """
@@ -33,8 +35,21 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = ("simulate", "predict", "evaluate", "stats")
-# Manifest keys that measure time or name the code version: they differ between any two runs.
-VOLATILE = re.compile(r"(^|_)(seconds|wall_seconds|events_per_second|finished_at|started|code_version|version)$")
+# Manifest keys that measure time or name the code version: they differ between any two runs. predict's
+# ``fingerprint`` hashes the code version with its inputs (a part of another version is never reused).
+VOLATILE = re.compile(r"(^|_)(seconds|wall_seconds|events_per_second|finished_at|started|code_version|version"
+                      r"|fingerprint)$")
+# Timestamps inside other outputs, replaced before the byte comparison: (file name, pattern).
+TIMESTAMPS = [("report.html", re.compile(rb"written \d{4}-\d\d-\d\d \d\d:\d\d UTC"))]
+
+
+def _content(path: Path) -> bytes:
+    """The file's bytes, with its known timestamps (:data:`TIMESTAMPS`) blanked."""
+    data = path.read_bytes()
+    for name, pattern in TIMESTAMPS:
+        if path.name == name:
+            data = pattern.sub(b"written <time>", data)
+    return data
 
 
 def _commands(events_per_batch: int, uncertainty_events: int) -> dict[str, list[str]]:
@@ -99,7 +114,7 @@ def compare(a: Path, b: Path) -> list[str]:
             if ma != mb:
                 keys = sorted(k for k in set(ma) | set(mb) if ma.get(k) != mb.get(k))
                 diffs.append(f"{name}: manifests differ in {keys}")
-        elif pa_.read_bytes() != pb_.read_bytes():
+        elif _content(pa_) != _content(pb_):
             diffs.append(f"{name}: bytes differ ({pa_.stat().st_size} against {pb_.stat().st_size} bytes)")
     return diffs
 
