@@ -396,8 +396,9 @@ def _bin_sums(idx: np.ndarray, values: np.ndarray, n_bins: int) -> np.ndarray:
 
 def bin_masks(ch: Chunk, breakdowns: list[tuple[str, str, np.ndarray]]) -> Iterator[tuple[Any, Any]]:
     """(key, mask) of ("all", True) and of every breakdown bin (``(breakdown, bin)``; ``("by_topology",
-    name)``) the chunk's events fall in. The bins present come from a bincount (np.unique of a million
-    indices cost 10x as much: 0.5 s of evaluate's 6 s CPU for 1M events)."""
+    name)``) the chunk's events fall in. The bins present come from a bincount, not np.unique, whose sort of
+    every range's bin indices cost a visible share of evaluate's CPU (docs/icecube.md, "evaluate on 1,000,000
+    test events, again")."""
     yield "all", True
     cols: dict[str, Any] = {"n_pulses": ch.n_pulses, "zenith": ch.zen_true, "energy_gev": ch.energy}
     for key, label, edges in breakdowns:
