@@ -29,7 +29,6 @@ import time
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import torch
 
 from neutrino_ray import artefact, devices, training
@@ -141,10 +140,9 @@ def _icecube_batches(size: str, tmp: str, n_events: int, batch: int) -> tuple[An
     if not icdata.list_batches(data, "test"):
         simulate_dataset(data, n_events, train_batches=0, test_batches=1, seed=23)
     cap = default_max_pulses(size)
-    meta = icdata.load_meta(data, "test")
     geometry = icdata.load_geometry(data)
-    tasks = list(icdata.iter_split_tasks(data, "test", 2_000, meta=meta))
-    events = pa.concat_tables(pipeline.read_featurise(t, geometry, cap) for t in pipeline.task_tables(tasks))
+    plan = pipeline.plan_split(data, "test", 2_000, in_process=True)
+    events = pipeline.read_featurise(pipeline.SplitPlan.table(plan.slices), geometry, cap)
     truth = icdata.split_truth(data, "test").sort_by("event_id")
     events = events.sort_by("event_id")
     rows = np.searchsorted(truth.column("event_id").to_numpy(), events.column("event_id").to_numpy())
@@ -318,6 +316,7 @@ def bench_gpu_inference(out: str, device: str = "cuda", icecube_events: int = IN
     from neutrino_ray import runtime
     from neutrino_ray.icecube import predict as icpredict
     from neutrino_ray.icecube.bench import random_model
+    from neutrino_ray.icecube.options import ScoringOptions
     from neutrino_ray.nova import predict as novapredict
 
     if device not in DEVICES:
@@ -335,7 +334,7 @@ def bench_gpu_inference(out: str, device: str = "cuda", icecube_events: int = IN
         ic_uri, nova_uri = random_model(tmp, icecube_model), _random_nova_model(tmp, nova_model)
 
         def icecube() -> tuple[int, dict[str, Any], tuple[float, float]]:
-            scoring = icpredict.Scoring(model=ic_uri, pipeline="split", actors=1, cpus_per_actor=cpus_per_actor,
+            scoring = ScoringOptions(model=ic_uri, pipeline="split", actors=1, cpus_per_actor=cpus_per_actor,
                                         gpus_per_actor=gpus, resource_wait_minutes=1.0)
             m = icpredict.predict(ic_data, "test", f"{tmp}/icecube-out", scoring, fmt="parquet")
             st = m["stage_seconds"]

@@ -15,8 +15,7 @@ from neutrino_ray.settings import add_training_args, training_kwargs
 
 def add(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
     """The ``icecube`` command and its subcommands."""
-    from neutrino_ray.icecube.predict import DEFAULT_BATCH_SIZE
-    from neutrino_ray.icecube.stats import DEFAULT_EVENTS_PER_TASK as STATS_EVENTS_PER_TASK
+    from neutrino_ray.icecube.options import DEFAULT_BATCH_SIZE, STATS_EVENTS_PER_TASK
 
     ic = sub.add_parser("icecube", help="IceCube reconstruction pipelines")
     ic_sub = ic.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -154,7 +153,13 @@ def _add_train(ic_sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
 def _add_predict(ic_sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
     """``icecube predict``: what to score with, the output, the actor pool."""
     from neutrino_ray.icecube.linefit import KAGGLE_CHARGE_CAP
-    from neutrino_ray.icecube.predict import DEFAULT_BATCH_SIZE, DEFAULT_EVENTS_PER_TASK, GNN_EVENTS_PER_TASK, PIPELINES
+    from neutrino_ray.icecube.options import (
+        DEFAULT_BATCH_SIZE,
+        FORMATS,
+        GNN_EVENTS_PER_TASK,
+        LINEFIT_EVENTS_PER_TASK,
+        PIPELINES,
+    )
 
     pr = ic_sub.add_parser("predict", formatter_class=fmt, epilog=ENV_HELP,
                            help="batch inference → OUT/submission.csv",
@@ -179,7 +184,7 @@ def _add_predict(ic_sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
                          "DATA's train split, written to OUT/linefit_uncertainty.json; 0: none, kappa and "
                          "sigma_* null (20000)")
     pr.add_argument("--out", required=True, help="output URI (a folder)")
-    pr.add_argument("--format", choices=["csv", "parquet"], default=None,
+    pr.add_argument("--format", choices=FORMATS, default=None,
                     help="csv: OUT/submission.csv (Kaggle format, sorted) and OUT/predictions.parquet; parquet: "
                          "OUT/predictions/part-NNNNN.parquet in event-id order, listed in OUT/_SUCCESS.json "
                          "(csv for --split test, parquet for train)")
@@ -189,7 +194,7 @@ def _add_predict(ic_sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
                          "(default: the one stored with it, 768 unless trained otherwise); a DynEdge model "
                          "always uses the pulse cap it was trained with")
     pr.add_argument("--events-per-task", type=_positive, default=None,
-                    help=f"events per Ray Data read task, cut at row groups ({DEFAULT_EVENTS_PER_TASK} for "
+                    help=f"events per Ray Data read task, cut at row groups ({LINEFIT_EVENTS_PER_TASK} for "
                          f"LineFit, {GNN_EVENTS_PER_TASK} for a model)")
     add_actor_args(pr, DEFAULT_BATCH_SIZE)
     pr.add_argument("--pipeline", choices=PIPELINES, default="auto",
@@ -218,10 +223,11 @@ def run(args: argparse.Namespace, command: list[str]) -> int:
               f"{t['final_validation'].get('val_mean_angular_error', float('nan')):.4f} rad "
               f"→ {storage.join(args.out, 'model')}")
     elif args.action == "predict":
-        from neutrino_ray.icecube.predict import PREDICTIONS_DIR, SUBMISSION, Scoring, predict
+        from neutrino_ray.icecube.options import ScoringOptions
+        from neutrino_ray.icecube.predict import PREDICTIONS_DIR, SUBMISSION, predict
 
         models = tuple(args.model or ["linefit"])
-        scoring = Scoring(models[0] if len(models) == 1 else models, args.max_pulses, args.events_per_task,
+        scoring = ScoringOptions(models[0] if len(models) == 1 else models, args.max_pulses, args.events_per_task,
                           args.batch_size, args.actors, args.cpus_per_actor, args.gpus_per_actor,
                           weights=None if args.weights is None else tuple(args.weights),
                           kappa_weighted=args.kappa_weighted, uncertainty_events=args.uncertainty_events,
@@ -234,12 +240,12 @@ def run(args: argparse.Namespace, command: list[str]) -> int:
               f"{storage.join(args.out, SUBMISSION if m['format'] == 'csv' else PREDICTIONS_DIR + '/')}")
     elif args.action == "calibrate":
         from neutrino_ray.icecube.calibrate import calibrate
-        from neutrino_ray.icecube.predict import Scoring
+        from neutrino_ray.icecube.options import ScoringOptions
 
         models = tuple(args.model)
         model = models[0] if len(models) == 1 else models
         cal = calibrate(args.data, model, args.split, args.events,
-                        Scoring(model, args.max_pulses, None, args.batch_size, args.actors, args.cpus_per_actor,
+                        ScoringOptions(model, args.max_pulses, None, args.batch_size, args.actors, args.cpus_per_actor,
                                 args.gpus_per_actor, weights=None if args.weights is None else tuple(args.weights),
                                 kappa_weighted=args.kappa_weighted, resource_wait_minutes=args.resource_wait_minutes),
                         command=command, out=args.out)
