@@ -280,9 +280,11 @@ def compare(data: str, split: str, predictions: list[str], labels: list[str] | N
         raise InputError(f"--labels: every label must be unique (got {labels})")
     n_events = 0
     bodies = []
+    opened = []  # each input opened once: a CSV is streamed into per-range files once for all three passes
     for lab, p in zip(labels, predictions):  # each model's Source (and its cached range) is dropped after
         source = outofcore.Source(data, split, p, chunk_events)
         n_events = source.n_events
+        opened.append(source.opened)
         bodies.append(outofcore.evaluate_passes(source, f"compare {lab}")[0])  # other event sets fail here
         del source
     e_range = outofcore._energy_range(data, split)
@@ -299,7 +301,7 @@ def compare(data: str, split: str, predictions: list[str], labels: list[str] | N
         # One event-id range of every model at a time, sharing one read of the truth. No enumerate() or
         # zip(): they keep their last tuple, so the previous range stayed alive while the next was read.
         block = -1
-        for chs in outofcore.side_by_side(data, split, predictions, chunk_events):
+        for chs in outofcore.side_by_side(data, split, opened, chunk_events):
             block += 1
             keys = list(outofcore.bin_masks(chs[0], breakdowns))
             boot.add(np.random.default_rng([seed, block]), [ch.errors for ch in chs], keys, paired_boots)
@@ -312,6 +314,8 @@ def compare(data: str, split: str, predictions: list[str], labels: list[str] | N
                                          np.bincount(idx, dz * dz, minlength=len(ZEN_RES_EDGES) - 1)])
             prog.update(len(chs[0].errors))
             del chs, ch, keys, idx, dz  # before the next range is read
+    for o in opened:
+        o.close()
     models = [_with_intervals(lab, uri, body, boot, m, breakdowns)
               for m, (lab, uri, body) in enumerate(zip(labels, predictions, bodies))]
     paired = [{"a": labels[i], "b": labels[j], **paired_boots[(i, j)].result()} for i, j in pairs]
