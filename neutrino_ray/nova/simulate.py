@@ -65,10 +65,15 @@ energy ≈ 3.8 GeV, 87–88 % ν_μ CC, ≤ 2 % ν_e, no ν_τ, DIS over half an
   3.1 m) placed around the vertex (below), and whatever lies outside is dropped (tracks are clipped to
   the window's planes and cells, shower points outside it are lost). So every muon above ~1.5 GeV
   (most ν_μ CC events now: median E_lepton 4.5 GeV) leaves through the last plane or the side and looks the
-  same in the map whatever its energy; a DIS shower of tens of GeV can reach past plane 100 as well. The
-  detector's own walls are not modelled (the window is). What stays hard: ν_μ CC events whose muon is
-  short (low E_lepton, ~5 % under 30 planes) or hidden in the hadronic shower of a high-y DIS event, and
-  NC DIS events with a long pion track or a long hadronic shower.
+  same in the map whatever its energy; a DIS shower of tens of GeV can reach past plane 100 as well.
+  The detector's side walls (issue 27): the window is centred on the vertex, but the detector is only
+  :data:`DET_CELLS` cells (3.8 m) wide, so for a vertex off the axis part of the window lies outside it; a
+  track or shower point beyond a side wall (|x| or |y| > 190 cm) deposits nothing, in either view, and a
+  pixel there has no channel (no noise hit). A muon at an angle then leaves through the wall after a short
+  visible track, as in the real, partly contained slices (before, tracks went on through air to the
+  window's edge). Not modelled: the detector's front and back (the muon catcher). What stays hard: ν_μ CC
+  events whose muon is short (low E_lepton, or leaving through a wall) or hidden in the hadronic shower of a
+  high-y DIS event, and NC DIS events with a long pion track or a long hadronic shower.
 * ν_τ CC (E > 3.5 GeV): hadronic system plus the τ decay (μ, e or hadrons). ν-on-e: one forward
   electron shower. Cosmics: a steep, through-going muon entering through the top (``nuenergy`` 0,
   ``lepenergy`` the muon energy). "other": a few low-energy neutron-like blobs (``lepenergy`` 0).
@@ -119,6 +124,7 @@ from neutrino_ray.nova import format as fmt
 PLANE_PITCH_CM = 6.6  # z extent of one image plane (NOvA plane pitch)
 CELL_PITCH_CM = 3.9  # transverse extent of one cell (NOvA cell width)
 DET_HALF_WIDTH_CM = 190.0  # active |x|, |y| (the Near Detector is ~3.8 m wide)
+DET_CELLS = int(2 * DET_HALF_WIDTH_CM / CELL_PITCH_CM)  # cells per detector plane (97): the side walls
 VERTEX_HALF_WIDTH_CM = 160.0  # generated vertices: |x|, |y| < 160 cm
 VERTEX_Z_CM = (30.0, 1150.0)  # and 30 cm < z < 1150 cm
 VERTEX_PLANE = (5, 20)  # the vertex lies in window plane 5..20
@@ -308,17 +314,24 @@ def _deposit(images: np.ndarray, idx: np.ndarray, w: np.ndarray) -> None:
 
 
 def _point_indices(shape: tuple[int, ...], event: np.ndarray, plane: np.ndarray, cell_x: np.ndarray,
-                   cell_y: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Flat indices into (N, 2, P, C) images and weights of points seen in view 0 (plane, x) and 1 (plane, y)."""
+                   cell_y: np.ndarray, w: np.ndarray, walls: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Flat indices into (N, 2, P, C) images and weights of points seen in view 0 (plane, x) and 1 (plane, y).
+
+    ``walls`` (N, 4): each event's detector side walls in its window's cell coordinates (x low, x high, y low,
+    y high); a point outside them is outside the detector and deposits nothing, in either view."""
     _, _, n_planes, n_cells = shape
-    p = np.floor(plane).astype(np.int64)
-    cx = np.floor(cell_x).astype(np.int64)
-    cy = np.floor(cell_y).astype(np.int64)
-    in_p = (p >= 0) & (p < n_planes)
-    ok0 = in_p & (cx >= 0) & (cx < n_cells)
-    ok1 = in_p & (cy >= 0) & (cy < n_cells)
-    base = event.astype(np.int64) * (2 * n_planes * n_cells) + p * n_cells
-    idx = np.concatenate([(base + cx)[ok0], (base + n_planes * n_cells + cy)[ok1]])
+    in_p = (plane >= 0) & (plane < n_planes)
+    ok0 = in_p & (cell_x >= 0) & (cell_x < n_cells)
+    ok1 = in_p & (cell_y >= 0) & (cell_y < n_cells)
+    if walls is not None:
+        wl = walls[event]
+        inside = (cell_x >= wl[:, 0]) & (cell_x < wl[:, 1]) & (cell_y >= wl[:, 2]) & (cell_y < wl[:, 3])
+        ok0 &= inside
+        ok1 &= inside
+    # pixel = floor(coordinate): truncation, where it matters (coordinates >= 0)
+    base = event.astype(np.int64) * (2 * n_planes * n_cells) + plane.astype(np.int64) * n_cells
+    idx = np.concatenate([(base + cell_x.astype(np.int64))[ok0],
+                          (base + n_planes * n_cells + cell_y.astype(np.int64))[ok1]])
     return idx, np.concatenate([w[ok0], w[ok1]])
 
 
@@ -336,8 +349,9 @@ def _slab(p0: np.ndarray, rate: np.ndarray, hi: float) -> tuple[np.ndarray, np.n
 
 def _track_deposits(shape: tuple[int, ...], event: np.ndarray, plane0: np.ndarray, cell0_x: np.ndarray,
                     cell0_y: np.ndarray, direction: np.ndarray, length_cm: np.ndarray,
-                    counts_per_cm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Flat indices and weights of straight tracks sampled at sub-pixel steps (the in-window part only)."""
+                    counts_per_cm: np.ndarray, walls: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Flat indices and weights of straight tracks sampled at sub-pixel steps (the in-window part only; inside
+    ``walls``, see :func:`_point_indices`)."""
     _, _, n_planes, n_cells = shape
     d = np.asarray(direction, np.float64).reshape(-1, 3)
     rx, ry, rz = d[:, 0] / CELL_PITCH_CM, d[:, 1] / CELL_PITCH_CM, d[:, 2] / PLANE_PITCH_CM  # pixels per cm
@@ -356,7 +370,7 @@ def _track_deposits(shape: tuple[int, ...], event: np.ndarray, plane0: np.ndarra
     t = t0[track] + (k + 0.5) * step[track]
     w = (0.5 * np.asarray(counts_per_cm, np.float64) * step)[track]  # half of the deposit to each view
     return _point_indices(shape, np.asarray(event)[track], p0[track] + t * rz[track], x0[track] + t * rx[track],
-                          y0[track] + t * ry[track], w)
+                          y0[track] + t * ry[track], w, walls)
 
 
 def render_track(images: np.ndarray, event: np.ndarray, plane0: np.ndarray, cell0_x: np.ndarray, cell0_y: np.ndarray,
@@ -398,18 +412,22 @@ def _perturb(rng: np.random.Generator, d: np.ndarray, sigma: np.ndarray | float)
 def _cloud_deposits(shape: tuple[int, ...], rng: np.random.Generator, event: np.ndarray, plane0: np.ndarray,
                     cell0_x: np.ndarray, cell0_y: np.ndarray, direction: np.ndarray, counts: np.ndarray,
                     depth_shape: np.ndarray, depth_scale_cm: np.ndarray, core_cm: np.ndarray, halo_cm: np.ndarray,
-                    halo_fraction: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                    halo_fraction: np.ndarray, walls: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Showers as random point clouds: depth ~ Gamma(shape, scale) along the axis, Gaussian core + halo across."""
     k = np.clip(np.ceil(counts / COUNTS_PER_POINT), 3, MAX_POINTS).astype(np.int64)
     c = np.repeat(np.arange(len(k)), k)
-    depth = rng.gamma(depth_shape[c]) * depth_scale_cm[c]
-    sigma = np.where(rng.random(len(c)) < halo_fraction[c], halo_cm[c], core_cm[c])
-    a, b = rng.standard_normal((2, len(c))) * sigma
+    f32 = np.float32  # per-point work in single precision (positions to ~1e-5 cm; the simulator's speed goal)
+    depth = rng.standard_gamma(np.asarray(depth_shape, f32)[c], dtype=f32) * np.asarray(depth_scale_cm, f32)[c]
+    sigma = np.where(rng.random(len(c), dtype=f32) < np.asarray(halo_fraction, f32)[c], np.asarray(halo_cm, f32)[c],
+                     np.asarray(core_cm, f32)[c])
+    a, b = rng.standard_normal((2, len(c)), dtype=f32) * sigma
     u, v = _orthonormal(direction)
-    pos = depth[:, None] * direction[c] + a[:, None] * u[c] + b[:, None] * v[c]  # cm from the start
+    scale = np.array([CELL_PITCH_CM, CELL_PITCH_CM, PLANE_PITCH_CM])  # cm → pixels, per axis (x, y, z)
+    d_px, u_px, v_px = ((m / scale).astype(f32)[c] for m in (direction, u, v))
+    start = np.column_stack([cell0_x, cell0_y, plane0]).astype(f32)[c]
+    pos = start + depth[:, None] * d_px + a[:, None] * u_px + b[:, None] * v_px  # pixels: (cell x, cell y, plane)
     w = (0.5 * counts / k)[c]
-    return _point_indices(shape, event[c], plane0[c] + pos[:, 2] / PLANE_PITCH_CM,
-                          cell0_x[c] + pos[:, 0] / CELL_PITCH_CM, cell0_y[c] + pos[:, 1] / CELL_PITCH_CM, w)
+    return _point_indices(shape, event[c], pos[:, 2], pos[:, 0], pos[:, 1], w, walls)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -838,17 +856,18 @@ def _chunk(rng: np.random.Generator, classes: np.ndarray) -> tuple[np.ndarray, d
                length=5000.0, cpc=MIP_COUNTS_PER_CM)
 
     shape = (n, fmt.VIEWS, fmt.PLANES, fmt.CELLS)
+    origin = np.column_stack([np.floor(det_p) - win_p, np.floor(det_x) - win_x, np.floor(det_y) - win_y]).astype(
+        np.int64)
+    walls = np.column_stack([-origin[:, 1], DET_CELLS - origin[:, 1], -origin[:, 2], DET_CELLS - origin[:, 2]])
     t, c = tracks.get(), clouds.get()
     ti, tw = _track_deposits(shape, t["ev"], vp[t["ev"]] + t["off"][:, 2] / PLANE_PITCH_CM,
                              vx[t["ev"]] + t["off"][:, 0] / CELL_PITCH_CM, vy[t["ev"]] + t["off"][:, 1] / CELL_PITCH_CM,
-                             t["dir"], t["length"], t["cpc"])
+                             t["dir"], t["length"], t["cpc"], walls)
     ci, cw = _cloud_deposits(shape, rng, c["ev"], vp[c["ev"]] + c["off"][:, 2] / PLANE_PITCH_CM,
                              vx[c["ev"]] + c["off"][:, 0] / CELL_PITCH_CM, vy[c["ev"]] + c["off"][:, 1] / CELL_PITCH_CM,
-                             c["dir"], c["counts"], c["shape"], c["scale"], c["core"], c["halo"], c["halo_f"])
+                             c["dir"], c["counts"], c["shape"], c["scale"], c["core"], c["halo"], c["halo_f"], walls)
     images = np.zeros(shape, np.float32)
     _deposit(images, np.concatenate([ti, ci]), np.concatenate([tw, cw]))
-    origin = np.column_stack([np.floor(det_p) - win_p, np.floor(det_x) - win_x, np.floor(det_y) - win_y]).astype(
-        np.int64)
     maps = _readout(rng, images, origin, np.column_stack([vx, vy]).astype(np.float32))
 
     prongs = n_tracks + n_showers
@@ -890,14 +909,15 @@ def _light_yield(images: np.ndarray, origin: np.ndarray, fallback: np.ndarray) -
 
 
 def _dead(flat_idx: np.ndarray, shape: tuple[int, ...], origin: np.ndarray) -> np.ndarray:
-    """Whether the pixels at these flat indices of (N, 2, P, C) images sit on dead detector channels."""
+    """Whether the pixels at these flat indices of (N, 2, P, C) images sit on dead detector channels, or on
+    none (beyond the detector's side walls: no cell, so no noise hit either)."""
     _, views, planes, cells = shape
     rest, cell = np.divmod(flat_idx, cells)
     rest, plane = np.divmod(rest, planes)
     event, view = np.divmod(rest, views)
     det_plane = (origin[event, 0] + plane) % DEAD_MAP_SHAPE[1]
-    det_cell = (origin[event, 1 + view] + cell) % DEAD_MAP_SHAPE[2]
-    return DEAD_CHANNELS[view, det_plane, det_cell]
+    det_cell = origin[event, 1 + view] + cell
+    return DEAD_CHANNELS[view, det_plane, det_cell % DEAD_MAP_SHAPE[2]] | (det_cell < 0) | (det_cell >= DET_CELLS)
 
 
 def _readout(rng: np.random.Generator, images: np.ndarray, origin: np.ndarray, fallback: np.ndarray) -> np.ndarray:
