@@ -332,6 +332,24 @@ def test_hadronic_cascade() -> None:
     assert len(t02["ev"]) == n  # below the cascade threshold: one track, nothing goes on
 
 
+def test_detector_walls_stop_deposits_and_noise() -> None:
+    """Beyond the detector's side walls (issue 27) nothing deposits, in either view, and no pixel reads out."""
+    shape = (1, 2, fmt.PLANES, fmt.CELLS)
+    along_x = np.array([[1.0, 0.0, 0.0]])
+    walls = np.array([[-100.0, 30.0, -100.0, 200.0]])  # the x wall at window cell 30
+    idx, w = sim._track_deposits(shape, np.array([0]), np.array([50.5]), np.array([10.5]), np.array([40.5]), along_x,
+                                 np.array([400.0]), np.array([5.0]), walls)
+    images = np.zeros(shape, np.float32)
+    sim._deposit(images, idx, w)
+    cells = np.flatnonzero(images[0, 0].sum(axis=0))
+    assert cells.min() == 10 and cells.max() == 29  # stops at the wall (without it: the window's edge, 79)
+    assert np.flatnonzero(images[0, 1].sum(axis=0)).tolist() == [40]  # view 1 sees the same in-detector part
+    assert images[0, 0].sum() == pytest.approx(images[0, 1].sum())
+    origin = np.array([[0, sim.DET_CELLS - 50, 0]])  # window cell 50 of view 0 is the detector's first cell out
+    flat = np.arange(2 * fmt.PLANES * fmt.CELLS).reshape(shape)[0, 0, 7, 45:55]
+    assert sim._dead(flat, shape, origin)[5:].all()
+
+
 def test_nue_showers_denser_than_numu() -> None:
     maps, f = sim.simulate_events(seed=13, n=6_000, mix=sim.Mix.parse("numu_cc=0.5,nue_cc=0.5"))
     i = f["interaction"]
