@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from neutrino_ray import training
+from neutrino_ray import artefact, devices, training
 from neutrino_ray.errors import InputError
 
 MODELS = ("dynedge", "transformer-base", "nova-medium")
@@ -170,12 +170,12 @@ def _time_model(model: str, task: Any, batches: list[Any], device: torch.device,
     torch.manual_seed(0)
     net = task.build_model().to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
-    scaler = training.grad_scaler(precision, device)
+    scaler = devices.grad_scaler(precision, device)
 
     def step(i: int) -> None:
         b = batches[i % len(batches)]
         if model == "nova-medium":
-            b = {"x": training.to_device(b[0], device), "y": training.to_device(b[1], device)}
+            b = {"x": devices.to_device(b[0], device), "y": devices.to_device(b[1], device)}
         else:
             b = task.collate(b, device)
         training.train_step(net, task, b, opt, scaler, precision, device, 1.0)
@@ -203,7 +203,7 @@ def bench_gpu(steps: int = 100, warmup: int = 10, precision: str = "auto",
               out: str | None = None) -> dict[str, dict[str, Any]]:
     """The training half; with ``out``, its figures also go to ``OUT/bench-gpu-training.json``."""
     device = check_cuda()  # before anything else: without CUDA, nothing is generated
-    chosen = training.precision_policy(precision, device)
+    chosen = devices.precision_policy(precision, device)
     name = torch.cuda.get_device_name(device)
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -261,7 +261,7 @@ def _random_nova_model(out: str, size: str) -> str:
 
     task = NovaTask("numu-cc", size)
     torch.manual_seed(0)
-    return training.write_model(storage.join(out, f"random-nova-{size}"), task, task.build_model())
+    return artefact.write_model(storage.join(out, f"random-nova-{size}"), task, task.build_model())
 
 
 def _simulate(tmp: str, icecube_events: int, nova_events: int) -> tuple[str, str, int, int, float]:
@@ -348,7 +348,7 @@ def bench_gpu_inference(out: str, device: str = "cuda", icecube_events: int = IN
 
         report: dict[str, Any] = {
             "half": "inference", "complete": False, "device": dev.type, "gpu": gpu, "random_weights": True,
-            "precision": training.precision_policy("auto", dev), "ray_resources": resources,
+            "precision": devices.precision_policy("auto", dev), "ray_resources": resources,
             "simulate_seconds": round(sim_s, 3), "time_goal_seconds": TIME_GOAL_SECONDS,
             "utilisation_goal_percent": UTILISATION_GOAL, "workloads": {}}
         results = report["workloads"]

@@ -79,14 +79,14 @@ def _install(folder: str, phase: str, after: int) -> None:
     """Put a kill point in LineFit's Ray Data UDF (``inference``) or before each publish move (``publish``)."""
     import ray.cloudpickle
 
-    from neutrino_ray import storage
     from neutrino_ray.icecube import scoring
+    from neutrino_ray.storage import publish
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests/
     if phase == "inference":
         scoring.linefit_block = stalled(folder, scoring.linefit_block, after)  # type: ignore[assignment]
     elif phase == "publish":
-        storage._move = stalled(folder, storage._move, after)  # type: ignore[assignment]
+        publish._move = stalled(folder, publish._move, after)  # type: ignore[assignment]
     else:
         raise SystemExit(f"unknown phase {phase!r}")
 

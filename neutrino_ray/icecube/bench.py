@@ -133,21 +133,21 @@ def bench(events: int, data: str, seed: int = 11) -> dict[str, float]:
 
 def random_model(out: str, size: str) -> str:
     """A model artefact with freshly initialised weights: throughput does not depend on the weights."""
-    from neutrino_ray import training
+    from neutrino_ray import artefact
     from neutrino_ray.icecube.architectures import TRANSFORMER_INFERENCE_MAX_PULSES, default_max_pulses, is_transformer
     from neutrino_ray.icecube.train import DirectionTask
 
     task = DirectionTask(size, max_pulses=default_max_pulses(size),
                          inference_max_pulses=TRANSFORMER_INFERENCE_MAX_PULSES if is_transformer(size) else None)
-    return training.write_model(storage.join(out, f"random-{size}"), task, task.build_model())
+    return artefact.write_model(storage.join(out, f"random-{size}"), task, task.build_model())
 
 
-PEERS = {  # forward-pass events/s (2 threads, fp32, padded batches, real pulse quartiles, cap 192), training step
-    "dynedge": "GraphNeT DynEdge (1.35M, torch-cluster k-NN): 32 events/s scoring end to end, 12 training",
-    "transformer-small": "GraphNeT DeepIce hidden 192, depth 8 (6,892,512 parameters): 16.8 events/s forward, "
-                         "6.95 training",
-    "transformer-base": "GraphNeT DeepIce default (30,170,976 parameters): 5.04 events/s forward at batch 32, "
-                        "4.23 at batch 128, 1.84 training",
+# The published peer of each size; its figures, measured once on the same machine class (GraphNeT is not a
+# dependency, so bench cannot measure it), are in docs/icecube.md's throughput tables.
+PEERS = {
+    "dynedge": "GraphNeT DynEdge (1.35M parameters, torch-cluster k-NN)",
+    "transformer-small": "GraphNeT DeepIce hidden 192, depth 8 (6,892,512 parameters)",
+    "transformer-base": "GraphNeT DeepIce default (30,170,976 parameters)",
 }
 
 
@@ -235,7 +235,7 @@ def bench_gnn(sizes: list[str], events: int, data: str, seed: int = 12) -> dict[
               f"2,000 / 10,000 events/s needs {cpus_per_gpu(2_000, rate):.1f} / {cpus_per_gpu(10_000, rate):.1f} CPUs")
     for size in results:
         if size in PEERS:
-            print(f"peer for {size} (same machine class): {PEERS[size]}")
+            print(f"peer for {size}: {PEERS[size]}; its events/s on the same machine class: docs/icecube.md")
     return results
 
 

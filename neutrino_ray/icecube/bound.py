@@ -162,7 +162,7 @@ class Likelihood:
                               np.full(m, tr.cascade_energy), u)
         light = sim.expected_light(ev)
         mu_r = light.expected_pe
-        sig_r = sim.expected_pulses(mu_r)
+        sig_r = sim.expected_pulses(mu_r, light.pandel_shape, light.pandel_scale)
         ap_r = sim.AFTERPULSE_PROB * (1.0 - sim.SPE_LOSS) * mu_r
         key = light.event.astype(np.int64) * N_SENSORS + light.sensor
         ukey, grp = np.unique(key, return_inverse=True)

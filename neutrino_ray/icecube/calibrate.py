@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from neutrino_ray import storage, training
+from neutrino_ray import artefact, storage
 from neutrino_ray.errors import InputError
 from neutrino_ray.icecube import data as icdata
 from neutrino_ray.icecube import uncertainty
@@ -44,7 +44,7 @@ def _held_out_events(members: tuple[str, ...], split: str, events: int | None) -
         return events
     slices = []
     for uri in members:
-        config = json.loads(storage.read_bytes(storage.join(uri, training.CONFIG)))
+        config = json.loads(storage.read_bytes(storage.join(uri, artefact.CONFIG)))
         n = int((config.get("data") or {}).get("val_events") or 0)
         if not n:
             raise InputError(f"{uri}: the model's config.json does not say which train events were held out; "
