@@ -9,7 +9,7 @@ Pure core, then the Ray edge:
 * :func:`profile_split` plans per batch file: the driver lists the split's batch files and streams the
   meta's ``batch_id`` column for a per-batch event count (never the whole meta), then runs one Ray task per
   batch file. Each task reads only its own meta rows (a ``batch_id`` filter pushed down to the Parquet
-  reader) and its truth rows, reads its pulses read task by read task, and returns one profile; the driver
+  reader) and its truth rows, reads its pulses slice by slice, and returns one profile; the driver
   merges profiles as they arrive. Memory is independent of the number of events.
 
 Exactness. Every figure is computed from exact, mergeable summaries:
