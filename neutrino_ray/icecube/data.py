@@ -289,6 +289,12 @@ def batch_meta(run: str, data: str, split: str, batch_id: int, truth: bool = Fal
     return _META_CACHE[key]
 
 
+def forget_run(run: str) -> None:
+    """Drop a planning run's cached metas (the driver's, once it has read what it needed from them)."""
+    for key in [k for k in _META_CACHE if k[0] == run]:
+        del _META_CACHE[key]
+
+
 def plan_batch(data: str, split: str, run: str, batch: BatchSummary, events_per_slice: int, start: int = 0,
                stop: int | None = None, truth: bool = False) -> list[BatchSlice]:
     """The one planner: one batch's meta rows [start, stop) (to its end when ``stop`` is None) cut into slices

@@ -317,6 +317,7 @@ def fit_linefit_uncertainty(data: str, variant: str, cap: int, geometry: np.ndar
     fitted = pa.concat_tables(linefit_events(icdata.read_slice(s, len(geometry)), geometry, variant, cap)
                               for s in slices)
     meta = pa.concat_tables(icdata.slice_meta(s) for s in slices)
+    icdata.forget_run(run)  # the driver keeps no batch meta once the fit is done
     err = errors_against_truth(meta, fitted)
     model = uncertainty.fit_pulse_count_kappa(fitted.column("n_pulses").to_numpy(), err)
     model["fitted_on"] = {"data": data, "split": "train", "batch_id": batch_id, "events": len(fitted),
