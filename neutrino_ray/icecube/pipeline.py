@@ -10,6 +10,7 @@ is one slice, in exactly its fields (:meth:`SplitPlan.tables`, decoded by :func:
 from __future__ import annotations
 
 import dataclasses
+import logging
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,9 +21,11 @@ import pyarrow as pa
 import ray
 from ray.data import RandomSeedConfig
 
-from neutrino_ray import runtime
+from neutrino_ray import runtime, storage
 from neutrino_ray.icecube import data as icdata
 from neutrino_ray.icecube.features import featurise
+
+log = logging.getLogger("neutrino_ray")
 
 SLICE_FIELDS = tuple(f.name for f in dataclasses.fields(icdata.BatchSlice))  # the columns of a slice row
 
@@ -69,11 +72,15 @@ class SplitPlan:
 
 def split_summary(data: str, split: str) -> dict[int, icdata.BatchSummary]:
     """A split's summary per batch, streamed from its meta (row checks on the way), after checking that every
-    batch file is there and that no event id is in two batches."""
+    batch file is there and that no event id is in two batches: the one split check of predict, stats and the
+    LineFit uncertainty fit. Batch files the meta does not name are not read, with a warning."""
     summary = icdata.meta_batch_summary(data, split)
     if not summary:
         raise icdata.DataError(f"{icdata.meta_uri(data, split)}: no events in split {split!r}")
-    icdata.check_batch_files(data, split, summary)
+    unused = icdata.check_batch_files(data, split, summary)
+    if unused:
+        log.warning("%s: %d batch files have no meta rows (e.g. batch %d); they are not read",
+                    storage.join(data, split), len(unused), unused[0])
     icdata.check_ids_across_batches(data, split, summary)
     return summary
 
