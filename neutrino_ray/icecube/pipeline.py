@@ -60,7 +60,8 @@ class SplitPlan:
         ceil(remaining / (2 · slots)) slices, so the first blocks are large and the last ones single slices.
         Ray Data waits up to 0.1 s after each task before it notices the task is done and starts the next
         (``ray.wait`` with a timeout in the streaming executor, ray-project/ray#45934): with one slice per task
-        that left the CPUs idle for ~28 % of a LineFit job on 2 cores. Few, large blocks pay it rarely; the
+        that left the CPUs idle for a large share of a LineFit job (docs/icecube.md, "End to end against the
+        two-core limit"). Few, large blocks pay it rarely; the
         small last blocks keep the slots finishing together. Each slice is still its own batch (and part)."""
         out, i, n = [], 0, len(self.slices)
         while i < n:

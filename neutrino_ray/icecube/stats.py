@@ -55,7 +55,7 @@ def batch_truth(data: str, split: str, meta: pa.Table) -> tuple[np.ndarray, np.n
     ids = meta.column("event_id").to_numpy()
     cols = ["event_id", "azimuth", "zenith"]
     try:
-        with storage.open_input(uri) as f:
+        with storage.parquet_errors(uri, icdata.DataError), storage.open_input(uri) as f:
             names = pq.read_schema(f).names
             if missing := [c for c in cols if c not in names]:
                 raise icdata.DataError(f"{uri}: missing columns {missing} (has {names})")
@@ -64,8 +64,6 @@ def batch_truth(data: str, split: str, meta: pa.Table) -> tuple[np.ndarray, np.n
                                                              ("event_id", "<=", int(ids.max()))])
     except FileNotFoundError as e:
         raise icdata.DataError(f"{uri}: no truth for split {split!r} (the real Kaggle test set has none)") from e
-    except (pa.ArrowInvalid, OSError) as e:
-        raise icdata.DataError(f"{uri}: not a readable Parquet file: {e}") from e
     tid = truth.column("event_id").to_numpy()
     order = np.argsort(tid, kind="stable")
     sorted_ids = tid[order]
