@@ -28,6 +28,7 @@ from neutrino_ray import progress, runtime, storage
 from neutrino_ray.icecube import data as icdata
 from neutrino_ray.icecube import linefit as lf
 from neutrino_ray.icecube import pipeline
+from neutrino_ray.icecube.metrics import rows_by_event_id
 from neutrino_ray.icecube.options import STATS_EVENTS_PER_TASK
 from neutrino_ray.icecube.profile import Profile, merge, merge_all, profile_events
 from neutrino_ray.icecube.stats_report import plots, summary_markdown, to_stats
@@ -65,18 +66,16 @@ def batch_truth(data: str, split: str, meta: pa.Table) -> tuple[np.ndarray, np.n
     except FileNotFoundError as e:
         raise icdata.DataError(f"{uri}: no truth for split {split!r} (the real Kaggle test set has none)") from e
     tid = truth.column("event_id").to_numpy()
-    order = np.argsort(tid, kind="stable")
-    sorted_ids = tid[order]
+    sorted_ids = np.sort(tid)
     dup = np.flatnonzero(sorted_ids[1:] == sorted_ids[:-1])
     if len(dup):
         raise icdata.DataError(f"{uri}: duplicate event_id {int(sorted_ids[dup[0]])}")
-    pos = np.clip(np.searchsorted(sorted_ids, ids), 0, max(len(sorted_ids) - 1, 0))
-    found = (sorted_ids[pos] == ids) if len(sorted_ids) else np.zeros(len(ids), bool)
+    rows, found = rows_by_event_id(tid, ids)
     if not found.all():
         raise icdata.DataError(f"{uri}: no truth row for event_id {int(ids[~found][0])} "
                                f"({int((~found).sum())} events of batch {int(meta.column('batch_id')[0].as_py())} "
                                f"have none)")
-    t = icdata.checked_truth(truth.take(pa.array(order[pos])), uri)
+    t = icdata.checked_truth(truth.take(pa.array(rows)), uri)
     return t.column("azimuth").to_numpy(), t.column("zenith").to_numpy()
 
 
