@@ -133,6 +133,7 @@ def _icecube_batches(size: str, tmp: str, n_events: int, batch: int) -> tuple[An
     from neutrino_ray.icecube import data as icdata
     from neutrino_ray.icecube import pipeline
     from neutrino_ray.icecube.architectures import default_max_pulses
+    from neutrino_ray.icecube.metrics import with_true_direction
     from neutrino_ray.icecube.simwrite import simulate_dataset
     from neutrino_ray.icecube.train import DirectionTask
 
@@ -143,11 +144,9 @@ def _icecube_batches(size: str, tmp: str, n_events: int, batch: int) -> tuple[An
     geometry = icdata.load_geometry(data)
     plan = pipeline.plan_split(data, "test", 2_000, in_process=True)
     events = pipeline.read_featurise(pipeline.SplitPlan.table(plan.slices), geometry, cap)
-    truth = icdata.split_truth(data, "test").sort_by("event_id")
+    truth = icdata.split_truth(data, "test")
     events = events.sort_by("event_id")
-    rows = np.searchsorted(truth.column("event_id").to_numpy(), events.column("event_id").to_numpy())
-    events = events.append_column("azimuth", truth.column("azimuth").take(rows))
-    events = events.append_column("zenith", truth.column("zenith").take(rows))
+    events = with_true_direction(events, truth)
     task = DirectionTask(size, max_pulses=cap)
     return task, [events.slice(lo, batch) for lo in range(0, len(events) - batch + 1, batch)]
 

@@ -11,8 +11,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from neutrino_ray.icecube import profile as icprofile
 from neutrino_ray.icecube import simulate as sim
-from neutrino_ray.icecube import stats as icstats
+from neutrino_ray.icecube import stats_report as icstats
 from neutrino_ray.icecube.geometry import N_SENSORS, icecube86
 
 PULSE_SCHEMA = pa.schema([
@@ -278,7 +279,7 @@ def test_afterpulses_follow_the_pmt():
 # ---------------------------------------------------------------------------------------------
 # Calibration against the real Kaggle data, measured the way the field measures it: the Kaggle public
 # LineFit fits only the auxiliary = False pulses (1.214 rad on the real test set). The bands are the
-# "IceCube realism" issue's, around the published figures of the real files (stats.REAL_KAGGLE).
+# "IceCube realism" issue's, around the published figures of the real files (stats_report.REAL_KAGGLE).
 FULL_BANDS = {
     "linefit": (1.15, 1.28),
     "pulses_q1": (48 * 0.85, 48 * 1.15), "pulses_median": (63 * 0.85, 63 * 1.15), "pulses_q3": (89 * 0.85, 89 * 1.15),
@@ -287,7 +288,7 @@ FULL_BANDS = {
     "charge_q1": (0.775 * 0.8, 0.775 * 1.2), "charge_median": (1.075 * 0.8, 1.075 * 1.2),
     "charge_q3": (1.775 * 0.8, 1.775 * 1.2),
     "first_time_median": (5830, 6430), "span_median": (9870, 12060),
-    # the real mean pulse charge, 3.909 pe (stats.REAL_KAGGLE), within the charge quartiles' +-20 % widened to +-25 %:
+    # the real mean pulse charge, 3.909 pe (REAL_KAGGLE), within the charge quartiles' +-20 % widened to +-25 %:
     # a mean that a few very bright DOMs set (issue 26; the third session's split law gave 1.6-1.7 pe)
     "charge_mean": (3.909 * 0.75, 3.909 * 1.25),
 }
@@ -301,8 +302,8 @@ DEFAULT_BANDS = {**FULL_BANDS, "linefit": (1.12, 1.31), "pulses_mean": (90, 320)
 def _calibration_figures(batch: sim.SimulatedBatch) -> dict[str, float]:
     """The calibration statistics of a simulated batch, from the dataset profiler's pure core
     (``icecube stats``, itself tested against direct numpy in tests/test_icecube_stats.py)."""
-    events = icstats.events_from_flat(batch.pulses)
-    prof = icstats.profile_events(events, icecube86().xyz, _np(batch.truth, "azimuth"), _np(batch.truth, "zenith"))
+    events = icprofile.events_from_flat(batch.pulses)
+    prof = icprofile.profile_events(events, icecube86().xyz, _np(batch.truth, "azimuth"), _np(batch.truth, "zenith"))
     st = icstats.to_stats(prof)
     n, ch = st["pulses_per_event"], st["charge"]
     le_100 = [st["auxiliary"]["by_event_size"][k] for k in ("1-50", "51-100")]

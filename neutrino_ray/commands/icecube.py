@@ -268,7 +268,8 @@ def run(args: argparse.Namespace, command: list[str]) -> int:
         print(f"mean angular error {r['mean_angular_error']:.4f} rad over {r['n_events']} events "
               f"→ {storage.join(args.out, REPORT)}")
     elif args.action == "stats":
-        from neutrino_ray.icecube.stats import STATS, side_by_side, stats
+        from neutrino_ray.icecube.stats import STATS, stats
+        from neutrino_ray.icecube.stats_report import side_by_side
 
         r = stats(args.data, args.split, args.out, args.events_per_task, linefit=not args.no_linefit,
                   command=command)

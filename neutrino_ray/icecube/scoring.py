@@ -227,7 +227,7 @@ def check_models(scoring: ScoringOptions) -> CheckedModels:
         if scoring.weights is not None or scoring.kappa_weighted:
             raise InputError("--weights and --kappa-weighted are for ensembles of trained models, not LineFit")
         return CheckedModels(scoring.max_pulses or lf.KAGGLE_CHARGE_CAP, (1.0,), {"model": members[0]})
-    from neutrino_ray.icecube.artefact import load_task_and_model  # torch: only for trained models (~2 s to import)
+    from neutrino_ray.icecube.artefact import load_task_and_model  # torch: trained models only
 
     for uri in members:
         if uri in lf.VARIANTS:
