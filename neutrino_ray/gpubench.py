@@ -144,13 +144,14 @@ def _icecube_batches(size: str, tmp: str, n_events: int, batch: int) -> tuple[An
     meta = icdata.load_meta(data, "test")
     geometry = icdata.load_geometry(data)
     tasks = list(icdata.iter_split_tasks(data, "test", 2_000, meta=meta))
-    events = pa.concat_tables(pipeline.read_featurise(t, geometry, cap) for t in pipeline.task_tables(tasks))
+    task = DirectionTask(size, max_pulses=cap)
+    events = pa.concat_tables(pipeline.read_featurise(t, geometry, cap, task.seeded)
+                              for t in pipeline.task_tables(tasks))
     truth = icdata.split_truth(data, "test").sort_by("event_id")
     events = events.sort_by("event_id")
     rows = np.searchsorted(truth.column("event_id").to_numpy(), events.column("event_id").to_numpy())
     events = events.append_column("azimuth", truth.column("azimuth").take(rows))
     events = events.append_column("zenith", truth.column("zenith").take(rows))
-    task = DirectionTask(size, max_pulses=cap)
     return task, [events.slice(lo, batch) for lo in range(0, len(events) - batch + 1, batch)]
 
 

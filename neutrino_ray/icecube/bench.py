@@ -176,9 +176,10 @@ def bench_gnn(sizes: list[str], events: int, data: str, seed: int = 12) -> dict[
     results: dict[str, dict[str, float]] = {}
     for size in sizes:
         cap = default_max_pulses(size)
+        task = DirectionTask(size, max_pulses=cap)
         with _one_arrow_thread():  # as one Ray Data task of the training input
             t0 = time.perf_counter()
-            featurised = pa.concat_tables(pipeline.read_featurise(t, geometry, cap)
+            featurised = pa.concat_tables(pipeline.read_featurise(t, geometry, cap, task.seeded)
                                           for t in pipeline.task_tables(tasks))
             read_featurise = len(featurised) / (time.perf_counter() - t0)
         big = size in ("dynedge", "transformer-small", "transformer-base")
@@ -187,7 +188,6 @@ def bench_gnn(sizes: list[str], events: int, data: str, seed: int = 12) -> dict[
         rows = np.searchsorted(truth.column("event_id").to_numpy(), labelled.column("event_id").to_numpy())
         labelled = labelled.append_column("azimuth", truth.column("azimuth").take(rows))
         labelled = labelled.append_column("zenith", truth.column("zenith").take(rows))
-        task = DirectionTask(size, max_pulses=cap)
         torch.manual_seed(0)
         model = task.build_model()
         predict_directions(task, model, featurised.slice(0, 64), 256, cpu)  # warm-up

@@ -1,8 +1,8 @@
 """Direction models for IceCube events: a DynEdge-class graph network, its pure-torch k-NN, the vMF loss.
 
 Read top to bottom: how a batch of events is packed, the k-nearest-neighbour search, one EdgeConv
-layer, the DynEdge network (GraphNeT's competition benchmark shape, or a small CPU-friendly one), and
-the von Mises–Fisher loss on the unit sphere.
+layer, the DynEdge network (GraphNeT's competition benchmark shape, or a small CPU-friendly one), its
+LineFit-seeded refinement, and the von Mises–Fisher loss on the unit sphere.
 
 Events of a batch are *packed*: one (P, F) node matrix for all pulses, ``ptr`` marking where each
 event starts (PyG's layout). The k-NN groups events of similar length and pads each group only to
@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from torch_geometric.nn import global_max_pool, global_mean_pool
 
 from neutrino_ray.icecube.architectures import GNN_SIZES, N_NEIGHBOURS, DynEdgeConfig
-from neutrino_ray.icecube.features import N_FEATURES, TIME_SCALE
+from neutrino_ray.icecube.features import N_FEATURES, POSITION_SCALE, TIME_SCALE
 
 KNN_FEATURES = 4  # later layers: k-NN on the first four latent features (the first graph: on x, y, z)
 N_GLOBAL = 4 + N_FEATURES + 1  # homophily of x, y, z, t; feature means; log10 of the pulse count
@@ -198,7 +198,7 @@ class DynEdge(nn.Module):
     def __init__(self, cfg: DynEdgeConfig, n_features: int = N_FEATURES):
         super().__init__()
         self.cfg = cfg
-        n_in = n_features + N_GLOBAL
+        n_in = 2 * n_features + N_GLOBAL - N_FEATURES  # the features, then the globals (a mean of each feature)
         self.convs = nn.ModuleList()
         width = n_in
         for sizes in cfg.conv:
@@ -248,9 +248,80 @@ def global_variables(x: Tensor, batch: Tensor, neighbours: Tensor, valid: Tensor
     return torch.cat([homophily, means, log_n], dim=1)
 
 
-def build_model(size: str | DynEdgeConfig) -> DynEdge:
+# ---------------------------------------------------------------------------------------------------
+# The LineFit-seeded refinement
+
+C_VACUUM_M_PER_NS = 0.299792458
+SEED_TIME_SCALE = 100.0  # ns: time residuals enter as asinh(τ / 100 ns): tens of ns resolved, µs of noise bounded
+SEED_FEATURES = 7  # per pulse: the seed (3); its position along the seed's track and across it (2); τ
+
+
+def seed_frame(seed: Tensor) -> tuple[Tensor, Tensor]:
+    """Two unit vectors (B, 3) spanning the plane perpendicular to each unit ``seed``: e1 horizontal (ẑ × seed,
+    or x̂ for a vertical seed), e2 = seed × e1."""
+    e1 = torch.cross(torch.tensor([0.0, 0.0, 1.0], device=seed.device, dtype=seed.dtype).expand_as(seed), seed, dim=1)
+    flat = e1.norm(dim=1, keepdim=True) < 1e-6
+    e1 = torch.where(flat, torch.tensor([1.0, 0.0, 0.0], device=seed.device, dtype=seed.dtype), e1)
+    e1 = F.normalize(e1, dim=1)
+    return e1, torch.cross(seed, e1, dim=1)
+
+
+def seed_features(x: Tensor, seed: Tensor, e1: Tensor, e2: Tensor, batch: Tensor, n_events: int) -> Tensor:
+    """(P, SEED_FEATURES): each pulse seen from its event's seed track. The particle moves along −seed; a pulse at
+    r has ``along`` = −seed·r and coordinates (e1·r, e2·r) across the track (the position scale), and the
+    plane-wave time residual τ = t − along / c, relative to its event's mean τ over non-auxiliary pulses (all
+    pulses where it has none), as asinh(τ / SEED_TIME_SCALE). For the true direction τ is flat across the track
+    up to the Cherenkov delays; a tilt of the seed by δ shows as a gradient δ·r⊥ / c across it."""
+    s, a, b = seed[batch], e1[batch], e2[batch]
+    r = x[:, :3]
+    along = -(r * s).sum(1)
+    tau = (x[:, 3] * TIME_SCALE) - along * (POSITION_SCALE / C_VACUUM_M_PER_NS)  # ns (up to a per-event offset)
+    w = 1.0 - x[:, 5]
+    n_hlc = torch.zeros(n_events, device=x.device, dtype=x.dtype).index_add_(0, batch, w)
+    w = torch.where(n_hlc[batch] > 0, w, torch.ones_like(w))
+    sw = torch.zeros(n_events, device=x.device, dtype=x.dtype).index_add_(0, batch, w)
+    mean = torch.zeros(n_events, device=x.device, dtype=x.dtype).index_add_(0, batch, w * tau) / sw.clamp(min=1e-6)
+    tau = torch.asinh((tau - mean[batch]) / SEED_TIME_SCALE)
+    return torch.cat([s, along[:, None], (r * a).sum(1, keepdim=True), (r * b).sum(1, keepdim=True), tau[:, None]],
+                     dim=1)
+
+
+class SeededDynEdge(nn.Module):
+    """A DynEdge that refines the event's Kaggle LineFit direction (the *seed*) instead of predicting one from
+    nothing, as IceCube's likelihood reconstructions start from LineFit (Aartsen et al., NIM A 736 (2014) 143).
+
+    Inputs: the pulse features plus :func:`seed_features` (each pulse in the seed track's frame). Output: the
+    seed tilted by a step (a, b) in its tangent plane, μ = normalise(seed + a·e1 + b·e2), with concentration
+    κ = exp(log κ₀ + c), as a vector of length κ (the vMF output of :class:`DynEdge`). The head that gives
+    (a, b, c) starts at zero, so the untrained model returns the seed exactly (κ = 1): training starts from the
+    LineFit score and can only move away from it by lowering the loss."""
+
+    def __init__(self, cfg: DynEdgeConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.net = DynEdge(cfg, n_features=N_FEATURES + SEED_FEATURES)
+        nn.init.zeros_(self.net.head.weight)
+        nn.init.zeros_(self.net.head.bias)
+        self.log_kappa = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x: Tensor, ptr: Tensor, n_pulses: Tensor, host_ptr: np.ndarray | None = None,
+                seed: Tensor | None = None) -> Tensor:
+        """As :meth:`DynEdge.forward`, with ``seed`` (B, 3): the events' unit LineFit directions."""
+        if seed is None:
+            raise ValueError("a seeded model needs the events' LineFit directions (the featurised 'seed' column)")
+        n_events = ptr.shape[0] - 1
+        batch = torch.repeat_interleave(torch.arange(n_events, device=x.device), ptr[1:] - ptr[:-1],
+                                        output_size=x.shape[0])
+        seed = seed.to(x.dtype)
+        e1, e2 = seed_frame(seed)
+        h = self.net(torch.cat([x, seed_features(x, seed, e1, e2, batch, n_events)], dim=1), ptr, n_pulses, host_ptr)
+        mu = F.normalize(seed + h[:, 0:1] * e1 + h[:, 1:2] * e2, dim=1)
+        return torch.exp(self.log_kappa + h[:, 2])[:, None] * mu
+
+
+def build_model(size: str | DynEdgeConfig) -> DynEdge | SeededDynEdge:
     cfg = SIZES[size] if isinstance(size, str) else size
-    return DynEdge(cfg)
+    return SeededDynEdge(cfg) if cfg.seeded else DynEdge(cfg)
 
 
 def n_parameters(model: nn.Module) -> int:

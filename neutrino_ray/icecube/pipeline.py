@@ -21,7 +21,8 @@ from ray.data import RandomSeedConfig
 
 from neutrino_ray import runtime
 from neutrino_ray.icecube import data as icdata
-from neutrino_ray.icecube.features import featurise
+from neutrino_ray.icecube.features import SEED, featurise
+from neutrino_ray.icecube.linefit import seed_column
 
 
 def task_tables(tasks: list[icdata.ReadTask], truth: pa.Table | None = None) -> list[pa.Table]:
@@ -146,11 +147,15 @@ def spec_row_task(row: dict[str, Any]) -> tuple[icdata.ReadTask, dict[str, np.nd
     return task, {c: meta.column(c).to_numpy(zero_copy_only=False).astype(np.float64) for c in ("azimuth", "zenith")}
 
 
-def read_featurise(batch: pa.Table, geometry: np.ndarray, max_pulses: int) -> pa.Table:
-    """Task rows → featurised event rows (event_id, n_pulses, n_selected, features[, azimuth, zenith])."""
+def read_featurise(batch: pa.Table, geometry: np.ndarray, max_pulses: int, seeds: bool = False) -> pa.Table:
+    """Task rows → featurised event rows (event_id, n_pulses, n_selected, features[, seed][, azimuth, zenith]);
+    ``seeds``: with the events' Kaggle LineFit directions, for the seeded models."""
     out = []
     for task, truth in iter_tasks(batch):
-        events = featurise(icdata.read_task_events(task, len(geometry)), geometry, max_pulses)
+        raw = icdata.read_task_events(task, len(geometry))
+        events = featurise(raw, geometry, max_pulses)
+        if seeds:
+            events = events.append_column(SEED, seed_column(raw, geometry))
         for c, values in truth.items():
             events = events.append_column(c, pa.array(values))
         out.append(events)
@@ -158,12 +163,12 @@ def read_featurise(batch: pa.Table, geometry: np.ndarray, max_pulses: int) -> pa
 
 
 def events_dataset(plan: SplitPlan, geometry: np.ndarray, max_pulses: int, num_cpus: float = 1.0,
-                   shuffle_seed: int | None = None) -> ray.data.Dataset:
+                   shuffle_seed: int | None = None, seeds: bool = False) -> ray.data.Dataset:
     """Lazy dataset of featurised events, one block per task spec, read and decoded where it is consumed.
     With ``shuffle_seed``, the order of the tasks (row-group ranges of the batch files) is shuffled anew
     for every pass over the data (epoch), reproducibly: only the light spec rows move, never events."""
     ds: ray.data.Dataset = ray.data.from_arrow(plan.tables())
     if shuffle_seed is not None and len(plan.specs) > 1:
         ds = ds.randomize_block_order(seed=RandomSeedConfig(seed=shuffle_seed, reseed_after_execution=True))
-    return ds.map_batches(partial(read_featurise, geometry=geometry, max_pulses=max_pulses),
+    return ds.map_batches(partial(read_featurise, geometry=geometry, max_pulses=max_pulses, seeds=seeds),
                           batch_format="pyarrow", batch_size=1, zero_copy_batch=True, num_cpus=num_cpus)

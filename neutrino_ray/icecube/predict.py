@@ -70,7 +70,8 @@ def linefit_block(batch: pa.Table, geometry: np.ndarray, variant: str, cap: int,
     return score(batch) if parts is None else parts.score(batch, score)
 
 
-def featurise_block(batch: pa.Table, geometry: np.ndarray, max_pulses: int, parts: Parts | None = None) -> pa.Table:
+def featurise_block(batch: pa.Table, geometry: np.ndarray, max_pulses: int, parts: Parts | None = None,
+                    seeds: bool = False) -> pa.Table:
     """The split pipeline's CPU stage (Ray Data tasks): each task row with its featurised events packed in one
     Arrow IPC blob (``events``), ready for a model actor; or, where an earlier attempt finished the task's part,
     that part's summary (``finished``, JSON) and no events: a finished part is recognised before any decoding."""
@@ -80,7 +81,7 @@ def featurise_block(batch: pa.Table, geometry: np.ndarray, max_pulses: int, part
         if found is not None:
             blob, done = None, json.dumps(found.to_pylist()[0])
         else:
-            events = pipeline.read_featurise(batch.slice(i, 1), geometry, max_pulses)
+            events = pipeline.read_featurise(batch.slice(i, 1), geometry, max_pulses, seeds)
             sink = pa.BufferOutputStream()
             with pa.ipc.new_stream(sink, events.schema) as w:
                 w.write_table(events)
@@ -182,6 +183,7 @@ class DirectionScorer:
         self.weights, self.kappa_weighted, self.max_pulses = np.asarray(weights), kappa_weighted, max_pulses
         self.geometry, self.batch_size = geometry, batch_size
         self.ensemble_calibration, self.parts, self.featurised = ensemble_calibration, parts, featurised
+        self.seeds = any(task.seeded for task, _, _ in self.members)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         if self.featurised:  # the split pipeline: rows from featurise_block
@@ -203,7 +205,7 @@ class DirectionScorer:
 
     def scores(self, batch: pa.Table) -> pa.Table:
         """Read tasks → their events' ensemble directions and κ (the fused pipeline: read, featurise, score)."""
-        return self.score_events(pipeline.read_featurise(batch, self.geometry, self.max_pulses))
+        return self.score_events(pipeline.read_featurise(batch, self.geometry, self.max_pulses, self.seeds))
 
     def score_events(self, events: pa.Table) -> pa.Table:
         """Featurised events → their ensemble directions and κ."""
@@ -302,6 +304,7 @@ class Plan:
     max_pulses: int
     weights: tuple[float, ...]
     details: dict[str, Any]
+    seeds: bool = False  # featurise with the Kaggle LineFit seeds (a member is a seeded model)
 
 
 ENSEMBLE = "ensemble.json"  # an ensemble artefact: its members, weights and κ rule ('icecube calibrate --out')
@@ -393,7 +396,7 @@ def check_models(scoring: Scoring) -> Plan:
         details = {k: v for k, v in described[0].items() if k != "weight"}
     else:
         details = {"model": "ensemble", "members": described, "kappa_weighted": scoring.kappa_weighted}
-    return Plan(caps.pop(), norm, details)
+    return Plan(caps.pop(), norm, details, any(t.seeded for _, t, _, _ in loaded))
 
 
 def fit_linefit_uncertainty(data: str, variant: str, cap: int, geometry: np.ndarray,
@@ -459,7 +462,8 @@ def build_dataset(split_plan: pipeline.SplitPlan, geometry: np.ndarray, scoring:
             raise InputError(f"--pipeline split: {actors} actors x {scoring.cpus_per_actor:g} CPUs take all {total} "
                              "CPUs of the cluster; leave some for the featurise tasks (fewer --actors)")
         tasks = scoring.featurise_tasks or max(1, int(left))
-        ds = ds.map_batches(partial(featurise_block, geometry=geometry, max_pulses=plan.max_pulses, parts=parts),
+        ds = ds.map_batches(partial(featurise_block, geometry=geometry, max_pulses=plan.max_pulses, parts=parts,
+                                    seeds=plan.seeds),
                             batch_format="pyarrow", batch_size=1, zero_copy_batch=True,
                             num_cpus=min(1.0, left), compute=ray.data.TaskPoolStrategy(size=tasks))
     return inference.actor_pool(ds, DirectionScorer, kwargs, actors, cpus_per_actor, scoring.gpus_per_actor)
