@@ -216,7 +216,7 @@ def test_transformer_trains_with_ema_and_scores_alone_and_in_an_ensemble(dataset
 
     # Alone: the inference cap stored with the model (768), recorded in the manifest beside the training cap.
     m = predict(str(dataset), "test", str(tmp_path / "p1"), Scoring(model=str(out / "model"), batch_size=100,
-                                                                     events_per_task=400))
+                                                                     events_per_task=800))
     assert m["events"] == 1600 and m["max_pulses"] == 768 and m["train_max_pulses"] == 192
     pred = pq.read_table(tmp_path / "p1" / "predictions.parquet")
     kappa = pred.column("kappa").to_numpy()
@@ -247,7 +247,7 @@ def test_transformer_trains_with_ema_and_scores_alone_and_in_an_ensemble(dataset
     assert (out / "model" / "calibration.json").exists() and (out / "model" / "model.pt").exists()
     assert json.loads((out / "model" / "_SUCCESS.json").read_text())["kappa_calibration"]["events"] == 300
     m = predict(str(dataset), "test", str(tmp_path / "p3"), Scoring(model=str(out / "model"), batch_size=100,
-                                                                     events_per_task=400))
+                                                                     events_per_task=800))
     assert m["kappa_calibrated"] is True and "recalibrated" in m["uncertainty"]
     pred3 = pq.read_table(tmp_path / "p3" / "predictions.parquet")
     np.testing.assert_allclose(pred3.column("kappa").to_numpy(), apply_kappa_calibration(cal, kappa), rtol=1e-6)
@@ -295,7 +295,7 @@ def test_transformer_trains_with_ema_and_scores_alone_and_in_an_ensemble(dataset
     assert cal["events"] == 300 and (ens / "calibration.json").exists()
     assert not (Path(members[1]) / "calibration.json").exists()  # the members are left as they were
     m = predict(str(dataset), "test", str(tmp_path / "p4"), Scoring(model=str(ens), batch_size=100,
-                                                                     events_per_task=400))
+                                                                     events_per_task=800))
     assert m["ensemble_artefact"] == str(ens) and m["ensemble_kappa_calibrated"] is True and m["max_pulses"] == 256
     assert pacsv.read_csv(tmp_path / "p4" / "submission.csv").equals(sub)  # same directions as the plain ensemble
     raw = pq.read_table(pred / "predictions.parquet").column("kappa").to_numpy()
@@ -324,3 +324,22 @@ def test_registered_checkpoint_is_read_from_ray_trains_snapshot(tmp_path: Path) 
     assert training.registered_checkpoint(out) == {"epoch": 1, "step": 21}
     assert training.wait_for_registered_checkpoint(out, 21, timeout=0)
     assert not training.wait_for_registered_checkpoint(out, 25, timeout=0.3)  # an older checkpoint: not yet
+
+
+@pytest.mark.integration
+def test_untrained_refine_scores_the_kaggle_linefit(dataset: Path, tmp_path: Path) -> None:
+    """`refine` starts at its seed: untrained, it scores every test event with the Kaggle LineFit's direction,
+    through both inference pipelines (the seeds are featurised where the pulses are, from all of them)."""
+    from neutrino_ray.icecube.metrics import angular_distance
+
+    model = model_artefact(tmp_path / "refine", "refine")
+    predict(str(dataset), "test", str(tmp_path / "linefit"), Scoring(model="linefit"))
+    ref = pacsv.read_csv(tmp_path / "linefit" / "submission.csv")
+    for how in ("fused", "split"):
+        predict(str(dataset), "test", str(tmp_path / how), Scoring(model=str(model), pipeline=how,
+                                                                     events_per_task=800))
+        sub = pacsv.read_csv(tmp_path / how / "submission.csv")
+        assert np.array_equal(sub.column("event_id").to_numpy(), ref.column("event_id").to_numpy())
+        apart = angular_distance(sub.column("azimuth").to_numpy(), sub.column("zenith").to_numpy(),
+                                 ref.column("azimuth").to_numpy(), ref.column("zenith").to_numpy())
+        assert len(apart) == 1600 and apart.max() < 1e-6, (how, apart.max())
