@@ -29,10 +29,9 @@ import time
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import torch
 
-from neutrino_ray import training
+from neutrino_ray import artefact, devices, training
 from neutrino_ray.errors import InputError
 
 MODELS = ("dynedge", "transformer-base", "nova-medium")
@@ -141,12 +140,10 @@ def _icecube_batches(size: str, tmp: str, n_events: int, batch: int) -> tuple[An
     if not icdata.list_batches(data, "test"):
         simulate_dataset(data, n_events, train_batches=0, test_batches=1, seed=23)
     cap = default_max_pulses(size)
-    meta = icdata.load_meta(data, "test")
     geometry = icdata.load_geometry(data)
-    tasks = list(icdata.iter_split_tasks(data, "test", 2_000, meta=meta))
+    plan = pipeline.plan_split(data, "test", 2_000, in_process=True)
     task = DirectionTask(size, max_pulses=cap)
-    events = pa.concat_tables(pipeline.read_featurise(t, geometry, cap, task.seeded)
-                              for t in pipeline.task_tables(tasks))
+    events = pipeline.read_featurise(pipeline.SplitPlan.table(plan.slices), geometry, cap, task.seeded)
     truth = icdata.split_truth(data, "test").sort_by("event_id")
     events = events.sort_by("event_id")
     rows = np.searchsorted(truth.column("event_id").to_numpy(), events.column("event_id").to_numpy())
@@ -173,12 +170,12 @@ def _time_model(model: str, task: Any, batches: list[Any], device: torch.device,
     torch.manual_seed(0)
     net = task.build_model().to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
-    scaler = training.grad_scaler(precision, device)
+    scaler = devices.grad_scaler(precision, device)
 
     def step(i: int) -> None:
         b = batches[i % len(batches)]
         if model == "nova-medium":
-            b = {"x": training.to_device(b[0], device), "y": training.to_device(b[1], device)}
+            b = {"x": devices.to_device(b[0], device), "y": devices.to_device(b[1], device)}
         else:
             b = task.collate(b, device)
         training.train_step(net, task, b, opt, scaler, precision, device, 1.0)
@@ -206,7 +203,7 @@ def bench_gpu(steps: int = 100, warmup: int = 10, precision: str = "auto",
               out: str | None = None) -> dict[str, dict[str, Any]]:
     """The training half; with ``out``, its figures also go to ``OUT/bench-gpu-training.json``."""
     device = check_cuda()  # before anything else: without CUDA, nothing is generated
-    chosen = training.precision_policy(precision, device)
+    chosen = devices.precision_policy(precision, device)
     name = torch.cuda.get_device_name(device)
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -264,7 +261,7 @@ def _random_nova_model(out: str, size: str) -> str:
 
     task = NovaTask("numu-cc", size)
     torch.manual_seed(0)
-    return training.write_model(storage.join(out, f"random-nova-{size}"), task, task.build_model())
+    return artefact.write_model(storage.join(out, f"random-nova-{size}"), task, task.build_model())
 
 
 def _simulate(tmp: str, icecube_events: int, nova_events: int) -> tuple[str, str, int, int, float]:
@@ -319,6 +316,7 @@ def bench_gpu_inference(out: str, device: str = "cuda", icecube_events: int = IN
     from neutrino_ray import runtime
     from neutrino_ray.icecube import predict as icpredict
     from neutrino_ray.icecube.bench import random_model
+    from neutrino_ray.icecube.options import ScoringOptions
     from neutrino_ray.nova import predict as novapredict
 
     if device not in DEVICES:
@@ -336,7 +334,7 @@ def bench_gpu_inference(out: str, device: str = "cuda", icecube_events: int = IN
         ic_uri, nova_uri = random_model(tmp, icecube_model), _random_nova_model(tmp, nova_model)
 
         def icecube() -> tuple[int, dict[str, Any], tuple[float, float]]:
-            scoring = icpredict.Scoring(model=ic_uri, pipeline="split", actors=1, cpus_per_actor=cpus_per_actor,
+            scoring = ScoringOptions(model=ic_uri, pipeline="split", actors=1, cpus_per_actor=cpus_per_actor,
                                         gpus_per_actor=gpus, resource_wait_minutes=1.0)
             m = icpredict.predict(ic_data, "test", f"{tmp}/icecube-out", scoring, fmt="parquet")
             st = m["stage_seconds"]
@@ -350,7 +348,7 @@ def bench_gpu_inference(out: str, device: str = "cuda", icecube_events: int = IN
 
         report: dict[str, Any] = {
             "half": "inference", "complete": False, "device": dev.type, "gpu": gpu, "random_weights": True,
-            "precision": training.precision_policy("auto", dev), "ray_resources": resources,
+            "precision": devices.precision_policy("auto", dev), "ray_resources": resources,
             "simulate_seconds": round(sim_s, 3), "time_goal_seconds": TIME_GOAL_SECONDS,
             "utilisation_goal_percent": UTILISATION_GOAL, "workloads": {}}
         results = report["workloads"]

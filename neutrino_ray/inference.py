@@ -7,9 +7,9 @@
   autocast; the outputs stay on the device until the end, so a GPU queue is not drained per mini-batch.
 - :class:`Scorer`: the base of the Ray Data scoring actors (IceCube's ensemble scorer, NOvA's scorer). It
   owns the device (a GPU that CUDA can see, or a one-line error naming the node), the torch threads of a CPU
-  actor, the precision (:func:`neutrino_ray.training.precision_policy`: bf16 autocast on GPUs that have it,
+  actor, the precision (:func:`neutrino_ray.devices.precision_policy`: bf16 autocast on GPUs that have it,
   fp16 on older ones, fp32 on CPUs unless asked) and host→device copies from pinned memory without blocking
-  (:func:`neutrino_ray.training.to_device`).
+  (:func:`neutrino_ray.devices.to_device`).
 - :func:`actor_pool`: the ``map_batches`` stage of an actor pool (sized by :func:`neutrino_ray.runtime.actor_pool_size`,
   where GPU actors wait, boundedly, for the autoscaler to provide their GPUs); :func:`cpu_pool_for_tasks` folds
   the CPUs of CPU actors that would get no read task into the busy ones' threads.
@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import io
-import json
 import os
 from collections.abc import Callable
 from typing import Any
@@ -26,26 +25,23 @@ from typing import Any
 import torch
 from torch import nn
 
-from neutrino_ray import storage, training
+from neutrino_ray import artefact, devices, storage
 from neutrino_ray.errors import InputError
 
 
 def load_artefact(uri: str, task_name: str | tuple[str, ...]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """(config, state_dict) of a model artefact for one of the task names; a clear error for a missing or
     foreign one."""
-    cfg_uri = storage.join(uri, training.CONFIG)
-    try:
-        config = json.loads(storage.read_bytes(cfg_uri))
-    except FileNotFoundError as e:
-        raise InputError(f"{cfg_uri}: no trained model here (expected {training.CONFIG} and {training.WEIGHTS}, as "
-                         f"written by 'train' at OUT/{training.MODEL_DIR})") from e
-    except json.JSONDecodeError as e:
-        raise InputError(f"{cfg_uri}: not a model config ({e})") from e
+    cfg_uri = storage.join(uri, artefact.CONFIG)
+    config = storage.read_format_json(cfg_uri, artefact.FORMAT, "a model config")
+    if config is None:
+        raise InputError(f"{cfg_uri}: no trained model here (expected {artefact.CONFIG} and {artefact.WEIGHTS}, as "
+                         f"written by 'train' at OUT/{artefact.MODEL_DIR})")
     names = (task_name,) if isinstance(task_name, str) else task_name
-    if config.get("format") != training.FORMAT or config.get("task") not in names:
-        raise InputError(f"{cfg_uri}: a {config.get('format')!r} model for task {config.get('task')!r}, "
-                         f"expected {training.FORMAT!r} for {' or '.join(map(repr, names))}")
-    w_uri = storage.join(uri, training.WEIGHTS)
+    if config.get("task") not in names:
+        raise InputError(f"{cfg_uri}: a model for task {config.get('task')!r}, expected one for "
+                         f"{' or '.join(map(repr, names))}")
+    w_uri = storage.join(uri, artefact.WEIGHTS)
     try:
         state = torch.load(io.BytesIO(storage.read_bytes(w_uri)), map_location="cpu", weights_only=True)
     except FileNotFoundError as e:
@@ -77,7 +73,7 @@ def batched(model: nn.Module, n: int, batch_size: int, step: Callable[[int, int]
     concatenated on the host; None for no items. Inference mode, the precision's autocast, one host copy."""
     model.eval()
     outs = []
-    with torch.inference_mode(), training.autocast(precision, device):
+    with torch.inference_mode(), devices.autocast(precision, device):
         for lo in range(0, n, batch_size):  # mini-batches, not items
             outs.append(step(lo, min(n, lo + batch_size)).float())
     if not outs:
@@ -98,11 +94,11 @@ class Scorer:
         else:
             self.device = torch.device("cpu")
             torch.set_num_threads(max(1, threads))
-        self.precision = training.precision_policy(precision, self.device)
+        self.precision = devices.precision_policy(precision, self.device)
 
     def to_device(self, x: Any) -> Any:
         """A tensor (or a batch of them) on this actor's device: pinned and non-blocking to a GPU."""
-        return training.to_device(x, self.device)
+        return devices.to_device(x, self.device)
 
 
 def _node() -> str:

@@ -43,7 +43,7 @@ class Settings:
     workers: int = flag(1, "data-parallel training workers (%(default)s)", type=positive)
     gpus_per_worker: float = flag(0.0, "GPUs per worker; > 0 trains on GPUs with NCCL (0: CPUs, gloo)",
                                   type=non_negative_float)
-    # GPUs: bf16 where supported, else fp16 with a gradient scaler (training.precision_policy)
+    # GPUs: bf16 where supported, else fp16 with a gradient scaler (devices.precision_policy)
     precision: str = flag("auto", "GPU training precision: auto = bf16 autocast where the GPU has it, else fp16 "
                                   "with a gradient scaler; CPUs train in fp32 (%(default)s)", choices=PRECISIONS)
     # wait this long for the autoscaler to bring the GPUs; 0: refuse at once
@@ -105,7 +105,8 @@ class Settings:
         share = (cluster_cpus - 2 * DATA_TASK_CPUS) / self.workers
         if share < DATA_TASK_CPUS:
             raise InputError(f"--workers {self.workers} do not fit on a cluster with {cluster_cpus:g} CPUs")
-        # Whole CPUs where there are: a worker on 1.5 of 2 CPUs starves the decode tasks and trains ~2x slower.
+        # Whole CPUs where there are: a worker on 1.5 of 2 CPUs starves the decode tasks and trains slower
+        # (docs/nova.md, "Training throughput").
         return float(math.floor(share)) if share >= 1 else share
 
 

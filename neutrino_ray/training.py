@@ -8,8 +8,8 @@ GPUs, each worker streaming its own shard of the data.
 GPUs and NCCL (see docs/cluster.md): every tensor that enters a collective is created on the worker's
 device (NCCL refuses host tensors); a training step synchronises the device with the host once, for the
 lockstep decision (the loss is summed on the device and read only when logged or checkpointed). Batches
-are copied from pinned host memory without blocking. Precision (:func:`precision_policy`): bf16 autocast
-where the GPU supports it, else fp16 autocast with a gradient scaler, fp32 on request and on CPUs.
+are copied from pinned host memory without blocking. Precision (:func:`neutrino_ray.devices.precision_policy`):
+bf16 autocast where the GPU supports it, else fp16 autocast with a gradient scaler, fp32 on request and on CPUs.
 With GPU workers asked for and not yet in the cluster, :func:`fit` asks the autoscaler for them and waits,
 at most ``resource_wait_minutes``. A seam (``device_hook``) lets a CPU test run the loop on a pretend
 device with a process group that enforces NCCL's rules (tests/test_training_nccl.py).
@@ -26,14 +26,14 @@ covered are recorded with its metrics (``val_events``).
 
 When training ends, the latest checkpoint becomes the model artefact at ``OUT/model/`` (published
 atomically): ``model.pt`` (weights), ``config.json`` (the task's config, parameter count, training
-summary), ``metrics.json`` (the history) and ``learning_curve.png``.
+summary), ``metrics.json`` (the history) and ``learning_curve.png`` (its files and format:
+:mod:`neutrino_ray.artefact`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import io
 import json
 import logging
 import math
@@ -50,19 +50,14 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from neutrino_ray import logs, progress, runtime, storage
-from neutrino_ray.errors import InputError
-from neutrino_ray.plotting import png, pyplot
+from neutrino_ray import artefact, devices, logs, progress, runtime, storage
 from neutrino_ray.settings import DATA_TASK_CPUS as DATA_TASK_CPUS  # re-exported
-from neutrino_ray.settings import PRECISIONS, Settings
+from neutrino_ray.settings import Settings
 
 log = logging.getLogger("neutrino_ray")
 
 RUN_NAME = "train"  # checkpoints under OUT/train/
-MODEL_DIR = "model"  # the artefact under OUT/model/
-WEIGHTS, CONFIG, METRICS, CURVE = "model.pt", "config.json", "metrics.json", "learning_curve.png"
 STATE_FILE = "state.pt"
-FORMAT = "neutrino-ray torch model v1"
 VALIDATION_SHARE = 0.1  # of the time budget, at most, per validation pass (with --max-minutes)
 CHECKPOINT_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train V2's list of registered checkpoints
 CHECKPOINT_POLL_SECONDS = 0.2
@@ -110,7 +105,7 @@ class TrainingState:
     seconds: float = 0.0  # wall time in the training loop, across restarts
     step_seconds: float = 0.0  # of which forward/backward/optimiser
     restarts: int = 0
-    precision: str = ""  # what the workers trained in (precision_policy)
+    precision: str = ""  # what the workers trained in (devices.precision_policy)
     first_step_at: float | None = None  # wall clock (time.time()) of the run's first step
     reserve: float = 0.0  # seconds the last validation + checkpoint took: kept free at the end of the budget
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -185,42 +180,11 @@ def _all_reduce(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def precision_policy(requested: str, device: torch.device, bf16_supported: bool | None = None) -> str:
-    """The precision a worker trains in: fp32 on CPUs (and whenever asked); on a CUDA device, ``auto`` is bf16
-    autocast where the GPU supports it (Ampere and later) and fp16 autocast with a gradient scaler elsewhere
-    (T4, V100); ``bf16`` on a GPU without it is refused. ``bf16_supported`` defaults to the device's own
-    answer (a seam for tests)."""
-    if requested not in PRECISIONS:
-        raise InputError(f"--precision {requested}: expected one of {', '.join(PRECISIONS)}")
-    if requested == "fp32" or device.type != "cuda":
-        return "fp32"
-    if bf16_supported is None:
-        bf16_supported = torch.cuda.is_bf16_supported()
-    if requested == "bf16" and not bf16_supported:
-        raise InputError(f"--precision bf16: {device} ({torch.cuda.get_device_name(device)}) has no bf16; "
-                         "use --precision fp16 or auto")
-    if requested == "auto":
-        return "bf16" if bf16_supported else "fp16"
-    return requested
-
-
-def autocast(precision: str, device: torch.device) -> Any:
-    """The autocast context of a precision (none for fp32)."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-
-
-def grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler:
-    """fp16 needs a gradient scaler (small gradients underflow in half precision); a disabled one otherwise."""
-    return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-
-
 def train_step(model: nn.Module, task: Task, batch: Any, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
                precision: str, device: torch.device, grad_clip: float) -> torch.Tensor:
     """One optimiser step; returns the loss, detached, on the device (no host synchronisation here, except
     the fp16 scaler's own check for infinite gradients)."""
-    with autocast(precision, device):
+    with devices.autocast(precision, device):
         loss = task.loss(model, batch)
     opt.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
@@ -257,20 +221,12 @@ def _validate(model: nn.Module, task: Task, shard: Any, s: Settings, device: tor
                 if deadline is None:
                     break
                 continue  # others still have batches
-            with autocast(precision, device):
+            with devices.autocast(precision, device):
                 sums = task.validation_sums(model, task.collate(batch, device))
             acc += torch.stack([torch.as_tensor(sums[k], device=device).to(torch.float64) for k in keys])
     model.train()
     total = _all_reduce(acc).cpu().tolist()
     return task.validation_metrics(dict(zip(keys, total)))
-
-
-def to_device(x: Any, device: torch.device) -> Any:
-    """A batch (tensor or PyG batch) to ``device``: to a GPU from pinned host memory, without blocking (the
-    copy overlaps the queued work; the host arrays stay alive in the pinned copy)."""
-    if device.type == "cuda":
-        return x.pin_memory().to(device, non_blocking=True)
-    return x.to(device)
 
 
 def _host(state: Any) -> Any:
@@ -363,9 +319,10 @@ def worker_loop(cfg: dict[str, Any]) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = _hooked_device(cfg["device_hook"]) if cfg.get("device_hook") else ray.train.torch.get_device()
     if device.type == "cpu":
-        # Whole CPUs only: a thread on a fractional share spins against Ray Data's decode tasks (2-5x slower).
+        # Whole CPUs only: a thread on a fractional share spins against Ray Data's decode tasks (figures:
+        # docs/nova.md, "Training throughput").
         torch.set_num_threads(max(1, int(cfg["cpus_per_worker"])))
-    precision = precision_policy(s.precision, device)
+    precision = devices.precision_policy(s.precision, device)
     torch.manual_seed(s.seed)
     model = task.build_model()
     ema = copy.deepcopy(model) if s.ema_decay else None
@@ -390,7 +347,7 @@ def worker_loop(cfg: dict[str, Any]) -> None:
     opt = make_optimizer(model.parameters(), s)
     if opt_state is not None:
         opt.load_state_dict(opt_state)
-    scaler = grad_scaler(precision, device)
+    scaler = devices.grad_scaler(precision, device)
     if scaler_state:
         scaler.load_state_dict(scaler_state)
     if ema is not None:
@@ -585,26 +542,6 @@ def fit(task: Task, s: Settings, train: Any, val: Any, n_train_events: int,
                    data_summary=data_summary)
 
 
-def artefact_config(task: Task, model: nn.Module) -> dict[str, Any]:
-    """The part of ``config.json`` that identifies a model: format, task, the task's config, size."""
-    return {"format": FORMAT, "task": task.name, **task.config(),
-            "n_parameters": sum(x.numel() for x in model.parameters())}
-
-
-def weights_bytes(model: nn.Module) -> bytes:
-    buf = io.BytesIO()
-    torch.save(model.state_dict(), buf)
-    return buf.getvalue()
-
-
-def write_model(uri: str, task: Task, model: nn.Module) -> str:
-    """A model folder at ``uri`` (weights and ``config.json``, as :func:`publish` writes them, without a run's
-    manifest): the benchmarks' models with freshly initialised weights. Returns ``uri``."""
-    storage.write_bytes(storage.join(uri, WEIGHTS), weights_bytes(model))
-    storage.write_bytes(storage.join(uri, CONFIG), json.dumps(artefact_config(task, model)).encode())
-    return uri
-
-
 def publish(task: Task, s: Settings, saved: dict[str, Any], command: list[str] | None, inputs: list[str] | None,
             started: float, cpus_per_worker: float, data_summary: dict[str, Any] | None = None) -> TrainResult:
     """The final checkpoint → ``OUT/model/`` (weights, config, metrics, learning curve), atomically."""
@@ -613,7 +550,7 @@ def publish(task: Task, s: Settings, saved: dict[str, Any], command: list[str] |
     p = TrainingState(**saved["progress"])
     last = p.history[-1] if p.history else {}
     config = {
-        **artefact_config(task, model),
+        **artefact.artefact_config(task, model),
         "training": {"epochs": p.epoch, "steps": p.step, "events": p.events, "minutes": round(p.seconds / 60, 2),
                      "events_per_second": round(p.events / p.step_seconds, 1) if p.step_seconds else None,
                      "restarts": p.restarts, "workers": s.workers, "cpus_per_worker": cpus_per_worker,
@@ -623,29 +560,14 @@ def publish(task: Task, s: Settings, saved: dict[str, Any], command: list[str] |
     }
     if data_summary is not None:
         config["data"] = data_summary
-    with storage.Output(storage.join(s.out, MODEL_DIR), command=command, inputs=inputs, started=started) as out:
-        out.write(WEIGHTS, weights_bytes(model))
-        out.write(CONFIG, json.dumps(config, indent=2).encode())
-        out.write(METRICS, json.dumps(p.history, indent=2).encode())
-        out.write(CURVE, learning_curve(p.history, task.val_metric, task.name))
+    with storage.Output(storage.join(s.out, artefact.MODEL_DIR), command=command, inputs=inputs,
+                        started=started) as out:
+        out.write(artefact.WEIGHTS, artefact.weights_bytes(model))
+        out.write(artefact.CONFIG, json.dumps(config, indent=2).encode())
+        out.write(artefact.METRICS, json.dumps(p.history, indent=2).encode())
+        out.write(artefact.CURVE, artefact.learning_curve(p.history, task.val_metric, task.name))
         manifest = out.commit(kind="train", task=task.name, events=p.events, epochs=p.epoch,
                               events_per_second=config["training"]["events_per_second"],
                               precision=config["training"]["precision"],
                               n_parameters=config["n_parameters"], **config["training"]["final_validation"])
     return TrainResult(manifest, p.history, config)
-
-
-def learning_curve(history: list[dict[str, Any]], metric: str, title: str) -> bytes:
-    """Validation metric and training loss versus training time."""
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    minutes = [h["minutes"] for h in history]
-    ax.plot(minutes, [h.get(metric, float("nan")) for h in history], "o-", color="C0", label=metric)
-    ax.set_xlabel("training time (min)")
-    ax.set_ylabel(metric, color="C0")
-    ax2 = ax.twinx()
-    ax2.plot(minutes, [h["train_loss"] for h in history], "s--", color="C1", label="train loss")
-    ax2.set_ylabel("train loss", color="C1")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    return png(fig)

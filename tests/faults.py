@@ -53,7 +53,7 @@ def stalled(folder: str, fn: Callable[..., Any], after: int = 0) -> Callable[...
 
 def stalling_scorer(folder: str, after: int) -> type:
     """IceCube's model actor with a kill point in front of each call."""
-    from neutrino_ray.icecube.predict import DirectionScorer
+    from neutrino_ray.icecube.scoring import DirectionScorer
 
     class StallingScorer(DirectionScorer):
         def __call__(self, batch: Any) -> Any:
@@ -79,14 +79,14 @@ def _install(folder: str, phase: str, after: int) -> None:
     """Put a kill point in LineFit's Ray Data UDF (``inference``) or before each publish move (``publish``)."""
     import ray.cloudpickle
 
-    from neutrino_ray import storage
-    from neutrino_ray.icecube import predict
+    from neutrino_ray.icecube import scoring
+    from neutrino_ray.storage import publish
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests/
     if phase == "inference":
-        predict.linefit_block = stalled(folder, predict.linefit_block, after)  # type: ignore[assignment]
+        scoring.linefit_block = stalled(folder, scoring.linefit_block, after)  # type: ignore[assignment]
     elif phase == "publish":
-        storage._move = stalled(folder, storage._move, after)  # type: ignore[assignment]
+        publish._move = stalled(folder, publish._move, after)  # type: ignore[assignment]
     else:
         raise SystemExit(f"unknown phase {phase!r}")
 

@@ -62,7 +62,7 @@ def model_artefact(path: Path, size: str = "small", **overrides: object) -> Path
     """A direction-model folder as `icecube train` writes it (random weights), config fields overridden."""
     import torch
 
-    from neutrino_ray import training
+    from neutrino_ray import artefact
     from neutrino_ray.icecube.architectures import default_max_pulses
     from neutrino_ray.icecube.train import DirectionTask
 
@@ -70,7 +70,7 @@ def model_artefact(path: Path, size: str = "small", **overrides: object) -> Path
                          inference_max_pulses=768 if size.startswith("transformer") else None)
     torch.manual_seed(0)
     model = task.build_model()
-    config = training.artefact_config(task, model) | overrides
+    config = artefact.artefact_config(task, model) | overrides
     path.mkdir(parents=True)
     (path / "config.json").write_text(json.dumps(config))
     torch.save(model.state_dict(), path / "model.pt")

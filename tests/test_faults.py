@@ -26,8 +26,9 @@ from kaggle import model_artefact, random_events, write_dataset
 from ray.cluster_utils import Cluster
 
 from neutrino_ray import storage
-from neutrino_ray.icecube import predict as icpredict
-from neutrino_ray.icecube.predict import PREDICTIONS, SUBMISSION, Scoring, predict
+from neutrino_ray.icecube import scoring as icscoring
+from neutrino_ray.icecube.options import ScoringOptions
+from neutrino_ray.icecube.predict import PREDICTIONS, SUBMISSION, predict
 
 TESTS = Path(__file__).resolve().parent
 NODE = {"num_cpus": 1, "object_store_memory": 100 * 2**20, "node_ip_address": "127.0.0.1"}
@@ -95,11 +96,11 @@ def _submission(out: str) -> bytes:
 
 def test_linefit_survives_a_worker_node_killed_mid_run(two_workers: Cluster, data: Path, tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    scoring = Scoring(events_per_task=100)  # 30 read tasks over the two nodes
+    scoring = ScoringOptions(events_per_task=100)  # 30 slices over the two nodes
     clean = predict(str(data), "test", str(tmp_path / "clean"), scoring)
     folder = tmp_path / "kill"
     folder.mkdir()
-    monkeypatch.setattr(icpredict, "linefit_block", faults.stalled(str(folder), icpredict.linefit_block, after=8))
+    monkeypatch.setattr(icscoring, "linefit_block", faults.stalled(str(folder), icscoring.linefit_block, after=8))
     thread, outcome = _kill_stalled_node(two_workers, folder, replace=False)
     hit = predict(str(data), "test", str(tmp_path / "hit"), scoring)
     thread.join(timeout=60)
@@ -114,11 +115,11 @@ def test_linefit_survives_a_worker_node_killed_mid_run(two_workers: Cluster, dat
 def test_gnn_actor_pool_survives_a_node_killed_and_replaced(two_workers: Cluster, data: Path, tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     model = str(model_artefact(tmp_path / "model"))
-    scoring = Scoring(model, events_per_task=150, batch_size=64, actors=2)
+    scoring = ScoringOptions(model, events_per_task=150, batch_size=64, actors=2)
     clean = predict(str(data), "test", str(tmp_path / "clean"), scoring)
     folder = tmp_path / "kill"
     folder.mkdir()
-    monkeypatch.setattr(icpredict, "DirectionScorer", faults.stalling_scorer(str(folder), after=6))
+    monkeypatch.setattr(icscoring, "DirectionScorer", faults.stalling_scorer(str(folder), after=6))
     thread, outcome = _kill_stalled_node(two_workers, folder, replace=True)  # the autoscaler's new node
     hit = predict(str(data), "test", str(tmp_path / "hit"), scoring)
     thread.join(timeout=60)
@@ -147,7 +148,7 @@ def test_a_driver_killed_mid_run_leaves_no_partial_output_and_a_rerun_resumes_an
         request: pytest.FixtureRequest) -> None:
     out = request.getfixturevalue("bucket") + "/pred" if where == "s3" else str(tmp_path / "pred")
     args = ["-q", "icecube", "predict", str(data), "--out", out, "--events-per-task", "200"]
-    old = predict(str(data), "test", out, Scoring(max_pulses=32))  # an older publication at the same place
+    old = predict(str(data), "test", out, ScoringOptions(max_pulses=32))  # an older publication at the same place
     old_bytes = _submission(out)
 
     folder = tmp_path / "kill"
@@ -182,7 +183,7 @@ def test_a_driver_killed_mid_run_leaves_no_partial_output_and_a_rerun_resumes_an
         assert len(finished) >= 3 and manifest["parts_reused"] >= len(finished), (finished, manifest)
     entries = [p.rstrip("/").rsplit("/", 1)[-1] for p in storage.listdir(out)]
     assert sorted(entries) == [storage.SUCCESS, PREDICTIONS, SUBMISSION], entries  # the killed run's staging is gone
-    new = predict(str(data), "test", str(tmp_path / "undisturbed"), Scoring(events_per_task=200))
+    new = predict(str(data), "test", str(tmp_path / "undisturbed"), ScoringOptions(events_per_task=200))
     assert new["events"] == 3000
     assert _submission(out) == _submission(str(tmp_path / "undisturbed")) != old_bytes
     assert storage.read_bytes(storage.join(out, PREDICTIONS)) == storage.read_bytes(

@@ -14,7 +14,7 @@ from kaggle import random_events, write_dataset
 
 from neutrino_ray import storage
 from neutrino_ray.cli import main
-from neutrino_ray.icecube.compare import bootstrap_mean, compare
+from neutrino_ray.icecube.compare import MeanBootstrap, bootstrap_mean, compare
 from neutrino_ray.icecube.uncertainty import sigmas
 
 
@@ -172,6 +172,18 @@ def test_compare_reports_paired_differences_and_an_html_page(dataset: Path, tmp_
     assert pair["mean_difference"] == pytest.approx(np.mean(eg - eb), abs=1e-12)
     assert pair["fraction_a_better"] == pytest.approx(np.mean(eg < eb), abs=1e-12)
     assert pair["mean_difference_interval_95"][1] < 0
+    # one draw of weights per chunk for every model, bin and pair: the pair is exactly a PairedBootstrap of the
+    # same seed (one block here), and each model's interval is that draw's resampled means (to the float32
+    # round-off of products with other numbers of columns)
+    from neutrino_ray.icecube.metrics import PairedBootstrap
+
+    direct = PairedBootstrap(200, seed=1)
+    direct.add(0, eg, eb)
+    for k, v in direct.result().items():
+        assert np.asarray(pair[k]) == pytest.approx(np.asarray(v), rel=1e-6) if k != "bootstrap" else pair[k] == v
+    boot = MeanBootstrap(2)
+    boot.add(np.random.default_rng([1, 0]), [eg, eb], [("all", True)], {(0, 1): PairedBootstrap(200, seed=1)})
+    assert rep["models"][1]["mean_interval_68"] == pytest.approx(boot.interval("all", len(eb), model=1), rel=1e-6)
     page = (tmp_path / "out" / "report.html").read_text()
     assert page.startswith("<!DOCTYPE html>") and "Paired comparisons" in page and "Definitions" in page
     assert page.count("data:image/png;base64,") == len([p for p in (tmp_path / "out").iterdir()

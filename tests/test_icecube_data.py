@@ -17,9 +17,11 @@ from neutrino_ray import storage
 from neutrino_ray.cli import main
 from neutrino_ray.icecube import data as icdata
 from neutrino_ray.icecube import linefit as lf
+from neutrino_ray.icecube import pipeline
 from neutrino_ray.icecube.features import list_offsets, list_values
 from neutrino_ray.icecube.geometry import icecube86
-from neutrino_ray.icecube.predict import SUBMISSION, Scoring, predict
+from neutrino_ray.icecube.options import ScoringOptions
+from neutrino_ray.icecube.predict import SUBMISSION, predict
 
 
 def _tricky_batches(rng: np.random.Generator) -> dict[int, dict[str, np.ndarray]]:
@@ -30,18 +32,18 @@ def _tricky_batches(rng: np.random.Generator) -> dict[int, dict[str, np.ndarray]
             4: random_events(rng, len(counts2), 10_000_000, counts2)}
 
 
-def test_read_tasks_cut_at_event_boundaries(tmp_path: Path) -> None:
+def test_slices_cut_at_event_boundaries(tmp_path: Path) -> None:
     batches = _tricky_batches(np.random.default_rng(5))
     root = write_dataset(tmp_path / "d", batches, row_group_size=997)  # events straddle row groups
-    tasks = list(icdata.iter_split_tasks(str(root), "test", events_per_task=37))
-    assert len(tasks) > 10
+    slices = pipeline.plan_split(str(root), "test", 37, in_process=True).slices
+    assert len(slices) > 10
     seen = []
-    for task in tasks:
-        ev = icdata.read_task_events(task, 5160)
+    for s in slices:
+        ev = icdata.read_slice(s, 5160)
         ids = ev.column("event_id").to_numpy()
         seen.append(ids)
         for b, p in batches.items():  # every event arrives whole, with its pulses in order
-            if b != task.batch_id:
+            if b != s.batch_id:
                 continue
             for k in rng_pick(len(ids)):
                 sel = p["event_id"] == ids[k]
@@ -61,7 +63,7 @@ def test_predict_local_matches_in_process_linefit(tmp_path: Path) -> None:
     batches = _tricky_batches(np.random.default_rng(6))
     root = write_dataset(tmp_path / "d", batches, row_group_size=5_000)
     out = tmp_path / "out"
-    m = predict(str(root), "test", str(out), Scoring(events_per_task=50))
+    m = predict(str(root), "test", str(out), ScoringOptions(events_per_task=50))
     assert (out / "submission.csv").read_text().splitlines()[0] == "event_id,azimuth,zenith"
     sub = pacsv.read_csv(out / "submission.csv")
     assert sub.column_names == ["event_id", "azimuth", "zenith"]
@@ -70,8 +72,8 @@ def test_predict_local_matches_in_process_linefit(tmp_path: Path) -> None:
     assert np.array_equal(ids, np.sort(meta.column("event_id").to_numpy()))
     # Same answer as running the pure cores over the whole split in this process.
     ref_parts = []
-    for task in icdata.iter_split_tasks(str(root), "test", 10_000):
-        events = icdata.read_task_events(task, 5160)
+    for s in pipeline.plan_split(str(root), "test", 10_000, in_process=True).slices:
+        events = icdata.read_slice(s, 5160)
         off = list_offsets(events.column("time"))
         sensor, t, q, aux = (list_values(events.column(c)) for c in ("sensor_id", "time", "charge", "auxiliary"))
         az, zen, _ = lf.fit("linefit", off, icecube86().xyz[sensor], t.astype(float), q, aux.astype(bool))
@@ -345,11 +347,11 @@ def test_bad_input_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[
 def test_float_time_is_read_as_int64(tmp_path: Path) -> None:
     """Floating ``time`` (GraphNeT conversions) is checked finite, then truncated to int64 ns as in the Kaggle files."""
     root = _dataset(tmp_path)
-    tasks = list(icdata.iter_split_tasks(str(root), "test", 20))
-    want = [icdata.read_task_events(t, 5160) for t in tasks]
+    slices = pipeline.plan_split(str(root), "test", 20, in_process=True).slices
+    want = [icdata.read_slice(s, 5160) for s in slices]
     _edit(root, BATCH, lambda t: _set(t, "time", pa.array(t.column("time").to_numpy() + 0.75)))
     assert pq.read_schema(root / BATCH).field("time").type == pa.float64()
-    got = [icdata.read_task_events(t, 5160) for t in tasks]
+    got = [icdata.read_slice(s, 5160) for s in slices]
     assert got[0].schema.field("time").type == pa.list_(pa.int64())
     assert all(g.equals(w) for g, w in zip(got, want, strict=True))
 
@@ -436,8 +438,7 @@ def test_scale_layout_is_a_valid_split_and_the_scale_run_scores_all_of_it(tmp_pa
     stamp = (root / "scale.json").stat().st_mtime_ns
     write_scale_layout(root, batches=3, events_per_batch=400)  # reused, not rewritten
     assert (root / "scale.json").stat().st_mtime_ns == stamp
-    task = next(icdata.iter_split_tasks(str(root), "train", 1000))
-    events = icdata.read_task_events(task, 5160)
+    events = icdata.read_slice(pipeline.plan_split(str(root), "train", 1000, in_process=True).slices[0], 5160)
     assert set(pa.compute.list_value_length(events.column("time")).to_pylist()) == {SCALE_PULSES_PER_EVENT}
     fig = _scale_run(str(root), str(tmp_path / "pred"))
     # The figures bench prints are what they say (their values are measured by bench, not asserted here).
@@ -466,9 +467,8 @@ def test_an_event_id_in_two_batches_is_one_line_error_naming_both(tmp_path: Path
 
 
 @pytest.mark.integration
-def test_the_plan_holds_a_summary_per_batch_and_light_specs_not_the_events(tmp_path: Path) -> None:
+def test_the_plan_holds_a_summary_per_batch_and_light_slices_not_the_events(tmp_path: Path) -> None:
     from neutrino_ray import runtime
-    from neutrino_ray.icecube import pipeline
 
     batches = {b: random_events(np.random.default_rng(b), 300, 10_000 * b) for b in (1, 2, 3)}
     root = write_dataset(tmp_path / "d", batches, row_group_size=400)
@@ -479,16 +479,16 @@ def test_the_plan_holds_a_summary_per_batch_and_light_specs_not_the_events(tmp_p
     assert plan.summary[2].n_events == 300
     assert plan.summary[2].min_event_id == int(np.min(batches[2]["event_id"]))
     assert all(not pa.types.is_list(f.type) for t in plan.tables() for f in t.schema)  # no per-event arrays
-    # The specs, filled in from each batch's meta where they run, are the read tasks planned from the meta.
-    got = [icdata.spec_task(str(root), "test", s) for s in plan.specs]
-    want = list(icdata.iter_split_tasks(str(root), "test", 100, meta=meta))
-    assert [(t.uri, t.batch_id, t.rg_start, t.rg_stop) for t in got] == [(t.uri, t.batch_id, t.rg_start, t.rg_stop)
-                                                                         for t in want]
-    assert all(np.array_equal(g.event_id, w.event_id) and np.array_equal(g.first, w.first)
-               for g, w in zip(got, want, strict=True))
+    # The slices, planned by one Ray task per batch, are those planned in process; filled in from each
+    # batch's meta where they run, they cover the meta's rows in order, each once.
+    local = pipeline.plan_split(str(root), "test", 100, in_process=True)
+    fields = [(s.batch_id, s.start, s.lo, s.hi, s.rg_start, s.rg_stop) for s in plan.slices]
+    assert fields == [(s.batch_id, s.start, s.lo, s.hi, s.rg_start, s.rg_stop) for s in local.slices]
+    rows = pa.concat_tables(icdata.slice_meta(s) for s in plan.slices)
+    assert rows.equals(meta.select(rows.column_names))
     # The last N events in file order: the tail of batch 2 and all of batch 3.
     tail = pipeline.plan_split(str(root), "test", 100, last_events=450)
-    ids = np.concatenate([icdata.spec_task(str(root), "test", s).event_id for s in tail.specs])
+    ids = np.concatenate([icdata.slice_meta(s).column("event_id").to_numpy() for s in tail.slices])
     assert tail.events == 450 and np.array_equal(ids, meta.column("event_id").to_numpy()[-450:])
 
 
@@ -496,8 +496,6 @@ def test_the_plan_holds_a_summary_per_batch_and_light_specs_not_the_events(tmp_p
 def test_training_plans_by_batch_and_reads_the_tasks_in_a_new_order_every_epoch(tmp_path: Path) -> None:
     """Training holds out the split's last events (or batch files) per batch, without the meta in the driver;
     its dataset carries each event's true direction and reads the tasks in another order every epoch."""
-    from neutrino_ray.icecube import pipeline
-
     batches = {b: random_events(np.random.default_rng(60 + b), 100, 1_000 * b) for b in (1, 2, 3)}
     root = str(write_dataset(tmp_path / "d", batches, split="train", row_group_size=20))
     summary = pipeline.split_summary(root, "train")
@@ -510,7 +508,7 @@ def test_training_plans_by_batch_and_reads_the_tasks_in_a_new_order_every_epoch(
         icdata.holdout_ranges(summary, 300, "u")
 
     plan = pipeline.plan_ranges(root, "train", summary, train_r, 10, truth=True)
-    assert plan.events == 150 and len(plan.specs) >= 10
+    assert plan.events == 150 and len(plan.slices) >= 10
     ds = pipeline.events_dataset(plan, icdata.load_geometry(root), 64, shuffle_seed=3)
     epochs = [pa.concat_tables(ds.iter_batches(batch_format="pyarrow", batch_size=None)) for _ in range(2)]
     orders = [e.column("event_id").to_numpy() for e in epochs]
@@ -530,7 +528,7 @@ def test_parts_written_by_the_workers_assemble_to_the_in_memory_result(tmp_path:
 
     batches = {b: random_events(np.random.default_rng(20 + b), 120, 10_000 * b) for b in (1, 2, 3)}
     root = write_dataset(tmp_path / "d", batches, row_group_size=150)
-    scoring = Scoring(events_per_task=40)
+    scoring = ScoringOptions(events_per_task=40)
     m = predict(str(root), "test", str(tmp_path / "p"), scoring)
     assert m["parts"] >= 6 and m["events"] == 360
     ref = run_inference(str(root), "test", scoring)
@@ -548,12 +546,12 @@ def test_a_rerun_reuses_the_parts_a_failed_run_finished_and_never_a_stale_one(tm
     publishes byte for byte what an undisturbed run does. A part with another fingerprint in its footer is
     scored again; other settings (another fingerprint) reuse nothing; and --format parquet publishes the
     same events as predictions/ parts."""
-    from neutrino_ray.icecube import predict as icpredict
     from neutrino_ray.icecube.evaluate import read_predictions
+    from neutrino_ray.parts import PART_META
 
     batches = {b: random_events(np.random.default_rng(40 + b), 120, 10_000 * b) for b in (1, 2)}
     root = str(write_dataset(tmp_path / "d", batches, row_group_size=150))
-    scoring, out = Scoring(events_per_task=40, uncertainty_events=0), str(tmp_path / "p")
+    scoring, out = ScoringOptions(events_per_task=40, uncertainty_events=0), str(tmp_path / "p")
     clean = predict(root, "test", str(tmp_path / "clean"), scoring)
     assert clean["parts_reused"] == 0
 
@@ -568,8 +566,8 @@ def test_a_rerun_reuses_the_parts_a_failed_run_finished_and_never_a_stale_one(tm
     parts = sorted(folder.glob("part-*.parquet"))
     assert len(parts) == clean["parts"] and not (tmp_path / "p" / storage.SUCCESS).exists()
     stale = pq.read_table(parts[0])  # the same rows, but scored under another fingerprint
-    meta = json.loads(stale.schema.metadata[icpredict.PART_META])
-    pq.write_table(stale.replace_schema_metadata({icpredict.PART_META: json.dumps({**meta, "fingerprint": "0"})}),
+    meta = json.loads(stale.schema.metadata[PART_META])
+    pq.write_table(stale.replace_schema_metadata({PART_META: json.dumps({**meta, "fingerprint": "0"})}),
                    parts[0])
 
     m1 = predict(root, "test", out, scoring)
@@ -579,7 +577,7 @@ def test_a_rerun_reuses_the_parts_a_failed_run_finished_and_never_a_stale_one(tm
         assert (tmp_path / "p" / name).read_bytes() == (tmp_path / "clean" / name).read_bytes()
     assert not any(p.name.startswith("_staging-") for p in (tmp_path / "p").iterdir())
 
-    other = Scoring(events_per_task=40, uncertainty_events=0, max_pulses=16)
+    other = ScoringOptions(events_per_task=40, uncertainty_events=0, max_pulses=16)
     with monkeypatch.context() as m:
         m.setattr(storage.Output, "commit", die)
         with pytest.raises(KeyboardInterrupt):
@@ -595,28 +593,28 @@ def test_a_rerun_reuses_the_parts_a_failed_run_finished_and_never_a_stale_one(tm
 
 
 def test_the_exactly_once_check_on_parts_catches_a_missing_doubled_or_foreign_part() -> None:
-    from neutrino_ray.icecube.predict import PART_SUMMARY, check_parts
+    from neutrino_ray.parts import PART_SUMMARY, check_parts
 
     def summary(rows: list[tuple[str, int, int, int, int]], fp: str = "f1") -> pa.Table:
-        return pa.Table.from_pylist([{"part": p, "batch_id": b, "rows": n, "min_event_id": lo, "max_event_id": hi,
+        return pa.Table.from_pylist([{"part": p, "group": b, "rows": n, "min_key": lo, "max_key": hi,
                                       "ok": n, "fingerprint": fp, "reused": False} for p, b, n, lo, hi in rows],
                                     schema=PART_SUMMARY)
 
     good = [("b", 1, 10, 100, 190), ("a", 1, 10, 0, 90), ("c", 2, 5, 200, 240)]
     expected = {1: 20, 2: 5}
-    assert check_parts(summary(good), expected, "f1", "d", "test") == (["a", "b", "c"], True)
+    assert check_parts(summary(good), expected, "f1", "d split 'test'") == (["a", "b", "c"], True)
     overlapping = [("a", 1, 10, 0, 150), ("b", 1, 10, 100, 190)]
-    assert check_parts(summary(overlapping), {1: 20}, "f1", "d", "test") == (["a", "b"], False)
+    assert check_parts(summary(overlapping), {1: 20}, "f1", "d split 'test'") == (["a", "b"], False)
     with pytest.raises(RuntimeError, match=r"batch 1 has 10 events in its parts for 20 in the meta \(a part is "
                                            r"missing\); nothing was published"):
-        check_parts(summary(good[1:]), expected, "f1", "d", "test")
+        check_parts(summary(good[1:]), expected, "f1", "d split 'test'")
     with pytest.raises(RuntimeError, match="part a written twice"):
-        check_parts(summary([*good, good[1]]), expected, "f1", "d", "test")
+        check_parts(summary([*good, good[1]]), expected, "f1", "d split 'test'")
     with pytest.raises(RuntimeError, match="batch 3 has 5 events in its parts for 0 in the meta"):
-        check_parts(summary([*good, ("x", 3, 5, 300, 304)]), expected, "f1", "d", "test")  # a batch not planned
+        check_parts(summary([*good, ("x", 3, 5, 300, 304)]), expected, "f1", "d split 'test'")  # a batch not planned
     mixed = pa.concat_tables([summary(good[:2]), summary(good[2:], fp="f0")])
     with pytest.raises(RuntimeError, match="part c was scored from other inputs, models or settings"):
-        check_parts(mixed, expected, "f1", "d", "test")
+        check_parts(mixed, expected, "f1", "d split 'test'")
 
 
 @pytest.mark.slow  # 41 s on a quiet 2-core EPYC: beside evaluate's and compare's memory tests (the suite's 15 minutes)
@@ -649,9 +647,9 @@ def test_the_scale_benchmark_evaluates_and_compares_on_a_meta_of_big_row_groups(
 
 
 def test_linefit_blocks_shrink_so_few_tasks_pay_ray_datas_scheduling_wait_and_the_slots_finish_together() -> None:
-    from neutrino_ray.icecube.pipeline import SplitPlan
+    SplitPlan = pipeline.SplitPlan
 
-    specs = [icdata.TaskSpec("r", b, 0, lo, lo + 10, 0, 1) for b in (1, 2) for lo in range(0, 250, 10)]
+    specs = [icdata.BatchSlice("d", "test", "r", b, 0, lo, lo + 10, 0, 1) for b in (1, 2) for lo in range(0, 250, 10)]
     plan = SplitPlan("d", "test", {}, specs, 500)
     for slots in (1, 2, 8, 100):
         blocks = plan.guided_blocks(slots)

@@ -193,3 +193,28 @@ def test_side_by_side_shares_the_truth_and_refuses_predictions_that_changed(tmp_
     pq.write_table(t.filter(pa.compute.not_equal(t.column("event_id"), 9_007)), pqt)
     with pytest.raises(icdata.DataError, match=r"predictions.parquet: event ids in .* changed since the first pass"):
         list(outofcore.side_by_side(str(root), "test", [sub, pqt], chunk_events=2_000))
+
+
+def test_a_csv_is_streamed_into_ranges_once_per_input(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over several ranges a submission.csv (any row order) is read once per input, not once per range and
+    pass, into per-range files that are removed when the run ends; the figures equal the Parquet input's."""
+    from neutrino_ray.icecube.compare import compare
+
+    root = _split(tmp_path / "d", 5_000, False, row_group=1_000)
+    sub, pqt = str(root / "submission.csv"), str(root / "predictions.parquet")
+    spills: list[str] = []
+    real = outofcore.Predictions._spill_csv
+
+    def counted(self: outofcore.Predictions) -> None:
+        spills.append(self.uri)
+        real(self)
+        assert self._spill is not None
+        spills.append(self._spill.name)
+
+    monkeypatch.setattr(outofcore.Predictions, "_spill_csv", counted)
+    rep = compare(str(root), "test", [sub, pqt], ["csv", "parquet"], str(tmp_path / "cmp"), chunk_events=2_000)
+    assert spills[::2] == [sub] and not Path(spills[1]).exists()
+    a, b = rep["models"]
+    for k in ("mean_angular_error", "median_angular_error", "containment_68"):
+        assert a[k] == b[k]
+    assert rep["paired"][0]["mean_difference"] == 0

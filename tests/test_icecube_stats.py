@@ -19,6 +19,7 @@ from neutrino_ray import storage
 from neutrino_ray.cli import main
 from neutrino_ray.icecube import data as icdata
 from neutrino_ray.icecube import linefit as lf
+from neutrino_ray.icecube import pipeline
 from neutrino_ray.icecube import stats as st
 from neutrino_ray.icecube.metrics import angular_dist_score
 from neutrino_ray.icecube.simwrite import simulate_dataset
@@ -188,8 +189,8 @@ def test_no_truth_and_charges_off_the_grid(handmade: Path, tmp_path: Path) -> No
 
 def _task_profiles(root: Path, split: str, per_task: int) -> list[st.Profile]:
     geometry = icdata.load_geometry(str(root))
-    tasks = list(icdata.iter_split_tasks(str(root), split, per_task))
-    return [st.profile_events(icdata.read_task_events(t, len(geometry)), geometry) for t in tasks]
+    plan = pipeline.plan_split(str(root), split, per_task, in_process=True)
+    return [st.profile_events(icdata.read_slice(s, len(geometry)), geometry) for s in plan.slices]
 
 
 def test_merge_is_order_free_and_equals_one_block(handmade: Path) -> None:
@@ -209,9 +210,8 @@ def test_events_from_flat_profiles_like_the_reader(handmade: Path) -> None:
     geometry = icdata.load_geometry(str(handmade))
     pulses = pq.read_table(handmade / "test/batch_8.parquet")
     a = st.to_stats(st.profile_events(st.events_from_flat(pulses), geometry))
-    (task,) = icdata.plan_batch(icdata.batch_uri(str(handmade), "test", 8), 8,
-                                icdata.load_batch_meta(str(handmade), "test", 8), 10**6)
-    b = st.to_stats(st.profile_events(icdata.read_task_events(task, len(geometry)), geometry))
+    (s,) = icdata.plan_batch(str(handmade), "test", "run", icdata.meta_batch_summary(str(handmade), "test")[8], 10**6)
+    b = st.to_stats(st.profile_events(icdata.read_slice(s, len(geometry)), geometry))
     assert {k: v for k, v in a.items() if k != "batch_ids" and k != "batch_files"} == \
         {k: v for k, v in b.items() if k != "batch_ids" and k != "batch_files"}
 

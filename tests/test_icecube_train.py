@@ -25,7 +25,8 @@ from neutrino_ray.errors import InputError
 from neutrino_ray.icecube import data as icdata
 from neutrino_ray.icecube import pipeline
 from neutrino_ray.icecube.artefact import load_task_and_model, predict_directions
-from neutrino_ray.icecube.predict import Scoring, predict
+from neutrino_ray.icecube.options import ScoringOptions
+from neutrino_ray.icecube.predict import predict
 from neutrino_ray.icecube.train import DirectionTask, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,20 +71,20 @@ def test_training_recovers_from_a_worker_failure_resumes_and_scores(dataset: Pat
 
     # Batch inference with the trained model: every test event once, the same values as in-process scoring.
     pred = tmp_path / "pred"
-    m = predict(str(dataset), "test", str(pred), Scoring(model=str(model_dir), batch_size=100, events_per_task=300))
+    m = predict(str(dataset), "test", str(pred),
+                ScoringOptions(model=str(model_dir), batch_size=100, events_per_task=300))
     assert m["events"] == 1600 and m["architecture"] == "small" and m["max_pulses"] == 256
     sub = pacsv.read_csv(pred / "submission.csv")
     assert sub.column_names == ["event_id", "azimuth", "zenith"]
     # The actor's computation replayed in this process: one torch thread, the same read tasks and batches.
     task, model, _ = load_task_and_model(str(model_dir))
-    meta = icdata.load_meta(str(dataset), "test")
     geometry = icdata.load_geometry(str(dataset))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         parts = []
-        for t in pipeline.task_tables(list(icdata.iter_split_tasks(str(dataset), "test", 300, meta))):
-            events = pipeline.read_featurise(t, geometry, task.max_pulses)
+        for s in pipeline.plan_split(str(dataset), "test", 300, in_process=True).tables():
+            events = pipeline.read_featurise(s, geometry, task.max_pulses)
             parts.append((events.column("event_id").to_numpy(),
                           *predict_directions(task, model, events, 100, torch.device("cpu"))))
     finally:
@@ -198,7 +199,7 @@ def test_train_entrypoint_parses_its_flags() -> None:
 def test_transformer_trains_with_ema_and_scores_alone_and_in_an_ensemble(dataset: Path, tmp_path: Path) -> None:
     from neutrino_ray import training
     from neutrino_ray.icecube.artefact import load_calibration, predict_vectors
-    from neutrino_ray.icecube.predict import ensemble_directions
+    from neutrino_ray.icecube.scoring import ensemble_directions
 
     out = tmp_path / "run"
     res = train(str(dataset), str(out), "transformer-tiny", workers=1, epochs=1, batch_size=64, val_events=300,
@@ -215,8 +216,8 @@ def test_transformer_trains_with_ema_and_scores_alone_and_in_an_ensemble(dataset
     assert torch.equal(published[name], saved["ema"][name]) and not torch.equal(published[name], saved["model"][name])
 
     # Alone: the inference cap stored with the model (768), recorded in the manifest beside the training cap.
-    m = predict(str(dataset), "test", str(tmp_path / "p1"), Scoring(model=str(out / "model"), batch_size=100,
-                                                                     events_per_task=800))
+    m = predict(str(dataset), "test", str(tmp_path / "p1"), ScoringOptions(model=str(out / "model"), batch_size=100,
+                                                                     events_per_task=400))
     assert m["events"] == 1600 and m["max_pulses"] == 768 and m["train_max_pulses"] == 192
     pred = pq.read_table(tmp_path / "p1" / "predictions.parquet")
     kappa = pred.column("kappa").to_numpy()
@@ -246,8 +247,8 @@ def test_transformer_trains_with_ema_and_scores_alone_and_in_an_ensemble(dataset
     assert cal["events"] == 300 and cal["held_out"] == "the last 300 events of the train split"
     assert (out / "model" / "calibration.json").exists() and (out / "model" / "model.pt").exists()
     assert json.loads((out / "model" / "_SUCCESS.json").read_text())["kappa_calibration"]["events"] == 300
-    m = predict(str(dataset), "test", str(tmp_path / "p3"), Scoring(model=str(out / "model"), batch_size=100,
-                                                                     events_per_task=800))
+    m = predict(str(dataset), "test", str(tmp_path / "p3"), ScoringOptions(model=str(out / "model"), batch_size=100,
+                                                                     events_per_task=400))
     assert m["kappa_calibrated"] is True and "recalibrated" in m["uncertainty"]
     pred3 = pq.read_table(tmp_path / "p3" / "predictions.parquet")
     np.testing.assert_allclose(pred3.column("kappa").to_numpy(), apply_kappa_calibration(cal, kappa), rtol=1e-6)
@@ -257,19 +258,18 @@ def test_transformer_trains_with_ema_and_scores_alone_and_in_an_ensemble(dataset
     gnn = model_artefact(tmp_path / "gnn")
     members = (str(out / "model"), str(gnn))
     pred = tmp_path / "p2"
-    m = predict(str(dataset), "test", str(pred), Scoring(model=members, max_pulses=256, weights=(3.0, 1.0),
+    m = predict(str(dataset), "test", str(pred), ScoringOptions(model=members, max_pulses=256, weights=(3.0, 1.0),
                                                          kappa_weighted=True, batch_size=100, events_per_task=400))
     assert m["model"] == "ensemble" and m["max_pulses"] == 256
     sub = pacsv.read_csv(pred / "submission.csv")
-    meta = icdata.load_meta(str(dataset), "test")
     geometry = icdata.load_geometry(str(dataset))
     loaded = [load_task_and_model(u)[:2] for u in members]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         ids, dirs = [], []
-        for t in pipeline.task_tables(list(icdata.iter_split_tasks(str(dataset), "test", 400, meta))):
-            events = pipeline.read_featurise(t, geometry, 256)
+        for s in pipeline.plan_split(str(dataset), "test", 400, in_process=True).tables():
+            events = pipeline.read_featurise(s, geometry, 256)
             outs = [predict_vectors(task, model, events, 100, torch.device("cpu")) for task, model in loaded]
             ids.append(events.column("event_id").to_numpy())
             ks = [apply_kappa_calibration(load_calibration(u), o[1]) for u, o in zip(members, outs)]  # tiny's
@@ -287,15 +287,16 @@ def test_transformer_trains_with_ema_and_scores_alone_and_in_an_ensemble(dataset
     # The ensemble calibrated as a whole → an ensemble artefact; predict --model ARTEFACT scores the same
     # members, weights and κ rule, with the ensemble's calibration applied to the combined κ.
     ens = tmp_path / "ens"
-    cal = calibrate(str(dataset), members, "train", 300, Scoring(model=members, max_pulses=256, weights=(3.0, 1.0),
-                                                                  kappa_weighted=True, batch_size=100),
+    cal = calibrate(str(dataset), members, "train", 300,
+                    ScoringOptions(model=members, max_pulses=256, weights=(3.0, 1.0), kappa_weighted=True,
+                                   batch_size=100),
                     out=str(ens))
     spec = json.loads((ens / "ensemble.json").read_text())
     assert spec["members"] == list(members) and spec["weights"] == [0.75, 0.25] and spec["kappa_weighted"]
     assert cal["events"] == 300 and (ens / "calibration.json").exists()
     assert not (Path(members[1]) / "calibration.json").exists()  # the members are left as they were
-    m = predict(str(dataset), "test", str(tmp_path / "p4"), Scoring(model=str(ens), batch_size=100,
-                                                                     events_per_task=800))
+    m = predict(str(dataset), "test", str(tmp_path / "p4"), ScoringOptions(model=str(ens), batch_size=100,
+                                                                     events_per_task=400))
     assert m["ensemble_artefact"] == str(ens) and m["ensemble_kappa_calibrated"] is True and m["max_pulses"] == 256
     assert pacsv.read_csv(tmp_path / "p4" / "submission.csv").equals(sub)  # same directions as the plain ensemble
     raw = pq.read_table(pred / "predictions.parquet").column("kappa").to_numpy()
@@ -303,9 +304,9 @@ def test_transformer_trains_with_ema_and_scores_alone_and_in_an_ensemble(dataset
     np.testing.assert_allclose(pred4.column("kappa").to_numpy(), apply_kappa_calibration(cal, raw), rtol=1e-6)
     assert set(pred4.column("model").to_pylist()) == {str(ens)}
     with pytest.raises(InputError, match="its weights and κ rule are fixed"):
-        predict(str(dataset), "test", str(tmp_path / "p5"), Scoring(model=str(ens), weights=(1.0,)))
+        predict(str(dataset), "test", str(tmp_path / "p5"), ScoringOptions(model=str(ens), weights=(1.0,)))
     with pytest.raises(InputError, match="pass --out URI"):
-        calibrate(str(dataset), members, "train", 300, Scoring(model=members, max_pulses=256))
+        calibrate(str(dataset), members, "train", 300, ScoringOptions(model=members, max_pulses=256))
 
 
 def test_registered_checkpoint_is_read_from_ray_trains_snapshot(tmp_path: Path) -> None:
@@ -329,15 +330,15 @@ def test_registered_checkpoint_is_read_from_ray_trains_snapshot(tmp_path: Path) 
 @pytest.mark.integration
 def test_untrained_refine_scores_the_kaggle_linefit(dataset: Path, tmp_path: Path) -> None:
     """`refine` starts at its seed: untrained, it scores every test event with the Kaggle LineFit's direction,
-    through both inference pipelines (the seeds are featurised where the pulses are, from all of them)."""
+    through both inference pipelines (the seeds are featurised where the pulses are read, from all of them)."""
     from neutrino_ray.icecube.metrics import angular_distance
 
     model = model_artefact(tmp_path / "refine", "refine")
-    predict(str(dataset), "test", str(tmp_path / "linefit"), Scoring(model="linefit"))
+    predict(str(dataset), "test", str(tmp_path / "linefit"), ScoringOptions(model="linefit"))
     ref = pacsv.read_csv(tmp_path / "linefit" / "submission.csv")
     for how in ("fused", "split"):
-        predict(str(dataset), "test", str(tmp_path / how), Scoring(model=str(model), pipeline=how,
-                                                                     events_per_task=800))
+        predict(str(dataset), "test", str(tmp_path / how), ScoringOptions(model=str(model), pipeline=how,
+                                                                            events_per_task=800))
         sub = pacsv.read_csv(tmp_path / how / "submission.csv")
         assert np.array_equal(sub.column("event_id").to_numpy(), ref.column("event_id").to_numpy())
         apart = angular_distance(sub.column("azimuth").to_numpy(), sub.column("zenith").to_numpy(),

@@ -16,7 +16,8 @@ from neutrino_ray.cli import main
 from neutrino_ray.errors import InputError
 from neutrino_ray.icecube import transformer as T
 from neutrino_ray.icecube.models import direction_loss, n_parameters
-from neutrino_ray.icecube.predict import Scoring, check_models, ensemble_directions
+from neutrino_ray.icecube.options import ScoringOptions
+from neutrino_ray.icecube.scoring import check_models, ensemble_directions
 from neutrino_ray.icecube.train import DirectionTask
 
 CFG = T.TransformerConfig(hidden=32, depth=2, depth_rel=2, head_size=8, fourier=16, fourier_mlp=48)
@@ -224,20 +225,20 @@ def test_ensemble_members_must_agree_before_any_work(tmp_path: Path, capsys: pyt
     other = DirectionTask().config()["features"] | {"time_scale": 1000.0}
     foreign = str(model_artefact(tmp_path / "foreign", "transformer-tiny", features=other))
     with pytest.raises(InputError, match=r"different pulse caps .*gnn: 256.*tiny: 768"):
-        check_models(Scoring((gnn, tiny)))
-    plan = check_models(Scoring((gnn, tiny), max_pulses=256, weights=(3.0, 1.0)))
+        check_models(ScoringOptions((gnn, tiny)))
+    plan = check_models(ScoringOptions((gnn, tiny), max_pulses=256, weights=(3.0, 1.0)))
     assert plan.max_pulses == 256 and plan.weights == (0.75, 0.25)
     assert [m["architecture"] for m in plan.details["members"]] == ["small", "transformer-tiny"]
-    assert check_models(Scoring(tiny, max_pulses=500)).max_pulses == 500  # transformers take another cap
+    assert check_models(ScoringOptions(tiny, max_pulses=500)).max_pulses == 500  # transformers take another cap
     with pytest.raises(InputError, match="trained with another feature set"):
-        check_models(Scoring((tiny, foreign)))
+        check_models(ScoringOptions((tiny, foreign)))
     with pytest.raises(InputError, match="2 weights for 3 models"):
-        check_models(Scoring((gnn, tiny, str(model_artefact(tmp_path / "t2", "transformer-tiny"))), max_pulses=256,
-                             weights=(1.0, 2.0)))
+        check_models(ScoringOptions((gnn, tiny, str(model_artefact(tmp_path / "t2", "transformer-tiny"))),
+                                    max_pulses=256, weights=(1.0, 2.0)))
     with pytest.raises(InputError, match="LineFit cannot be a member"):
-        check_models(Scoring((gnn, "linefit")))
+        check_models(ScoringOptions((gnn, "linefit")))
     with pytest.raises(InputError, match="the same model is given twice"):
-        check_models(Scoring((gnn, gnn)))
+        check_models(ScoringOptions((gnn, gnn)))
     # Through the CLI: exit 2, one line, nothing published.
     out = tmp_path / "out"
     code = main(["-q", "icecube", "predict", str(tmp_path / "nodata"), "--model", gnn, "--model", tiny,

@@ -95,14 +95,15 @@ def test_linefit_predictions_carry_an_empirical_uncertainty_fitted_on_train(tmp_
     import pyarrow.parquet as pq
     from kaggle import random_events, write_dataset
 
-    from neutrino_ray.icecube.predict import Scoring, predict
+    from neutrino_ray.icecube.options import ScoringOptions
+    from neutrino_ray.icecube.predict import predict
     from neutrino_ray.icecube.uncertainty import LINEFIT_UNCERTAINTY, pulse_count_kappa
 
     rng = np.random.default_rng(9)
     root = write_dataset(tmp_path / "d", {1: random_events(rng, 300)}, split="train")
     write_dataset(root, {2: random_events(rng, 200, first_id=10_000)}, split="test")
     out = tmp_path / "p"
-    manifest = predict(str(root), "test", str(out), Scoring(uncertainty_events=250))
+    manifest = predict(str(root), "test", str(out), ScoringOptions(uncertainty_events=250))
     model = json.loads((out / LINEFIT_UNCERTAINTY).read_text())
     assert model["fitted_on"]["events"] == 250 and model["fitted_on"]["split"] == "train"
     assert LINEFIT_UNCERTAINTY in manifest["files"] and "empirical" in manifest["uncertainty"]
@@ -114,7 +115,7 @@ def test_linefit_predictions_carry_an_empirical_uncertainty_fitted_on_train(tmp_
                                vmf_quantile(pred.column("kappa").to_numpy(), 0.68))
     # Random truths: LineFit knows nothing, so its fitted κ is near the uniform sphere's 0.
     assert np.median(pred.column("kappa").to_numpy()) < 0.5
-    manifest = predict(str(root), "test", str(tmp_path / "p0"), Scoring(uncertainty_events=0))
+    manifest = predict(str(root), "test", str(tmp_path / "p0"), ScoringOptions(uncertainty_events=0))
     assert pq.read_table(tmp_path / "p0" / "predictions.parquet").column("kappa").null_count == 200
     assert "--uncertainty-events 0" in manifest["uncertainty"] and LINEFIT_UNCERTAINTY not in manifest["files"]
 

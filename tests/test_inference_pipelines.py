@@ -51,28 +51,30 @@ def test_split_pipeline_reuses_finished_parts_and_rescoring_the_rest(trained: tu
     """A part an earlier attempt finished is recognised before its events are decoded (reused); a missing part
     is scored again; a stale part (another fingerprint) is never reused; the output is the same."""
     from neutrino_ray.icecube import predict as icpredict
-    from neutrino_ray.icecube.predict import Scoring
+    from neutrino_ray.icecube.options import ScoringOptions
+    from neutrino_ray.icecube.scoring import build_dataset
+    from neutrino_ray.parts import Parts, check_parts
 
     data, model = trained
-    scoring = Scoring(model=str(model), events_per_task=150, pipeline="split")
+    scoring = ScoringOptions(model=str(model), events_per_task=150, pipeline="split")
     prep = icpredict.prepare(str(data), "test", scoring)
     fp = icpredict.fingerprint(prep)
     out = tmp_path / "resume"
-    parts = icpredict.Parts(str(out / f"_staging-parts-{fp[:16]}"), fp)
-    first = list(icpredict.build_dataset(prep.split_plan, prep.geometry, prep.scoring, prep.plan, parts)
+    parts = Parts(str(out / f"_staging-parts-{fp[:16]}"), fp)
+    first = list(build_dataset(prep.split_plan, prep.geometry, prep.scoring, prep.models, parts)
                  .iter_batches(batch_format="pyarrow", batch_size=None))
     written = sorted(Path(parts.uri).glob("part-*.parquet"))
-    assert len(written) == len(prep.split_plan.specs) and not any(t.column("reused")[0].as_py() for t in first)
+    assert len(written) == len(prep.split_plan.slices) and not any(t.column("reused")[0].as_py() for t in first)
     written[0].unlink()  # a part missing: scored again
-    again = icpredict.build_dataset(prep.split_plan, prep.geometry, prep.scoring, prep.plan, parts)
+    again = build_dataset(prep.split_plan, prep.geometry, prep.scoring, prep.models, parts)
     summary = pa.concat_tables(list(again.iter_batches(batch_format="pyarrow", batch_size=None)))
     reused = summary.column("reused").to_pylist()
     assert sum(reused) == len(written) - 1 and len(reused) == len(written)
-    names, _ = icpredict.check_parts(summary, icpredict.expected_rows(prep.split_plan), fp, str(data), "test")
+    names, _ = check_parts(summary, icpredict.expected_rows(prep.split_plan), fp, f"{data} split 'test'")
     assert len(names) == len(written)  # exactly once
-    stale = icpredict.Parts(parts.uri, "another-fingerprint")
+    stale = Parts(parts.uri, "another-fingerprint")
     third = pa.concat_tables(list(
-        icpredict.build_dataset(prep.split_plan, prep.geometry, prep.scoring, prep.plan, stale)
+        build_dataset(prep.split_plan, prep.geometry, prep.scoring, prep.models, stale)
         .iter_batches(batch_format="pyarrow", batch_size=None)))
     assert not any(third.column("reused").to_pylist())
 
@@ -85,26 +87,27 @@ def test_a_part_doubled_is_caught_by_the_exactly_once_check_in_both_pipelines(tr
     from dataclasses import replace
 
     from neutrino_ray.icecube import predict as icpredict
-    from neutrino_ray.icecube.predict import Scoring
+    from neutrino_ray.icecube.options import ScoringOptions
+    from neutrino_ray.icecube.scoring import build_dataset, part_unit
+    from neutrino_ray.parts import Parts, check_parts
 
     data, model = trained
-    prep = icpredict.prepare(str(data), "test", Scoring(model=str(model), events_per_task=150, pipeline=how))
-    specs = prep.split_plan.specs
-    doubled = replace(prep.split_plan, specs=[*specs, specs[1]],
+    prep = icpredict.prepare(str(data), "test", ScoringOptions(model=str(model), events_per_task=150, pipeline=how))
+    specs = prep.split_plan.slices
+    doubled = replace(prep.split_plan, slices=[*specs, specs[1]],
                       events=prep.split_plan.events + specs[1].hi - specs[1].lo)
     fp = icpredict.fingerprint(prep)
-    parts = icpredict.Parts(str(tmp_path / f"_staging-parts-{fp[:16]}"), fp)
-    summary = pa.concat_tables(list(icpredict.build_dataset(doubled, prep.geometry, prep.scoring, prep.plan, parts)
+    parts = Parts(str(tmp_path / f"_staging-parts-{fp[:16]}"), fp)
+    summary = pa.concat_tables(list(build_dataset(doubled, prep.geometry, prep.scoring, prep.models, parts)
                                     .iter_batches(batch_format="pyarrow", batch_size=None)))
     names = summary.column("part").to_pylist()
     assert len(names) == len(specs) + 1 and len(set(names)) == len(specs)
     assert len(list(Path(parts.uri).glob("part-*.parquet"))) == len(specs)  # same name: one file, written twice
-    twice = icpredict.Parts.name({"batch_id": specs[1].batch_id, "start": specs[1].start, "lo": specs[1].lo,
-                                  "hi": specs[1].hi})
+    twice = part_unit(specs[1]).name
     with pytest.raises(RuntimeError, match=f"part {twice} written twice; nothing was published"):
-        icpredict.check_parts(summary, icpredict.expected_rows(doubled), fp, str(data), "test")
+        check_parts(summary, icpredict.expected_rows(doubled), fp, f"{data} split 'test'")
     # The same parts, each summary once: every part once and the events of the plan, so they pass.
     first = [names.index(n) for n in dict.fromkeys(names)]
-    names_once, _ = icpredict.check_parts(summary.take(first), icpredict.expected_rows(prep.split_plan), fp,
-                                          str(data), "test")
+    names_once, _ = check_parts(summary.take(first), icpredict.expected_rows(prep.split_plan), fp,
+                                f"{data} split 'test'")
     assert sorted(names_once) == sorted(set(names))

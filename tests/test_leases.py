@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from neutrino_ray import storage
+from neutrino_ray.storage import leases
 
 HOLDER = """
 import sys, time
@@ -151,13 +152,13 @@ def test_one_of_two_simultaneous_writers_wins_and_the_output_is_exactly_its(out:
             results[name] = e
             return
         try:
-            storage._HELD[out] = lease  # what storage.lease() does, per process
+            leases._HELD[out] = lease  # what storage.lease() does, per process
             with storage.Output(out) as o:
                 for i in range(3):
                     o.write(f"f{i}.txt", name.encode())
                 results[name] = o.commit(run=name)
         finally:
-            storage._HELD.pop(out, None)
+            leases._HELD.pop(out, None)
             lease.release()
 
     threads = [threading.Thread(target=run, args=(n,)) for n in ("A", "B")]

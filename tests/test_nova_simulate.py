@@ -305,6 +305,51 @@ def test_track_extent_separates_but_overlaps(numu_nc_events: tuple[np.ndarray, d
     assert (numu < 15).mean() > 0.005  # short, low-energy muons
 
 
+def _pion_showers(energy_gev: float, n: int = 2_000) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Tracks and clouds of n charged pions of this kinetic energy, along +z from the origin."""
+    p = sim._particles()
+    p.add(ev=np.arange(n), kind=sim.PI_CH, e=np.full(n, energy_gev), dir=np.tile([0.0, 0.0, 1.0], (n, 1)),
+          off=np.zeros((n, 3)))
+    tracks, clouds, _, _ = sim._to_deposits(np.random.default_rng(5), p.get(), n)
+    return tracks.get(), clouds.get()
+
+
+def test_hadronic_cascade() -> None:
+    """A pion's inelastic interaction goes on as a cascade (issue 27): energetic pions leave several tracks
+    (the leading hadrons) and dense π0 showers (EM clouds); soft ones stop or end in one cloud; energy is not
+    created."""
+    n = 2_000
+    t10, c10 = _pion_showers(10.0, n)
+    assert len(t10["ev"]) > 1.8 * n  # the primary track and leading hadrons
+    assert (t10["length"] > 100).sum() > 0.6 * n  # track-like hadrons over 1 m: muon-like in NC events
+    em = c10["core"] == sim.EM_CORE_CM
+    assert em.any()
+    visible = (np.sum(t10["length"] * t10["cpc"]) + c10["counts"].sum()) * sim.GEV_PER_COUNT / (10.0 * n)
+    assert 0.5 < visible < 1.0  # invisible share in the hadronic clouds; π0s fully visible
+    em_share = c10["counts"][em].sum() * sim.GEV_PER_COUNT / (10.0 * n)
+    assert 0.1 < em_share < 0.5  # the EM fraction of a 10 GeV hadronic shower (Wigmans: ~0.3-0.4)
+    t02, _ = _pion_showers(0.2, n)
+    assert len(t02["ev"]) == n  # below the cascade threshold: one track, nothing goes on
+
+
+def test_detector_walls_stop_deposits_and_noise() -> None:
+    """Beyond the detector's side walls (issue 27) nothing deposits, in either view, and no pixel reads out."""
+    shape = (1, 2, fmt.PLANES, fmt.CELLS)
+    along_x = np.array([[1.0, 0.0, 0.0]])
+    walls = np.array([[-100.0, 30.0, -100.0, 200.0]])  # the x wall at window cell 30
+    idx, w = sim._track_deposits(shape, np.array([0]), np.array([50.5]), np.array([10.5]), np.array([40.5]), along_x,
+                                 np.array([400.0]), np.array([5.0]), walls)
+    images = np.zeros(shape, np.float32)
+    sim._deposit(images, idx, w)
+    cells = np.flatnonzero(images[0, 0].sum(axis=0))
+    assert cells.min() == 10 and cells.max() == 29  # stops at the wall (without it: the window's edge, 79)
+    assert np.flatnonzero(images[0, 1].sum(axis=0)).tolist() == [40]  # view 1 sees the same in-detector part
+    assert images[0, 0].sum() == pytest.approx(images[0, 1].sum())
+    origin = np.array([[0, sim.DET_CELLS - 50, 0]])  # window cell 50 of view 0 is the detector's first cell out
+    flat = np.arange(2 * fmt.PLANES * fmt.CELLS).reshape(shape)[0, 0, 7, 45:55]
+    assert sim._dead(flat, shape, origin)[5:].all()
+
+
 def test_nue_showers_denser_than_numu() -> None:
     maps, f = sim.simulate_events(seed=13, n=6_000, mix=sim.Mix.parse("numu_cc=0.5,nue_cc=0.5"))
     i = f["interaction"]

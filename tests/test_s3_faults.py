@@ -64,9 +64,10 @@ def _predict(endpoint: str, data: str, out: str, **env: str) -> tuple[int, str, 
 @pytest.fixture(scope="module")
 def clean_submission(s3_data: str) -> bytes:
     """The submission of an undisturbed run (in this process, straight to moto)."""
-    from neutrino_ray.icecube.predict import Scoring, predict
+    from neutrino_ray.icecube.options import ScoringOptions
+    from neutrino_ray.icecube.predict import predict
 
-    predict(s3_data, "test", "s3://nr-s3-faults-data/clean", Scoring(events_per_task=150))
+    predict(s3_data, "test", "s3://nr-s3-faults-data/clean", ScoringOptions(events_per_task=150))
     return storage.read_bytes("s3://nr-s3-faults-data/clean/submission.csv")
 
 

@@ -78,7 +78,8 @@ def test_ray_payloads_carry_no_secret(bucket: str, tmp_path: Path, model: str) -
     from neutrino_ray import runtime
     from neutrino_ray.icecube import data as icdata
     from neutrino_ray.icecube import pipeline
-    from neutrino_ray.icecube.predict import Scoring, build_dataset, check_models
+    from neutrino_ray.icecube.options import ScoringOptions
+    from neutrino_ray.icecube.scoring import build_dataset, check_models
 
     local = write_dataset(tmp_path / "d", {1: random_events(np.random.default_rng(3), 50)})
     data = f"{bucket}/d"
@@ -89,14 +90,14 @@ def test_ray_payloads_carry_no_secret(bucket: str, tmp_path: Path, model: str) -
         model_dir = model_artefact(tmp_path / "model")
         for path in model_dir.iterdir():
             storage.write_bytes(f"{bucket}/model/{path.name}", path.read_bytes())
-    scoring = Scoring("linefit" if model == "linefit" else f"{bucket}/model", events_per_task=10)
+    scoring = ScoringOptions("linefit" if model == "linefit" else f"{bucket}/model", events_per_task=10)
     runtime.init_ray()
     split_plan = pipeline.plan_split(data, "test", 10)
     ds = build_dataset(split_plan, icdata.load_geometry(data), scoring, check_models(scoring))
     payload = ray.cloudpickle.dumps(ds) + b"".join(storage.parquet_bytes(t) for t in split_plan.tables())
     assert data.encode() in payload  # the URIs do travel
     # The planning tasks' payloads too: the per-batch planning functions and their arguments.
-    payload += ray.cloudpickle.dumps((pipeline._plan_batch, split_plan.summary, split_plan.specs))
+    payload += ray.cloudpickle.dumps((pipeline._plan_batch, split_plan.summary, split_plan.slices))
     assert CANARY.encode() not in payload and os.environ["AWS_SECRET_ACCESS_KEY"] == CANARY
 
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from neutrino_ray import training
+from neutrino_ray import devices, training
 from neutrino_ray.cli import main
 from neutrino_ray.errors import InputError
 
@@ -23,7 +23,7 @@ CUDA = torch.device("cuda", 0)  # never touched: the policy only reads its type
 
 
 def test_precision_policy() -> None:
-    policy = training.precision_policy
+    policy = devices.precision_policy
     assert policy("auto", CUDA, bf16_supported=True) == "bf16"  # Ampere and later
     assert policy("auto", CUDA, bf16_supported=False) == "fp16"  # T4, V100: fp16 with a gradient scaler
     assert policy("fp16", CUDA, bf16_supported=True) == "fp16"
@@ -33,9 +33,9 @@ def test_precision_policy() -> None:
         assert policy(asked, torch.device("cpu")) == "fp32"
     with pytest.raises(InputError, match="--precision fp8: expected one of auto, bf16, fp16, fp32"):
         policy("fp8", CUDA, bf16_supported=True)
-    assert training.grad_scaler("fp16", torch.device("cpu")).is_enabled()
-    assert not training.grad_scaler("bf16", torch.device("cpu")).is_enabled()
-    assert not training.grad_scaler("fp32", torch.device("cpu")).is_enabled()
+    assert devices.grad_scaler("fp16", torch.device("cpu")).is_enabled()
+    assert not devices.grad_scaler("bf16", torch.device("cpu")).is_enabled()
+    assert not devices.grad_scaler("fp32", torch.device("cpu")).is_enabled()
 
 
 def test_cpu_training_refuses_half_precision(tmp_path: Path) -> None:
@@ -60,14 +60,14 @@ def _step(precision: str, task: Any, clip: float = 1.0) -> tuple[nn.Module, torc
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     # The policy on a mocked pre-Ampere GPU picks fp16; the step runs it on the CPU (autocast fp16 there).
     device = torch.device("cpu")
-    scaler = training.grad_scaler(precision, device)
+    scaler = devices.grad_scaler(precision, device)
     b = {"x": torch.randn(64, 8), "y": torch.randn(64, 1)}
     training.train_step(model, task, b, opt, scaler, precision, device, clip)
     return model, scaler
 
 
 def test_fp16_scaler_path_on_a_mocked_fp16_device() -> None:
-    assert training.precision_policy("auto", CUDA, bf16_supported=False) == "fp16"
+    assert devices.precision_policy("auto", CUDA, bf16_supported=False) == "fp16"
     fp16, scaler = _step("fp16", Regression())
     assert scaler.is_enabled() and scaler.get_scale() == 65536.0  # a good step keeps the scale
     fp32, _ = _step("fp32", Regression())

@@ -18,9 +18,12 @@ import ray
 from neutrino_ray import runtime, storage
 from neutrino_ray.errors import InputError
 from neutrino_ray.icecube import data as icdata
+from neutrino_ray.icecube import pipeline
 from neutrino_ray.icecube.features import DEFAULT_MAX_PULSES, featurise
 from neutrino_ray.icecube.linefit import KAGGLE_CHARGE_CAP, VARIANTS
-from neutrino_ray.icecube.predict import DEFAULT_EVENTS_PER_TASK, linefit_events, predict
+from neutrino_ray.icecube.options import LINEFIT_EVENTS_PER_TASK, ScoringOptions
+from neutrino_ray.icecube.predict import predict
+from neutrino_ray.icecube.scoring import linefit_events
 from neutrino_ray.icecube.simwrite import simulate_dataset
 
 MAX_EVENTS_PER_BATCH = 200_000  # the Kaggle batch size
@@ -79,17 +82,16 @@ def bench(events: int, data: str, seed: int = 11) -> dict[str, float]:
     _dataset(events, data, seed)
     gen_s = time.perf_counter() - t0
     ray.shutdown()  # fresh workers below, so their peak memory is the predict job's
-    meta = icdata.load_meta(data, "test")
+    plan = pipeline.plan_split(data, "test", LINEFIT_EVENTS_PER_TASK, in_process=True)
     geometry = icdata.load_geometry(data)
-    n = len(meta)
-    tasks = list(icdata.iter_split_tasks(data, "test", DEFAULT_EVENTS_PER_TASK, meta=meta))
+    n = plan.events
     t_read = t_feat = 0.0
     t_fit = dict.fromkeys(VARIANTS, 0.0)
     n_pulses = 0
     with _one_arrow_thread():
-        for task in tasks:  # in this process, one core: stage costs without Ray
+        for s in plan.slices:  # in this process, one core: stage costs without Ray
             a = time.perf_counter()
-            ev = icdata.read_task_events(task, len(geometry))
+            ev = icdata.read_slice(s, len(geometry))
             b = time.perf_counter()
             featurise(ev, geometry, DEFAULT_MAX_PULSES)
             c = time.perf_counter()
@@ -131,21 +133,21 @@ def bench(events: int, data: str, seed: int = 11) -> dict[str, float]:
 
 def random_model(out: str, size: str) -> str:
     """A model artefact with freshly initialised weights: throughput does not depend on the weights."""
-    from neutrino_ray import training
+    from neutrino_ray import artefact
     from neutrino_ray.icecube.architectures import TRANSFORMER_INFERENCE_MAX_PULSES, default_max_pulses, is_transformer
     from neutrino_ray.icecube.train import DirectionTask
 
     task = DirectionTask(size, max_pulses=default_max_pulses(size),
                          inference_max_pulses=TRANSFORMER_INFERENCE_MAX_PULSES if is_transformer(size) else None)
-    return training.write_model(storage.join(out, f"random-{size}"), task, task.build_model())
+    return artefact.write_model(storage.join(out, f"random-{size}"), task, task.build_model())
 
 
-PEERS = {  # forward-pass events/s (2 threads, fp32, padded batches, real pulse quartiles, cap 192), training step
-    "dynedge": "GraphNeT DynEdge (1.35M, torch-cluster k-NN): 32 events/s scoring end to end, 12 training",
-    "transformer-small": "GraphNeT DeepIce hidden 192, depth 8 (6,892,512 parameters): 16.8 events/s forward, "
-                         "6.95 training",
-    "transformer-base": "GraphNeT DeepIce default (30,170,976 parameters): 5.04 events/s forward at batch 32, "
-                        "4.23 at batch 128, 1.84 training",
+# The published peer of each size; its figures, measured once on the same machine class (GraphNeT is not a
+# dependency, so bench cannot measure it), are in docs/icecube.md's throughput tables.
+PEERS = {
+    "dynedge": "GraphNeT DynEdge (1.35M parameters, torch-cluster k-NN)",
+    "transformer-small": "GraphNeT DeepIce hidden 192, depth 8 (6,892,512 parameters)",
+    "transformer-base": "GraphNeT DeepIce default (30,170,976 parameters)",
 }
 
 
@@ -160,17 +162,14 @@ def bench_gnn(sizes: list[str], events: int, data: str, seed: int = 12) -> dict[
     peak RSS, on ``events`` test events; transformers at pulse caps 192 (training) and 768 (inference)."""
     import torch
 
-    from neutrino_ray.icecube import pipeline
     from neutrino_ray.icecube.architectures import TRANSFORMER_INFERENCE_MAX_PULSES, default_max_pulses, is_transformer
     from neutrino_ray.icecube.artefact import predict_directions
     from neutrino_ray.icecube.models import direction_loss
-    from neutrino_ray.icecube.predict import Scoring
     from neutrino_ray.icecube.train import DirectionTask
 
     _dataset(events, data, seed)
-    meta = icdata.load_meta(data, "test")
+    plan = pipeline.plan_split(data, "test", LINEFIT_EVENTS_PER_TASK, in_process=True)
     geometry = icdata.load_geometry(data)
-    tasks = list(icdata.iter_split_tasks(data, "test", DEFAULT_EVENTS_PER_TASK, meta=meta))
     truth = icdata.split_truth(data, "test").sort_by("event_id")
     cpu = torch.device("cpu")
     results: dict[str, dict[str, float]] = {}
@@ -179,8 +178,7 @@ def bench_gnn(sizes: list[str], events: int, data: str, seed: int = 12) -> dict[
         task = DirectionTask(size, max_pulses=cap)
         with _one_arrow_thread():  # as one Ray Data task of the training input
             t0 = time.perf_counter()
-            featurised = pa.concat_tables(pipeline.read_featurise(t, geometry, cap, task.seeded)
-                                          for t in pipeline.task_tables(tasks))
+            featurised = pipeline.read_featurise(pipeline.SplitPlan.table(plan.slices), geometry, cap, task.seeded)
             read_featurise = len(featurised) / (time.perf_counter() - t0)
         big = size in ("dynedge", "transformer-small", "transformer-base")
         n_fwd, n_train = min(len(featurised), 1024 if big else 2048), min(len(featurised), 256 if big else 512)
@@ -213,11 +211,11 @@ def bench_gnn(sizes: list[str], events: int, data: str, seed: int = 12) -> dict[
             for c in caps:
                 ray.shutdown()  # fresh actors: their peak memory is this run's
                 runtime.init_ray()
-                m = predict(data, "test", storage.join(tmp, f"pred-{c}"), Scoring(model=uri, max_pulses=c))
+                m = predict(data, "test", storage.join(tmp, f"pred-{c}"), ScoringOptions(model=uri, max_pulses=c))
                 r[f"predict_end_to_end_events_per_s_cap{c}"] = m["events"] / m["wall_seconds"]
                 r[f"actor_peak_rss_mib_cap{c}"] = _ray_workers_peak_rss_mib()
         results[size] = r
-    print(f"\nmodel stages: {len(meta)} test events from {data}, {torch.get_num_threads()} torch threads in-process "
+    print(f"\nmodel stages: {plan.events} test events from {data}, {torch.get_num_threads()} torch threads in-process "
           f"(forward: 256 events per packed batch; training: 128); predict on {runtime.cpu_count()} CPUs (one "
           "1-CPU actor each, Ray up), peak RSS of the largest actor")
     print(f"{'model':<19}{'parameters':>12}{'forward ev/s':>14}{'train ev/s':>12}{'cap':>6}{'predict e2e ev/s':>18}"
@@ -237,7 +235,7 @@ def bench_gnn(sizes: list[str], events: int, data: str, seed: int = 12) -> dict[
               f"2,000 / 10,000 events/s needs {cpus_per_gpu(2_000, rate):.1f} / {cpus_per_gpu(10_000, rate):.1f} CPUs")
     for size in results:
         if size in PEERS:
-            print(f"peer for {size} (same machine class): {PEERS[size]}")
+            print(f"peer for {size}: {PEERS[size]}; its events/s on the same machine class: docs/icecube.md")
     return results
 
 
@@ -305,17 +303,15 @@ def write_scale_layout(root: Path, batches: int, events_per_batch: int, seed: in
 
 def _scale_run(data: str, out: str) -> dict[str, float]:
     """In a fresh process: plan the train split, then score it with LineFit end to end; peak memories."""
-    from neutrino_ray.icecube.pipeline import plan_split
-    from neutrino_ray.icecube.predict import Scoring
 
     runtime.init_ray()
     t0 = time.perf_counter()
-    plan = plan_split(data, "train", DEFAULT_EVENTS_PER_TASK)  # what predict plans
+    plan = pipeline.plan_split(data, "train", LINEFIT_EVENTS_PER_TASK)  # what predict plans
     plan_s = time.perf_counter() - t0
     plan_rss = _peak_rss_mib()
     n = plan.events
     del plan
-    m = predict(data, "train", out, Scoring(uncertainty_events=0), fmt="csv")  # the Kaggle CSV: the dearer path
+    m = predict(data, "train", out, ScoringOptions(uncertainty_events=0), fmt="csv")  # the Kaggle CSV: the dearer path
     return {"events": n, "plan_seconds": plan_s, "plan_peak_rss_mib": plan_rss,
             "predict_wall_seconds": m["wall_seconds"], "events_per_s": n / m["wall_seconds"],
             "driver_peak_rss_mib": _peak_rss_mib(), "ray_worker_peak_rss_mib": _ray_workers_peak_rss_mib()}

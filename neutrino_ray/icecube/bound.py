@@ -162,7 +162,7 @@ class Likelihood:
                               np.full(m, tr.cascade_energy), u)
         light = sim.expected_light(ev)
         mu_r = light.expected_pe
-        sig_r = sim.expected_pulses(mu_r)
+        sig_r = sim.expected_pulses(mu_r, light.pandel_shape, light.pandel_scale)
         ap_r = sim.AFTERPULSE_PROB * (1.0 - sim.SPE_LOSS) * mu_r
         key = light.event.astype(np.int64) * N_SENSORS + light.sensor
         ukey, grp = np.unique(key, return_inverse=True)
@@ -279,19 +279,19 @@ def _split_truth(data: str, split: str) -> pa.Table:
 
 
 def bound_block(batch: pa.Table, data: str, split: str, n_sensors: int) -> pa.Table:
-    """Ray Data UDF: one read task → its events' bound fits."""
+    """Ray Data UDF: slice rows → their events' bound fits."""
     out = []
     truth = _split_truth(data, split)
     ids_all = truth.column("event_id").to_numpy()
-    for task, _ in pipeline.iter_tasks(batch):
-        events = icdata.read_task_events(task, n_sensors)
+    for s in pipeline.iter_slices(batch):
+        events = icdata.read_slice(s, n_sensors)
         ids = events.column("event_id").to_numpy()
         pos = np.searchsorted(ids_all, ids)
         found = (pos < len(ids_all)) & (ids_all[np.minimum(pos, len(ids_all) - 1)] == ids)
         if not found.all():
             raise icdata.DataError(f"{data}: event_id {int(ids[~found][0])} of split {split!r} has no truth row")
         fits = bound_events(events, truth.take(pa.array(pos)))
-        out.append(fits.append_column("batch_id", pa.array(np.full(len(fits), task.batch_id, np.int64))))
+        out.append(fits.append_column("batch_id", pa.array(np.full(len(fits), s.batch_id, np.int64))))
     return pa.concat_tables(out)
 
 

@@ -25,12 +25,14 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from neutrino_ray import storage, training
+from neutrino_ray import artefact, storage
 from neutrino_ray.errors import InputError
 from neutrino_ray.icecube import data as icdata
 from neutrino_ray.icecube import uncertainty
 from neutrino_ray.icecube.metrics import errors_against_truth
-from neutrino_ray.icecube.predict import ENSEMBLE, Scoring, check_models, ensemble_spec, run_inference
+from neutrino_ray.icecube.options import ScoringOptions
+from neutrino_ray.icecube.predict import run_inference
+from neutrino_ray.icecube.scoring import ENSEMBLE, check_models, ensemble_spec
 
 log = logging.getLogger("neutrino_ray")
 
@@ -42,7 +44,7 @@ def _held_out_events(members: tuple[str, ...], split: str, events: int | None) -
         return events
     slices = []
     for uri in members:
-        config = json.loads(storage.read_bytes(storage.join(uri, training.CONFIG)))
+        config = json.loads(storage.read_bytes(storage.join(uri, artefact.CONFIG)))
         n = int((config.get("data") or {}).get("val_events") or 0)
         if not n:
             raise InputError(f"{uri}: the model's config.json does not say which train events were held out; "
@@ -76,14 +78,14 @@ def held_out_truth(data: str, split: str, event_ids: np.ndarray) -> pa.Table:
 
 
 def calibrate(data: str, model: str | tuple[str, ...], split: str = "train", events: int | None = None,
-              scoring: Scoring | None = None, command: list[str] | None = None,
+              scoring: ScoringOptions | None = None, command: list[str] | None = None,
               out: str | None = None) -> dict[str, Any]:
     """Fit and store the κ calibration of the model at ``model``, or of the ensemble of several models
     (published as an ensemble artefact at ``out``); returns the calibration with coverage on the
     calibration events before and after."""
     started = time.time()
     if scoring is None:
-        scoring = Scoring(model=model)
+        scoring = ScoringOptions(model=model)
     members = scoring.members
     if scoring.is_linefit:
         raise InputError("--model: calibrate takes trained models; LineFit's empirical uncertainty is fitted by "

@@ -5,16 +5,16 @@ Layout under a dataset URI (local or s3://):
 ``{split}_meta.parquet`` (batch_id, event_id, first_pulse_index, last_pulse_index[, azimuth, zenith]),
 ``sensor_geometry.csv`` (sensor_id, x, y, z).
 
-Reading is planned in *read tasks*: consecutive row groups of one batch file together with the meta
-rows of the events that start in them. A task reads only the row groups its events touch and emits
-Arrow tables with one row per event (pulse columns as lists), so events are never split.
+Reading is planned in *slices* (:class:`BatchSlice`, by :func:`plan_batch`): consecutive row groups of one
+batch file together with the meta rows of the events that start in them. A slice reads only the row groups
+its events touch (:func:`read_slice`) and emits Arrow tables with one row per event (pulse columns as lists),
+so events are never split.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -251,25 +251,63 @@ def _checked_rows(t: pa.Table, uri: str) -> pa.Table:
 
 
 @dataclass(frozen=True)
-class ReadTask:
-    """Row groups [rg_start, rg_stop) of one batch file and the events that start in them."""
+class BatchSlice:
+    """The unit of reading, one form from the planner to the worker: the meta rows [lo, hi) of one batch file's
+    validated, sorted meta (counted from its row ``start``), whose pulses lie in the file's row groups
+    [rg_start, rg_stop). With ``truth``, its events' true directions (checked at planning) come with it.
+    ``run`` names the planning run, so that a worker's cached meta is never that of an earlier run. A slice is
+    light (no per-event arrays): the worker fills them in from the batch's meta (:func:`slice_meta`)."""
 
-    uri: str
+    data: str
+    split: str
+    run: str
     batch_id: int
+    start: int
+    lo: int
+    hi: int
     rg_start: int
     rg_stop: int
-    event_id: np.ndarray
-    first: np.ndarray
-    last: np.ndarray
+    truth: bool = False
+
+    @property
+    def uri(self) -> str:
+        return batch_uri(self.data, self.split, self.batch_id)
 
 
-def plan_batch(uri: str, batch_id: int, meta: pa.Table, events_per_task: int) -> list[ReadTask]:
-    """Cut one batch file into read tasks at row-group boundaries, about ``events_per_task`` each."""
+_META_CACHE: dict[tuple[str, str, str, int, bool], pa.Table] = {}  # this process's last few batch metas
+_META_CACHE_SIZE = 4
+
+
+def batch_meta(run: str, data: str, split: str, batch_id: int, truth: bool = False) -> pa.Table:
+    """A batch's validated, sorted meta (:func:`load_batch_meta`), read once per process and planning run
+    (the last few cached)."""
+    key = (run, data, split, batch_id, truth)
+    if key not in _META_CACHE:
+        while len(_META_CACHE) >= _META_CACHE_SIZE:
+            _META_CACHE.pop(next(iter(_META_CACHE)))
+        _META_CACHE[key] = load_batch_meta(data, split, batch_id, with_truth=truth)
+    return _META_CACHE[key]
+
+
+def plan_batch(data: str, split: str, run: str, batch: BatchSummary, events_per_slice: int, start: int = 0,
+               stop: int | None = None, truth: bool = False) -> list[BatchSlice]:
+    """The one planner: one batch's meta rows [start, stop) (to its end when ``stop`` is None) cut into slices
+    of about ``events_per_slice`` events at row-group boundaries. Its meta is read and validated (duplicates
+    within the batch, row count against the summary, true directions with ``truth``) and its pulse ranges
+    checked against the file's footer; the events are not read."""
+    meta = batch_meta(run, data, split, batch.batch_id, truth)
+    if len(meta) != batch.n_events:
+        raise DataError(f"{meta_uri(data, split)}: batch {batch.batch_id} has {len(meta)} meta rows, "
+                        f"{batch.n_events} when the split was planned (the file changed during the run)")
+    meta = meta.slice(start, (len(meta) if stop is None else stop) - start)
+    if truth:  # invalid true directions fail here, at planning, before any training
+        checked_truth(meta, meta_uri(data, split))
+    uri = batch_uri(data, split, batch.batch_id)
     try:
         with storage.open_input(uri) as f:
             md = pq.ParquetFile(f).metadata
     except FileNotFoundError as e:
-        raise DataError(f"{uri}: pulse file for batch {batch_id} not found") from e
+        raise DataError(f"{uri}: pulse file for batch {batch.batch_id} not found") from e
     except (pa.ArrowInvalid, OSError) as e:
         raise DataError(f"{uri}: not a readable Parquet file: {e}") from e
     n_rows = md.num_rows
@@ -289,16 +327,29 @@ def plan_batch(uri: str, batch_id: int, meta: pa.Table, events_per_task: int) ->
     # Row group of each event's first and last pulse.
     rg_first = np.searchsorted(rg_starts, first, side="right") - 1
     rg_last = np.searchsorted(rg_starts, last, side="right") - 1
-    tasks: list[ReadTask] = []
+    slices: list[BatchSlice] = []
     lo = 0
     while lo < len(ids):
-        hi = min(len(ids), lo + events_per_task)
-        # Extend to the end of the row group the last event starts in, so tasks cut at row groups.
+        hi = min(len(ids), lo + events_per_slice)
+        # Extend to the end of the row group the last event starts in, so slices cut at row groups.
         hi = int(np.searchsorted(rg_first, rg_first[hi - 1], side="right"))
-        tasks.append(ReadTask(uri, batch_id, int(rg_first[lo]), int(rg_last[lo:hi].max()) + 1,
-                              ids[lo:hi], first[lo:hi], last[lo:hi]))
+        slices.append(BatchSlice(data, split, run, batch.batch_id, start, lo, hi, int(rg_first[lo]),
+                                 int(rg_last[lo:hi].max()) + 1, truth))
         lo = hi
-    return tasks
+    return slices
+
+
+def slice_meta(s: BatchSlice) -> pa.Table:
+    """A slice's meta rows (with its true directions, for a slice with ``truth``), from the batch's cached meta."""
+    return batch_meta(s.run, s.data, s.split, s.batch_id, s.truth).slice(s.start + s.lo, s.hi - s.lo)
+
+
+def slice_truth(s: BatchSlice) -> dict[str, np.ndarray]:
+    """A slice's true directions (checked at planning), or none for a slice without ``truth``."""
+    if not s.truth:
+        return {}
+    meta = slice_meta(s)
+    return {c: meta.column(c).to_numpy(zero_copy_only=False).astype(np.float64) for c in ("azimuth", "zenith")}
 
 
 def _check_pulse_schema(uri: str, schema: pa.Schema) -> None:
@@ -314,35 +365,39 @@ def _check_pulse_schema(uri: str, schema: pa.Schema) -> None:
             raise DataError(f"{uri}: pulse column {name!r} has type {found}, expected {typ}{also}")
 
 
-def read_task_events(task: ReadTask, n_sensors: int) -> pa.Table:
-    """Read a task's row groups and return one row per event with pulse list columns, validated."""
-    uri = task.uri
+def read_slice(s: BatchSlice, n_sensors: int) -> pa.Table:
+    """Read a slice's row groups and return one row per event with pulse list columns, validated against the
+    slice's meta rows."""
+    uri = s.uri
+    meta = slice_meta(s)
+    event_id, meta_first, meta_last = (meta.column(c).to_numpy()
+                                       for c in ("event_id", "first_pulse_index", "last_pulse_index"))
     try:
         with storage.open_input(uri) as f:
             pf = pq.ParquetFile(f)
             _check_pulse_schema(uri, pf.schema_arrow)
-            row0 = sum(pf.metadata.row_group(i).num_rows for i in range(task.rg_start))
-            pulses = pf.read_row_groups(range(task.rg_start, task.rg_stop), columns=list(PULSE_TYPES))
+            row0 = sum(pf.metadata.row_group(i).num_rows for i in range(s.rg_start))
+            pulses = pf.read_row_groups(range(s.rg_start, s.rg_stop), columns=list(PULSE_TYPES))
     except FileNotFoundError as e:
-        raise DataError(f"{uri}: pulse file for batch {task.batch_id} not found") from e
+        raise DataError(f"{uri}: pulse file for batch {s.batch_id} not found") from e
     except (pa.ArrowInvalid, OSError) as e:
         raise DataError(f"{uri}: corrupt or truncated Parquet file: {e}") from e
-    first = task.first - row0
-    last = task.last - row0
+    first = meta_first - row0
+    last = meta_last - row0
     counts = last - first + 1
     offsets = np.zeros(len(counts) + 1, dtype=np.int64)
     np.cumsum(counts, out=offsets[1:])
     all_ids = pulses.column("event_id").to_numpy()
     if len(first) and (first.min() < 0 or last.max() >= len(all_ids)):
-        raise DataError(f"{uri}: meta pulse ranges fall outside the rows read for batch {task.batch_id}")
+        raise DataError(f"{uri}: meta pulse ranges fall outside the rows read for batch {s.batch_id}")
     # Each meta range must hold its whole event: the rows just outside it belong to other events.
     for edge in (first - 1, last + 1):
         inside = (edge >= 0) & (edge < len(all_ids))
-        bad = np.flatnonzero(inside & (all_ids[np.clip(edge, 0, max(len(all_ids) - 1, 0))] == task.event_id))
+        bad = np.flatnonzero(inside & (all_ids[np.clip(edge, 0, max(len(all_ids) - 1, 0))] == event_id))
         if len(bad):
             k = int(bad[0])
-            raise DataError(f"{uri}: meta range rows {int(task.first[k])}..{int(task.last[k])} of event_id "
-                            f"{int(task.event_id[k])} does not cover all of its pulses")
+            raise DataError(f"{uri}: meta range rows {int(meta_first[k])}..{int(meta_last[k])} of event_id "
+                            f"{int(event_id[k])} does not cover all of its pulses")
     if len(first) == 0 or np.array_equal(first[1:], last[:-1] + 1):  # the usual case: one run of rows
         lo = int(first[0]) if len(first) else 0
         pulses = pulses.slice(lo, int(offsets[-1]))
@@ -355,12 +410,12 @@ def read_task_events(task: ReadTask, n_sensors: int) -> pa.Table:
     starts = offsets[:-1]
     changes = np.flatnonzero(event_of_row[1:] != event_of_row[:-1]) + 1
     inner = changes[np.isin(changes, starts, assume_unique=True, invert=True)]
-    wrong = np.flatnonzero(event_of_row[starts] != task.event_id) if len(starts) else starts
+    wrong = np.flatnonzero(event_of_row[starts] != event_id) if len(starts) else starts
     if len(wrong) or len(inner):
         i = int(starts[wrong[0]]) if len(wrong) else int(inner[0])
         k = int(np.searchsorted(offsets, i, side="right") - 1)
-        raise DataError(f"{uri}: meta says pulse row {int(task.first[k] + i - offsets[k])} belongs to "
-                        f"event_id {int(task.event_id[k])}, but the file has event_id {int(event_of_row[i])} "
+        raise DataError(f"{uri}: meta says pulse row {int(meta_first[k] + i - offsets[k])} belongs to "
+                        f"event_id {int(event_id[k])}, but the file has event_id {int(event_of_row[i])} "
                         f"there")
     cols = {c: pulses.column(c).combine_chunks() for c in PULSE_COLUMNS}
     for name, col in cols.items():
@@ -392,91 +447,10 @@ def read_task_events(task: ReadTask, n_sensors: int) -> pa.Table:
             cols[name] = pc.cast(col, options=pc.CastOptions(pa.int64(), allow_float_truncate=True))
     list_off = pa.array(offsets.astype(np.int32))
     return pa.table({
-        "event_id": pa.array(task.event_id, pa.int64()),
-        "batch_id": pa.array(np.full(len(counts), task.batch_id, dtype=np.int64)),
+        "event_id": pa.array(event_id, pa.int64()),
+        "batch_id": pa.array(np.full(len(counts), s.batch_id, dtype=np.int64)),
         **{c: pa.ListArray.from_arrays(list_off, cols[c].cast(PULSE_TYPES[c])) for c in PULSE_COLUMNS},
     })
-
-
-def iter_split_tasks(data: str, split: str, events_per_task: int,
-                     meta: pa.Table | None = None) -> Iterator[ReadTask]:
-    """Plan every read task of a split (one footer read per batch file)."""
-    meta = load_meta(data, split) if meta is None else meta
-    batch_ids = meta.column("batch_id").to_numpy()
-    bounds = np.flatnonzero(np.diff(batch_ids)) + 1
-    for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, len(batch_ids)]):
-        if hi <= lo:
-            continue
-        b = int(batch_ids[lo])
-        yield from plan_batch(batch_uri(data, split, b), b, meta.slice(lo, hi - lo), events_per_task)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Planning without holding the split: the driver keeps a summary per batch and light task specs; the
-# per-event arrays of a task are filled in where it runs, from its batch's meta.
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    """A read task without its per-event arrays: rows [lo, hi) of a batch's validated, sorted meta (taken
-    from its row ``start`` on), reading row groups [rg_start, rg_stop) of the batch file; with ``truth``,
-    its events' true directions are read from the meta as well. ``run`` names the planning run, so that a
-    worker's cached meta is never that of an earlier run."""
-
-    run: str
-    batch_id: int
-    start: int
-    lo: int
-    hi: int
-    rg_start: int
-    rg_stop: int
-    truth: bool = False
-
-
-_META_CACHE: dict[tuple[str, str, str, int, int, bool], pa.Table] = {}  # this process's last few batch metas
-_META_CACHE_SIZE = 4
-
-
-def _batch_meta(run: str, data: str, split: str, batch_id: int, start: int, truth: bool = False) -> pa.Table:
-    """A batch's validated meta from row ``start`` on, read once per process and run (a few cached)."""
-    key = (run, data, split, batch_id, start, truth)
-    if key not in _META_CACHE:
-        while len(_META_CACHE) >= _META_CACHE_SIZE:
-            _META_CACHE.pop(next(iter(_META_CACHE)))
-        _META_CACHE[key] = load_batch_meta(data, split, batch_id, with_truth=truth).slice(start)
-    return _META_CACHE[key]
-
-
-def plan_batch_specs(run: str, data: str, split: str, batch: BatchSummary, start: int, events_per_task: int,
-                     stop: int | None = None, truth: bool = False) -> list[TaskSpec]:
-    """The read tasks of one batch's meta rows [start, stop) (all from ``start`` when ``stop`` is None) as
-    specs: its meta read and validated (duplicates within the batch, pulse ranges against the file), cut at
-    row groups by :func:`plan_batch`."""
-    meta = _batch_meta(run, data, split, batch.batch_id, start, truth)
-    if len(meta) != batch.n_events - start:
-        raise DataError(f"{meta_uri(data, split)}: batch {batch.batch_id} has {len(meta) + start} meta rows, "
-                        f"{batch.n_events} when the split was planned (the file changed during the run)")
-    if stop is not None:
-        meta = meta.slice(0, stop - start)
-    if truth:  # invalid true directions fail here, at planning, before any training
-        checked_truth(meta, meta_uri(data, split))
-    specs, lo = [], 0
-    for t in plan_batch(batch_uri(data, split, batch.batch_id), batch.batch_id, meta, events_per_task):
-        specs.append(TaskSpec(run, batch.batch_id, start, lo, lo + len(t.event_id), t.rg_start, t.rg_stop, truth))
-        lo += len(t.event_id)
-    return specs
-
-
-def spec_meta(data: str, split: str, spec: TaskSpec) -> pa.Table:
-    """A spec's meta rows, from the batch's (cached) meta."""
-    return _batch_meta(spec.run, data, split, spec.batch_id, spec.start, spec.truth).slice(spec.lo, spec.hi - spec.lo)
-
-
-def spec_task(data: str, split: str, spec: TaskSpec) -> ReadTask:
-    """The read task of a spec, its per-event arrays from the batch's (cached) meta."""
-    meta = spec_meta(data, split, spec)
-    return ReadTask(batch_uri(data, split, spec.batch_id), spec.batch_id, spec.rg_start, spec.rg_stop,
-                    *(meta.column(c).to_numpy() for c in ("event_id", "first_pulse_index", "last_pulse_index")))
 
 
 def batch_ranges(summary: dict[int, BatchSummary], last_events: int | None = None) -> dict[int, tuple[int, int]]:

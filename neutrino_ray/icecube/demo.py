@@ -21,7 +21,8 @@ from neutrino_ray.icecube.architectures import GNN_SIZES as MODEL_SIZES
 from neutrino_ray.icecube.calibrate import calibrate
 from neutrino_ray.icecube.compare import SUMMARY, compare
 from neutrino_ray.icecube.evaluate import REPORT, evaluate
-from neutrino_ray.icecube.predict import PREDICTIONS, SUBMISSION, Scoring, predict
+from neutrino_ray.icecube.options import ScoringOptions
+from neutrino_ray.icecube.predict import PREDICTIONS, SUBMISSION, predict
 from neutrino_ray.icecube.simwrite import simulate_dataset
 
 REAL = {"linefit": "1.214 rad (public LineFit, aux = False pulses, leaderboard)",
@@ -72,7 +73,7 @@ def demo(out: str = "demo-output", events: int = 30_000, seed: int = 7, train_mi
     model = storage.join(gnn_dir, "model")
     with _stage():
         cal = calibrate(data, model, "train")
-        predict(data, "test", gnn_pred, Scoring(model=model))
+        predict(data, "test", gnn_pred, ScoringOptions(model=model))
         gnn_report = evaluate(data, "test", storage.join(gnn_pred, PREDICTIONS), storage.join(out, "gnn-evaluation"))
         cmp = compare(data, "test", [storage.join(lf_dir, PREDICTIONS), storage.join(gnn_pred, PREDICTIONS)],
                       ["Kaggle LineFit", label], cmp_dir)

@@ -194,6 +194,7 @@ def evaluate(data: str, split: str, predictions: str, out: str,
         n = report["n_events"]
         output.commit(kind="icecube-evaluate", rows={REPORT: n, EVENTS: opened["events"].rows, BINS: len(bins)},
                       events=n, mean_angular_error=report["mean_angular_error"])
+    source.opened.close()  # a CSV's per-range files
     log.info("mean angular error %.4f rad over %d events (median %.4f, 68%% %.4f); report at %s",
              report["mean_angular_error"], n, report["median_angular_error"], report["containment_68"],
              storage.join(out, REPORT))

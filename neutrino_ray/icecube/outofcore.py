@@ -5,9 +5,10 @@ Ranges come from the truth file's row groups (the test split's ``test_truth.parq
 which carries the truth): when their ``event_id`` statistics are sorted and disjoint, consecutive row groups
 are merged up to ``chunk_events`` events and the ranges tile the whole int64 line, so every prediction row
 falls in exactly one range. Each range reads the truth, the meta and the predictions with an ``event_id``
-filter pushed down to the Parquet reader (row groups outside it are skipped; a CSV submission is scanned
-whole for each range: convert it to Parquet for big splits). A truth file whose row groups overlap is read
-as one range (correct, not bounded).
+filter pushed down to the Parquet reader (row groups outside it are skipped). A CSV submission has no
+statistics to skip by, so over several ranges it is streamed once into one local Parquet file per range
+(:class:`Predictions`; a temporary folder, removed when the input is closed): it was scanned whole for each
+range and pass. A truth file whose row groups overlap is read as one range (correct, not bounded).
 
 Exact quantiles (:class:`Quantiles`): pass 1 counts the values in a fixed histogram of
 ``t = v / (1 + v)`` (monotone, so ranks are preserved, and any v ≥ 0 fits in [0, 1)); the ranks that
@@ -19,6 +20,8 @@ from __future__ import annotations
 
 import functools
 import itertools
+import os
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -209,37 +212,87 @@ class _Reader:
                                    f"{t_ids[0] if len(t_ids) else lo}…{t_ids[-1] if len(t_ids) else hi}")
 
 
-def _open_predictions(predictions: str) -> tuple[pads.Dataset, list[str]]:
-    """The predictions dataset and the columns read from it (``kappa`` where present)."""
-    ds = _predictions_dataset(predictions)
-    names = ds.schema.names
-    missing_cols = {"event_id", "azimuth", "zenith"} - set(names)
-    if missing_cols:
-        raise icdata.DataError(f"{predictions}: missing columns {sorted(missing_cols)}")
-    return ds, ["event_id", "azimuth", "zenith"] + (["kappa"] if "kappa" in names else [])
+class Predictions:
+    """One predictions input, opened once for every pass over the event-id ``ranges``: :meth:`read` returns a
+    range's rows (event_id int64, the directions and ``kappa`` float64). Parquet is read with an event_id
+    filter pushed down. A CSV over several ranges is first streamed, on the first read, into one Parquet
+    file per range in a local temporary folder (any row order; memory: one CSV block), so each later read is
+    one small file: local disk about the size of the predictions, removed by :meth:`close` (or when the
+    object is collected)."""
+
+    def __init__(self, uri: str, ranges: list[tuple[int, int]]):
+        self.uri, self.ranges = uri, ranges
+        self.ds = _predictions_dataset(uri)
+        names = self.ds.schema.names
+        missing_cols = {"event_id", "azimuth", "zenith"} - set(names)
+        if missing_cols:
+            raise icdata.DataError(f"{uri}: missing columns {sorted(missing_cols)}")
+        self.cols = ["event_id", "azimuth", "zenith"] + (["kappa"] if "kappa" in names else [])
+        self.schema = pa.schema([(c, pa.int64() if c == "event_id" else pa.float64()) for c in self.cols])
+        self._spill: tempfile.TemporaryDirectory[str] | None = None
+
+    def _spill_csv(self) -> None:
+        import pyarrow.parquet as pq
+
+        self._spill = tempfile.TemporaryDirectory(prefix="neutrino-ray-csv-")
+        his = np.array([hi for _, hi in self.ranges[:-1]], dtype=np.int64)
+        writers: dict[int, pq.ParquetWriter] = {}
+        try:
+            for batch in self.ds.to_batches(columns=self.cols):  # one CSV block at a time
+                t = pa.Table.from_batches([batch]).cast(self.schema)
+                k = np.searchsorted(his, t.column("event_id").to_numpy(zero_copy_only=False), side="left")
+                order = np.argsort(k, kind="stable")
+                ks = k[order]
+                cuts = [0, *(np.flatnonzero(np.diff(ks)) + 1).tolist(), len(ks)]
+                for start, end in itertools.pairwise(cuts):
+                    r = int(ks[start])
+                    if r not in writers:
+                        writers[r] = pq.ParquetWriter(f"{self._spill.name}/{r}.parquet", self.schema)
+                    writers[r].write_table(t.take(order[start:end]))
+        finally:
+            for w in writers.values():
+                w.close()
+
+    def read(self, lo: int, hi: int, cols: list[str] | None = None) -> pa.Table:
+        """The rows with ``lo <= event_id <= hi`` (one of the ranges, or any span), sorted by event_id."""
+        cols = cols or self.cols
+        if self.uri.endswith(".csv") and len(self.ranges) > 1 and (lo, hi) in self.ranges:
+            if self._spill is None:
+                self._spill_csv()
+            assert self._spill is not None
+            path = f"{self._spill.name}/{self.ranges.index((lo, hi))}.parquet"
+            import pyarrow.parquet as pq
+
+            pred = pq.read_table(path, columns=cols) if os.path.exists(path) else self.schema.empty_table()
+            return pred.select(cols).sort_by("event_id")
+        pred = self.ds.to_table(columns=cols,
+                                filter=(pads.field("event_id") >= lo) & (pads.field("event_id") <= hi))
+        return pred.cast(pa.schema([self.schema.field(c) for c in cols])).sort_by("event_id")
+
+    def close(self) -> None:
+        if self._spill is not None:
+            self._spill.cleanup()
+            self._spill = None
 
 
-def _read_predictions(ds: pads.Dataset, pcols: list[str], lo: int, hi: int) -> pa.Table:
-    pred = ds.to_table(columns=pcols, filter=(pads.field("event_id") >= lo) & (pads.field("event_id") <= hi))
-    pred = pred.cast(pa.schema([(c, pa.int64() if c == "event_id" else pa.float64()) for c in pcols]))
-    return pred.sort_by("event_id")
-
-
-def chunks(data: str, split: str, predictions: str, chunk_events: int = CHUNK_EVENTS,
+def chunks(data: str, split: str, predictions: str | Predictions, chunk_events: int = CHUNK_EVENTS,
            ranges: list[tuple[int, int]] | None = None) -> Iterator[Chunk]:
     """Predictions aligned with the truth, one event-id range at a time; after the last range, a DataError
     for missing, unknown, duplicate or non-finite prediction rows, as :func:`evaluate.score` words them."""
     reader = _Reader(data, split)
-    if ranges is None:
-        ranges = id_ranges(reader.truth_uri, chunk_events)
-    ds, pcols = _open_predictions(predictions)
-    has_kappa = "kappa" in pcols
+    if isinstance(predictions, Predictions):
+        preds, ranges = predictions, predictions.ranges
+    else:
+        ranges = ranges if ranges is not None else id_ranges(reader.truth_uri, chunk_events)
+        preds = Predictions(predictions, ranges)
+    has_kappa = "kappa" in preds.cols
+    predictions = preds.uri
     chk = _Checks()
 
     def one(lo: int, hi: int) -> Chunk | None:
         """One range read, checked and scored; its tables are freed when the caller drops the chunk."""
         t = reader.truth(lo, hi)
-        pred = _read_predictions(ds, pcols, lo, hi)
+        pred = preds.read(lo, hi)
         t_ids, p_ids = t["event_id"], pred.column("event_id").to_numpy()
         if len(p_ids) > 1 and np.any(p_ids[1:] == p_ids[:-1]):
             raise icdata.DataError(f"{predictions}: duplicate event_id rows")
@@ -282,7 +335,7 @@ def chunks(data: str, split: str, predictions: str, chunk_events: int = CHUNK_EV
         raise icdata.DataError(f"{predictions}: kappa is null for {chk.kappa_null} of {chk.n} events")
 
 
-def side_by_side(data: str, split: str, predictions: list[str],
+def side_by_side(data: str, split: str, predictions: list[str] | list[Predictions],
                  chunk_events: int = CHUNK_EVENTS) -> Iterator[list[Chunk]]:
     """Several predictions inputs of one split aligned with its truth, one event-id range at a time: the
     truth and meta are read once per range and shared by every input's chunk, so the driver holds one range
@@ -291,15 +344,18 @@ def side_by_side(data: str, split: str, predictions: list[str],
     inputs still alive, about twice a range per input). The inputs were validated by :func:`chunks` first;
     here an input whose events no longer match (a file replaced meanwhile) is a DataError. No κ."""
     reader = _Reader(data, split)
-    opened = [_open_predictions(p) for p in predictions]
-    for lo, hi in id_ranges(reader.truth_uri, chunk_events):
+    ranges = id_ranges(reader.truth_uri, chunk_events)
+    opened = [p if isinstance(p, Predictions) else Predictions(p, ranges) for p in predictions]
+    if any(p.ranges != ranges for p in opened):
+        raise ValueError("side_by_side: predictions opened for other event-id ranges")
+    for lo, hi in ranges:
         t = reader.truth(lo, hi)
         reader.check_meta(t, lo, hi)
         out = []
-        for uri, (ds, _) in zip(predictions, opened):
-            pred = _read_predictions(ds, ["event_id", "azimuth", "zenith"], lo, hi)
+        for p in opened:
+            pred = p.read(lo, hi, ["event_id", "azimuth", "zenith"])
             if not np.array_equal(pred.column("event_id").to_numpy(), t["event_id"]):
-                raise icdata.DataError(f"{uri}: event ids in {lo}…{hi} changed since the first pass "
+                raise icdata.DataError(f"{p.uri}: event ids in {lo}…{hi} changed since the first pass "
                                        f"({pred.num_rows} rows against {len(t['event_id'])} events)")
             az_p = pred.column("azimuth").to_numpy(zero_copy_only=False)
             zen_p = pred.column("zenith").to_numpy(zero_copy_only=False)
@@ -320,13 +376,14 @@ class Source:
         truth_uri = _truth_uri(data, split)
         self.ranges = id_ranges(truth_uri, chunk_events)
         self.n_events = storage.read_parquet_metadata(truth_uri).num_rows
+        self.opened = Predictions(predictions, self.ranges)  # a CSV is streamed into ranges once, not per pass
         self._cache: list[Chunk] | None = None
 
     def __iter__(self) -> Iterator[Chunk]:
         if self._cache is not None:
             yield from self._cache
             return
-        it = chunks(self.data, self.split, self.predictions, ranges=self.ranges)
+        it = chunks(self.data, self.split, self.opened)
         if len(self.ranges) == 1:
             self._cache = list(it)
             yield from self._cache
@@ -396,8 +453,9 @@ def _bin_sums(idx: np.ndarray, values: np.ndarray, n_bins: int) -> np.ndarray:
 
 def bin_masks(ch: Chunk, breakdowns: list[tuple[str, str, np.ndarray]]) -> Iterator[tuple[Any, Any]]:
     """(key, mask) of ("all", True) and of every breakdown bin (``(breakdown, bin)``; ``("by_topology",
-    name)``) the chunk's events fall in. The bins present come from a bincount (np.unique of a million
-    indices cost 10x as much: 0.5 s of evaluate's 6 s CPU for 1M events)."""
+    name)``) the chunk's events fall in. The bins present come from a bincount, not np.unique, whose sort of
+    every range's bin indices cost a visible share of evaluate's CPU (docs/icecube.md, "evaluate on 1,000,000
+    test events, again")."""
     yield "all", True
     cols: dict[str, Any] = {"n_pulses": ch.n_pulses, "zenith": ch.zen_true, "energy_gev": ch.energy}
     for key, label, edges in breakdowns:

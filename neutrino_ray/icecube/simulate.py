@@ -25,8 +25,13 @@ Flux and interactions (the Kaggle data description publishes neither; assumption
   * ``INTERACTION_P``: equal neutrino flavours at Earth (ν_e : ν_μ : ν_τ = 1 : 1 : 1, as generated for
     all-flavour sets) with σ_NC/σ_CC ≈ 0.43 at TeV energies, i.e. CC 70 %, NC 30 %. ν_μ CC and the
     17.4 % (``TAU_TO_MU``, PDG) of ν_τ CC whose τ decays to a muon make tracks; everything else is a
-    cascade. About 32 % of the triggered events are tracks. The turn-one simulator was 80 % ν_μ CC,
-    which made the aux = False LineFit twice as good as on the real data.
+    cascade. Composition (issue 26, fourth session): the Kaggle files carry no weights, so they are an unweighted
+    NuGen-like generation sample, each channel as often as its share with its vertex uniform in its own injection
+    volume (a cylinder for cascades, ``CASCADE_RADIUS`` 900 m × 1,600 m, large enough for PeV cascades seen from
+    ~300 m outside; for muons the impact disk times range plus detector length). About 41 % of the triggered events
+    are tracks: through-going muons from far outside, the more the higher the energy, and starting tracks. Weighting
+    the channels by their volumes instead (a flux's composition, ``VOLUME_WEIGHTED``) gives 47 % tracks and a Kaggle
+    LineFit of 1.07–1.11 rad, easier than the real 1.214: the real set is not flux-weighted.
   * Inelasticity y = u² (mean 1/3); ``TAU_VISIBLE_FRACTION`` 0.6 of a τ's energy stays visible.
   * Absorption in the Earth: a neutrino from below crosses a chord 2 R |cos zenith| at the Earth's mean
     density and survives with exp(-N_A σ ρ L), σ = σ_CC + σ_NC from the power-law fits of Gandhi et al.
@@ -43,8 +48,14 @@ Light yield and timing:
   * Expected photo-electrons fall with distance d as exp(-d/L_att)/d (cascades, point source) or
     exp(-d/L_att)/sqrt(d) (tracks, line source), L_att = sqrt(L_abs L_scat / 3), with the effective
     scattering and absorption lengths of the shipped SPICE-Mie table averaged along each path
-    (``resources/south_pole_ice.csv``, arXiv:1301.5361; the dust layer shows). ``K_CASCADE``,
-    ``K_TRACK``: light-yield normalisations (calibrated with the spectral index to the pulse counts).
+    (``resources/south_pole_ice.csv``, arXiv:1301.5361; the dust layer shows). One normalisation for both (issue 26,
+    fourth session): ``K_CASCADE`` puts 30 TeV cascades in a HESE-like fiducial volume at a median ~100 pe per TeV
+    (IceCube's HESE: 6,000 pe reach down to ~30 TeV deposited, Science 342 (2013) 1242856; the previous value gave
+    20 pe/TeV); hadronic cascades (NC, ν_μ CC) shine ``hadronic_light`` = 0.83–0.92 of that (Kowalski's F(E));
+    a muon shines per metre like a cascade of its light-equivalent loss 0.23 GeV/m + b E (bare Cherenkov light 1/5.32
+    GeV/m from Rädel & Wiebusch's 532 cm/GeV, delta electrons +22 %, radiative losses b E, PDG), turned into the line
+    source's constant by integrating the point law along the track (``TRACK_LINE_FACTOR``). The previous free
+    ``K_TRACK`` made tracks ~3× too bright relative to cascades.
   * Cascade light keeps a memory of the shower axis: angular factor 1 + ``CASCADE_FORWARD``
     e^{-d/(m L_scat)} cos θ with m = ``CASCADE_MEMORY_LENGTHS`` 10. Photon angular memory in diffusion:
     for a forward-emitting source the fluence's dipole term relative to the monopole is
@@ -86,17 +97,16 @@ Light yield and timing:
 
 PMT and DAQ:
   * Charge: the SPE template, a Gaussian at 1 pe (σ 0.3) plus a 20 % low-charge exponential
-    (arXiv:2002.00997); the 0.25 pe discriminator; bright DOMs unfold into min(n, ceil(1.1 n^0.78))
-    pulses (``PULSE_SPLIT``, ``PULSE_POWER``); charges quantised to 0.025 pe as in the Kaggle files.
+    (arXiv:2002.00997); the 0.25 pe discriminator; charges quantised to 0.025 pe as in the Kaggle files.
     Waveform unfolding (IceCube's pulse extraction fits the digitised waveform with single-pe templates, arXiv:
-    1612.05093 sec. 6; ATWD 3.3 ns and fADC 25 ns samples) resolves a bright DOM's photons, spread over the
-    Pandel delays of hundreds of ns, into many pulses: nearly one per pe while they are few, sub-linearly once they
-    pile up. The power is calibrated (issue 26, third session) on the real pulse-count shares per bin (94.2 / 4.7 /
-    1.1 %) with the charge quartiles of the bands, and is consistent with the real data's largest event, 178,250
-    pulses (``stats.REAL_KAGGLE``), which a square-root law (2 sqrt n, before) gives only from 4–8 M pe over
-    1,000–2,000 DOMs (this law: ~0.7 M pe over 1,000). Against the real mean pulse charge (3.909 pe) it gives
-    1.6–1.7 pe on 10,000 events (the square-root law 3.3 / 6.6 on the same seeds: a mean that a few bright events
-    set), a deviation it leaves (docs/icecube.md).
+    1612.05093 sec. 6; ATWD 3.3 ns over the first 427 ns, fADC 25 ns samples over 6.4 µs) resolves a DOM's photons
+    into pulses: n pe from one source make the fewer of min(n, ⌈1.1 n^0.78⌉) (``PULSE_SPLIT``, ``PULSE_POWER``, the
+    third session's law, calibrated on the pulse-count shares) and the time slots they occupy, K (1 − (1 − 1/K)^n) for
+    K = 1 + mean Pandel delay / ``PULSE_RESOLUTION`` (25 ns, the fADC sampling; ``pulse_slots``): photons that
+    arrive within one sample merge. Next to a bright source the light comes within tens of ns and unfolds into a few
+    large pulses (the real files' largest pulse is 2,762 pe, their mean 3.909 pe with a standard deviation of 16.3);
+    far away, spread over microseconds, nearly every photon is its own pulse. Before the slots (issue 26, third
+    session) the mean pulse charge was 1.6–1.7 pe. Pulses share a DOM's charge equally, with SPE smearing.
   * Noise: 560 Hz per DOM (arXiv:1612.05093), uniform over the readout; a noise hit within ±1 µs of a
     neighbour's hit passes HLC like any other.
   * HLC (auxiliary = False): another DOM within ``HLC_SPAN`` = 2 positions on the same string hit within
@@ -157,6 +167,16 @@ INTERACTIONS = ("numu_cc", "nue_cc", "nutau_cc", "nc")
 INTERACTION_P = np.array([0.70, 0.70, 0.70, 0.90]) / 3.0
 TAU_TO_MU = 0.174  # branching ratio tau -> mu nu nu: a nu_tau CC event with a muon track
 TAU_MUON_FRACTION = 0.33  # mean share of the tau energy the decay muon takes
+MEAN_Y = 1.0 / 3.0  # mean inelasticity (y = u^2 below)
+# Composition (issue 26, fourth session). The Kaggle files carry no event weights, so they are an unweighted
+# generation sample: IceCube's NuGen generates equal numbers per flavour and forces each interaction inside an
+# injection volume, a fixed cylinder for cascades and one lengthened by the muon range for nu_mu (a muon from far away
+# still reaches the detector). That is what _sample_events does: each channel as often as its INTERACTION_P, its vertex
+# uniform in its own volume (VOLUME_WEIGHTED = False). The alternative, channels weighted by the volume they are seen
+# from (interactions uniform per unit volume, as a flux would give: muons ~4x the cascade cylinder at 1 TeV, ~18x at
+# 100 TeV), is kept as a switch; it makes 47 % of the triggered events tracks and the Kaggle LineFit 1.07-1.11 rad,
+# easier than the real 1.214 (docs/icecube.md), so the Kaggle set is not flux-weighted.
+VOLUME_WEIGHTED = False
 # Absorption in the Earth: neutrinos from below (zenith > 90 deg) cross a chord of 2 R |cos zenith| at
 # the mean density of the Earth; total (CC + NC) nucleon cross-section, power-law fits above 10 TeV
 # (Gandhi et al., Phys. Rev. D 58 (1998) 093009), survival exp(-N_A sigma rho L).
@@ -175,17 +195,45 @@ TAU_VISIBLE_FRACTION = 0.6  # mean share of the tau energy that stays visible (r
 # Generation volumes around the detector centre (0, 0, 0); the detector spans |x|,|y| < 580, |z| < 525 m.
 TRACK_DISK_RADIUS = 750.0  # m, impact-parameter disk perpendicular to the muon
 TRACK_HALF_LENGTH = 700.0  # m, vertices may lie up to this far past the closest approach
-CASCADE_RADIUS = 650.0  # m, vertex cylinder
-CASCADE_Z = (-600.0, 600.0)  # m
+# The cascade cylinder must hold every vertex from which a cascade can trigger: cascades at ~100 pe/TeV (K_CASCADE)
+# light DOMs ~300 m away at 1 PeV (the 0.01 pe reach is ~500 m), so it reaches ~300 m past the strings (NuGen's
+# injection cylinders, 1,200-1,900 m long, are of this size). With the previous 650 x 1,200 m, bright cascades were
+# cut off at the cylinder's edge and the triggered mix was 77 % cascades.
+CASCADE_RADIUS = 900.0  # m, vertex cylinder
+CASCADE_Z = (-800.0, 800.0)  # m
 
 # ----------------------------------------------------------------------------------------------
 # Light yield: expected photo-electrons at a DOM a distance d from the source,
-#   cascade: K_CASCADE * E * exp(-d / L_att) / d            (point source, 3-D diffusion)
-#   track:   K_TRACK * (1 + E_mu / E_crit) * exp(-d / L_att) / sqrt(d) * seen   (line source;
-#            seen = the fraction of the track stretch that lights the DOM where the muon exists)
-# with L_att = sqrt(L_abs * L_scat / 3) (diffusion length) from the depth-dependent ice.
-K_CASCADE = 0.35  # pe m / GeV
-K_TRACK = 8.0  # pe m^0.5
+#   cascade: K_CASCADE * E_light * exp(-d / L_att) / d            (point source, 3-D diffusion)
+#   track:   K_CASCADE * TRACK_LINE_FACTOR * (MUON_LIGHT_A + MUON_B * E_mu) * exp(-d / L_att) / sqrt(d) * seen
+#            (line source; seen = the fraction of the track stretch that lights the DOM where the muon exists)
+# with L_att = sqrt(L_abs * L_scat / 3) (diffusion length) from the depth-dependent ice. One normalisation for both
+# (issue 26, fourth session): the track's follows from the cascade's through the muon's light-equivalent energy loss.
+#
+# K_CASCADE: IceCube's charge-to-energy relation for contained cascades. The HESE selection's total-charge threshold of
+# 6,000 pe reaches down to ~30 TeV deposited (IceCube, Science 342 (2013) 1242856, arXiv:1311.5238, abstract: "energy
+# coverage down to approximately 30 TeV"), and its contained cascades give of the order of 100 pe per TeV deposited
+# (the two ~1 PeV cascades of PRL 111 (2013) 021103 collected of the order of 10^5 pe). K_CASCADE puts the median of
+# 30 TeV cascades in a HESE-like fiducial volume (r < 400 m, -410 < z < 400 m, random directions) at ~100 pe/TeV
+# (docs/icecube.md, "Issue 26, fourth session"); the previous 0.35 gave 20 pe/TeV (~5x too dim).
+K_CASCADE = 1.7  # pe m / GeV (EM-equivalent energy)
+# Hadronic cascades (NC, and the hadronic cascade of a nu_mu CC interaction) shine less than electromagnetic ones of
+# the same energy (neutral and slow hadrons, binding energy): relative light F(E) = 1 - (E / E0)^-m (1 - f0), E0 =
+# 0.18791 GeV, m = 0.16267, f0 = 0.30974 (Kowalski, AMANDA-IR/20020803; Radel & Wiebusch 2012 sec. 6): 0.83 at 1 TeV,
+# 0.92 at 100 TeV. nu_e and nu_tau CC cascades are counted as electromagnetic (their hadronic share, y ~ 1/3, would
+# change their light by ~5 %; the truth carries no inelasticity to split them).
+HADRONIC_LIGHT = (0.18791, 0.16267, 0.30974)
+# Muon light: per metre a muon shines like a cascade of its light-equivalent energy loss, MUON_LIGHT_A + MUON_B E.
+# The bare muon's Cherenkov light is that of 1 m of charged track, against 5.32 m per GeV for an EM cascade (Radel &
+# Wiebusch 2012: total track length 532 cm/GeV), i.e. 0.188 GeV/m; its delta electrons add ~22 % (IceCube's muon light
+# factor ~1.19 + 0.02 ln(E/GeV) over 1-100 TeV, Chirkin & Rhode, arXiv:hep-ph/0407075, PROPOSAL): 0.23 GeV/m. The
+# radiative losses b E (MUON_B, PDG) are cascades and shine as such. Ionisation (MUON_A) makes little light.
+MUON_LIGHT_A = 0.23  # GeV/m
+# The line source's constant from the point source's: a track's law K_T e^{-rho/(L sin tc)} / sqrt(rho / sin tc)
+# (rho the perpendicular distance) and a chain of cascades of A GeV per metre, K_C A e^{-d/L}/d, give the same total
+# light over a uniform array of DOMs when K_T = K_C A * 2 sqrt(L) / (Gamma(3/2) sin^2 tc), integrated over the plane
+# and the volume. L = REACH_ATT_LEN (40 m, the median-to-clear ice). The previous free K_TRACK (8 pe m^0.5 times
+# 1 + E/730 GeV) made a 1 TeV muon as bright per metre as a 1.6 GeV/m cascade chain against the physical 0.56 (~3x).
 # Cascades emit most light forward (Cherenkov cone of the shower particles), partly kept after
 # scattering: angular factor 1 + CASCADE_FORWARD exp(-d / (CASCADE_MEMORY_LENGTHS L_scat)) cos(angle to the shower
 # axis), averaging to 1 over directions.
@@ -233,7 +281,9 @@ HQE_EFFICIENCY = 1.35  # DeepCore high-quantum-efficiency DOMs (strings 79-86, D
 # light lost in the clearest (deepest) ice beyond that reach is ~1.5 % of the total.
 MU_PRUNE = 0.01  # pe
 REACH_ATT_LEN = 40.0  # m
+TRACK_LINE_FACTOR = 2.0 * np.sqrt(REACH_ATT_LEN) / (0.5 * np.sqrt(np.pi) * SIN_TC**2)  # m^0.5 (~33)
 PULSE_SPLIT, PULSE_POWER = 1.1, 0.78  # a DOM with n pe yields min(n, ceil(PULSE_SPLIT n^PULSE_POWER)) pulses
+PULSE_RESOLUTION = 25.0  # ns: waveform unfolding resolves photo-electrons this far apart (see pulse_slots)
 
 # Charge of one photo-electron after pulse extraction (IceCube's SPE template, arXiv:2002.00997: a
 # Gaussian at 1 pe plus a low-charge exponential), the 0.25 pe discriminator, and the 0.025 pe steps of
@@ -410,13 +460,41 @@ def _power_law(rng: np.random.Generator, n: int) -> np.ndarray:
     return (lo + rng.random(n) * (hi - lo)) ** (1.0 / g)
 
 
+def generation_volumes(energy: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """(cascade, nu_mu CC muon, tau -> mu muon) generation volumes (m^3) at this neutrino energy (GeV): the vertex
+    cylinder, and the impact disk times the span over which a vertex can put a muon of the typical energy (mean
+    inelasticity 1/3) into the detector (its range plus the detector's length, as :func:`_sample_events` draws it)."""
+    cascade = np.pi * CASCADE_RADIUS**2 * (CASCADE_Z[1] - CASCADE_Z[0])
+    disk = np.pi * TRACK_DISK_RADIUS**2
+
+    def track(e_mu: np.ndarray) -> np.ndarray:
+        return disk * (muon_range(e_mu) + 2.0 * TRACK_HALF_LENGTH)
+
+    return cascade, track(energy * (1 - MEAN_Y)), track(energy * (1 - MEAN_Y) * TAU_MUON_FRACTION)
+
+
+def _sample_channels(rng: np.random.Generator, energy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(interaction index, is_track) per neutrino: each channel as often as its share INTERACTION_P times the volume
+    from which it is seen (VOLUME_WEIGHTED; see the module docstring), else as often as its share."""
+    v_c, v_mu, v_tau = generation_volumes(energy)
+    n = len(energy)
+    if not VOLUME_WEIGHTED:
+        v_c, v_mu, v_tau = 1.0, np.ones(n), np.ones(n)
+    v_tau_all = (1.0 - TAU_TO_MU) * v_c + TAU_TO_MU * v_tau
+    w = INTERACTION_P[None, :] * np.stack([v_mu, np.full(n, v_c), v_tau_all, np.full(n, v_c)], axis=1)
+    cdf = np.cumsum(w, axis=1)
+    interaction = np.minimum((rng.random(n)[:, None] * cdf[:, -1:] > cdf).sum(axis=1), len(INTERACTIONS) - 1)
+    tau_track = rng.random(n) * v_tau_all < TAU_TO_MU * v_tau
+    is_track = (interaction == NUMU_CC) | ((interaction == NUTAU_CC) & tau_track)
+    return interaction, is_track
+
+
 def _sample_events(rng: np.random.Generator, n: int) -> Events:
     """Isotropic neutrinos with a power-law spectrum and a fixed interaction mix."""
     azimuth = rng.random(n) * 2 * np.pi
     zenith = np.arccos(rng.uniform(-1.0, 1.0, n))
     energy = _power_law(rng, n)
-    interaction = rng.choice(len(INTERACTIONS), size=n, p=INTERACTION_P)
-    is_track = (interaction == NUMU_CC) | ((interaction == NUTAU_CC) & (rng.random(n) < TAU_TO_MU))
+    interaction, is_track = _sample_channels(rng, energy)
     y = rng.random(n) ** 2  # inelasticity: fraction to the hadronic cascade, mean 1/3
     u_nu = direction_of_travel(azimuth, zenith)
     u = _kinematic_scatter(rng, u_nu, energy, is_track)
@@ -552,13 +630,25 @@ def shower_depth(energy: np.ndarray) -> np.ndarray:
     return SHOWER_LRAD * a / SHOWER_B
 
 
+def hadronic_light(energy: np.ndarray) -> np.ndarray:
+    """Light of a hadronic cascade relative to an electromagnetic one of the same energy (GeV), HADRONIC_LIGHT."""
+    e0, m, f0 = HADRONIC_LIGHT
+    return 1.0 - (np.maximum(energy, e0) / e0) ** -m * (1.0 - f0)
+
+
+def cascade_light(energy: np.ndarray, interaction: np.ndarray) -> np.ndarray:
+    """EM-equivalent light (GeV) of a cascade of this visible energy: hadronic for NC and nu_mu CC, else EM."""
+    hadronic = (interaction == NC) | (interaction == NUMU_CC)
+    return energy * np.where(hadronic, hadronic_light(energy), 1.0)
+
+
 def light_sources(ev: Events, det: _Detector) -> Sources:
     idx = np.arange(len(ev.energy))
     trk = idx[ev.is_track]
     csc = idx[ev.cascade_energy > 0]
     depth = shower_depth(ev.cascade_energy[csc])
-    b_trk = K_TRACK * (1.0 + ev.muon_energy[trk] * MUON_B / MUON_A)
-    b_csc = K_CASCADE * ev.cascade_energy[csc]
+    b_trk = K_CASCADE * TRACK_LINE_FACTOR * (MUON_LIGHT_A + MUON_B * ev.muon_energy[trk])
+    b_csc = K_CASCADE * cascade_light(ev.cascade_energy[csc], ev.interaction[csc])
     # the cascade twice: its diffuse light and its unscattered light (DIRECT_* knobs)
     c_p0 = ev.vertex[csc] + depth[:, None] * ev.u[csc]
     c_t0 = ev.vertex_time[csc] + depth / C_VACUUM
@@ -721,7 +811,7 @@ def expected_light(ev: Events) -> DomLight:
     return dom_light(light_sources(ev, det), det)
 
 
-def pulses_of(n_pe: np.ndarray) -> np.ndarray:
+def split_pulses(n_pe: np.ndarray) -> np.ndarray:
     """Pulses that waveform unfolding makes of n photo-electrons at one DOM: min(n, ceil(PULSE_SPLIT n^PULSE_POWER))."""
     n = np.asarray(n_pe, dtype=np.float64)
     return np.minimum(n, np.ceil(PULSE_SPLIT * n**PULSE_POWER))
@@ -733,7 +823,7 @@ def _pulse_table() -> tuple[np.ndarray, np.ndarray]:
     from scipy.special import gammaln
 
     n = np.arange(0, 40_001, dtype=np.float64)
-    n_pulse = pulses_of(n)
+    n_pulse = split_pulses(n)
     share = n / np.maximum(n_pulse, 1)
     split_loss = _normal_cdf((SPE_THRESHOLD - share * SPE_MEAN) / (np.sqrt(np.maximum(share, 1.0)) * SPE_SIGMA))
     kept = n_pulse * np.where(share > 1, 1.0 - split_loss, 1.0 - SPE_LOSS)
@@ -747,7 +837,7 @@ def _pulse_table() -> tuple[np.ndarray, np.ndarray]:
     return log_mu, out
 
 
-def expected_pulses(mu: np.ndarray) -> np.ndarray:
+def _expected_split_pulses(mu: np.ndarray) -> np.ndarray:
     """Expected signal pulses above the discriminator of a DOM that expects ``mu`` photo-electrons from one
     source: the Poisson mean of pulses_of(n) pulses, each lost below SPE_THRESHOLD with the
     probability its charge (one pe, or n / pulses pe smeared) implies."""
@@ -756,6 +846,33 @@ def expected_pulses(mu: np.ndarray) -> np.ndarray:
     inside = np.interp(np.clip(lm, log_mu[0], log_mu[-1]), log_mu, table)
     beyond = table[-1] * (np.maximum(mu, 0.0) / np.exp(log_mu[-1])) ** PULSE_POWER  # ~ PULSE_SPLIT mu^PULSE_POWER
     return np.where(lm < log_mu[0], mu * (1.0 - SPE_LOSS), np.where(lm > log_mu[-1], beyond, inside))
+
+
+def pulse_slots(shape: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Resolvable pulse slots of one light source at one DOM: 1 + its mean Pandel delay / PULSE_RESOLUTION."""
+    return 1.0 + np.asarray(shape) * np.asarray(scale) / PULSE_RESOLUTION
+
+
+def pulses_of(rng: np.random.Generator, n_pe: np.ndarray, slots: np.ndarray) -> np.ndarray:
+    """Pulses that waveform unfolding makes of n photo-electrons at one DOM from one source: the fewer of the
+    splitting law (split_pulses) and the occupied time slots, K (1 - (1 - 1/K)^n) on average for K = ``slots``
+    (stochastically rounded; at least 1)."""
+    n = np.asarray(n_pe, dtype=np.float64)
+    k = np.maximum(slots, 1.0 + 1e-9)
+    occupied = k * -np.expm1(n * np.log1p(-1.0 / k))
+    return np.maximum(np.minimum(split_pulses(n), np.floor(occupied + rng.random(len(n)))), np.minimum(n, 1.0))
+
+
+def expected_pulses(mu: np.ndarray, shape: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Expected signal pulses above the discriminator of a DOM that expects ``mu`` photo-electrons from one source
+    with these Pandel parameters: the fewer of the splitting law's (its exact Poisson mean with the discriminator
+    losses) and the occupied slots', K (1 - e^{-mu/K}) for K = pulse_slots(shape, scale) (each slot Poisson(mu/K);
+    the single-photo-electron ones, mu e^{-mu/K}, fall below the discriminator with probability SPE_LOSS). The
+    minimum of the two means stands in for the mean of the minimum (an approximation of the bound's likelihood)."""
+    k = pulse_slots(shape, scale)
+    x = np.maximum(mu, 0.0) / k
+    slots = k * -np.expm1(-x) - SPE_LOSS * np.maximum(mu, 0.0) * np.exp(-x)
+    return np.minimum(_expected_split_pulses(mu), slots)
 
 
 def arrival_pdf(delay: np.ndarray, shape: np.ndarray, scale: np.ndarray) -> np.ndarray:
@@ -809,7 +926,7 @@ def _signal_pulses(rng: np.random.Generator, ev: Events, det: _Detector
     n_pe = rng.poisson(light.expected_pe)
     hit = np.flatnonzero(n_pe)
     n_pe = n_pe[hit]
-    n_pulse = pulses_of(n_pe).astype(np.int64)
+    n_pulse = pulses_of(rng, n_pe, pulse_slots(light.pandel_shape[hit], light.pandel_scale[hit])).astype(np.int64)
     p = np.repeat(hit, n_pulse)
     delay = rng.gamma(light.pandel_shape[p], light.pandel_scale[p])
     jitter = np.clip(rng.normal(0.0, PMT_JITTER, len(p)), -PMT_JITTER_MAX, PMT_JITTER_MAX)

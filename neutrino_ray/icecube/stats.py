@@ -2,7 +2,7 @@
 
 Pure core, then the Ray edge:
 
-* :func:`profile_events` turns one block of events (the rows :func:`~neutrino_ray.icecube.data.read_task_events`
+* :func:`profile_events` turns one block of events (the rows :func:`~neutrino_ray.icecube.data.read_slice`
   returns, or :func:`events_from_flat` of a flat pulse table) into a small :class:`Profile`;
   :func:`merge` / :func:`merge_all` combine profiles; :func:`to_stats` turns the merged profile into the
   ``stats.json`` dictionary; :func:`summary_markdown` and :func:`plots` render it.
@@ -38,6 +38,7 @@ import json
 import logging
 import math
 import time
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -52,12 +53,12 @@ from neutrino_ray.icecube import data as icdata
 from neutrino_ray.icecube import linefit as lf
 from neutrino_ray.icecube.features import PULSE_COLUMNS, flat_pulses
 from neutrino_ray.icecube.metrics import angular_distance
+from neutrino_ray.icecube.options import STATS_EVENTS_PER_TASK
 from neutrino_ray.plotting import counts_with_errors, png, pyplot
 
 log = logging.getLogger("neutrino_ray")
 
 STATS, SUMMARY = "stats.json", "summary.md"
-DEFAULT_EVENTS_PER_TASK = 20_000  # events read at once inside a batch file's task (cut at row groups)
 CHARGE_STEP = 0.025  # pe: the real data's charge grid
 GRID_RTOL = 1e-6  # a charge is on the grid when |charge − k · 0.025| <= 1e-6 · charge
 CHARGE_MAX_INDEX = 2**20  # grid bins kept: charges up to 26,214.4 pe (real max 2,762); above, clipped (max exact)
@@ -234,7 +235,7 @@ def events_from_flat(pulses: pa.Table) -> pa.Table:
     """One row per event with list columns, from a flat pulse table sorted by event_id (the Kaggle order).
 
     For profiling in-memory pulses (e.g. a simulated batch) exactly as :func:`profile_events` profiles
-    the rows of :func:`~neutrino_ray.icecube.data.read_task_events`.
+    the rows of :func:`~neutrino_ray.icecube.data.read_slice`.
     """
     ids = pulses.column("event_id").to_numpy()
     starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]]) if len(ids) else np.zeros(0, np.int64)
@@ -661,34 +662,33 @@ def batch_truth(data: str, split: str, meta: pa.Table) -> tuple[np.ndarray, np.n
     return t.column("azimuth").to_numpy(), t.column("zenith").to_numpy()
 
 
-def profile_batch(data: str, split: str, batch_id: int, geometry: np.ndarray,
-                  events_per_task: int = DEFAULT_EVENTS_PER_TASK, truth: bool = True,
+def profile_batch(data: str, split: str, batch: icdata.BatchSummary, geometry: np.ndarray,
+                  events_per_task: int = STATS_EVENTS_PER_TASK, truth: bool = True,
                   variants: Sequence[str] = lf.VARIANTS) -> Profile:
-    """The profile of one batch file: its own meta (and truth) rows only, pulses read task by task."""
-    meta = icdata.load_batch_meta(data, split, batch_id, with_truth=truth and split == "train")
-    if len(meta) == 0:
-        raise icdata.DataError(f"{icdata.meta_uri(data, split)}: no meta rows for batch {batch_id}")
-    tasks = icdata.plan_batch(icdata.batch_uri(data, split, batch_id), batch_id, meta, events_per_task)
+    """The profile of one batch file: its own meta (and truth) rows only, pulses read slice by slice."""
+    run = uuid.uuid4().hex
+    slices = icdata.plan_batch(data, split, run, batch, events_per_task)
     try:
+        meta = icdata.batch_meta(run, data, split, batch.batch_id, truth=truth and split == "train")
         az, zen = batch_truth(data, split, meta) if truth else (None, None)
     except icdata.DataError:
-        for task in tasks:  # a meta that disagrees with its pulse file is the error to report first
-            icdata.read_task_events(task, len(geometry))
+        for s in slices:  # a meta that disagrees with its pulse file is the error to report first
+            icdata.read_slice(s, len(geometry))
         raise
     parts, row = [], 0
-    for task in tasks:
-        k = len(task.event_id)
-        events = icdata.read_task_events(task, len(geometry))
+    for s in slices:
+        k = s.hi - s.lo
+        events = icdata.read_slice(s, len(geometry))
         parts.append(profile_events(events, geometry, None if az is None else az[row:row + k],
                                     None if zen is None else zen[row:row + k], variants))
         row += k
-    return replace(merge_all(parts), batch_ids=(int(batch_id),))
+    return replace(merge_all(parts), batch_ids=(int(batch.batch_id),))
 
 
 @ray.remote
-def _profile_batch_task(data: str, split: str, batch_id: int, geometry: np.ndarray, events_per_task: int,
-                        truth: bool, variants: tuple[str, ...]) -> Profile:
-    return profile_batch(data, split, batch_id, geometry, events_per_task, truth, variants)
+def _profile_batch_task(data: str, split: str, batch: icdata.BatchSummary, geometry: np.ndarray,
+                        events_per_task: int, truth: bool, variants: tuple[str, ...]) -> Profile:
+    return profile_batch(data, split, batch, geometry, events_per_task, truth, variants)
 
 
 @dataclass
@@ -699,7 +699,7 @@ class SplitProfile:
     seconds: float
 
 
-def profile_split(data: str, split: str, events_per_task: int = DEFAULT_EVENTS_PER_TASK,
+def profile_split(data: str, split: str, events_per_task: int = STATS_EVENTS_PER_TASK,
                   linefit: bool = True) -> SplitProfile:
     """Profile a split with one Ray task per batch file; partial profiles merged on the driver as they arrive."""
     start = time.perf_counter()
@@ -719,7 +719,8 @@ def profile_split(data: str, split: str, events_per_task: int = DEFAULT_EVENTS_P
     variants = tuple(lf.VARIANTS) if linefit else ()
     runtime.init_ray()
     geo = ray.put(geometry)
-    pending = [_profile_batch_task.remote(data, split, b, geo, events_per_task, truth, variants) for b in summary]
+    pending = [_profile_batch_task.remote(data, split, b, geo, events_per_task, truth, variants)
+               for b in summary.values()]
     counts = dict(zip(pending, (s.n_events for s in summary.values()), strict=True))
     merged: Profile | None = None
     with progress.Progress("stats", sum(counts.values()), tick=True) as line:
@@ -741,7 +742,7 @@ def profile_split(data: str, split: str, events_per_task: int = DEFAULT_EVENTS_P
                         time.perf_counter() - start)
 
 
-def stats(data: str, split: str, out: str, events_per_task: int = DEFAULT_EVENTS_PER_TASK, linefit: bool = True,
+def stats(data: str, split: str, out: str, events_per_task: int = STATS_EVENTS_PER_TASK, linefit: bool = True,
           command: list[str] | None = None) -> dict[str, Any]:
     """Profile a split and publish ``stats.json``, ``summary.md`` and PNG histograms to ``out`` atomically."""
     started = time.time()

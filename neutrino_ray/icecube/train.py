@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch_geometric.data import Batch
 
-from neutrino_ray import training
+from neutrino_ray import devices, training
 from neutrino_ray.errors import InputError
 from neutrino_ray.icecube import data as icdata
 from neutrino_ray.icecube import features, models, pipeline, transformer
@@ -100,7 +100,7 @@ class DirectionTask:
             az = batch.column("azimuth").to_numpy()
             zen = batch.column("zenith").to_numpy()
             b.y = torch.from_numpy(angles_to_direction(az, zen).astype(np.float32))
-        b = training.to_device(b, device)
+        b = devices.to_device(b, device)
         b.host_ptr = offsets
         return b
 

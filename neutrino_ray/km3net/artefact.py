@@ -30,14 +30,9 @@ def load_model(uri: str) -> tuple[Any, dict[str, Any]]:
 
     The model is a pickle: load only models you trust (your own object storage).
     """
-    try:
-        meta = json.loads(storage.read_bytes(storage.join(uri, METADATA_FILE)))
-    except FileNotFoundError as e:
-        raise InputError(f"{uri}: no trained model here ({METADATA_FILE} not found)") from e
-    except json.JSONDecodeError as e:
-        raise InputError(f"{storage.join(uri, METADATA_FILE)}: not valid JSON: {e}") from e
-    if meta.get("format") != FORMAT:
-        raise InputError(f"{uri}: model format {meta.get('format')!r} is not {FORMAT!r}")
+    meta = storage.read_format_json(storage.join(uri, METADATA_FILE), FORMAT, "a model's metadata")
+    if meta is None:
+        raise InputError(f"{uri}: no trained model here ({METADATA_FILE} not found)")
     if meta.get("features") != list(features.FEATURES):
         have, want = meta.get("features") or [], list(features.FEATURES)
         raise InputError(f"{uri}: model was trained on a different feature list (missing here: "

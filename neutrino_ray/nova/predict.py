@@ -22,7 +22,7 @@ import ray
 import torch
 from torch import nn
 
-from neutrino_ray import inference, progress, runtime, storage, training
+from neutrino_ray import devices, inference, progress, runtime, storage
 from neutrino_ray.nova import data
 from neutrino_ray.nova.artefact import load_task_and_model
 from neutrino_ray.nova.simulate import GEV_PER_COUNT
@@ -42,7 +42,7 @@ def score_events(task: NovaTask, model: nn.Module, events: pa.Table, batch_size:
     """Event rows (with pixel maps) → keys, visible energy and the task's scores."""
     maps = data.images(events)
     n = len(maps)
-    out = inference.batched(model, n, batch_size, lambda lo, hi: task.forward(model, training.to_device(
+    out = inference.batched(model, n, batch_size, lambda lo, hi: task.forward(model, devices.to_device(
         torch.from_numpy(np.array(maps[lo:hi])), device)), device, precision)
     values = task.values(out).double().numpy() if out is not None else \
         np.zeros((0, task.n_out) if task.classes else 0)

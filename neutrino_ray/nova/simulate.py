@@ -47,9 +47,15 @@ energy ≈ 3.8 GeV, 87–88 % ν_μ CC, ≤ 2 % ν_e, no ν_τ, DIS over half an
   multiplicities, as in GENIE's AGKY model; up to ~6 at 40 GeV), 1/3 of them π0, plus a compact nuclear
   "blob". Charged pions and protons are straight tracks that either stop (range) or end after an
   exponential length, the inelastic interaction length in ~1 g/cm³ of CH2 + PVC (λ_π = 1.1 m, λ_p =
-  0.8 m), in a hadronic shower whose depth grows with ln E. Long pion tracks that mimic muons come out
-  of the many energetic pions of NC DIS events (~9 % of NC events are as long as the median ν_μ CC
-  event), not from a stretched λ. π0 → γγ, each photon converts after an exponential gap (9/7 X0) into
+  0.8 m). The interaction starts a hadronic cascade (issue 27, :func:`_hadron_tracks`): a leading hadron
+  (0.3 of the energy on average, charged 2/3 of the time) goes on as a new, kinked track, a third of the rest
+  goes into π0 showers, the rest into a cloud whose depth grows with ln E; up to 3 interactions in a chain.
+  A 10 GeV π± then leaves 2.1 tracks (0.8 of them over 1 m) and 39 % of its energy in EM showers (f_em, 32 %
+  at 2 GeV, 40 % at 30 GeV; Wigmans' 1 - (E/1 GeV)^-0.18: 34 % at 10 GeV), visible 76 % (was one track, one
+  cloud, 61 %); its deposits' 95 % depth 6.1 m (was 4.1; the PDG's t_max + 2.5 λ_att with λ = λ_π 1.1 m:
+  5.0 m). Long pion tracks that mimic muons come out of the many energetic pions of NC DIS events and their
+  leading hadrons, not from a stretched λ; the π0 showers and crossing tracks of a DIS event's cascade hide
+  its muon near the vertex. π0 → γγ, each photon converts after an exponential gap (9/7 X0) into
   an EM shower: NC π0 mimics ν_e CC. Hadronic showers carry 60 % of their energy visibly (neutrons,
   binding, quenching).
 * Muons are minimum-ionising tracks (2 MeV/cm, range 5 m/GeV: a ~1.5 GeV muon crosses the window,
@@ -59,10 +65,15 @@ energy ≈ 3.8 GeV, 87–88 % ν_μ CC, ≤ 2 % ν_e, no ν_τ, DIS over half an
   3.1 m) placed around the vertex (below), and whatever lies outside is dropped (tracks are clipped to
   the window's planes and cells, shower points outside it are lost). So every muon above ~1.5 GeV
   (most ν_μ CC events now: median E_lepton 4.5 GeV) leaves through the last plane or the side and looks the
-  same in the map whatever its energy; a DIS shower of tens of GeV can reach past plane 100 as well. The
-  detector's own walls are not modelled (the window is). What stays hard: ν_μ CC events whose muon is
-  short (low E_lepton, ~5 % under 30 planes) or hidden in the hadronic shower of a high-y DIS event, and
-  NC DIS events with a long pion track or a long hadronic shower.
+  same in the map whatever its energy; a DIS shower of tens of GeV can reach past plane 100 as well.
+  The detector's side walls (issue 27): the window is centred on the vertex, but the detector is only
+  :data:`DET_CELLS` cells (3.8 m) wide, so for a vertex off the axis part of the window lies outside it; a
+  track or shower point beyond a side wall (|x| or |y| > 190 cm) deposits nothing, in either view, and a
+  pixel there has no channel (no noise hit). A muon at an angle then leaves through the wall after a short
+  visible track, as in the real, partly contained slices (before, tracks went on through air to the
+  window's edge). Not modelled: the detector's front and back (the muon catcher). What stays hard: ν_μ CC
+  events whose muon is short (low E_lepton, or leaving through a wall) or hidden in the hadronic shower of a
+  high-y DIS event, and NC DIS events with a long pion track or a long hadronic shower.
 * ν_τ CC (E > 3.5 GeV): hadronic system plus the τ decay (μ, e or hadrons). ν-on-e: one forward
   electron shower. Cosmics: a steep, through-going muon entering through the top (``nuenergy`` 0,
   ``lepenergy`` the muon energy). "other": a few low-energy neutron-like blobs (``lepenergy`` 0).
@@ -113,6 +124,7 @@ from neutrino_ray.nova import format as fmt
 PLANE_PITCH_CM = 6.6  # z extent of one image plane (NOvA plane pitch)
 CELL_PITCH_CM = 3.9  # transverse extent of one cell (NOvA cell width)
 DET_HALF_WIDTH_CM = 190.0  # active |x|, |y| (the Near Detector is ~3.8 m wide)
+DET_CELLS = int(2 * DET_HALF_WIDTH_CM / CELL_PITCH_CM)  # cells per detector plane (97): the side walls
 VERTEX_HALF_WIDTH_CM = 160.0  # generated vertices: |x|, |y| < 160 cm
 VERTEX_Z_CM = (30.0, 1150.0)  # and 30 cm < z < 1150 cm
 VERTEX_PLANE = (5, 20)  # the vertex lies in window plane 5..20
@@ -140,6 +152,16 @@ PROTON_LAMBDA_CM = 80.0
 PROTON_RANGE_A, PROTON_RANGE_P = 0.0022, 1.77  # range(cm) = A * T(MeV)^P (Bragg–Kleeman, water-like)
 PROTON_QUENCH = 0.65  # Birks quenching of the dense proton ionisation
 HADRON_VISIBLE = 0.6  # visible share of the energy of hadronic showers and nuclear blobs
+# The hadronic cascade (issue 27, :func:`_hadron_tracks`): at each inelastic interaction with more than
+# CASCADE_MIN_GEV left, a leading hadron takes z ~ U(LEADING_Z) of the energy (charged with probability 2/3, the
+# isospin share; else charge exchange), a third of the rest goes into π0s, the rest into the interaction's cloud;
+# up to CASCADE_GENERATIONS interactions per primary hadron (then the energy left goes into one cloud).
+CASCADE_MIN_GEV = 0.3
+LEADING_Z = (0.1, 0.5)
+LEADING_CHARGED_P = 2.0 / 3.0
+PI0_SHARE = 1.0 / 3.0
+CASCADE_PT_GEV = 0.35  # typical transverse momentum of a produced hadron
+CASCADE_GENERATIONS = 3
 MIN_TRACK_CM = 10.0  # a track prong needs this length
 MIN_SHOWER_GEV = 0.05  # a shower prong needs this energy
 TAU_DECAY_P = (0.174, 0.178, 0.648)  # τ → μ, e, hadrons
@@ -292,17 +314,24 @@ def _deposit(images: np.ndarray, idx: np.ndarray, w: np.ndarray) -> None:
 
 
 def _point_indices(shape: tuple[int, ...], event: np.ndarray, plane: np.ndarray, cell_x: np.ndarray,
-                   cell_y: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Flat indices into (N, 2, P, C) images and weights of points seen in view 0 (plane, x) and 1 (plane, y)."""
+                   cell_y: np.ndarray, w: np.ndarray, walls: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Flat indices into (N, 2, P, C) images and weights of points seen in view 0 (plane, x) and 1 (plane, y).
+
+    ``walls`` (N, 4): each event's detector side walls in its window's cell coordinates (x low, x high, y low,
+    y high); a point outside them is outside the detector and deposits nothing, in either view."""
     _, _, n_planes, n_cells = shape
-    p = np.floor(plane).astype(np.int64)
-    cx = np.floor(cell_x).astype(np.int64)
-    cy = np.floor(cell_y).astype(np.int64)
-    in_p = (p >= 0) & (p < n_planes)
-    ok0 = in_p & (cx >= 0) & (cx < n_cells)
-    ok1 = in_p & (cy >= 0) & (cy < n_cells)
-    base = event.astype(np.int64) * (2 * n_planes * n_cells) + p * n_cells
-    idx = np.concatenate([(base + cx)[ok0], (base + n_planes * n_cells + cy)[ok1]])
+    in_p = (plane >= 0) & (plane < n_planes)
+    ok0 = in_p & (cell_x >= 0) & (cell_x < n_cells)
+    ok1 = in_p & (cell_y >= 0) & (cell_y < n_cells)
+    if walls is not None:
+        wl = walls[event]
+        inside = (cell_x >= wl[:, 0]) & (cell_x < wl[:, 1]) & (cell_y >= wl[:, 2]) & (cell_y < wl[:, 3])
+        ok0 &= inside
+        ok1 &= inside
+    # pixel = floor(coordinate): truncation, where it matters (coordinates >= 0)
+    base = event.astype(np.int64) * (2 * n_planes * n_cells) + plane.astype(np.int64) * n_cells
+    idx = np.concatenate([(base + cell_x.astype(np.int64))[ok0],
+                          (base + n_planes * n_cells + cell_y.astype(np.int64))[ok1]])
     return idx, np.concatenate([w[ok0], w[ok1]])
 
 
@@ -320,8 +349,9 @@ def _slab(p0: np.ndarray, rate: np.ndarray, hi: float) -> tuple[np.ndarray, np.n
 
 def _track_deposits(shape: tuple[int, ...], event: np.ndarray, plane0: np.ndarray, cell0_x: np.ndarray,
                     cell0_y: np.ndarray, direction: np.ndarray, length_cm: np.ndarray,
-                    counts_per_cm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Flat indices and weights of straight tracks sampled at sub-pixel steps (the in-window part only)."""
+                    counts_per_cm: np.ndarray, walls: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Flat indices and weights of straight tracks sampled at sub-pixel steps (the in-window part only; inside
+    ``walls``, see :func:`_point_indices`)."""
     _, _, n_planes, n_cells = shape
     d = np.asarray(direction, np.float64).reshape(-1, 3)
     rx, ry, rz = d[:, 0] / CELL_PITCH_CM, d[:, 1] / CELL_PITCH_CM, d[:, 2] / PLANE_PITCH_CM  # pixels per cm
@@ -340,7 +370,7 @@ def _track_deposits(shape: tuple[int, ...], event: np.ndarray, plane0: np.ndarra
     t = t0[track] + (k + 0.5) * step[track]
     w = (0.5 * np.asarray(counts_per_cm, np.float64) * step)[track]  # half of the deposit to each view
     return _point_indices(shape, np.asarray(event)[track], p0[track] + t * rz[track], x0[track] + t * rx[track],
-                          y0[track] + t * ry[track], w)
+                          y0[track] + t * ry[track], w, walls)
 
 
 def render_track(images: np.ndarray, event: np.ndarray, plane0: np.ndarray, cell0_x: np.ndarray, cell0_y: np.ndarray,
@@ -382,18 +412,22 @@ def _perturb(rng: np.random.Generator, d: np.ndarray, sigma: np.ndarray | float)
 def _cloud_deposits(shape: tuple[int, ...], rng: np.random.Generator, event: np.ndarray, plane0: np.ndarray,
                     cell0_x: np.ndarray, cell0_y: np.ndarray, direction: np.ndarray, counts: np.ndarray,
                     depth_shape: np.ndarray, depth_scale_cm: np.ndarray, core_cm: np.ndarray, halo_cm: np.ndarray,
-                    halo_fraction: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                    halo_fraction: np.ndarray, walls: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Showers as random point clouds: depth ~ Gamma(shape, scale) along the axis, Gaussian core + halo across."""
     k = np.clip(np.ceil(counts / COUNTS_PER_POINT), 3, MAX_POINTS).astype(np.int64)
     c = np.repeat(np.arange(len(k)), k)
-    depth = rng.gamma(depth_shape[c]) * depth_scale_cm[c]
-    sigma = np.where(rng.random(len(c)) < halo_fraction[c], halo_cm[c], core_cm[c])
-    a, b = rng.standard_normal((2, len(c))) * sigma
+    f32 = np.float32  # per-point work in single precision (positions to ~1e-5 cm; the simulator's speed goal)
+    depth = rng.standard_gamma(np.asarray(depth_shape, f32)[c], dtype=f32) * np.asarray(depth_scale_cm, f32)[c]
+    sigma = np.where(rng.random(len(c), dtype=f32) < np.asarray(halo_fraction, f32)[c], np.asarray(halo_cm, f32)[c],
+                     np.asarray(core_cm, f32)[c])
+    a, b = rng.standard_normal((2, len(c)), dtype=f32) * sigma
     u, v = _orthonormal(direction)
-    pos = depth[:, None] * direction[c] + a[:, None] * u[c] + b[:, None] * v[c]  # cm from the start
+    scale = np.array([CELL_PITCH_CM, CELL_PITCH_CM, PLANE_PITCH_CM])  # cm → pixels, per axis (x, y, z)
+    d_px, u_px, v_px = ((m / scale).astype(f32)[c] for m in (direction, u, v))
+    start = np.column_stack([cell0_x, cell0_y, plane0]).astype(f32)[c]
+    pos = start + depth[:, None] * d_px + a[:, None] * u_px + b[:, None] * v_px  # pixels: (cell x, cell y, plane)
     w = (0.5 * counts / k)[c]
-    return _point_indices(shape, event[c], plane0[c] + pos[:, 2] / PLANE_PITCH_CM,
-                          cell0_x[c] + pos[:, 0] / CELL_PITCH_CM, cell0_y[c] + pos[:, 1] / CELL_PITCH_CM, w)
+    return _point_indices(shape, event[c], pos[:, 2], pos[:, 0], pos[:, 1], w, walls)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -439,6 +473,82 @@ def _had_cloud(clouds: _Table, ev: np.ndarray, off: np.ndarray, d: np.ndarray, e
                    core=7.0, halo=22.0, halo_f=0.45)
 
 
+def _pi0_showers(rng: np.random.Generator, clouds: _Table, ev: np.ndarray, off: np.ndarray, d: np.ndarray,
+                 e: np.ndarray) -> np.ndarray:
+    """π0s (total energy ``e``) → γγ, flat energy sharing, opening angle from the π0 mass, each photon an EM
+    shower after an exponential conversion gap; returns the number of showers above MIN_SHOWER_GEV each."""
+    big_e = np.maximum(e, M_PI0 * 1.0001)
+    beta = np.sqrt(1.0 - (M_PI0 / big_e) ** 2)
+    e1 = 0.5 * big_e * (1.0 + beta * rng.uniform(-1.0, 1.0, len(big_e)))
+    e2 = big_e - e1
+    opening = np.arccos(np.clip(1.0 - M_PI0**2 / (2.0 * np.maximum(e1 * e2, 1e-9)), -1.0, 1.0))
+    phi = rng.uniform(0.0, 2 * np.pi, len(big_e))
+    n_showers = np.zeros(len(e), np.int64)
+    for eg, angle, az in ((e1, opening * e2 / big_e, phi), (e2, opening * e1 / big_e, phi + np.pi)):
+        dg = _turn(d, angle, az)
+        gap = rng.exponential(CONVERSION_CM, len(eg))
+        _em_cloud(clouds, ev, off + gap[:, None] * dg, dg, eg, 0.5)
+        n_showers += eg >= MIN_SHOWER_GEV
+    return n_showers
+
+
+def _hadron_tracks(rng: np.random.Generator, tracks: _Table, clouds: _Table, secondaries: _Table, ev: np.ndarray,
+                   hadron: int, t: np.ndarray, off: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """Charged pions or protons (``hadron``, kinetic energy ``t``) as straight tracks that stop (range) or end in
+    an inelastic interaction after an exponential length (λ); returns whether each is a track prong.
+
+    The interaction (the hadronic cascade, issue 27): with kinetic energy ``left`` > CASCADE_MIN_GEV left, it
+    makes a leading particle carrying a share z ~ U(LEADING_Z) of ``left`` (the leading-particle effect of
+    hadron–nucleus collisions: one fast hadron carries on a good part of the energy; our assumption, mean 0.3
+    on carbon-like nuclei, where the hadron–proton figure is ~0.5; the range was chosen with the shower depths
+    in the module docstring), charged with
+    probability LEADING_CHARGED_P (a π± or p that goes on as a track of its own, kinked by p_T ≈
+    CASCADE_PT_GEV; else charge exchange: a π0 for a pion, a neutron for a proton); a third (PI0_SHARE) of the
+    rest in π0s (EM showers: the EM fraction of hadronic showers, which grows with energy as the cascade
+    goes on, Wigmans, *Calorimetry*, ch. 2); the rest in the interaction's hadronic cloud (soft hadrons,
+    nuclear break-up; HADRON_VISIBLE of it visible). Secondaries go into ``secondaries`` for the next
+    generation (:func:`_to_deposits`). Why: without it a pion's whole remaining energy went into one compact
+    cloud, while a real hadronic shower in NOvA's ~1 g/cm³ is a chain of interactions several λ long (PDG:
+    95 % containment ≈ t_max + 2.5 λ (E/GeV)^0.13, ≈ 4.5 λ at 10 GeV) with track-like leading hadrons and
+    dense π0 showers: the tracks mimic a muon in NC events, the showers hide one in DIS events (figures in
+    the module docstring)."""
+    if hadron == PI_CH:
+        full = t / MIP_GEV_PER_CM
+        lam = PION_LAMBDA_CM
+    else:
+        full = PROTON_RANGE_A * (1000.0 * t) ** PROTON_RANGE_P
+        lam = PROTON_LAMBDA_CM
+    length = np.minimum(full, rng.exponential(lam, len(t)))
+    if hadron == PI_CH:
+        left = t - length * MIP_GEV_PER_CM
+        cpc = np.full(len(t), MIP_COUNTS_PER_CM)
+    else:
+        left = ((full - length) / PROTON_RANGE_A) ** (1.0 / PROTON_RANGE_P) / 1000.0
+        cpc = PROTON_QUENCH * np.divide(t - left, length, out=np.zeros_like(t), where=length > 0) / GEV_PER_COUNT
+    left = np.maximum(left, 0.0)
+    tracks.add(ev=ev, off=off, dir=d, length=length, cpc=cpc)
+    end = off + length[:, None] * d
+    cascade = left > CASCADE_MIN_GEV
+    e_lead = np.where(cascade, rng.uniform(*LEADING_Z, len(t)) * left, 0.0)
+    charged = cascade & (rng.random(len(t)) < LEADING_CHARGED_P)
+    lead_dir = _perturb(rng, d, np.clip(CASCADE_PT_GEV / np.maximum(e_lead, 0.05), 0.02, 1.0))
+    rest = left - e_lead
+    e_pi0 = np.where(cascade, PI0_SHARE * rest, 0.0)
+    if hadron == PI_CH:
+        secondaries.add(ev=ev[charged], kind=PI_CH, e=np.maximum(e_lead[charged] - M_PI, 0.0), dir=lead_dir[charged],
+                        off=end[charged])
+        exchange = cascade & ~charged
+        secondaries.add(ev=ev[exchange], kind=PI0, e=e_lead[exchange], dir=lead_dir[exchange], off=end[exchange])
+        e_cloud = rest - e_pi0
+    else:  # a leading neutron's energy goes into the cloud's
+        secondaries.add(ev=ev[charged], kind=PROTON, e=e_lead[charged], dir=lead_dir[charged], off=end[charged])
+        e_cloud = np.where(charged, rest, left) - e_pi0
+    secondaries.add(ev=ev[cascade], kind=PI0, e=e_pi0[cascade], dir=_perturb(rng, d[cascade], 0.3), off=end[cascade])
+    hit = e_cloud > 0.01
+    _had_cloud(clouds, ev[hit], end[hit], d[hit], HADRON_VISIBLE * e_cloud[hit], compact=False)
+    return length >= MIN_TRACK_CM
+
+
 def _to_deposits(rng: np.random.Generator, p: dict[str, np.ndarray], n: int
                  ) -> tuple[_Table, _Table, np.ndarray, np.ndarray]:
     """Tracks and clouds (offsets in cm from the vertex) of the particles, and visible track / shower prongs."""
@@ -453,46 +563,28 @@ def _to_deposits(rng: np.random.Generator, p: dict[str, np.ndarray], n: int
     tracks.add(ev=p["ev"][m], off=p["off"][m], dir=p["dir"][m], length=length, cpc=MIP_COUNTS_PER_CM)
     is_track[m] = length >= MIN_TRACK_CM
 
+    sec = _particles()  # the cascade's secondaries (see _hadron_tracks): not prongs of the event's truth
     for hadron in (PI_CH, PROTON):  # tracks that stop or interact
         m = kind == hadron
-        t = e[m]
-        if hadron == PI_CH:
-            full = t / MIP_GEV_PER_CM
-            lam = PION_LAMBDA_CM
-        else:
-            full = PROTON_RANGE_A * (1000.0 * t) ** PROTON_RANGE_P
-            lam = PROTON_LAMBDA_CM
-        length = np.minimum(full, rng.exponential(lam, len(t)))
-        if hadron == PI_CH:
-            left = t - length * MIP_GEV_PER_CM
-            cpc = np.full(len(t), MIP_COUNTS_PER_CM)
-        else:
-            left = ((full - length) / PROTON_RANGE_A) ** (1.0 / PROTON_RANGE_P) / 1000.0
-            cpc = PROTON_QUENCH * np.divide(t - left, length, out=np.zeros_like(t), where=length > 0) / GEV_PER_COUNT
-        left = np.maximum(left, 0.0)
-        tracks.add(ev=p["ev"][m], off=p["off"][m], dir=p["dir"][m], length=length, cpc=cpc)
-        is_track[m] = length >= MIN_TRACK_CM
-        hit = left > 0.01
-        end = p["off"][m][hit] + length[hit, None] * p["dir"][m][hit]
-        _had_cloud(clouds, p["ev"][m][hit], end, p["dir"][m][hit], HADRON_VISIBLE * left[hit], compact=False)
+        is_track[m] = _hadron_tracks(rng, tracks, clouds, sec, p["ev"][m], hadron, e[m], p["off"][m], p["dir"][m])
+    for _ in range(CASCADE_GENERATIONS - 1):  # the secondaries' own interactions
+        s, sec = sec.get(), _particles()
+        for hadron in (PI_CH, PROTON):
+            m = s["kind"] == hadron
+            _hadron_tracks(rng, tracks, clouds, sec, s["ev"][m], hadron, s["e"][m], s["off"][m], s["dir"][m])
+        _pi0_showers(rng, clouds, s["ev"][s["kind"] == PI0], s["off"][s["kind"] == PI0], s["dir"][s["kind"] == PI0],
+                     s["e"][s["kind"] == PI0])
+    s = sec.get()  # the last generation's: their energy goes into the hadronic cloud at their start
+    h = s["kind"] != PI0
+    _had_cloud(clouds, s["ev"][h], s["off"][h], s["dir"][h], HADRON_VISIBLE * s["e"][h], compact=False)
+    _pi0_showers(rng, clouds, s["ev"][~h], s["off"][~h], s["dir"][~h], s["e"][~h])
 
     m = kind == ELECTRON
     _em_cloud(clouds, p["ev"][m], p["off"][m], p["dir"][m], e[m], -0.5)
     n_showers[m] = e[m] >= MIN_SHOWER_GEV
 
-    m = kind == PI0  # → γγ, flat energy sharing, opening angle from the π0 mass, conversion gaps
-    idx = np.flatnonzero(m)
-    big_e = np.maximum(e[m], M_PI0 * 1.0001)
-    beta = np.sqrt(1.0 - (M_PI0 / big_e) ** 2)
-    e1 = 0.5 * big_e * (1.0 + beta * rng.uniform(-1.0, 1.0, len(big_e)))
-    e2 = big_e - e1
-    opening = np.arccos(np.clip(1.0 - M_PI0**2 / (2.0 * np.maximum(e1 * e2, 1e-9)), -1.0, 1.0))
-    phi = rng.uniform(0.0, 2 * np.pi, len(big_e))
-    for eg, angle, az in ((e1, opening * e2 / big_e, phi), (e2, opening * e1 / big_e, phi + np.pi)):
-        d = _turn(p["dir"][m], angle, az)
-        gap = rng.exponential(CONVERSION_CM, len(eg))
-        _em_cloud(clouds, p["ev"][m], p["off"][m] + gap[:, None] * d, d, eg, 0.5)
-        n_showers[idx] += eg >= MIN_SHOWER_GEV
+    m = kind == PI0
+    n_showers[m] = _pi0_showers(rng, clouds, p["ev"][m], p["off"][m], p["dir"][m], e[m])
 
     m = kind == NEUTRON  # invisible, or one recoil-proton blob some way off
     hit = rng.random(int(m.sum())) < 0.6
@@ -766,17 +858,18 @@ def _chunk(rng: np.random.Generator, classes: np.ndarray) -> tuple[np.ndarray, d
                length=5000.0, cpc=MIP_COUNTS_PER_CM)
 
     shape = (n, fmt.VIEWS, fmt.PLANES, fmt.CELLS)
+    origin = np.column_stack([np.floor(det_p) - win_p, np.floor(det_x) - win_x, np.floor(det_y) - win_y]).astype(
+        np.int64)
+    walls = np.column_stack([-origin[:, 1], DET_CELLS - origin[:, 1], -origin[:, 2], DET_CELLS - origin[:, 2]])
     t, c = tracks.get(), clouds.get()
     ti, tw = _track_deposits(shape, t["ev"], vp[t["ev"]] + t["off"][:, 2] / PLANE_PITCH_CM,
                              vx[t["ev"]] + t["off"][:, 0] / CELL_PITCH_CM, vy[t["ev"]] + t["off"][:, 1] / CELL_PITCH_CM,
-                             t["dir"], t["length"], t["cpc"])
+                             t["dir"], t["length"], t["cpc"], walls)
     ci, cw = _cloud_deposits(shape, rng, c["ev"], vp[c["ev"]] + c["off"][:, 2] / PLANE_PITCH_CM,
                              vx[c["ev"]] + c["off"][:, 0] / CELL_PITCH_CM, vy[c["ev"]] + c["off"][:, 1] / CELL_PITCH_CM,
-                             c["dir"], c["counts"], c["shape"], c["scale"], c["core"], c["halo"], c["halo_f"])
+                             c["dir"], c["counts"], c["shape"], c["scale"], c["core"], c["halo"], c["halo_f"], walls)
     images = np.zeros(shape, np.float32)
     _deposit(images, np.concatenate([ti, ci]), np.concatenate([tw, cw]))
-    origin = np.column_stack([np.floor(det_p) - win_p, np.floor(det_x) - win_x, np.floor(det_y) - win_y]).astype(
-        np.int64)
     maps = _readout(rng, images, origin, np.column_stack([vx, vy]).astype(np.float32))
 
     prongs = n_tracks + n_showers
@@ -818,14 +911,15 @@ def _light_yield(images: np.ndarray, origin: np.ndarray, fallback: np.ndarray) -
 
 
 def _dead(flat_idx: np.ndarray, shape: tuple[int, ...], origin: np.ndarray) -> np.ndarray:
-    """Whether the pixels at these flat indices of (N, 2, P, C) images sit on dead detector channels."""
+    """Whether the pixels at these flat indices of (N, 2, P, C) images sit on dead detector channels, or on
+    none (beyond the detector's side walls: no cell, so no noise hit either)."""
     _, views, planes, cells = shape
     rest, cell = np.divmod(flat_idx, cells)
     rest, plane = np.divmod(rest, planes)
     event, view = np.divmod(rest, views)
     det_plane = (origin[event, 0] + plane) % DEAD_MAP_SHAPE[1]
-    det_cell = (origin[event, 1 + view] + cell) % DEAD_MAP_SHAPE[2]
-    return DEAD_CHANNELS[view, det_plane, det_cell]
+    det_cell = origin[event, 1 + view] + cell
+    return DEAD_CHANNELS[view, det_plane, det_cell % DEAD_MAP_SHAPE[2]] | (det_cell < 0) | (det_cell >= DET_CELLS)
 
 
 def _readout(rng: np.random.Generator, images: np.ndarray, origin: np.ndarray, fallback: np.ndarray) -> np.ndarray:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from neutrino_ray import training
+from neutrino_ray import devices, training
 from neutrino_ray.errors import InputError
 from neutrino_ray.nova import data, models, targets
 from neutrino_ray.nova import format as fmt
@@ -86,7 +86,7 @@ class NovaTask:
             raise InputError(f"file {batch.column('file')[0]}: events outside task {self.target!r} reached "
                              f"training (row {int(batch.column('index')[int(np.argmin(ok))].as_py())})")
         t = torch.from_numpy(y) if self.classes else torch.from_numpy(y.astype(np.float32))
-        return {"x": training.to_device(x, device), "y": training.to_device(t, device)}
+        return {"x": devices.to_device(x, device), "y": devices.to_device(t, device)}
 
     def forward(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return model(x).float()
