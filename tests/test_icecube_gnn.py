@@ -173,8 +173,8 @@ def test_vmf_nll_and_angular_error() -> None:
         models.direction_loss(v, target, "mse")
 
 
-def test_training_steps_reduce_the_loss() -> None:
-    """A few optimiser steps on a fixed batch of events whose direction is written in their timing."""
+def timed_events() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """64 events whose direction is written in their timing: (x, ptr, n_pulses, direction)."""
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     counts = rng.integers(10, 60, 64).tolist()
@@ -182,6 +182,12 @@ def test_training_steps_reduce_the_loss() -> None:
     direction = torch.nn.functional.normalize(torch.randn(len(counts), 3), dim=1)
     batch = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
     x[:, 3] = -(x[:, :3] * direction[batch]).sum(1) * 0.01  # pulses arrive later downstream
+    return x, ptr, n_pulses, direction
+
+
+def test_training_steps_reduce_the_loss() -> None:
+    """A few optimiser steps on a fixed batch of events whose direction is written in their timing."""
+    x, ptr, n_pulses, direction = timed_events()
     model = models.build_model("small")
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
     losses = []
@@ -262,16 +268,10 @@ def test_weighted_linefit_matches_linefit() -> None:
 def test_refine_untrained_returns_its_seed_and_learns() -> None:
     """Untrained, `refine` returns each event's seed with κ = 1 (its heads start at zero), whatever the pulses;
     a few steps on events whose timing says their direction move it from the seed towards the truth."""
-    torch.manual_seed(0)
-    rng = np.random.default_rng(0)
-    counts = rng.integers(10, 60, 64).tolist()
-    x, ptr, n_pulses = realistic_events(counts, seed=4)
-    direction = torch.nn.functional.normalize(torch.randn(len(counts), 3), dim=1)
-    batch = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
-    x[:, 3] = -(x[:, :3] * direction[batch]).sum(1) * 0.01  # pulses arrive later downstream ...
+    x, ptr, n_pulses, direction = timed_events()
     late = torch.rand(len(x)) < 0.3
-    x[late, 3] += torch.rand(int(late.sum())) * 0.05  # ... and some much later (scattered light)
-    seed = torch.nn.functional.normalize(direction + 0.4 * torch.randn(len(counts), 3), dim=1)
+    x[late, 3] += torch.rand(int(late.sum())) * 0.05  # some pulses much later (scattered light)
+    seed = torch.nn.functional.normalize(direction + 0.4 * torch.randn(len(direction), 3), dim=1)
     model = models.build_model("refine")
     with torch.no_grad():
         out = model(x, ptr, n_pulses, None, seed)
