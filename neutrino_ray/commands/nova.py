@@ -91,7 +91,7 @@ def run(args: argparse.Namespace, command: list[str]) -> int:
         print(f"scored {m['events']} events in {m['wall_seconds']:.1f} s ({m['events_per_second']:.0f} events/s end "
               f"to end) → {storage.join(args.out, PREDICTIONS)}")
     elif args.action == "evaluate":
-        from neutrino_ray.nova.analysis import notebook_line
+        from neutrino_ray.nova.analysis_render import notebook_line
         from neutrino_ray.nova.evaluate import SUMMARY
         from neutrino_ray.nova.evaluate import evaluate as nova_evaluate
 

@@ -19,7 +19,6 @@ Conventions (also written into each report under ``definitions``):
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -28,23 +27,17 @@ import pyarrow as pa
 from scipy.stats import beta
 from sklearn.metrics import roc_auc_score
 
+from neutrino_ray.nova import analysis_render as render
 from neutrino_ray.nova import format as fmt
 from neutrino_ray.nova import targets
+from neutrino_ray.nova.binning import ENERGY_EDGES, ENERGY_VARIABLES
+from neutrino_ray.nova.binning import json_number as _num
 
-ENERGY_EDGES = np.array([0, 0.5, 1, 1.5, 2, 2.5, 3, 4, 5, 7, 10, 20, 80, np.inf])  # GeV; last bin 80+
 Y_EDGES = np.round(np.linspace(0, 1, 11), 10)
 THRESHOLDS = np.round(np.arange(101) * 0.01, 2)
 CL = 0.6827  # central interval of ±1σ
 QUANTILES = (0.16, 0.84)
-ENERGY_VARIABLES = {"nuenergy": "true ν energy (GeV)", "lepenergy": "true lepton energy (GeV)",
-                    "visible_energy": "visible (total) energy (GeV)"}
 SIGNAL = "numu-CC"
-
-
-def _num(x: Any) -> float | None:
-    """Plain float for JSON; None for NaN/inf (undefined)."""
-    v = float(x)
-    return v if math.isfinite(v) else None
 
 
 def binomial_efficiency(n: Any, k: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -201,10 +194,6 @@ def analyse(task: str, events: pa.Table, threshold: float = 0.5, seed: int = 0
 # ---------------------------------------------------------------- classification
 
 
-def _fmt(x: float | None, spec: str = ".4f") -> str:
-    return "n/a" if x is None else format(x, spec)
-
-
 def notebook_figures(y: np.ndarray, pred: np.ndarray, truth: dict[str, np.ndarray]) -> dict[str, Any]:
     """The figures the course notebooks (the seed analyses of the real files) quote, on a test file at its
     natural mix, with the decision ``pred`` (threshold 0.5 for numu-cc, argmax otherwise):
@@ -234,15 +223,6 @@ def notebook_figures(y: np.ndarray, pred: np.ndarray, truth: dict[str, np.ndarra
                              "high": _num(np.mean(right[hi])) if hi.any() else None,
                              "low": _num(np.mean(right[lo])) if lo.any() else None}
     return out
-
-
-def notebook_line(nb: dict[str, Any]) -> str:
-    """The figures of :func:`notebook_figures` in one line (``nova evaluate`` prints it; summary.md has it)."""
-    modes = ", ".join(f"{m} {_fmt(v['accuracy'], '.3f')}" for m, v in nb["by_mode"].items() if v["n"])
-    halves = "; ".join(f"{var} above / below the CC median {v['median']:.2f} GeV: {_fmt(v['high'], '.3f')} / "
-                       f"{_fmt(v['low'], '.3f')}" for var, v in nb["split"].items())
-    return (f"balanced accuracy {_fmt(nb['balanced_accuracy'], '.3f')}, accuracy {_fmt(nb['accuracy'], '.3f')} on "
-            f"{nb['n']} events; accuracy on the CC events of each mode: {modes}; {halves}")
 
 
 def _confusion(y: np.ndarray, pred: np.ndarray, k: int) -> np.ndarray:
@@ -305,8 +285,6 @@ def _classification(task: str, report: dict[str, Any], y: np.ndarray, scores: np
         report["efficiency"] = {c: _efficiencies(truth, pred == i, y == i) for i, c in enumerate(classes)}
     report["notebook"] = notebook_figures(y, pred, truth)
     report["definitions"] = _definitions(task, binary)
-    from neutrino_ray.nova import analysis_render as render  # it imports this module
-
     plots = render.classification_plots(task, report, y, scores, truth)
     return report, plots, render.classification_markdown(report, sorted(plots))
 
@@ -405,7 +383,5 @@ def _regression(task: str, report: dict[str, Any], true: np.ndarray, reco: np.nd
         "std": "standard deviation of r", "width68": "half the 16-84% interquantile range of r",
         "energy_bins": "true ν energy [lo, hi) GeV, last bin open-ended (hi null); empty bins omitted",
         **({"vs_true_y": "bins of true y, 0.1 wide; the last [0.9, inf) also holds y >= 1"} if task == "y" else {})}
-    from neutrino_ray.nova import analysis_render as render  # it imports this module
-
     plots = render.regression_plots(task, report, true, reco, r)
     return report, plots, render.regression_markdown(report, sorted(plots))

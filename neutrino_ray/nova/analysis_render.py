@@ -11,8 +11,23 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import roc_curve
 
-from neutrino_ray.nova.analysis import ENERGY_EDGES, ENERGY_VARIABLES, _fmt, _num, notebook_line
+from neutrino_ray.nova.binning import ENERGY_EDGES, ENERGY_VARIABLES
+from neutrino_ray.nova.binning import json_number as _num
 from neutrino_ray.plotting import png, pyplot
+
+
+def _fmt(x: float | None, spec: str = ".4f") -> str:
+    return "n/a" if x is None else format(x, spec)
+
+
+def notebook_line(nb: dict[str, Any]) -> str:
+    """The figures of :func:`.analysis.notebook_figures` in one line (``nova evaluate`` prints it, summary.md
+    has it)."""
+    modes = ", ".join(f"{m} {_fmt(v['accuracy'], '.3f')}" for m, v in nb["by_mode"].items() if v["n"])
+    halves = "; ".join(f"{var} above / below the CC median {v['median']:.2f} GeV: {_fmt(v['high'], '.3f')} / "
+                       f"{_fmt(v['low'], '.3f')}" for var, v in nb["split"].items())
+    return (f"balanced accuracy {_fmt(nb['balanced_accuracy'], '.3f')}, accuracy {_fmt(nb['accuracy'], '.3f')} on "
+            f"{nb['n']} events; accuracy on the CC events of each mode: {modes}; {halves}")
 
 
 def _bin_label(b: list[float | None]) -> str:
