@@ -143,11 +143,10 @@ def _icecube_batches(size: str, tmp: str, n_events: int, batch: int) -> tuple[An
     cap = default_max_pulses(size)
     geometry = icdata.load_geometry(data)
     plan = pipeline.plan_split(data, "test", 2_000, in_process=True)
-    events = pipeline.read_featurise(pipeline.SplitPlan.table(plan.slices), geometry, cap)
-    truth = icdata.split_truth(data, "test")
-    events = events.sort_by("event_id")
-    events = with_true_direction(events, truth)
     task = DirectionTask(size, max_pulses=cap)
+    events = pipeline.read_featurise(pipeline.SplitPlan.table(plan.slices), geometry, cap, task.seeded)
+    truth = icdata.split_truth(data, "test")
+    events = with_true_direction(events.sort_by("event_id"), truth)
     return task, [events.slice(lo, batch) for lo in range(0, len(events) - batch + 1, batch)]
 
 

@@ -150,17 +150,17 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     assert any(re.search(r"simulate icecube: 2,500/2,500 events \(100\.0 %\), .* ETA 0:00", s) for s in shown), text
     assert any(re.search(r"train: step \d+/[\d,]+ \(.* %\), epoch \d+, loss .* ETA \d+:\d\d", s) for s in shown), text
     assert "Kaggle LineFit" in text and "1.214 rad (public LineFit, aux = False pulses, leaderboard)" in text
-    assert "small GNN" in text and "GNN uncertainties:" in text
+    assert "refine GNN" in text and "uncertainties:" in text and "starts at LineFit: its seed" in text
     cmp = json.loads((tmp_path / "demo/comparison/report.json").read_text())
-    pair = cmp["paired"][0]  # the verdict follows the paired interval on err(LineFit) - err(GNN), not a guess
-    assert (pair["a"], pair["b"]) == ("Kaggle LineFit", "small GNN")
+    pair = cmp["paired"][0]  # the verdict follows the paired interval on err(LineFit) - err(model), not a guess
+    assert (pair["a"], pair["b"]) == ("Kaggle LineFit", "refine GNN")
     lo, hi = pair["mean_difference_interval_95"]
-    assert f"95 % interval [{lo:+.3f}, {hi:+.3f}]" in text, text
-    assert ("the GNN beats LineFit: paired" in text) == (lo > 0), text
-    assert ("does NOT beat LineFit yet" in text) == (lo <= 0), text
+    assert f"95 % interval [{lo:+.4f}, {hi:+.4f}]" in text, text
+    assert ("`refine` beats LineFit: paired" in text) == (lo > 0), text
+    assert ("`refine` does NOT beat LineFit" in text) == (lo <= 0), text
     last = [s for s in shown if s.strip()][-1].lstrip()  # ends with the table and its verdict
-    assert last.startswith("after " if lo <= 0 else "the GNN beats LineFit: paired"), text
-    assert [m["label"] for m in cmp["models"]] == ["Kaggle LineFit", "small GNN"]
+    assert last.startswith("after " if lo <= 0 else "`refine` beats LineFit: paired"), text
+    assert [m["label"] for m in cmp["models"]] == ["Kaggle LineFit", "refine GNN"]
     assert "uncertainty" in cmp["models"][1] and (tmp_path / "demo/gnn/model/calibration.json").exists()
     report = json.loads((tmp_path / "demo/evaluation/report.json").read_text())
     assert report["n_events"] == 500
@@ -175,10 +175,22 @@ def test_demo_on_s3(bucket: str, capsys: pytest.CaptureFixture[str]) -> None:
     from neutrino_ray import storage
 
     assert main(["-q", "demo", "--out", f"{bucket}/demo", "--events", "2500", "--train-minutes", "0.2"]) == 0
-    assert "small GNN" in capsys.readouterr().out
+    assert "refine GNN" in capsys.readouterr().out
     cmp = json.loads(storage.read_bytes(f"{bucket}/demo/comparison/report.json"))
     assert [m["n_events"] for m in cmp["models"]] == [500, 500]
     assert storage.exists(f"{bucket}/demo/gnn/model/calibration.json")
+
+
+@pytest.mark.slow  # the demo at its defaults: about 3 minutes on a quiet 2-core machine
+def test_default_demo_beats_linefit(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 29's goal: `make demo` shows a learned model beating the Kaggle LineFit on its test split, the
+    paired 95 % interval on err(LineFit) - err(model) excluding zero (its wall time is measured, not asserted:
+    docs/icecube.md, 'The demo')."""
+    from neutrino_ray.icecube.demo import demo
+
+    result = demo(str(tmp_path / "demo"))
+    lo, _ = result["comparison"]["paired"][0]["mean_difference_interval_95"]
+    assert result["beats_linefit"] and lo > 0, capsys.readouterr().out
 
 
 def test_simulate_rejects_bad_arguments(tmp_path: Path) -> None:

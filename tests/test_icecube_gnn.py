@@ -173,8 +173,8 @@ def test_vmf_nll_and_angular_error() -> None:
         models.direction_loss(v, target, "mse")
 
 
-def test_training_steps_reduce_the_loss() -> None:
-    """A few optimiser steps on a fixed batch of events whose direction is written in their timing."""
+def timed_events() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """64 events whose direction is written in their timing: (x, ptr, n_pulses, direction)."""
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     counts = rng.integers(10, 60, 64).tolist()
@@ -182,6 +182,12 @@ def test_training_steps_reduce_the_loss() -> None:
     direction = torch.nn.functional.normalize(torch.randn(len(counts), 3), dim=1)
     batch = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
     x[:, 3] = -(x[:, :3] * direction[batch]).sum(1) * 0.01  # pulses arrive later downstream
+    return x, ptr, n_pulses, direction
+
+
+def test_training_steps_reduce_the_loss() -> None:
+    """A few optimiser steps on a fixed batch of events whose direction is written in their timing."""
+    x, ptr, n_pulses, direction = timed_events()
     model = models.build_model("small")
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
     losses = []
@@ -237,3 +243,47 @@ def test_prediction_does_not_depend_on_the_rest_of_the_batch() -> None:
             a, b = int(ptr[e]), int(ptr[e + 1])
             alone = model(x[a:b], torch.tensor([0, b - a]), n_pulses[e:e + 1])
             torch.testing.assert_close(alone[0], together[e], atol=1e-5, rtol=1e-5)
+
+
+# --- the LineFit-seeded refinement (`refine`)
+
+
+def test_weighted_linefit_matches_linefit() -> None:
+    """The differentiable fit of the seeded model is linefit.linefit, with its weights, on the same pulses."""
+    from neutrino_ray.icecube.features import positions_and_times
+    from neutrino_ray.icecube.linefit import linefit
+
+    counts = [3, 9, 40, 120]
+    x, ptr, _ = realistic_events(counts, seed=2)
+    x = x.double()
+    w = torch.rand(len(x), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    batch = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
+    d, ok = models.weighted_linefit(x, w, batch, len(counts))
+    xyz, t = positions_and_times(x.numpy())
+    az, zen, ok_np = linefit(xyz, t, ptr.numpy(), w.numpy())
+    assert ok.tolist() == ok_np.tolist() == [True] * 4
+    np.testing.assert_allclose(d.numpy(), angles_to_direction(az, zen), atol=1e-9)
+
+
+def test_refine_untrained_returns_its_seed_and_learns() -> None:
+    """Untrained, `refine` returns each event's seed with κ = 1 (its heads start at zero), whatever the pulses;
+    a few steps on events whose timing says their direction move it from the seed towards the truth."""
+    x, ptr, n_pulses, direction = timed_events()
+    late = torch.rand(len(x)) < 0.3
+    x[late, 3] += torch.rand(int(late.sum())) * 0.05  # some pulses much later (scattered light)
+    seed = torch.nn.functional.normalize(direction + 0.4 * torch.randn(len(direction), 3), dim=1)
+    model = models.build_model("refine")
+    with torch.no_grad():
+        out = model(x, ptr, n_pulses, None, seed)
+    torch.testing.assert_close(out, seed, atol=1e-6, rtol=0)  # unit length: κ = 1
+    with pytest.raises(ValueError, match="LineFit directions"):
+        model(x, ptr, n_pulses)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(40):
+        loss = models.direction_loss(model(x, ptr, n_pulses, None, seed), direction)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        trained = models.angular_error(model(x, ptr, n_pulses, None, seed), direction).mean()
+    assert trained < 0.9 * models.angular_error(seed, direction).mean()

@@ -17,12 +17,15 @@ N_NEIGHBOURS = 8  # DynEdge's k-NN
 
 @dataclass(frozen=True)
 class DynEdgeConfig:
-    """Layer sizes. ``dynedge`` is GraphNeT's competition benchmark shape (1.35M parameters)."""
+    """Layer sizes. ``dynedge`` is GraphNeT's competition benchmark shape (1.35M parameters). ``seeded``: the
+    network refines the event's Kaggle LineFit direction (its input and starting point) instead of predicting a
+    direction from scratch."""
 
     conv: tuple[tuple[int, ...], ...]
     post: tuple[int, ...]
     readout: tuple[int, ...]
     k: int = N_NEIGHBOURS
+    seeded: bool = False  # a LineFit-seeded refinement (models.SeededDynEdge), not a direction from scratch
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -30,7 +33,8 @@ class DynEdgeConfig:
     @staticmethod
     def from_dict(d: dict[str, object]) -> DynEdgeConfig:
         conv = tuple(tuple(int(v) for v in layer) for layer in d["conv"])  # type: ignore[attr-defined]
-        return DynEdgeConfig(conv, tuple(d["post"]), tuple(d["readout"]), int(d["k"]))  # type: ignore[arg-type,call-overload]
+        return DynEdgeConfig(conv, tuple(d["post"]), tuple(d["readout"]), int(d["k"]),  # type: ignore[arg-type,call-overload]
+                             bool(d.get("seeded", False)))
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,8 @@ class TransformerConfig:
 GNN_SIZES = {
     "small": DynEdgeConfig(conv=((64, 64), (96, 64), (96, 64)), post=(128, 96), readout=(64,)),
     "dynedge": DynEdgeConfig(conv=((128, 256), (336, 256), (336, 256), (336, 256)), post=(336, 256), readout=(128,)),
+    # The demo's model: one light EdgeConv, seeded by LineFit (models.SeededDynEdge), quick to train on CPUs.
+    "refine": DynEdgeConfig(conv=((32, 32),), post=(64, 64), readout=(64,), seeded=True),
 }
 TRANSFORMER_SIZES = {
     "transformer-tiny": TransformerConfig(hidden=64, depth=2, depth_rel=1, head_size=16, fourier=32,

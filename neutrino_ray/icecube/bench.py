@@ -176,15 +176,15 @@ def bench_gnn(sizes: list[str], events: int, data: str, seed: int = 12) -> dict[
     results: dict[str, dict[str, float]] = {}
     for size in sizes:
         cap = default_max_pulses(size)
+        task = DirectionTask(size, max_pulses=cap)
         with _one_arrow_thread():  # as one Ray Data task of the training input
             t0 = time.perf_counter()
-            featurised = pipeline.read_featurise(pipeline.SplitPlan.table(plan.slices), geometry, cap)
+            featurised = pipeline.read_featurise(pipeline.SplitPlan.table(plan.slices), geometry, cap, task.seeded)
             read_featurise = len(featurised) / (time.perf_counter() - t0)
         big = size in ("dynedge", "transformer-small", "transformer-base")
         n_fwd, n_train = min(len(featurised), 1024 if big else 2048), min(len(featurised), 256 if big else 512)
         labelled = featurised.slice(0, n_train).sort_by("event_id")
         labelled = with_true_direction(labelled, truth)
-        task = DirectionTask(size, max_pulses=cap)
         torch.manual_seed(0)
         model = task.build_model()
         predict_directions(task, model, featurised.slice(0, 64), 256, cpu)  # warm-up

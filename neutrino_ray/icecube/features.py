@@ -17,6 +17,7 @@ TIME_OFFSET, TIME_SCALE = 1.0e4, 3.0e4  # ns
 CHARGE_LOG_SCALE = 3.0
 
 PULSE_COLUMNS = ("sensor_id", "time", "charge", "auxiliary")
+SEED = "seed"  # featurised column of the seeded models: the event's Kaggle LineFit direction (linefit.seed_column)
 
 
 def list_offsets(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
@@ -136,3 +137,10 @@ def features_from_table(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
     flat = arr.flatten().flatten().to_numpy(zero_copy_only=False).reshape(-1, N_FEATURES)
     return flat, offsets
+
+
+def seeds_from_table(table: pa.Table) -> np.ndarray:
+    """The (N, 3) float32 seed directions of a featurised table with a ``seed`` column."""
+    col = table.column(SEED)
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    return arr.flatten().to_numpy(zero_copy_only=False).reshape(-1, 3).astype(np.float32)

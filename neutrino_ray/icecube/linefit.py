@@ -23,8 +23,9 @@ of events; no per-event Python loop):
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 
-from neutrino_ray.icecube.features import event_index
+from neutrino_ray.icecube.features import event_index, flat_pulses
 
 # Straight up-going is as good a guess as any for an isotropic sky.
 DEFAULT_AZIMUTH, DEFAULT_ZENITH = 0.0, np.pi / 2
@@ -210,3 +211,11 @@ def fit(variant: str, offsets: np.ndarray, xyz: np.ndarray, t: np.ndarray, charg
     idx = np.flatnonzero(mask)
     r = xyz[idx] if sensor is None else xyz[sensor[idx]]
     return linefit(r, t[idx].astype(np.float64), new_offsets)
+
+
+def seed_column(events: pa.Table, geometry: np.ndarray) -> pa.FixedSizeListArray:
+    """The Kaggle LineFit's unit direction (x, y, z, float64) of every event of a table with pulse list columns,
+    fitted to all its pulses: the seed a LineFit-seeded model refines (featurised as the ``seed`` column)."""
+    offsets, sensor, t, charge, aux = flat_pulses(events)
+    az, zen, _ = fit("linefit", offsets, geometry, t, charge, aux, sensor=sensor)
+    return pa.FixedSizeListArray.from_arrays(pa.array(angles_to_direction(az, zen).reshape(-1)), 3)

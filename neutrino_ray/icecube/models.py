@@ -1,8 +1,8 @@
 """Direction models for IceCube events: a DynEdge-class graph network, its pure-torch k-NN, the vMF loss.
 
 Read top to bottom: how a batch of events is packed, the k-nearest-neighbour search, one EdgeConv
-layer, the DynEdge network (GraphNeT's competition benchmark shape, or a small CPU-friendly one), and
-the von Mises–Fisher loss on the unit sphere.
+layer, the DynEdge network (GraphNeT's competition benchmark shape, or a small CPU-friendly one), its
+LineFit-seeded refinement, and the von Mises–Fisher loss on the unit sphere.
 
 Events of a batch are *packed*: one (P, F) node matrix for all pulses, ``ptr`` marking where each
 event starts (PyG's layout). The k-NN groups events of similar length and pads each group only to
@@ -24,7 +24,8 @@ from torch import Tensor, nn
 from torch_geometric.nn import global_max_pool, global_mean_pool
 
 from neutrino_ray.icecube.architectures import GNN_SIZES, N_NEIGHBOURS, DynEdgeConfig
-from neutrino_ray.icecube.features import N_FEATURES, TIME_SCALE
+from neutrino_ray.icecube.features import N_FEATURES, POSITION_SCALE, TIME_SCALE
+from neutrino_ray.icecube.linefit import MIN_HLC_PULSES
 
 KNN_FEATURES = 4  # later layers: k-NN on the first four latent features (the first graph: on x, y, z)
 N_GLOBAL = 4 + N_FEATURES + 1  # homophily of x, y, z, t; feature means; log10 of the pulse count
@@ -198,7 +199,7 @@ class DynEdge(nn.Module):
     def __init__(self, cfg: DynEdgeConfig, n_features: int = N_FEATURES):
         super().__init__()
         self.cfg = cfg
-        n_in = n_features + N_GLOBAL
+        n_in = 2 * n_features + N_GLOBAL - N_FEATURES  # the features, then the globals (a mean of each feature)
         self.convs = nn.ModuleList()
         width = n_in
         for sizes in cfg.conv:
@@ -211,6 +212,18 @@ class DynEdge(nn.Module):
     def forward(self, x: Tensor, ptr: Tensor, n_pulses: Tensor, host_ptr: np.ndarray | None = None) -> Tensor:
         """x (P, F) packed pulse features, ptr (B + 1) event starts, n_pulses (B) pulses before the cap;
         ``host_ptr``: ptr on the host, when the caller has it (no device-to-host synchronisation then)."""
+        h, batch = self.nodes(x, ptr, n_pulses, host_ptr)
+        return self.head(self.pool(h, batch, ptr.shape[0] - 1))
+
+    def pool(self, h: Tensor, batch: Tensor, n_events: int) -> Tensor:
+        """Node states (P, post[-1]) → per-event readout (B, readout[-1]): min, max and mean pooled."""
+        pooled = torch.cat([-global_max_pool(-h, batch, n_events), global_max_pool(h, batch, n_events),
+                            global_mean_pool(h, batch, n_events)], dim=1)
+        return self.readout(pooled)
+
+    def nodes(self, x: Tensor, ptr: Tensor, n_pulses: Tensor, host_ptr: np.ndarray | None = None
+              ) -> tuple[Tensor, Tensor]:
+        """The post-processed node states (P, post[-1]) and each node's event index (P)."""
         n_events = ptr.shape[0] - 1
         counts = ptr[1:] - ptr[:-1]
         batch = torch.repeat_interleave(torch.arange(n_events, device=x.device), counts, output_size=x.shape[0])
@@ -229,10 +242,7 @@ class DynEdge(nn.Module):
             skips.append(h)
             if i < len(self.convs) - 1:
                 neighbours, valid = knn(h[:, :KNN_FEATURES], groups, self.cfg.k)
-        h = self.post(torch.cat(skips, dim=1))
-        pooled = torch.cat([-global_max_pool(-h, batch, n_events), global_max_pool(h, batch, n_events),
-                            global_mean_pool(h, batch, n_events)], dim=1)
-        return self.head(self.readout(pooled))
+        return self.post(torch.cat(skips, dim=1)), batch
 
 
 def global_variables(x: Tensor, batch: Tensor, neighbours: Tensor, valid: Tensor, n_pulses: Tensor,
@@ -248,9 +258,120 @@ def global_variables(x: Tensor, batch: Tensor, neighbours: Tensor, valid: Tensor
     return torch.cat([homophily, means, log_n], dim=1)
 
 
-def build_model(size: str | DynEdgeConfig) -> DynEdge:
+# ---------------------------------------------------------------------------------------------------
+# The LineFit-seeded refinement
+
+C_VACUUM_M_PER_NS = 0.299792458
+SEED_TIME_SCALE = 100.0  # ns: time residuals enter as asinh(τ / 100 ns): tens of ns resolved, µs of noise bounded
+SEED_FEATURES = 7  # per pulse: the seed (3); its position along the seed's track and across it (2); τ
+
+
+def seed_frame(seed: Tensor) -> tuple[Tensor, Tensor]:
+    """Two unit vectors (B, 3) spanning the plane perpendicular to each unit ``seed``: e1 horizontal (ẑ × seed,
+    or x̂ for a vertical seed), e2 = seed × e1."""
+    e1 = torch.cross(torch.tensor([0.0, 0.0, 1.0], device=seed.device, dtype=seed.dtype).expand_as(seed), seed, dim=1)
+    flat = e1.norm(dim=1, keepdim=True) < 1e-6
+    e1 = torch.where(flat, torch.tensor([1.0, 0.0, 0.0], device=seed.device, dtype=seed.dtype), e1)
+    e1 = F.normalize(e1, dim=1)
+    return e1, torch.cross(seed, e1, dim=1)
+
+
+def seed_features(x: Tensor, seed: Tensor, e1: Tensor, e2: Tensor, batch: Tensor, n_events: int) -> Tensor:
+    """(P, SEED_FEATURES): each pulse seen from its event's seed track. The particle moves along −seed; a pulse at
+    r has ``along`` = −seed·r and coordinates (e1·r, e2·r) across the track (the position scale), and the
+    plane-wave time residual τ = t − along / c, relative to its event's mean τ over non-auxiliary pulses (all
+    pulses where it has none), as asinh(τ / SEED_TIME_SCALE). For the true direction τ is flat across the track
+    up to the Cherenkov delays; a tilt of the seed by δ shows as a gradient δ·r⊥ / c across it."""
+    s, a, b = seed[batch], e1[batch], e2[batch]
+    r = x[:, :3]
+    along = -(r * s).sum(1)
+    tau = (x[:, 3] * TIME_SCALE) - along * (POSITION_SCALE / C_VACUUM_M_PER_NS)  # ns (up to a per-event offset)
+    w = 1.0 - x[:, 5]
+    n_hlc = torch.zeros(n_events, device=x.device, dtype=x.dtype).index_add_(0, batch, w)
+    w = torch.where(n_hlc[batch] > 0, w, torch.ones_like(w))
+    sw = torch.zeros(n_events, device=x.device, dtype=x.dtype).index_add_(0, batch, w)
+    mean = torch.zeros(n_events, device=x.device, dtype=x.dtype).index_add_(0, batch, w * tau) / sw.clamp(min=1e-6)
+    tau = torch.asinh((tau - mean[batch]) / SEED_TIME_SCALE)
+    return torch.cat([s, along[:, None], (r * a).sum(1, keepdim=True), (r * b).sum(1, keepdim=True), tau[:, None]],
+                     dim=1)
+
+
+def weighted_linefit(x: Tensor, w: Tensor, batch: Tensor, n_events: int, eps: float = 1e-12) -> tuple[Tensor, Tensor]:
+    """LineFit with per-pulse weights ``w`` on packed features (the least-squares line r(t) = r0 + v·t of
+    :func:`neutrino_ray.icecube.linefit.linefit`, differentiable in ``w``): (the unit direction −v/|v| (B, 3),
+    whether the fit is defined (B)). Positions and times stay in feature units: one positive scale each, which
+    changes |v| but not its direction."""
+    def per_event(values: Tensor) -> Tensor:
+        return torch.zeros((n_events, *values.shape[1:]), device=x.device, dtype=x.dtype).index_add_(0, batch, values)
+
+    sw = per_event(w).clamp(min=eps)
+    t = x[:, 3]
+    dt = t - (per_event(w * t) / sw)[batch]
+    dr = x[:, :3] - (per_event(w[:, None] * x[:, :3]) / sw[:, None])[batch]
+    var_t = per_event(w * dt * dt)
+    v = per_event((w * dt)[:, None] * dr) / var_t.clamp(min=eps)[:, None]
+    speed = v.norm(dim=1)
+    ok = (var_t > eps) & (speed > eps)
+    return -v / speed.clamp(min=eps)[:, None], ok
+
+
+def kaggle_weights(x: Tensor, batch: Tensor, n_events: int) -> Tensor:
+    """The Kaggle LineFit's pulses as 0/1 weights on packed features: the non-auxiliary ones, or every pulse of an
+    event with fewer than 2 of them (:func:`neutrino_ray.icecube.linefit.hlc_or_all`; its 800-pulse charge cap
+    never binds under the models' pulse caps)."""
+    hlc = 1.0 - x[:, 5]
+    n_hlc = torch.zeros(n_events, device=x.device, dtype=x.dtype).index_add_(0, batch, hlc)
+    return torch.where(n_hlc[batch] < MIN_HLC_PULSES, torch.ones_like(hlc), hlc)
+
+
+class SeededDynEdge(nn.Module):
+    """LineFit with learned pulse weights, started from the event's Kaggle LineFit direction (the *seed*), as
+    IceCube's own reconstructions start from LineFit (Aartsen et al., NIM A 736 (2014) 143).
+
+    A DynEdge reads the pulses plus :func:`seed_features` (each pulse seen from the seed's track) and gives every
+    pulse a weight factor 2·σ(h) (1 at the start) on its Kaggle LineFit weight. The direction is the seed moved by
+    what the reweighting changes in a LineFit of the model's pulses, μ = normalise(seed + d(w) − d(w₀)), with
+    d(w) the weighted fit's direction (:func:`weighted_linefit`) and w₀ the Kaggle weights (:func:`kaggle_weights`);
+    κ = exp(log κ₀ + c) from the pooled event state. Down-weighting late, scattered light is what IceCube's
+    improved LineFit does by a fixed rule (``linefit-clean``); here the rule is learned. The heads that give h and
+    c start at zero, so the untrained model returns the seed exactly (κ = 1), and training moves away from the
+    LineFit score only by lowering the loss. Output: the direction as a vector of length κ, as :class:`DynEdge`."""
+
+    def __init__(self, cfg: DynEdgeConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.net = DynEdge(cfg, n_features=N_FEATURES + SEED_FEATURES)
+        self.net.head = nn.Linear(cfg.readout[-1], 1)  # c: log κ relative to log κ₀
+        self.pulse_head = nn.Linear(cfg.post[-1], 1)  # h: each pulse's log-odds weight factor
+        for layer in (self.net.head, self.pulse_head):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+        self.log_kappa = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x: Tensor, ptr: Tensor, n_pulses: Tensor, host_ptr: np.ndarray | None = None,
+                seed: Tensor | None = None) -> Tensor:
+        """As :meth:`DynEdge.forward`, with ``seed`` (B, 3): the events' unit Kaggle LineFit directions."""
+        if seed is None:
+            raise ValueError("a seeded model needs the events' LineFit directions (the featurised 'seed' column)")
+        n_events = ptr.shape[0] - 1
+        batch = torch.repeat_interleave(torch.arange(n_events, device=x.device), ptr[1:] - ptr[:-1],
+                                        output_size=x.shape[0])
+        seed = seed.to(x.dtype)
+        e1, e2 = seed_frame(seed)
+        h, _ = self.net.nodes(torch.cat([x, seed_features(x, seed, e1, e2, batch, n_events)], dim=1), ptr, n_pulses,
+                              host_ptr)
+        w0 = kaggle_weights(x, batch, n_events)
+        d_w, ok = weighted_linefit(x, w0 * 2 * torch.sigmoid(self.pulse_head(h)[:, 0]), batch, n_events)
+        with torch.no_grad():
+            d_0, ok_0 = weighted_linefit(x, w0, batch, n_events)
+        step = torch.where((ok & ok_0)[:, None], d_w - d_0, torch.zeros_like(d_w))
+        kappa = torch.exp(self.log_kappa + self.net.head(self.net.pool(h, batch, n_events))[:, 0])
+        return kappa[:, None] * F.normalize(seed + step, dim=1)
+
+
+def build_model(size: str | DynEdgeConfig) -> DynEdge | SeededDynEdge:
     cfg = SIZES[size] if isinstance(size, str) else size
-    return DynEdge(cfg)
+    return SeededDynEdge(cfg) if cfg.seeded else DynEdge(cfg)
 
 
 def n_parameters(model: nn.Module) -> int:

@@ -23,7 +23,8 @@ from ray.data import RandomSeedConfig
 
 from neutrino_ray import runtime, storage
 from neutrino_ray.icecube import data as icdata
-from neutrino_ray.icecube.features import featurise
+from neutrino_ray.icecube.features import SEED, featurise
+from neutrino_ray.icecube.linefit import seed_column
 
 log = logging.getLogger("neutrino_ray")
 
@@ -116,11 +117,15 @@ def iter_slices(rows: pa.Table) -> Iterator[icdata.BatchSlice]:
         yield icdata.BatchSlice(**row)
 
 
-def read_featurise(rows: pa.Table, geometry: np.ndarray, max_pulses: int) -> pa.Table:
-    """Slice rows → featurised event rows (event_id, n_pulses, n_selected, features[, azimuth, zenith])."""
+def read_featurise(rows: pa.Table, geometry: np.ndarray, max_pulses: int, seeds: bool = False) -> pa.Table:
+    """Slice rows → featurised event rows (event_id, n_pulses, n_selected, features[, seed][, azimuth, zenith]);
+    ``seeds``: with the events' Kaggle LineFit directions, fitted to all their pulses, for the seeded models."""
     out = []
     for s in iter_slices(rows):
-        events = featurise(icdata.read_slice(s, len(geometry)), geometry, max_pulses)
+        raw = icdata.read_slice(s, len(geometry))
+        events = featurise(raw, geometry, max_pulses)
+        if seeds:
+            events = events.append_column(SEED, seed_column(raw, geometry))
         for c, values in icdata.slice_truth(s).items():
             events = events.append_column(c, pa.array(values))
         out.append(events)
@@ -128,12 +133,12 @@ def read_featurise(rows: pa.Table, geometry: np.ndarray, max_pulses: int) -> pa.
 
 
 def events_dataset(plan: SplitPlan, geometry: np.ndarray, max_pulses: int, num_cpus: float = 1.0,
-                   shuffle_seed: int | None = None) -> ray.data.Dataset:
+                   shuffle_seed: int | None = None, seeds: bool = False) -> ray.data.Dataset:
     """Lazy dataset of featurised events, one block per slice, read and decoded where it is consumed.
     With ``shuffle_seed``, the order of the slices (row-group ranges of the batch files) is shuffled anew
     for every pass over the data (epoch), reproducibly: only the light slice rows move, never events."""
     ds: ray.data.Dataset = ray.data.from_arrow(plan.tables())
     if shuffle_seed is not None and len(plan.slices) > 1:
         ds = ds.randomize_block_order(seed=RandomSeedConfig(seed=shuffle_seed, reseed_after_execution=True))
-    return ds.map_batches(partial(read_featurise, geometry=geometry, max_pulses=max_pulses),
+    return ds.map_batches(partial(read_featurise, geometry=geometry, max_pulses=max_pulses, seeds=seeds),
                           batch_format="pyarrow", batch_size=1, zero_copy_batch=True, num_cpus=num_cpus)

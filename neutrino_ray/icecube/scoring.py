@@ -65,7 +65,8 @@ def linefit_block(rows: pa.Table, geometry: np.ndarray, variant: str, cap: int,
     return parts.score([part_unit(s) for s in slices], lambda i: with_batch_id(score(i), slices[i]))
 
 
-def featurise_block(rows: pa.Table, geometry: np.ndarray, max_pulses: int, parts: Parts | None = None) -> pa.Table:
+def featurise_block(rows: pa.Table, geometry: np.ndarray, max_pulses: int, parts: Parts | None = None,
+                    seeds: bool = False) -> pa.Table:
     """The split pipeline's CPU stage (Ray Data tasks): each slice row with its featurised events packed in one
     Arrow IPC blob (``events``), ready for a model actor; or, where an earlier attempt finished the slice's part,
     that part's summary (``finished``, JSON) and no events: a finished part is recognised before any decoding."""
@@ -75,7 +76,7 @@ def featurise_block(rows: pa.Table, geometry: np.ndarray, max_pulses: int, parts
         if found is not None:
             blob, done = None, json.dumps(found.to_pylist()[0])
         else:
-            events = pipeline.read_featurise(rows.slice(i, 1), geometry, max_pulses)
+            events = pipeline.read_featurise(rows.slice(i, 1), geometry, max_pulses, seeds)
             sink = pa.BufferOutputStream()
             with pa.ipc.new_stream(sink, events.schema) as w:
                 w.write_table(events)
@@ -106,6 +107,7 @@ class DirectionScorer:
         self.weights, self.kappa_weighted, self.max_pulses = np.asarray(weights), kappa_weighted, max_pulses
         self.geometry, self.batch_size = geometry, batch_size
         self.ensemble_calibration, self.parts, self.featurised = ensemble_calibration, parts, featurised
+        self.seeds = any(task.seeded for task, _, _ in self.members)
 
     def __call__(self, rows: pa.Table) -> pa.Table:
         if self.featurised:  # the split pipeline: rows from featurise_block
@@ -131,7 +133,7 @@ class DirectionScorer:
 
     def scores(self, rows: pa.Table) -> pa.Table:
         """Slice rows → their events' ensemble directions and κ (the fused pipeline: read, featurise, score)."""
-        return self.score_events(pipeline.read_featurise(rows, self.geometry, self.max_pulses))
+        return self.score_events(pipeline.read_featurise(rows, self.geometry, self.max_pulses, self.seeds))
 
     def score_events(self, events: pa.Table) -> pa.Table:
         """Featurised events → their ensemble directions and κ."""
@@ -179,6 +181,7 @@ class CheckedModels:
     max_pulses: int
     weights: tuple[float, ...]
     details: dict[str, Any]
+    seeds: bool = False  # featurise with the Kaggle LineFit seeds (a member is a seeded model)
 
 
 ENSEMBLE = "ensemble.json"  # an ensemble artefact: its members, weights and κ rule ('icecube calibrate --out')
@@ -270,7 +273,7 @@ def check_models(scoring: ScoringOptions) -> CheckedModels:
         details = {k: v for k, v in described[0].items() if k != "weight"}
     else:
         details = {"model": "ensemble", "members": described, "kappa_weighted": scoring.kappa_weighted}
-    return CheckedModels(caps.pop(), norm, details)
+    return CheckedModels(caps.pop(), norm, details, any(t.seeded for _, t, _, _ in loaded))
 
 
 def calibration_details(scoring: ScoringOptions) -> dict[str, Any]:
@@ -363,7 +366,8 @@ def build_dataset(split_plan: pipeline.SplitPlan, geometry: np.ndarray, scoring:
             raise InputError(f"--pipeline split: {actors} actors x {scoring.cpus_per_actor:g} CPUs take all {total} "
                              "CPUs of the cluster; leave some for the featurise tasks (fewer --actors)")
         tasks = scoring.featurise_tasks or max(1, int(left))
-        ds = ds.map_batches(partial(featurise_block, geometry=geometry, max_pulses=models.max_pulses, parts=parts),
+        ds = ds.map_batches(partial(featurise_block, geometry=geometry, max_pulses=models.max_pulses, parts=parts,
+                                    seeds=models.seeds),
                             batch_format="pyarrow", batch_size=1, zero_copy_batch=True,
                             num_cpus=min(1.0, left), compute=ray.data.TaskPoolStrategy(size=tasks))
     return inference.actor_pool(ds, DirectionScorer, kwargs, actors, cpus_per_actor, scoring.gpus_per_actor)

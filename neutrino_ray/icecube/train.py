@@ -76,7 +76,14 @@ class DirectionTask:
 
     def build_model(self) -> nn.Module:
         cfg = self.model_config()
-        return transformer.Transformer(cfg) if isinstance(cfg, transformer.TransformerConfig) else models.DynEdge(cfg)
+        if isinstance(cfg, transformer.TransformerConfig):
+            return transformer.Transformer(cfg)
+        return models.build_model(cfg)
+
+    @property
+    def seeded(self) -> bool:
+        """Whether the model refines the events' LineFit directions (the featurised ``seed`` column)."""
+        return getattr(self.model_config(), "seeded", False)
 
     def collate(self, batch: pa.Table, device: torch.device) -> Batch:
         """Featurised event rows → a packed PyG batch (x, ptr, batch, n_pulses[, y unit vectors]) on ``device``,
@@ -87,6 +94,8 @@ class DirectionTask:
         b = Batch(x=torch.from_numpy(flat.copy()), ptr=ptr,  # Arrow buffers are read-only
                   batch=torch.repeat_interleave(torch.arange(len(offsets) - 1), ptr[1:] - ptr[:-1]),
                   n_pulses=torch.from_numpy(batch.column("n_pulses").to_numpy().astype(np.int64)))
+        if self.seeded:
+            b.seed = torch.from_numpy(features.seeds_from_table(batch))
         if "azimuth" in batch.column_names:
             az = batch.column("azimuth").to_numpy()
             zen = batch.column("zenith").to_numpy()
@@ -96,6 +105,8 @@ class DirectionTask:
         return b
 
     def forward(self, model: nn.Module, b: Batch) -> torch.Tensor:
+        if self.seeded:
+            return model(b.x, b.ptr, b.n_pulses, getattr(b, "host_ptr", None), b.seed).float()
         return model(b.x, b.ptr, b.n_pulses, getattr(b, "host_ptr", None)).float()
 
     def loss(self, model: nn.Module, b: Batch) -> torch.Tensor:
@@ -160,8 +171,9 @@ def train(data: str, out: str, size: str = "small", *, loss: str = "vmf",
     cpus = training.DATA_TASK_CPUS
     # Every epoch reads the training tasks in a new order (row-group ranges of all batch files), then the
     # scaffold's local shuffle buffer mixes events across them.
-    train_ds = pipeline.events_dataset(train_plan, geometry, max_pulses, num_cpus=cpus, shuffle_seed=s.seed)
-    val_ds = pipeline.events_dataset(val_plan, geometry, max_pulses, num_cpus=cpus)
+    train_ds = pipeline.events_dataset(train_plan, geometry, max_pulses, num_cpus=cpus, shuffle_seed=s.seed,
+                                       seeds=task.seeded)
+    val_ds = pipeline.events_dataset(val_plan, geometry, max_pulses, num_cpus=cpus, seeds=task.seeded)
     how = (f"the last {val_batches} batch file(s) of the train split" if val_batches is not None
            else "the last val_events events of the train split, in file order")
     return training.fit(task, s, train_ds, val_ds, train_plan.events, command=command, inputs=[data],
