@@ -87,7 +87,8 @@ def _run(side: str, tree: Path, cwd: Path, args: list[str], timeout: float, atte
         if RAY_START_FAILED not in proc.stderr or attempt == attempts:
             break
         print(f"  {side}: Ray did not start (attempt {attempt} of {attempts}); again", flush=True)
-    raise SystemExit(f"{side}: neutrino-ray {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    raise SystemExit(f"{side}: neutrino-ray {' '.join(args)} failed ({proc.returncode}):\n"
+                     f"{(proc.stderr or proc.stdout or '(no output)')[-3000:]}")
 
 
 def _manifest(path: Path) -> Any:
