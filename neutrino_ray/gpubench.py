@@ -133,6 +133,7 @@ def _icecube_batches(size: str, tmp: str, n_events: int, batch: int) -> tuple[An
     from neutrino_ray.icecube import data as icdata
     from neutrino_ray.icecube import pipeline
     from neutrino_ray.icecube.architectures import default_max_pulses
+    from neutrino_ray.icecube.metrics import with_true_direction
     from neutrino_ray.icecube.simwrite import simulate_dataset
     from neutrino_ray.icecube.train import DirectionTask
 
@@ -144,11 +145,8 @@ def _icecube_batches(size: str, tmp: str, n_events: int, batch: int) -> tuple[An
     plan = pipeline.plan_split(data, "test", 2_000, in_process=True)
     task = DirectionTask(size, max_pulses=cap)
     events = pipeline.read_featurise(pipeline.SplitPlan.table(plan.slices), geometry, cap, task.seeded)
-    truth = icdata.split_truth(data, "test").sort_by("event_id")
-    events = events.sort_by("event_id")
-    rows = np.searchsorted(truth.column("event_id").to_numpy(), events.column("event_id").to_numpy())
-    events = events.append_column("azimuth", truth.column("azimuth").take(rows))
-    events = events.append_column("zenith", truth.column("zenith").take(rows))
+    truth = icdata.split_truth(data, "test")
+    events = with_true_direction(events.sort_by("event_id"), truth)
     return task, [events.slice(lo, batch) for lo in range(0, len(events) - batch + 1, batch)]
 
 

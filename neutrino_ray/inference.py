@@ -12,7 +12,7 @@
   (:func:`neutrino_ray.devices.to_device`).
 - :func:`actor_pool`: the ``map_batches`` stage of an actor pool (sized by :func:`neutrino_ray.runtime.actor_pool_size`,
   where GPU actors wait, boundedly, for the autoscaler to provide their GPUs); :func:`cpu_pool_for_tasks` folds
-  the CPUs of CPU actors that would get no read task into the busy ones' threads.
+  the CPUs of CPU actors that would get no slice into the busy ones' threads.
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ def _node() -> str:
 
 
 def cpu_pool_for_tasks(actors: int, cpus_per_actor: float, tasks: int) -> tuple[int, float]:
-    """(actors, CPUs per actor) of a CPU actor pool sized by default that has ``tasks`` read tasks to score: with
+    """(actors, CPUs per actor) of a CPU actor pool sized by default that has ``tasks`` slices to score: with
     fewer tasks than actors the idle actors would hold CPUs no task uses (a split of one or two row groups, e.g. a
     few hundred events, is one task), so the pool shrinks to one actor per task and each takes, as torch
     threads, the CPUs the idle ones would have held. The pool's CPUs do not change."""

@@ -63,7 +63,7 @@ def two_workers(cluster: Cluster) -> Cluster:
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """3,000 events in two batch files with small row groups: many read tasks."""
+    """3,000 events in two batch files with small row groups: many slices."""
     rng = np.random.default_rng(31)
     a = random_events(rng, 1500, first_id=0)
     b = random_events(rng, 1500, first_id=int(a["event_id"][-1]) + 1)

@@ -287,15 +287,16 @@ FULL_BANDS = {
     "charge_q1": (0.775 * 0.8, 0.775 * 1.2), "charge_median": (1.075 * 0.8, 1.075 * 1.2),
     "charge_q3": (1.775 * 0.8, 1.775 * 1.2),
     "first_time_median": (5830, 6430), "span_median": (9870, 12060),
-    # the real mean pulse charge, 3.909 pe (stats.REAL_KAGGLE), within the charge quartiles' +-20 % widened to +-25 %:
-    # a mean that a few very bright DOMs set (issue 26; the third session's split law gave 1.6-1.7 pe)
-    "charge_mean": (3.909 * 0.75, 3.909 * 1.25),
 }
 # A few thousand events: the mean, the 99th percentile and the pulse-pooled charge quartiles are
 # dominated by the rare very bright events, so their bands are wider; the rest as in full.
 DEFAULT_BANDS = {**FULL_BANDS, "linefit": (1.12, 1.31), "pulses_mean": (90, 320), "pulses_p99": (650, 2000),
-                 "frac_le_100": (0.72, 0.88), "charge_q3": (1.775 * 0.75, 1.775 * 1.25),
-                 "charge_mean": (3.909 * 0.5, 3.909 * 2.0)}
+                 "frac_le_100": (0.72, 0.88), "charge_q3": (1.775 * 0.75, 1.775 * 1.25)}
+# The real mean pulse charge, 3.909 pe (stats.REAL_KAGGLE, train batch_1), within the charge quartiles' +-20 %, widened:
+# +-25 % (issue 26: the third session's split law gave 1.6-1.7 pe). A mean that a few very bright DOMs set (the real
+# standard deviation is 16.3 pe, here 8-180 pe per 10,000 events): on a few thousand events the band is 0.5x-2x.
+MEAN_CHARGE_FULL = (3.909 * 0.75, 3.909 * 1.25)
+MEAN_CHARGE_DEFAULT = (3.909 * 0.5, 3.909 * 2.0)
 
 
 def _calibration_figures(batch: sim.SimulatedBatch) -> dict[str, float]:
@@ -311,7 +312,7 @@ def _calibration_figures(batch: sim.SimulatedBatch) -> dict[str, float]:
         "pulses_p99": n["p99"], "frac_le_100": st["fraction_events_le_100_pulses"],
         "aux_frac_le_100": sum(b["auxiliary_fraction"] * b["pulses"] for b in le_100)
         / sum(b["pulses"] for b in le_100),
-        "charge_q1": ch["q1"], "charge_median": ch["median"], "charge_q3": ch["q3"], "charge_mean": ch["mean"],
+        "charge_q1": ch["q1"], "charge_median": ch["median"], "charge_q3": ch["q3"],
         "charge_off_grid": 0.0 if ch["on_0025_grid"] else 1.0,
         "first_time_median": st["first_pulse_time"]["median"], "span_median": st["span"]["median"],
         **st["linefit"]["mean_angular_error"],
@@ -328,6 +329,20 @@ def _check_calibration(fig: dict[str, float], bands: dict[str, tuple[float, floa
 
 def test_calibration_against_the_real_data(calibration):
     _check_calibration(_calibration_figures(calibration), DEFAULT_BANDS)
+
+
+def test_mean_pulse_charge_against_the_real_data(calibration):
+    q = _np(calibration.pulses, "charge").mean()
+    assert MEAN_CHARGE_DEFAULT[0] <= q <= MEAN_CHARGE_DEFAULT[1], f"mean pulse charge {q:.3f} pe (real 3.909)"
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="issue 26: mean pulse charge 2.90 / 2.35 / 1.90 / 1.76 pe on 10,000 events of "
+                                       "seeds 2024 / 21 / 2025 / 99 at ad53759 against 3.909 pe +- 25 % (1.6-1.7 pe "
+                                       "before the waveform slots); this 40,000-event run not measured")
+def test_mean_pulse_charge_on_40000_events():
+    q = _np(sim.simulate_batch(99, 40_000, 0).pulses, "charge").mean()
+    assert MEAN_CHARGE_FULL[0] <= q <= MEAN_CHARGE_FULL[1], f"mean pulse charge {q:.3f} pe (real 3.909)"
 
 
 def test_mix_of_topologies(calibration):
@@ -354,8 +369,8 @@ def _pulse_share_misses(n_pulses: np.ndarray) -> dict[str, tuple[float, float, f
 
 
 @pytest.mark.xfail(strict=True, reason="issue 26 shares missed after the fourth session's recalibration (HESE-anchored "
-                                       "cascade light): 91.2 / 7.63 / 1.17 % on this fixture (seed 2024, 3,000 events) "
-                                       "against 94.2 / 4.7 / 1.1 +- 1.5 / 1.0 / 0.3 (docs/icecube.md)")
+                                       "cascade light): 90.70 / 8.03 / 1.27 % on this fixture (seed 2024, 3,000 "
+                                       "events) against 94.2 / 4.7 / 1.1 +- 1.5 / 1.0 / 0.3 (docs/icecube.md)")
 def test_pulse_count_shares_match_the_real_data(calibration):
     misses = _pulse_share_misses(_np(calibration.truth, "n_pulses"))
     assert not misses, f"(share %, real %, allowed +-) per bin: {misses}"

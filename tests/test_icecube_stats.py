@@ -20,7 +20,9 @@ from neutrino_ray.cli import main
 from neutrino_ray.icecube import data as icdata
 from neutrino_ray.icecube import linefit as lf
 from neutrino_ray.icecube import pipeline
+from neutrino_ray.icecube import profile as prof
 from neutrino_ray.icecube import stats as st
+from neutrino_ray.icecube import stats_report as report
 from neutrino_ray.icecube.metrics import angular_dist_score
 from neutrino_ray.icecube.simwrite import simulate_dataset
 
@@ -67,9 +69,9 @@ def reference(root: Path, split: str, truth: bool = True) -> dict[str, Any]:
         "span": summary(span),
         "sensors_hit": len(np.unique(sensor)),
     }
-    for lo, hi in st.SIZE_BINS:
+    for lo, hi in prof.SIZE_BINS:
         sel = (size_of_pulse >= lo) & (size_of_pulse <= (hi or 10**12))
-        ref["auxiliary"]["by_event_size"][st.size_label(lo, hi)] = {
+        ref["auxiliary"]["by_event_size"][report.size_label(lo, hi)] = {
             "events": int(((counts >= lo) & (counts <= (hi or 10**12))).sum()), "pulses": int(sel.sum()),
             "auxiliary_fraction": aux[sel].mean() if sel.any() else None}
     if not truth:
@@ -106,7 +108,7 @@ def assert_matches(got: dict[str, Any], want: dict[str, Any], where: str = "", e
         elif k in EXACT and (exact_charge or not here.startswith(".charge")):
             assert g == w and type(g) is type(w.item() if isinstance(w, np.generic) else w), (here, g, w)
         elif k in EXACT:  # charge quantiles off the 0.025 grid: the smallest charge of the right 0.025 pe bin
-            assert w - st.CHARGE_STEP < g <= w, (here, g, w)
+            assert w - prof.CHARGE_STEP < g <= w, (here, g, w)
         else:
             assert g == pytest.approx(w, rel=1e-9, abs=1e-12), (here, g, w)
 
@@ -187,20 +189,20 @@ def test_no_truth_and_charges_off_the_grid(handmade: Path, tmp_path: Path) -> No
     assert "| LineFit (aux = False): mean angular error (rad) | n/a (no LineFit scores: no truth" in summary
 
 
-def _task_profiles(root: Path, split: str, per_task: int) -> list[st.Profile]:
+def _task_profiles(root: Path, split: str, per_task: int) -> list[prof.Profile]:
     geometry = icdata.load_geometry(str(root))
     plan = pipeline.plan_split(str(root), split, per_task, in_process=True)
-    return [st.profile_events(icdata.read_slice(s, len(geometry)), geometry) for s in plan.slices]
+    return [prof.profile_events(icdata.read_slice(s, len(geometry)), geometry) for s in plan.slices]
 
 
 def test_merge_is_order_free_and_equals_one_block(handmade: Path) -> None:
     parts = _task_profiles(handmade, "test", 9)
     assert len(parts) > 10
-    whole = st.to_stats(st.merge_all(parts))
+    whole = report.to_stats(prof.merge_all(parts))
     order = np.random.default_rng(0).permutation(len(parts))
-    shuffled = st.to_stats(st.merge_all(parts[i] for i in order))
-    pairs = st.to_stats(st.merge(st.merge_all(parts[::2]), st.merge_all(parts[1::2])))
-    one = st.to_stats(st.merge_all(_task_profiles(handmade, "test", 10**6)))
+    shuffled = report.to_stats(prof.merge_all(parts[i] for i in order))
+    pairs = report.to_stats(prof.merge(prof.merge_all(parts[::2]), prof.merge_all(parts[1::2])))
+    one = report.to_stats(prof.merge_all(_task_profiles(handmade, "test", 10**6)))
     for other in (shuffled, pairs, one):
         assert_matches(other, {k: v for k, v in whole.items() if k not in ("real_kaggle", "definitions")})
 
@@ -209,9 +211,9 @@ def test_events_from_flat_profiles_like_the_reader(handmade: Path) -> None:
     """In-memory pulses (e.g. a simulated batch) profile exactly as the rows read from the files."""
     geometry = icdata.load_geometry(str(handmade))
     pulses = pq.read_table(handmade / "test/batch_8.parquet")
-    a = st.to_stats(st.profile_events(st.events_from_flat(pulses), geometry))
+    a = report.to_stats(prof.profile_events(prof.events_from_flat(pulses), geometry))
     (s,) = icdata.plan_batch(str(handmade), "test", "run", icdata.meta_batch_summary(str(handmade), "test")[8], 10**6)
-    b = st.to_stats(st.profile_events(icdata.read_slice(s, len(geometry)), geometry))
+    b = report.to_stats(prof.profile_events(icdata.read_slice(s, len(geometry)), geometry))
     assert {k: v for k, v in a.items() if k != "batch_ids" and k != "batch_files"} == \
         {k: v for k, v in b.items() if k != "batch_ids" and k != "batch_files"}
 
@@ -222,17 +224,17 @@ def test_hist_quantiles_are_numpy_inverted_cdf() -> None:
     for n in [*range(1, 60), 99, 100, 101, 1000, 4321]:
         x = rng.integers(-50, 50 + n, n)
         cut = rng.integers(0, n + 1)
-        h = st.Hist.of(x[:cut]).merge(st.Hist.of(x[cut:]))
+        h = prof.Hist.of(x[:cut]).merge(prof.Hist.of(x[cut:]))
         assert h.quantiles(levels) == np.quantile(x, levels, method="inverted_cdf").tolist(), n
     sparse = rng.integers(-(10**15), 10**15, 300)  # the np.unique path
-    assert st.Hist.of(sparse).quantiles(levels) == np.quantile(sparse, levels, method="inverted_cdf").tolist()
+    assert prof.Hist.of(sparse).quantiles(levels) == np.quantile(sparse, levels, method="inverted_cdf").tolist()
 
 
 def test_time_outliers_are_clipped_with_exact_extremes() -> None:
     t = np.r_[-5_000_000, np.arange(100, 110), 9 * 10**12]
     pulses = pa.table({"event_id": np.r_[np.zeros(6), np.ones(6)].astype(np.int64), "sensor_id": np.zeros(12, np.int16),
                        "time": t, "charge": np.full(12, 1.025), "auxiliary": np.zeros(12, bool)})
-    doc = st.to_stats(st.profile_events(st.events_from_flat(pulses), np.zeros((10, 3))))
+    doc = report.to_stats(prof.profile_events(prof.events_from_flat(pulses), np.zeros((10, 3))))
     assert doc["time"]["min"] == -5_000_000 and doc["time"]["max"] == 9 * 10**12
     assert doc["time"]["clipped_outliers"] == 2 and doc["time"]["mean"] == pytest.approx(t.mean())
     assert [doc["time"][k] for k in ("q1", "median", "q3")] == [q(t, 0.25), q(t, 0.5), q(t, 0.75)]
@@ -249,18 +251,19 @@ def test_charge_grid_check(kind: str) -> None:
         charge = charge.astype(np.float32).astype(np.float64)
     pulses = pa.table({"event_id": np.repeat(np.arange(50), 10), "sensor_id": np.zeros(500, np.int16),
                        "time": np.arange(500), "charge": charge, "auxiliary": np.zeros(500, bool)})
-    doc = st.to_stats(st.profile_events(st.events_from_flat(pulses), np.zeros((1, 3))))["charge"]
+    doc = report.to_stats(prof.profile_events(prof.events_from_flat(pulses), np.zeros((1, 3))))["charge"]
     assert doc["on_0025_grid"] is True and doc["quantiles"] == "exact"
     assert [doc[k] for k in ("q1", "median", "q3")] == [q(charge, 0.25), q(charge, 0.5), q(charge, 0.75)]
     off = pulses.set_column(3, "charge", pa.array(charge + np.r_[0.001, np.zeros(499)]))
-    assert st.to_stats(st.profile_events(st.events_from_flat(off), np.zeros((1, 3))))["charge"]["off_grid_pulses"] == 1
+    off_profile = prof.profile_events(prof.events_from_flat(off), np.zeros((1, 3)))
+    assert report.to_stats(off_profile)["charge"]["off_grid_pulses"] == 1
 
 
 def test_real_kaggle_facts_have_rows() -> None:
-    paths = {row[0] for row in st.ROWS}
-    for key, fact in st.REAL_KAGGLE.items():
+    paths = {row[0] for row in report.ROWS}
+    for key, fact in report.REAL_KAGGLE.items():
         assert key in paths and fact["definition"] and fact["value"] is not None, key
-    assert st.REAL_KAGGLE["pulses_per_event.median"]["value"] == 63
+    assert report.REAL_KAGGLE["pulses_per_event.median"]["value"] == 63
 
 
 @pytest.mark.integration

@@ -76,7 +76,7 @@ def test_training_recovers_from_a_worker_failure_resumes_and_scores(dataset: Pat
     assert m["events"] == 1600 and m["architecture"] == "small" and m["max_pulses"] == 256
     sub = pacsv.read_csv(pred / "submission.csv")
     assert sub.column_names == ["event_id", "azimuth", "zenith"]
-    # The actor's computation replayed in this process: one torch thread, the same read tasks and batches.
+    # The actor's computation replayed in this process: one torch thread, the same slices and batches.
     task, model, _ = load_task_and_model(str(model_dir))
     geometry = icdata.load_geometry(str(dataset))
     threads = torch.get_num_threads()

@@ -131,3 +131,20 @@ def test_errors_against_truth_align_by_event_id_in_any_order() -> None:
                                [angular_distance(0.2, 1.2, 0.5, 1.0), 0.0], atol=1e-12)
     with pytest.raises(ValueError, match="no truth for event_id 40"):
         errors_against_truth(truth, pa.table({"event_id": [40], "azimuth": [0.0], "zenith": [0.0]}))
+
+
+def test_rows_by_event_id_and_true_directions_in_any_order() -> None:
+    import pyarrow as pa
+
+    from neutrino_ray.icecube.metrics import rows_by_event_id, with_true_direction
+
+    rows, found = rows_by_event_id(np.array([30, 10, 20]), np.array([20, 40, 30, 5]))
+    assert found.tolist() == [True, False, True, False] and rows[found].tolist() == [2, 0]
+    rows, found = rows_by_event_id(np.array([], np.int64), np.array([1, 2]))
+    assert rows.tolist() == [0, 0] and not found.any()
+    truth = pa.table({"event_id": [30, 10, 20], "azimuth": [0.3, 0.1, 0.2], "zenith": [1.3, 1.1, 1.2]})
+    events = with_true_direction(pa.table({"event_id": [20, 30, 10], "x": [1, 2, 3]}), truth)
+    assert events.column_names == ["event_id", "x", "azimuth", "zenith"]
+    assert events.column("azimuth").to_pylist() == [0.2, 0.3, 0.1] and events.column("zenith").to_pylist()[0] == 1.2
+    with pytest.raises(ValueError, match="no truth for event_id 40"):
+        with_true_direction(pa.table({"event_id": [10, 40]}), truth)

@@ -82,7 +82,7 @@ def test_split_pipeline_reuses_finished_parts_and_rescoring_the_rest(trained: tu
 @pytest.mark.parametrize("how", ["fused", "split"])
 def test_a_part_doubled_is_caught_by_the_exactly_once_check_in_both_pipelines(trained: tuple[Path, Path],
                                                                                tmp_path: Path, how: str) -> None:
-    """A read task that reaches the pipeline twice (its part written, and summarised, twice) fails the exactly-once
+    """A slice that reaches the pipeline twice (its part written, and summarised, twice) fails the exactly-once
     check before anything is published, whichever pipeline scored it; both pipelines summarise it the same way."""
     from dataclasses import replace
 

@@ -167,8 +167,9 @@ def test_notebook_figures_by_hand() -> None:
 # ---------------------------------------------------------------- the difficulty ordering (slow)
 # Run time: the proxy budget through the one pipeline (``make nova-proxy``: 42,000 simulated events → 9,788
 # balanced training events x 5 epochs at ~26 CPU-ms per event pass ≈ 21 CPU-minutes, plus 20,000 test events
-# scored): measured 44 min wall on the shared 2-core machine at load average 15-54 (docs/nova.md "Issue 27";
-# DIS 0.824 < QE 0.935, low E_lepton 0.763 < high 0.958 there), ≈ 25-30 min expected on 2 idle cores.
+# scored): measured 44 min wall on the shared 2-core machine at load average 15-54 on main's simulator, 42 min at
+# load average 15-63 on the cascade-and-walls simulator (ba6595c; docs/nova.md "Issue 27": DIS 0.712 < QE
+# 0.878, low E_lepton 0.661 < high 0.882 there), ≈ 25-30 min expected on 2 idle cores.
 @pytest.mark.slow
 def test_course_cnn_difficulty_ordering_on_the_simulation(tmp_path: Path) -> None:
     """As on the real files: ν_μ CC DIS events are harder than QE events, low lepton energy harder than high;

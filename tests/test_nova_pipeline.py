@@ -127,6 +127,19 @@ def test_train_predict_evaluate_cli(sim: Path, tmp_path: Path) -> None:
     assert pred.schema.metadata[b"neutrino_ray.task"] == b"nova-numu-cc"
     assert pred.column("file").to_pylist() == [f"neutrino{i}.h5" for i in (1, 2, 3) for _ in range(400)]
     assert pred.column("index").to_pylist() == list(range(400)) * 3
+    assert manifest["parts"] == 9 and manifest["parts_reused"] == 0
+    # A run killed before it publishes leaves its parts; the same command again reuses every one of them.
+    def die(self: storage.Output, **_: object) -> None:
+        raise KeyboardInterrupt
+
+    again = ["-q", "nova", "predict", str(sim), "--model", str(out / "model"), "--out", str(tmp_path / "again"),
+             "--events-per-task", "150", "--actors", "2"]
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(storage.Output, "commit", die)
+        assert main(again) == 130
+    assert main(again) == 0
+    assert storage.read_manifest(str(tmp_path / "again"))["parts_reused"] == 9
+    assert (tmp_path / "again" / PREDICTIONS).read_bytes() == (tmp_path / "pred" / PREDICTIONS).read_bytes()
     p = np.stack([pred.column("prob_other").to_numpy(), pred.column("prob_numu-CC").to_numpy()], axis=1)
     assert np.allclose(p.sum(axis=1), 1, atol=1e-5)
     # actor scoring equals scoring in this process

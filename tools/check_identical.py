@@ -142,9 +142,11 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.keep).resolve() if args.keep else Path(tempfile.mkdtemp(prefix="check-identical-"))
     work.mkdir(parents=True, exist_ok=True)
     base_tree = work / "base-tree"
-    if not base_tree.exists():
-        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(base_tree), sha], check=True,
-                       capture_output=True)
+    if not base_tree.exists():  # --force: a kept work folder removed by hand leaves its worktree registered
+        made = subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--force", "--detach", str(base_tree), sha],
+                              capture_output=True, text=True)
+        if made.returncode != 0:
+            raise SystemExit(f"git worktree add {base_tree} {sha[:9]}: {made.stderr.strip()}")
     trees = {"base": base_tree, "head": REPO}
     print(f"base {sha[:9]} against this checkout ({head}{', with uncommitted changes' if dirty else ''}); "
           f"work in {work}", flush=True)

@@ -163,7 +163,7 @@ def _add_predict(ic_sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
 
     pr = ic_sub.add_parser("predict", formatter_class=fmt, epilog=ENV_HELP,
                            help="batch inference → OUT/submission.csv",
-                           description="Score every event of a split with Ray Data (LineFit in read tasks, or a "
+                           description="Score every event of a split with Ray Data (LineFit fused into the read, or a "
                                        "trained model on an actor pool) and publish OUT/submission.csv "
                                        "(event_id,azimuth,zenith) or OUT/predictions/ and OUT/_SUCCESS.json. A "
                                        "killed run re-run with the same command reuses the parts it finished.")
@@ -194,7 +194,7 @@ def _add_predict(ic_sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
                          "(default: the one stored with it, 768 unless trained otherwise); a DynEdge model "
                          "always uses the pulse cap it was trained with")
     pr.add_argument("--events-per-task", type=_positive, default=None,
-                    help=f"events per Ray Data read task, cut at row groups ({LINEFIT_EVENTS_PER_TASK} for "
+                    help=f"events per slice (one Ray Data read), cut at row groups ({LINEFIT_EVENTS_PER_TASK} for "
                          f"LineFit, {GNN_EVENTS_PER_TASK} for a model)")
     add_actor_args(pr, DEFAULT_BATCH_SIZE)
     pr.add_argument("--pipeline", choices=PIPELINES, default="auto",
@@ -268,7 +268,8 @@ def run(args: argparse.Namespace, command: list[str]) -> int:
         print(f"mean angular error {r['mean_angular_error']:.4f} rad over {r['n_events']} events "
               f"→ {storage.join(args.out, REPORT)}")
     elif args.action == "stats":
-        from neutrino_ray.icecube.stats import STATS, side_by_side, stats
+        from neutrino_ray.icecube.stats import STATS, stats
+        from neutrino_ray.icecube.stats_report import side_by_side
 
         r = stats(args.data, args.split, args.out, args.events_per_task, linefit=not args.no_linefit,
                   command=command)

@@ -21,6 +21,7 @@ from neutrino_ray.icecube import data as icdata
 from neutrino_ray.icecube import pipeline
 from neutrino_ray.icecube.features import DEFAULT_MAX_PULSES, featurise
 from neutrino_ray.icecube.linefit import KAGGLE_CHARGE_CAP, VARIANTS
+from neutrino_ray.icecube.metrics import with_true_direction
 from neutrino_ray.icecube.options import LINEFIT_EVENTS_PER_TASK, ScoringOptions
 from neutrino_ray.icecube.predict import predict
 from neutrino_ray.icecube.scoring import linefit_events
@@ -170,7 +171,7 @@ def bench_gnn(sizes: list[str], events: int, data: str, seed: int = 12) -> dict[
     _dataset(events, data, seed)
     plan = pipeline.plan_split(data, "test", LINEFIT_EVENTS_PER_TASK, in_process=True)
     geometry = icdata.load_geometry(data)
-    truth = icdata.split_truth(data, "test").sort_by("event_id")
+    truth = icdata.split_truth(data, "test")
     cpu = torch.device("cpu")
     results: dict[str, dict[str, float]] = {}
     for size in sizes:
@@ -183,9 +184,7 @@ def bench_gnn(sizes: list[str], events: int, data: str, seed: int = 12) -> dict[
         big = size in ("dynedge", "transformer-small", "transformer-base")
         n_fwd, n_train = min(len(featurised), 1024 if big else 2048), min(len(featurised), 256 if big else 512)
         labelled = featurised.slice(0, n_train).sort_by("event_id")
-        rows = np.searchsorted(truth.column("event_id").to_numpy(), labelled.column("event_id").to_numpy())
-        labelled = labelled.append_column("azimuth", truth.column("azimuth").take(rows))
-        labelled = labelled.append_column("zenith", truth.column("zenith").take(rows))
+        labelled = with_true_direction(labelled, truth)
         torch.manual_seed(0)
         model = task.build_model()
         predict_directions(task, model, featurised.slice(0, 64), 256, cpu)  # warm-up

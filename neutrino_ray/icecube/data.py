@@ -114,7 +114,7 @@ def load_batch_meta(data: str, split: str, batch_id: int, with_truth: bool = Fal
     uri = meta_uri(data, split)
     cols = list(META_COLUMNS) + (["azimuth", "zenith"] if with_truth else [])
     try:
-        with storage.open_input(uri) as f:
+        with storage.parquet_errors(uri, DataError), storage.open_input(uri) as f:
             names = pq.read_schema(f).names
             missing = [c for c in cols if c not in names]
             if missing:
@@ -123,8 +123,6 @@ def load_batch_meta(data: str, split: str, batch_id: int, with_truth: bool = Fal
             t = pq.read_table(f, columns=cols, filters=[("batch_id", "==", int(batch_id))])
     except FileNotFoundError as e:
         raise _no_meta(uri, data, split) from e
-    except (pa.ArrowInvalid, OSError) as e:
-        raise DataError(f"{uri}: not a readable Parquet file: {e}") from e
     return _checked_meta(t, uri)
 
 
@@ -149,7 +147,7 @@ def meta_batch_summary(data: str, split: str) -> dict[int, BatchSummary]:
     uri = meta_uri(data, split)
     out: dict[int, BatchSummary] = {}
     try:
-        with storage.open_input(uri) as f:
+        with storage.parquet_errors(uri, DataError), storage.open_input(uri) as f:
             pf = pq.ParquetFile(f)
             missing = [c for c in META_COLUMNS if c not in pf.schema_arrow.names]
             if missing:
@@ -160,8 +158,8 @@ def meta_batch_summary(data: str, split: str) -> dict[int, BatchSummary]:
                             "row groups: rewrite it with row groups of at most ~1,000,000 rows (docs/icecube.md, "
                             "data contract) before planning a large split", uri, largest)
             # One reader per row group: a single iter_batches over every row group keeps memory that grows
-            # with the file (measured, pyarrow 26, 1,048,576-row groups: 2M → 10M events, 210 → 366 MiB
-            # peak), one per row group stays flat (193 → 194 MiB); a huge row group still streams in chunks.
+            # with the file, one per row group stays flat (figures: docs/icecube.md, "Predict on a meta
+            # written in 1,048,576-row groups"); a huge row group still streams in chunks.
             chunks = (chunk for rg in range(pf.num_row_groups)
                       for chunk in pf.iter_batches(batch_size=META_SCAN_ROWS, columns=list(META_COLUMNS),
                                                    row_groups=[rg]))
@@ -176,8 +174,6 @@ def meta_batch_summary(data: str, split: str) -> dict[int, BatchSummary]:
                         b, old.n_events + n, min(old.min_event_id, lo), max(old.max_event_id, hi))
     except FileNotFoundError as e:
         raise _no_meta(uri, data, split) from e
-    except (pa.ArrowInvalid, OSError) as e:
-        raise DataError(f"{uri}: not a readable Parquet file: {e}") from e
     return dict(sorted(out.items()))
 
 
@@ -289,6 +285,12 @@ def batch_meta(run: str, data: str, split: str, batch_id: int, truth: bool = Fal
     return _META_CACHE[key]
 
 
+def forget_run(run: str) -> None:
+    """Drop a planning run's cached metas (the driver's, once it has read what it needed from them)."""
+    for key in [k for k in _META_CACHE if k[0] == run]:
+        del _META_CACHE[key]
+
+
 def plan_batch(data: str, split: str, run: str, batch: BatchSummary, events_per_slice: int, start: int = 0,
                stop: int | None = None, truth: bool = False) -> list[BatchSlice]:
     """The one planner: one batch's meta rows [start, stop) (to its end when ``stop`` is None) cut into slices
@@ -304,12 +306,10 @@ def plan_batch(data: str, split: str, run: str, batch: BatchSummary, events_per_
         checked_truth(meta, meta_uri(data, split))
     uri = batch_uri(data, split, batch.batch_id)
     try:
-        with storage.open_input(uri) as f:
+        with storage.parquet_errors(uri, DataError), storage.open_input(uri) as f:
             md = pq.ParquetFile(f).metadata
     except FileNotFoundError as e:
         raise DataError(f"{uri}: pulse file for batch {batch.batch_id} not found") from e
-    except (pa.ArrowInvalid, OSError) as e:
-        raise DataError(f"{uri}: not a readable Parquet file: {e}") from e
     n_rows = md.num_rows
     ids = meta.column("event_id").to_numpy()
     first = meta.column("first_pulse_index").to_numpy()

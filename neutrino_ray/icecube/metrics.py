@@ -28,15 +28,35 @@ def angular_distance(az_true: np.ndarray, zen_true: np.ndarray,
     return np.arccos(np.clip(scalar_prod, -1.0, 1.0))
 
 
+def rows_by_event_id(ids: np.ndarray, want: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The one align-by-event-id step: for each event id of ``want``, the row of ``ids`` (in any order) that
+    holds it, and whether one does (the row given for a missing id is arbitrary). With repeated ids in
+    ``ids``, the first row of each."""
+    if len(ids) == 0:
+        return np.zeros(len(want), np.int64), np.zeros(len(want), bool)
+    order = np.argsort(ids, kind="stable")
+    rows = order[np.clip(np.searchsorted(ids[order], want), 0, len(ids) - 1)]
+    return rows, ids[rows] == want
+
+
+def with_true_direction(events: pa.Table, truth: pa.Table) -> pa.Table:
+    """``events`` with the true ``azimuth`` and ``zenith`` of each row's event_id from ``truth`` (any order)
+    appended; every event must have a truth row."""
+    rows, found = rows_by_event_id(truth.column("event_id").to_numpy(), events.column("event_id").to_numpy())
+    if not found.all():
+        raise ValueError(f"no truth for event_id {events.column('event_id')[int(np.argmin(found))]} "
+                         f"({int((~found).sum())} events have none)")
+    take = pa.array(rows)
+    return events.append_column("azimuth", truth.column("azimuth").take(take)).append_column(
+        "zenith", truth.column("zenith").take(take))
+
+
 def errors_against_truth(truth: pa.Table, pred: pa.Table) -> np.ndarray:
     """Angular error (rad) of each prediction row (event_id, azimuth, zenith), in its order, against the truth
     row of the same event_id; the truth table may be in any order but must hold every predicted event."""
-    ids = truth.column("event_id").to_numpy()
-    order = np.argsort(ids, kind="stable")
     want = pred.column("event_id").to_numpy()
-    pos = np.clip(np.searchsorted(ids[order], want), 0, max(len(ids) - 1, 0))
-    rows = order[pos]
-    missing = np.flatnonzero(ids[rows] != want) if len(ids) else np.arange(len(want))
+    rows, found = rows_by_event_id(truth.column("event_id").to_numpy(), want)
+    missing = np.flatnonzero(~found)
     if len(missing):
         raise ValueError(f"no truth for event_id {int(want[missing[0]])} ({len(missing)} predicted events have none)")
     return angular_distance(truth.column("azimuth").to_numpy()[rows], truth.column("zenith").to_numpy()[rows],

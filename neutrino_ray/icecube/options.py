@@ -12,7 +12,7 @@ from typing import Any
 
 from neutrino_ray.icecube.linefit import VARIANTS
 
-LINEFIT_EVENTS_PER_TASK = 20_000  # LineFit: big slices, ~1 s of work each
+LINEFIT_EVENTS_PER_TASK = 20_000  # LineFit: big slices, so that per-task overheads stay small
 GNN_EVENTS_PER_TASK = 2_000  # a trained model: smaller slices spread evenly over the actors
 STATS_EVENTS_PER_TASK = 20_000  # icecube stats: events read at once inside a batch file's task (cut at row groups)
 DEFAULT_BATCH_SIZE = 256  # events per model forward pass

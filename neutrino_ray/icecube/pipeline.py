@@ -10,6 +10,7 @@ is one slice, in exactly its fields (:meth:`SplitPlan.tables`, decoded by :func:
 from __future__ import annotations
 
 import dataclasses
+import logging
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,10 +21,12 @@ import pyarrow as pa
 import ray
 from ray.data import RandomSeedConfig
 
-from neutrino_ray import runtime
+from neutrino_ray import runtime, storage
 from neutrino_ray.icecube import data as icdata
 from neutrino_ray.icecube.features import SEED, featurise
 from neutrino_ray.icecube.linefit import seed_column
+
+log = logging.getLogger("neutrino_ray")
 
 SLICE_FIELDS = tuple(f.name for f in dataclasses.fields(icdata.BatchSlice))  # the columns of a slice row
 
@@ -58,7 +61,8 @@ class SplitPlan:
         ceil(remaining / (2 · slots)) slices, so the first blocks are large and the last ones single slices.
         Ray Data waits up to 0.1 s after each task before it notices the task is done and starts the next
         (``ray.wait`` with a timeout in the streaming executor, ray-project/ray#45934): with one slice per task
-        that left the CPUs idle for ~28 % of a LineFit job on 2 cores. Few, large blocks pay it rarely; the
+        that left the CPUs idle for a large share of a LineFit job (docs/icecube.md, "End to end against the
+        two-core limit"). Few, large blocks pay it rarely; the
         small last blocks keep the slots finishing together. Each slice is still its own batch (and part)."""
         out, i, n = [], 0, len(self.slices)
         while i < n:
@@ -70,11 +74,15 @@ class SplitPlan:
 
 def split_summary(data: str, split: str) -> dict[int, icdata.BatchSummary]:
     """A split's summary per batch, streamed from its meta (row checks on the way), after checking that every
-    batch file is there and that no event id is in two batches."""
+    batch file is there and that no event id is in two batches: the one split check of predict, stats and the
+    LineFit uncertainty fit. Batch files the meta does not name are not read, with a warning."""
     summary = icdata.meta_batch_summary(data, split)
     if not summary:
         raise icdata.DataError(f"{icdata.meta_uri(data, split)}: no events in split {split!r}")
-    icdata.check_batch_files(data, split, summary)
+    unused = icdata.check_batch_files(data, split, summary)
+    if unused:
+        log.warning("%s: %d batch files have no meta rows (e.g. batch %d); they are not read",
+                    storage.join(data, split), len(unused), unused[0])
     icdata.check_ids_across_batches(data, split, summary)
     return summary
 

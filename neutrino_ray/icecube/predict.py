@@ -163,7 +163,7 @@ PREDICTION_SCHEMA = pa.schema([
 def predictions_table(result: pa.Table, model: str) -> pa.Table:
     """``predictions.parquet``: per event its batch, the direction, the vMF concentration κ and the angular radii
     (rad) containing 50, 68 and 90 % of it (null where there is no κ), the pulse count, the model. Sorted by
-    event_id (hence by batch_id on Kaggle-layout data); one row group per read task."""
+    event_id (hence by batch_id on Kaggle-layout data); one row group per slice."""
     n = len(result)
     cols: dict[str, Any] = {c: result.column(c) for c in ("event_id", "batch_id", "azimuth", "zenith")}
     if "kappa" in result.column_names:
@@ -275,7 +275,7 @@ def predict(data: str, split: str, out: str, scoring: ScoringOptions | None = No
             command: list[str] | None = None, fmt: str | None = None) -> dict[str, Any]:
     """Score a split and publish, atomically with ``_SUCCESS.json``, ``OUT/submission.csv`` and
     ``OUT/predictions.parquet`` (``fmt`` csv) or ``OUT/predictions/part-*.parquet`` (``fmt`` parquet; default
-    :func:`default_format`). The workers write each read task's scores as a sorted Parquet part and return
+    :func:`default_format`). The workers write each slice's scores as a sorted Parquet part and return
     only its summary; the driver checks the parts exactly once and streams them, in id order, into the
     published files: its memory does not grow with the number of events. The parts live in a staging
     folder beside the output named by the run's fingerprint, so a killed run re-run with the same command

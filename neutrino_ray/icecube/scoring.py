@@ -230,7 +230,7 @@ def check_models(scoring: ScoringOptions) -> CheckedModels:
         if scoring.weights is not None or scoring.kappa_weighted:
             raise InputError("--weights and --kappa-weighted are for ensembles of trained models, not LineFit")
         return CheckedModels(scoring.max_pulses or lf.KAGGLE_CHARGE_CAP, (1.0,), {"model": members[0]})
-    from neutrino_ray.icecube.artefact import load_task_and_model  # torch: only for trained models (~2 s to import)
+    from neutrino_ray.icecube.artefact import load_task_and_model  # torch: trained models only
 
     for uri in members:
         if uri in lf.VARIANTS:
@@ -320,6 +320,7 @@ def fit_linefit_uncertainty(data: str, variant: str, cap: int, geometry: np.ndar
     fitted = pa.concat_tables(linefit_events(icdata.read_slice(s, len(geometry)), geometry, variant, cap)
                               for s in slices)
     meta = pa.concat_tables(icdata.slice_meta(s) for s in slices)
+    icdata.forget_run(run)  # the driver keeps no batch meta once the fit is done
     err = errors_against_truth(meta, fitted)
     model = uncertainty.fit_pulse_count_kappa(fitted.column("n_pulses").to_numpy(), err)
     model["fitted_on"] = {"data": data, "split": "train", "batch_id": batch_id, "events": len(fitted),

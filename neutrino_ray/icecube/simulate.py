@@ -102,11 +102,12 @@ PMT and DAQ:
     1612.05093 sec. 6; ATWD 3.3 ns over the first 427 ns, fADC 25 ns samples over 6.4 µs) resolves a DOM's photons
     into pulses: n pe from one source make the fewer of min(n, ⌈1.1 n^0.78⌉) (``PULSE_SPLIT``, ``PULSE_POWER``, the
     third session's law, calibrated on the pulse-count shares) and the time slots they occupy, K (1 − (1 − 1/K)^n) for
-    K = 1 + mean Pandel delay / ``PULSE_RESOLUTION`` (25 ns, the fADC sampling; ``pulse_slots``): photons that
-    arrive within one sample merge. Next to a bright source the light comes within tens of ns and unfolds into a few
-    large pulses (the real files' largest pulse is 2,762 pe, their mean 3.909 pe with a standard deviation of 16.3);
-    far away, spread over microseconds, nearly every photon is its own pulse. Before the slots (issue 26, third
-    session) the mean pulse charge was 1.6–1.7 pe. Pulses share a DOM's charge equally, with SPE smearing.
+    K = 1 + mean Pandel delay / ``PULSE_RESOLUTION`` (3.3 ns, the ATWD's sampling; ``pulse_slots``): photons that
+    arrive within one sample merge (the fADC's 25 ns put the charge q3 below its band, 1.40 pe). Next to a bright
+    source the light comes within tens of ns and unfolds into a few large pulses (the real files' largest pulse is
+    2,762 pe, their mean 3.909 pe with a standard deviation of 16.3); far away, spread over microseconds, nearly
+    every photon is its own pulse. The mean pulse charge: 1.6–1.7 pe before the slots (issue 26, third session),
+    2.3–2.9 pe with them on 10,000 events (docs/icecube.md). Pulses share a DOM's charge equally, with SPE smearing.
   * Noise: 560 Hz per DOM (arXiv:1612.05093), uniform over the readout; a noise hit within ±1 µs of a
     neighbour's hit passes HLC like any other.
   * HLC (auxiliary = False): another DOM within ``HLC_SPAN`` = 2 positions on the same string hit within
@@ -283,7 +284,7 @@ MU_PRUNE = 0.01  # pe
 REACH_ATT_LEN = 40.0  # m
 TRACK_LINE_FACTOR = 2.0 * np.sqrt(REACH_ATT_LEN) / (0.5 * np.sqrt(np.pi) * SIN_TC**2)  # m^0.5 (~33)
 PULSE_SPLIT, PULSE_POWER = 1.1, 0.78  # a DOM with n pe yields min(n, ceil(PULSE_SPLIT n^PULSE_POWER)) pulses
-PULSE_RESOLUTION = 25.0  # ns: waveform unfolding resolves photo-electrons this far apart (see pulse_slots)
+PULSE_RESOLUTION = 3.3  # ns: the ATWD's sampling; unfolding resolves photo-electrons this far apart (pulse_slots)
 
 # Charge of one photo-electron after pulse extraction (IceCube's SPE template, arXiv:2002.00997: a
 # Gaussian at 1 pe plus a low-charge exponential), the 0.25 pe discriminator, and the 0.025 pe steps of

@@ -3,7 +3,7 @@ scaffold, and the data it streams.
 
 The train split is cut, per batch file and without the driver holding its meta, into a training part and
 a held-out validation slice (its last ``val_events`` events in file order, or its last ``val_batches``
-batch files). Both stream through Ray Data as featurised events, one block per read task (see
+batch files). Both stream through Ray Data as featurised events, one block per slice (see
 :mod:`~neutrino_ray.icecube.pipeline`), the training tasks in a new order every epoch; each Ray Train
 worker gets its own shard and collates Arrow batches into packed PyG batches.
 """
@@ -35,7 +35,7 @@ from neutrino_ray.icecube.linefit import angles_to_direction
 log = logging.getLogger("neutrino_ray")
 
 TASK = "icecube-direction"
-DEFAULT_EVENTS_PER_TASK = 2_000  # training read tasks: small blocks shuffle and balance well
+DEFAULT_EVENTS_PER_TASK = 2_000  # training slices: small blocks shuffle and balance well
 
 
 def feature_set() -> dict[str, Any]:
