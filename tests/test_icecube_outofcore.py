@@ -16,6 +16,7 @@ from neutrino_ray.icecube.compare import compare
 from neutrino_ray.icecube.evaluate import evaluate
 from neutrino_ray.icecube.metrics import angular_distance, summarise
 from neutrino_ray.icecube.outofcore import N_PULSES_EDGES, ZENITH_EDGES, energy_edges
+from neutrino_ray.icecube.quantiles import Quantiles
 
 
 def _split(root: Path, n: int, kappa: bool, row_group: int) -> Path:
@@ -119,7 +120,7 @@ def test_out_of_core_equals_in_memory(tmp_path: Path, kappa: bool) -> None:
 def test_quantiles_exact_with_ties_and_bin_edges() -> None:
     rng = np.random.default_rng(3)
     v = np.concatenate([rng.exponential(0.5, 10_001), np.full(500, 0.25), [0.0, 0.0, 40.0]])
-    q = outofcore.Quantiles((0.0, 0.1, 0.5, 0.68, 0.9, 1.0))
+    q = Quantiles((0.0, 0.1, 0.5, 0.68, 0.9, 1.0))
     parts = np.array_split(rng.permutation(v), 7)
     for p in parts:
         q.add("k", p)

@@ -278,7 +278,7 @@ def test_afterpulses_follow_the_pmt():
 # ---------------------------------------------------------------------------------------------
 # Calibration against the real Kaggle data, measured the way the field measures it: the Kaggle public
 # LineFit fits only the auxiliary = False pulses (1.214 rad on the real test set). The bands are the
-# "IceCube realism" issue's, around the published figures of the real files (stats.REAL_KAGGLE).
+# "IceCube realism" issue's, around the published figures of the real files (stats_report.REAL_KAGGLE).
 FULL_BANDS = {
     "linefit": (1.15, 1.28),
     "pulses_q1": (48 * 0.85, 48 * 1.15), "pulses_median": (63 * 0.85, 63 * 1.15), "pulses_q3": (89 * 0.85, 89 * 1.15),
@@ -292,9 +292,10 @@ FULL_BANDS = {
 # dominated by the rare very bright events, so their bands are wider; the rest as in full.
 DEFAULT_BANDS = {**FULL_BANDS, "linefit": (1.12, 1.31), "pulses_mean": (90, 320), "pulses_p99": (650, 2000),
                  "frac_le_100": (0.72, 0.88), "charge_q3": (1.775 * 0.75, 1.775 * 1.25)}
-# The real mean pulse charge, 3.909 pe (stats.REAL_KAGGLE, train batch_1), within the charge quartiles' +-20 %, widened:
-# +-25 % (issue 26: the third session's split law gave 1.6-1.7 pe). A mean that a few very bright DOMs set (the real
-# standard deviation is 16.3 pe, here 8-180 pe per 10,000 events): on a few thousand events the band is 0.5x-2x.
+# The real mean pulse charge, 3.909 pe (stats_report.REAL_KAGGLE, train batch_1), within the charge quartiles'
+# +-20 %, widened: +-25 % (issue 26: the third session's split law gave 1.6-1.7 pe). A mean that a few very
+# bright DOMs set (the real standard deviation is 16.3 pe, here 8-180 pe per 10,000 events): on a few thousand
+# events the band is 0.5x-2x.
 MEAN_CHARGE_FULL = (3.909 * 0.75, 3.909 * 1.25)
 MEAN_CHARGE_DEFAULT = (3.909 * 0.5, 3.909 * 2.0)
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 PACKAGE = Path(__file__).resolve().parents[1] / "neutrino_ray"
 
 
@@ -83,8 +81,6 @@ def test_no_import_circles() -> None:
 # only make sense together).
 MAX_MODULE_LINES = 600
 SIMULATORS = ("icecube/simulate.py", "nova/simulate.py", "km3net/simulate.py")
-# Modules over the limit, each a missed goal tracked by the strict xfail below, with its size.
-OVER_LIMIT = {"icecube/outofcore.py": 613}
 
 
 def _module_lines() -> dict[str, int]:
@@ -93,13 +89,7 @@ def _module_lines() -> dict[str, int]:
 
 def test_no_module_over_600_lines_except_the_simulators() -> None:
     sizes = _module_lines()
-    assert all(s in sizes for s in (*SIMULATORS, *OVER_LIMIT)), "an exemption names no module"
-    over = {m: n for m, n in sizes.items() if n > MAX_MODULE_LINES and m not in SIMULATORS and m not in OVER_LIMIT}
+    assert all(s in sizes for s in SIMULATORS), "an exemption names no module"
+    over = {m: n for m, n in sizes.items() if n > MAX_MODULE_LINES and m not in SIMULATORS}
     assert not over, f"modules over {MAX_MODULE_LINES} lines: {over}"
 
-
-@pytest.mark.xfail(strict=True, reason="issue 29's size goal missed: icecube/outofcore.py has 613 lines (issue 28's "
-                                       "module, grown past 600 after the split of the others)")
-def test_the_modules_over_the_limit_are_split() -> None:
-    sizes = _module_lines()
-    assert all(sizes[m] <= MAX_MODULE_LINES for m in OVER_LIMIT), {m: sizes[m] for m in OVER_LIMIT}

@@ -8,7 +8,7 @@ direct Cherenkov arrival time by a Pandel (gamma) distribution. DOM noise, the h
 
 The data must be as hard as the real data *measured the way the field measures it*: the Kaggle public
 LineFit (auxiliary = False pulses only; 1.214 rad on the real test set) is the anchor, together with the
-published pulse, charge and time figures of the real files (``stats.REAL_KAGGLE``; checked in
+published pulse, charge and time figures of the real files (``stats_report.REAL_KAGGLE``; checked in
 ``tests/test_icecube_simulate.py``, profiled by ``neutrino-ray icecube stats``). Every knob, with its
 source or stated assumption:
 
