@@ -11,8 +11,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from neutrino_ray.icecube import profile as icprofile
 from neutrino_ray.icecube import simulate as sim
-from neutrino_ray.icecube import stats as icstats
+from neutrino_ray.icecube import stats_report
 from neutrino_ray.icecube.geometry import N_SENSORS, icecube86
 
 PULSE_SCHEMA = pa.schema([
@@ -303,9 +304,9 @@ MEAN_CHARGE_DEFAULT = (3.909 * 0.5, 3.909 * 2.0)
 def _calibration_figures(batch: sim.SimulatedBatch) -> dict[str, float]:
     """The calibration statistics of a simulated batch, from the dataset profiler's pure core
     (``icecube stats``, itself tested against direct numpy in tests/test_icecube_stats.py)."""
-    events = icstats.events_from_flat(batch.pulses)
-    prof = icstats.profile_events(events, icecube86().xyz, _np(batch.truth, "azimuth"), _np(batch.truth, "zenith"))
-    st = icstats.to_stats(prof)
+    events = icprofile.events_from_flat(batch.pulses)
+    prof = icprofile.profile_events(events, icecube86().xyz, _np(batch.truth, "azimuth"), _np(batch.truth, "zenith"))
+    st = stats_report.to_stats(prof)
     n, ch = st["pulses_per_event"], st["charge"]
     le_100 = [st["auxiliary"]["by_event_size"][k] for k in ("1-50", "51-100")]
     fig = {
