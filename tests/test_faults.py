@@ -141,7 +141,8 @@ def _driver(c: Cluster, *args: str, kill_point: tuple[str, str, int] | None = No
                             start_new_session=True)
 
 
-@pytest.mark.parametrize(("phase", "where"), [("inference", "local"), ("publish", "s3"),
+@pytest.mark.parametrize(("phase", "where"), [pytest.param("inference", "local", marks=pytest.mark.slow),
+                                              ("publish", "s3"),
                                               pytest.param("publish", "local", marks=pytest.mark.slow)])
 def test_a_driver_killed_mid_run_leaves_no_partial_output_and_a_rerun_resumes_and_publishes_once(
         two_workers: Cluster, data: Path, tmp_path: Path, phase: str, where: str,

@@ -59,6 +59,7 @@ def _worker_hook() -> None:
     threading.setprofile(profile)
 
 
+@pytest.mark.slow  # restarts Ray in a profiled process; out of the default suite for its budget
 @pytest.mark.xfail(strict=True, reason=f"{COUNTED} project modules on the call stacks of a LineFit predict "
                                        f"(goal: at most {GOAL})")
 def test_a_linefit_predict_touches_at_most_8_project_modules(tmp_path: Path) -> None:

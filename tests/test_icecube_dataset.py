@@ -130,6 +130,7 @@ def run_on_terminal(args: list[str], timeout: float, env: dict[str, str] | None 
     return proc.wait(timeout=30), b"".join(chunks).decode("utf-8", "replace")
 
 
+@pytest.mark.slow  # 136 s at 5c578c8; out of the default suite for its budget (docs/development.md)
 @pytest.mark.integration
 def test_demo_end_to_end(tmp_path: Path) -> None:
     """The demo at the default level on a terminal: at most 25 lines, none of them Ray's internals, ending

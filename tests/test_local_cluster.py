@@ -34,6 +34,7 @@ def _listening(port: int) -> list[str]:
     return [line.split()[3].rsplit(":", 1)[0] for line in out.splitlines() if line.split()[3].endswith(f":{port}")]
 
 
+@pytest.mark.slow  # 82 s at 5c578c8; out of the default suite for its budget (docs/development.md)
 @pytest.mark.skipif(shutil.which("ss") is None, reason="needs `ss` to check which addresses the ports listen on")
 def test_local_up_submit_and_down(tmp_path: Path) -> None:
     if not ray.is_initialized():  # another Ray, which local-down must leave alone
