@@ -349,19 +349,20 @@ def _point_indices(shape: tuple[int, ...], event: np.ndarray, plane: np.ndarray,
 
     ``walls`` (N, 4): each event's detector side walls in its window's cell coordinates (x low, x high, y low,
     y high); a point outside them is outside the detector and deposits nothing, in either view."""
-    _, _, n_planes, n_cells = shape
+    n_events, _, n_planes, n_cells = shape
     in_p = (plane >= 0) & (plane < n_planes)
     ok0 = in_p & (cell_x >= 0) & (cell_x < n_cells)
     ok1 = in_p & (cell_y >= 0) & (cell_y < n_cells)
-    if walls is not None:
-        wl = walls[event]
+    if walls is not None:  # compared in the points' own precision (int64 walls would promote float32 to float64)
+        wl = walls.astype(cell_x.dtype)[event]
         inside = (cell_x >= wl[:, 0]) & (cell_x < wl[:, 1]) & (cell_y >= wl[:, 2]) & (cell_y < wl[:, 3])
         ok0 &= inside
         ok1 &= inside
-    # pixel = floor(coordinate): truncation, where it matters (coordinates >= 0)
-    base = event.astype(np.int64) * (2 * n_planes * n_cells) + plane.astype(np.int64) * n_cells
-    idx = np.concatenate([(base + cell_x.astype(np.int64))[ok0],
-                          (base + n_planes * n_cells + cell_y.astype(np.int64))[ok1]])
+    # pixel = floor(coordinate): truncation, where it matters (coordinates >= 0); int32 where the images allow
+    it = np.int32 if n_events * 2 * n_planes * n_cells < 2**31 else np.int64
+    base = event.astype(it) * it(2 * n_planes * n_cells) + plane.astype(it) * it(n_cells)
+    idx = np.concatenate([(base + cell_x.astype(it))[ok0],
+                          (base + it(n_planes * n_cells) + cell_y.astype(it))[ok1]])
     return idx, np.concatenate([w[ok0], w[ok1]])
 
 
