@@ -359,10 +359,11 @@ def _point_indices(shape: tuple[int, ...], event: np.ndarray, plane: np.ndarray,
         ok0 &= inside
         ok1 &= inside
     # pixel = floor(coordinate): truncation, where it matters (coordinates >= 0); int32 where the images allow
-    it = np.int32 if n_events * 2 * n_planes * n_cells < 2**31 else np.int64
-    base = event.astype(it) * it(2 * n_planes * n_cells) + plane.astype(it) * it(n_cells)
+    it = np.dtype(np.int32 if n_events * 2 * n_planes * n_cells < 2**31 else np.int64)
+    base: np.ndarray = (event.astype(it) * np.asarray(2 * n_planes * n_cells, it)
+                        + plane.astype(it) * np.asarray(n_cells, it))
     idx = np.concatenate([(base + cell_x.astype(it))[ok0],
-                          (base + it(n_planes * n_cells) + cell_y.astype(it))[ok1]])
+                          (base + np.asarray(n_planes * n_cells, it) + cell_y.astype(it))[ok1]])
     return idx, np.concatenate([w[ok0], w[ok1]])
 
 
