@@ -23,7 +23,7 @@ energy ≈ 3.8 GeV, 87–88 % ν_μ CC, ≤ 2 % ν_e, no ν_τ, DIS over half an
   MEC 2.5 %: the files have ~2.7 times more RES and 0.7 times the DIS (their generator's mode labels, or their
   selection: not known), so c_RES = 2.7, c_DIS = 0.71. Where DIS events sit in energy follows: E_ν from the
   one flux, the DIS share rising with E as σ_DIS/σ_tot (with the mix's c_k: 11 % of the events at 2 GeV are
-  DIS, 85 % at 30 GeV); 12 % of DIS events lie below 5 GeV, their median is ~35 GeV. That is forced by the
+  DIS, 86 % at 30 GeV); 12 % of DIS events lie below 5 GeV, their median is ~35 GeV. That is forced by the
   files' figures, not a mode-by-mode choice: with the mix above, QE/RES/MEC (45 % of CC) sit in the 2 GeV peak
   (σ flat: their events follow the flux), so a median E_ν of 14–18 GeV and a median E_lepton of 3.3–4.3 GeV need
   the K component's DIS events at tens of GeV (a scan over the K component's fraction 0.15–0.3, shape 1–3,
