@@ -117,6 +117,9 @@ PMT and DAQ:
   * Charges in the Kaggle files are SuperDST-encoded (IceTray's ``I3SuperDST``, the compressed pulse format that the
     pole filter sends north): floor(q / 0.05 pe) decoded at the bin centre, 0.05 k + 0.025 pe, so every charge is an
     odd multiple of 0.025 pe, as the real quartiles 0.775 / 1.075 / 1.775 pe are (``_quantise_charge``).
+  * Not modelled: PMT saturation. The brightest simulated pulses reach 10^4–10^5 pe where a real PMT's anode current
+    saturates (IceCube's simulation applies the Waldenmeier–Feusels law per photo-electron; the real files' largest
+    pulse in 200,000 events is 2,762 pe); the mean pulse charge leans on them (docs/icecube.md, fifth session).
   * Noise: 560 Hz per DOM (arXiv:1612.05093), uniform over the readout; a noise hit within ±1 µs of a
     neighbour's hit passes HLC like any other.
   * HLC (auxiliary = False): another DOM within ``HLC_SPAN`` = 2 positions on the same string hit within
