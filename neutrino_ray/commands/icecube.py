@@ -12,12 +12,15 @@ from neutrino_ray.argtypes import positive_float as _positive_float
 from neutrino_ray.commands.common import ENV_HELP, add_actor_args
 from neutrino_ray.settings import add_training_args, training_kwargs
 
+# This family's line in `neutrino-ray --help` (the CLI lists it without building the family's parsers).
+HELP = "IceCube reconstruction pipelines"
+
 
 def add(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
     """The ``icecube`` command and its subcommands."""
     from neutrino_ray.icecube.options import DEFAULT_BATCH_SIZE, STATS_EVENTS_PER_TASK
 
-    ic = sub.add_parser("icecube", help="IceCube reconstruction pipelines")
+    ic = sub.add_parser("icecube", help=HELP)
     ic_sub = ic.add_subparsers(dest="action", required=True, metavar="ACTION")
     _add_train(ic_sub, fmt)
     _add_predict(ic_sub, fmt)

@@ -10,10 +10,13 @@ from neutrino_ray.argtypes import non_negative as _non_negative
 from neutrino_ray.argtypes import positive as _positive
 from neutrino_ray.commands.common import ENV_HELP
 
+# This family's line in `neutrino-ray --help` (the CLI lists it without building the family's parsers).
+HELP = "KM3NeT track/shower classification (scikit-learn on Ray)"
+
 
 def add(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
     """The ``km3net`` command and its subcommands."""
-    km = sub.add_parser("km3net", help="KM3NeT track/shower classification (scikit-learn on Ray)")
+    km = sub.add_parser("km3net", help=HELP)
     km_sub = km.add_subparsers(dest="action", required=True, metavar="ACTION")
     data_help = "feature data URI: a .h5/.parquet/.root file or a folder/prefix of them"
     kt = km_sub.add_parser("train", formatter_class=fmt, epilog=ENV_HELP, help="tune, refit and save a classifier",

@@ -10,13 +10,16 @@ from neutrino_ray.argtypes import positive as _positive
 from neutrino_ray.commands.common import ENV_HELP, Deprecated, add_actor_args
 from neutrino_ray.settings import add_training_args, training_kwargs
 
+# This family's line in `neutrino-ray --help` (the CLI lists it without building the family's parsers).
+HELP = "NOvA-style pixel-map CNNs (Ray Train) and analysis"
+
 
 def add(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
     """The ``nova`` command and its subcommands."""
     from neutrino_ray.nova.architectures import MODELS as NOVA_MODELS
     from neutrino_ray.nova.targets import TASKS
 
-    nova = sub.add_parser("nova", help="NOvA-style pixel-map CNNs (Ray Train) and analysis")
+    nova = sub.add_parser("nova", help=HELP)
     nova_sub = nova.add_subparsers(dest="action", required=True, metavar="ACTION")
     nova_data = "NOvA HDF5 data URI: a neutrino{i}.h5 file or a folder/prefix of them"
     nt = nova_sub.add_parser("train", formatter_class=fmt, epilog=ENV_HELP,
