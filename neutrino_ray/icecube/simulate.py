@@ -97,17 +97,29 @@ Light yield and timing:
 
 PMT and DAQ:
   * Charge: the SPE template, a Gaussian at 1 pe (σ 0.3) plus a 20 % low-charge exponential
-    (arXiv:2002.00997); the 0.25 pe discriminator; charges quantised to 0.025 pe as in the Kaggle files.
-    Waveform unfolding (IceCube's pulse extraction fits the digitised waveform with single-pe templates, arXiv:
-    1612.05093 sec. 6; ATWD 3.3 ns over the first 427 ns, fADC 25 ns samples over 6.4 µs) resolves a DOM's photons
-    into pulses: n pe from one source make the fewer of min(n, ⌈1.1 n^0.78⌉) (``PULSE_SPLIT``, ``PULSE_POWER``, the
-    third session's law, calibrated on the pulse-count shares) and the time slots they occupy, K (1 − (1 − 1/K)^n) for
-    K = 1 + mean Pandel delay / ``PULSE_RESOLUTION`` (3.3 ns, the ATWD's sampling; ``pulse_slots``): photons that
-    arrive within one sample merge (the fADC's 25 ns put the charge q3 below its band, 1.40 pe). Next to a bright
-    source the light comes within tens of ns and unfolds into a few large pulses (the real files' largest pulse is
-    2,762 pe, their mean 3.909 pe with a standard deviation of 16.3); far away, spread over microseconds, nearly
-    every photon is its own pulse. The mean pulse charge: 1.6–1.7 pe before the slots (issue 26, third session),
-    2.3–2.9 pe with them on 10,000 events (docs/icecube.md). Pulses share a DOM's charge equally, with SPE smearing.
+    (arXiv:2002.00997); the 0.25 pe discriminator.
+  * Waveform unfolding. IceCube's pulse extraction, wavedeform, fits the digitised waveform with single-pe
+    templates by non-negative least squares (arXiv:1612.05093 sec. 6; IceTray's ``wavedeform``: basis functions every
+    quarter sample, over the ATWD's 3.3 ns samples for the first 427 ns of a launch and the fADC's 25 ns samples over
+    6.4 µs). n pe from one source make the fewer of min(n, ⌈1.1 n^0.78⌉) (``PULSE_SPLIT``, ``PULSE_POWER``, the third
+    session's law, calibrated on the pulse-count shares) and the time slots they occupy, K (1 − (1 − 1/K)^n) with
+    K = 1 + the mean Pandel delay in resolution cells (``pulse_slots``): photons within one sample merge, one
+    ``ATWD_RESOLUTION`` = 3.3 ns within the ATWD's window (``ATWD_WINDOW``, 427 ns), one ``FADC_RESOLUTION`` = 25 ns
+    after it (issue 26, fifth session: before it, 3.3 ns throughout). Next to a bright source the light comes within
+    tens of ns and unfolds into a few large pulses (the real files' largest pulse is 2,762 pe, their mean 3.909 pe
+    with a standard deviation of 16.3); far away, spread over microseconds, nearly every photon is its own pulse.
+    Pulses share a DOM's charge equally, with SPE smearing. The SPE templates' full widths at half maximum (13.2 ns
+    ATWD, 64.4 ns fADC) as the resolution instead were measured and not adopted (docs/icecube.md, fifth session).
+  * SLC charge stamps (issue 26, fifth session): a launch without local coincidence sends no waveform, only the
+    fADC's largest sample and its two neighbours out of its first 16 (arXiv:1612.05093 sec. 6.3): one pulse holding
+    the charge of its first ``SLC_STAMP`` = 75 ns; the photons later in that launch's ``SLC_LAUNCH`` = 6.45 µs are not
+    recorded (``_slc_stamps``).
+  * Charges in the Kaggle files are SuperDST-encoded (IceTray's ``I3SuperDST``, the compressed pulse format that the
+    pole filter sends north): floor(q / 0.05 pe) decoded at the bin centre, 0.05 k + 0.025 pe, so every charge is an
+    odd multiple of 0.025 pe, as the real quartiles 0.775 / 1.075 / 1.775 pe are (``_quantise_charge``).
+  * Not modelled: PMT saturation. The brightest simulated pulses reach 10^4–10^5 pe where a real PMT's anode current
+    saturates (IceCube's simulation applies the Waldenmeier–Feusels law per photo-electron; the real files' largest
+    pulse in 200,000 events is 2,762 pe); the mean pulse charge leans on them (docs/icecube.md, fifth session).
   * Noise: 560 Hz per DOM (arXiv:1612.05093), uniform over the readout; a noise hit within ±1 µs of a
     neighbour's hit passes HLC like any other.
   * HLC (auxiliary = False): another DOM within ``HLC_SPAN`` = 2 positions on the same string hit within
@@ -283,8 +295,15 @@ HQE_EFFICIENCY = 1.35  # DeepCore high-quantum-efficiency DOMs (strings 79-86, D
 MU_PRUNE = 0.01  # pe
 REACH_ATT_LEN = 40.0  # m
 TRACK_LINE_FACTOR = 2.0 * np.sqrt(REACH_ATT_LEN) / (0.5 * np.sqrt(np.pi) * SIN_TC**2)  # m^0.5 (~33)
-PULSE_SPLIT, PULSE_POWER = 1.1, 0.78  # a DOM with n pe yields min(n, ceil(PULSE_SPLIT n^PULSE_POWER)) pulses
-PULSE_RESOLUTION = 3.3  # ns: the ATWD's sampling; unfolding resolves photo-electrons this far apart (pulse_slots)
+# Waveform unfolding (pulse_slots): photo-electrons within one sample make one unfolded pulse: the ATWD's 3.3 ns over
+# the first 427 ns of a launch, the fADC's 25 ns after it (arXiv:1612.05093 sec. 6).
+PULSE_SPLIT, PULSE_POWER = 1.1, 0.78  # a DOM with n pe yields at most min(n, ceil(PULSE_SPLIT n^PULSE_POWER)) pulses
+ATWD_RESOLUTION = 3.3  # ns
+FADC_RESOLUTION = 25.0  # ns
+ATWD_WINDOW = 427.0  # ns
+# SLC launches: one charge stamp (3 fADC samples around the largest of the first 16), the launch lasting 6.45 us.
+SLC_STAMP = 75  # ns
+SLC_LAUNCH = 6450  # ns
 
 # Charge of one photo-electron after pulse extraction (IceCube's SPE template, arXiv:2002.00997: a
 # Gaussian at 1 pe plus a low-charge exponential), the 0.25 pe discriminator, and the 0.025 pe steps of
@@ -295,7 +314,7 @@ SPE_THRESHOLD = 0.25  # pe
 SPE_MEAN = (1 - SPE_EXP_FRACTION) * SPE_GAUSS_MEAN + SPE_EXP_FRACTION * SPE_EXP_SCALE
 SPE_SIGMA = float(np.sqrt((1 - SPE_EXP_FRACTION) * (SPE_GAUSS_SIGMA**2 + SPE_GAUSS_MEAN**2)
                           + SPE_EXP_FRACTION * 2 * SPE_EXP_SCALE**2 - SPE_MEAN**2))
-CHARGE_QUANTUM = 0.025  # pe
+CHARGE_QUANTUM = 0.025  # pe: SuperDST stores floor(q / 0.05) and decodes at the bin centre (_quantise_charge)
 # Late light: PMT afterpulses (R7081: ~6 % per photo-electron, in groups near 0.6, 2 and 8 us;
 # arXiv:1612.05093 sec. 3.2). A bright DOM and its neighbours pulse again microseconds later, in HLC.
 AFTERPULSE_PROB = 0.06  # afterpulses per photo-electron
@@ -850,8 +869,10 @@ def _expected_split_pulses(mu: np.ndarray) -> np.ndarray:
 
 
 def pulse_slots(shape: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """Resolvable pulse slots of one light source at one DOM: 1 + its mean Pandel delay / PULSE_RESOLUTION."""
-    return 1.0 + np.asarray(shape) * np.asarray(scale) / PULSE_RESOLUTION
+    """Resolvable pulse slots of one light source at one DOM: 1 + its mean Pandel delay D in resolution cells,
+    ATWD_RESOLUTION over the ATWD's window (ATWD_WINDOW) and FADC_RESOLUTION after it."""
+    d = np.asarray(shape) * np.asarray(scale)
+    return 1.0 + np.minimum(d, ATWD_WINDOW) / ATWD_RESOLUTION + np.maximum(d - ATWD_WINDOW, 0.0) / FADC_RESOLUTION
 
 
 def pulses_of(rng: np.random.Generator, n_pe: np.ndarray, slots: np.ndarray) -> np.ndarray:
@@ -871,9 +892,9 @@ def expected_pulses(mu: np.ndarray, shape: np.ndarray, scale: np.ndarray) -> np.
     the single-photo-electron ones, mu e^{-mu/K}, fall below the discriminator with probability SPE_LOSS). The
     minimum of the two means stands in for the mean of the minimum (an approximation of the bound's likelihood)."""
     k = pulse_slots(shape, scale)
-    x = np.maximum(mu, 0.0) / k
-    slots = k * -np.expm1(-x) - SPE_LOSS * np.maximum(mu, 0.0) * np.exp(-x)
-    return np.minimum(_expected_split_pulses(mu), slots)
+    m = np.maximum(mu, 0.0)
+    x = m / k
+    return np.minimum(_expected_split_pulses(mu), k * -np.expm1(-x) - SPE_LOSS * m * np.exp(-x))
 
 
 def arrival_pdf(delay: np.ndarray, shape: np.ndarray, scale: np.ndarray) -> np.ndarray:
@@ -1037,13 +1058,41 @@ def _simulate_chunk(rng: np.random.Generator, n_candidates: int) -> tuple[Events
     t_out = t_int + shift[e]
     # Local coincidence once more, now only with what is read out (what a reader can verify).
     hlc = local_coincidence(e, sensor, t_out)
+    e, sensor, t_out, q, hlc, is_noise = _slc_stamps(e, sensor, t_out, q, hlc, is_noise)
     # Vertex time in the output frame (the simulation frame was shifted by -frame0, then by shift).
     ev = replace(ev, vertex_time=ev.vertex_time - frame0[trig] + shift)
     return ev, {"event": e, "sensor": sensor, "time": t_out, "charge": q, "hlc": hlc, "is_noise": is_noise}
 
 
+def _slc_stamps(e: np.ndarray, sensor: np.ndarray, t: np.ndarray, q: np.ndarray, hlc: np.ndarray,
+                is_noise: np.ndarray) -> tuple[np.ndarray, ...]:
+    """SLC readout: a DOM launch without local coincidence sends one charge stamp, not its waveform. Per DOM, the
+    first auxiliary pulse opens a launch of SLC_LAUNCH ns (a later one after it opens the next); the launch's pulses
+    within SLC_STAMP ns of its start become one pulse at its start holding their charge, its later pulses are dropped.
+    Returns the six arrays without the dropped pulses (HLC pulses untouched)."""
+    key = (e.astype(np.int64) * N_SENSORS + sensor) * TIME_SPAN + t
+    aux = np.flatnonzero(~hlc)
+    a = aux[np.argsort(key[aux], kind="stable")]
+    ta = t[a]
+    dom = e[a].astype(np.int64) * N_SENSORS + sensor[a]
+    idx = np.arange(len(a))
+    first = np.r_[True, dom[1:] != dom[:-1]] if len(a) else np.zeros(0, bool)
+    t_first = ta[np.maximum.accumulate(np.where(first, idx, 0))]
+    launch = (ta - t_first) // SLC_LAUNCH  # launches of a DOM follow each other (one 6.45 us readout each)
+    head = first | (launch != np.r_[-1, launch[:-1]])
+    start = np.maximum.accumulate(np.where(head, idx, 0))
+    in_stamp = ta - ta[start] < SLC_STAMP
+    stamp_charge = np.bincount(start[in_stamp], weights=q[a][in_stamp], minlength=len(a))
+    keep = np.ones(len(e), bool)
+    keep[a[~head]] = False
+    q = q.copy()
+    q[a[head]] = stamp_charge[head]
+    return e[keep], sensor[keep], t[keep], q[keep], hlc[keep], is_noise[keep]
+
+
 def _quantise_charge(q: np.ndarray) -> np.ndarray:
-    return np.maximum(np.round(q / CHARGE_QUANTUM), 1) * CHARGE_QUANTUM
+    """SuperDST's charge code: floor(q / 0.05 pe), decoded at the bin centre (IceTray I3SuperDST, format v1)."""
+    return (2.0 * np.floor(np.maximum(q, 0.0) / (2 * CHARGE_QUANTUM)) + 1.0) * CHARGE_QUANTUM
 
 
 def _chunk_tables(ev: Events, hits: dict[str, np.ndarray], event_ids: np.ndarray
