@@ -65,11 +65,11 @@ def _peak_rss_mib() -> float:
 RAY_AGENTS = ("ray::DashboardA", "ray::RuntimeEnv")  # the raylet's own helpers (Linux names: 15 characters)
 
 
-def _ray_workers_peak_rss_mib() -> float:
-    """Largest peak RSS (Linux VmHWM) among the workers of the Ray this process started: the raylet's children,
-    its agents left out. Not every Ray worker on the machine: on a machine shared with other jobs that counted
-    their workers too (another engineer's Ray Train workers). VmHWM also counts the object store's shared pages
-    that a worker has touched."""
+def _ray_workers_peak_rss_mib(parent: int | None = None) -> float:
+    """Largest peak RSS (Linux VmHWM) among the workers of the Ray that this process (or ``parent``) started:
+    the raylet's children, its agents left out. Not every Ray worker on the machine: on a machine shared with
+    other jobs that counted their workers too (another engineer's Ray Train workers). VmHWM also counts the
+    object store's shared pages that a worker has touched."""
     procs: dict[int, tuple[int, str, int]] = {}  # pid → (parent pid, name, VmHWM in kB)
     for status in Path("/proc").glob("[0-9]*/status"):
         try:
@@ -78,8 +78,9 @@ def _ray_workers_peak_rss_mib() -> float:
             continue
         procs[int(status.parent.name)] = (int(fields.get("PPid", "0")), fields.get("Name", "").strip(),
                                           int(fields.get("VmHWM", "0 kB").split()[0]))
-    raylets = {pid for pid, (parent, name, _) in procs.items() if parent == os.getpid() and name == "raylet"}
-    return max((hwm / 1024 for parent, name, hwm in procs.values() if parent in raylets and name not in RAY_AGENTS),
+    driver = os.getpid() if parent is None else parent
+    raylets = {pid for pid, (ppid, name, _) in procs.items() if ppid == driver and name == "raylet"}
+    return max((hwm / 1024 for ppid, name, hwm in procs.values() if ppid in raylets and name not in RAY_AGENTS),
                default=0.0)
 
 
