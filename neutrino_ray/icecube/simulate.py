@@ -16,22 +16,21 @@ Flux and interactions (the Kaggle data description publishes neither; assumption
   * ``E_MIN, E_MAX`` 100 GeV – 100 PeV: the range of the competition's simulation.
   * ``SPECTRAL_INDEX`` 1.8: dN/dE ~ E^-1.8 at generation. Assumed (IceCube's NuGen sets are generated on
     E^-1 … E^-2 and reweighted); the one energy knob, set so that the pulse-count quartiles, mean and
-    99th percentile land on the real ones. Issue 26 moved it from 1.7 to 1.75, where the bright tail lands on the
-    real one: 99th percentile 1,046 pulses (real ≈ 1,130; 1,366–1,540 at 1.7) and 1.09 % of events with
-    ≥ 1,000 pulses (real 1.1 %; 1.4–1.7 % at 1.7), 10,000 events, seed 2024. 1.8 drops the mean below 120 and 1.9
-    the quartiles below their bands, while the 200–999-pulse share stays above the real 4.7 % at every index
-    (6.5 % at 1.75, 5.9 % at 1.8): the spectrum alone cannot make the middle bin (docs/icecube.md). Its third
-    session set 1.8 together with the waveform-splitting law below (``PULSE_POWER``), which fills the bright tail.
+    99th percentile land on the real ones (and the ≥ 1,000-pulse share on the real 1.1 %); the spectrum alone
+    cannot make the 200–999-pulse share, so issue 26's third session set 1.8 together with the waveform-splitting
+    law below (``PULSE_POWER``), which fills the bright tail. The scan over indices, with its figures, is in
+    docs/icecube.md (issue 26, "Pulse-count shares").
   * ``INTERACTION_P``: equal neutrino flavours at Earth (ν_e : ν_μ : ν_τ = 1 : 1 : 1, as generated for
     all-flavour sets) with σ_NC/σ_CC ≈ 0.43 at TeV energies, i.e. CC 70 %, NC 30 %. ν_μ CC and the
     17.4 % (``TAU_TO_MU``, PDG) of ν_τ CC whose τ decays to a muon make tracks; everything else is a
     cascade. Composition (issue 26, fourth session): the Kaggle files carry no weights, so they are an unweighted
     NuGen-like generation sample, each channel as often as its share with its vertex uniform in its own injection
     volume (a cylinder for cascades, ``CASCADE_RADIUS`` 900 m × 1,600 m, large enough for PeV cascades seen from
-    ~300 m outside; for muons the impact disk times range plus detector length). About 41 % of the triggered events
-    are tracks: through-going muons from far outside, the more the higher the energy, and starting tracks. Weighting
-    the channels by their volumes instead (a flux's composition, ``VOLUME_WEIGHTED``) gives 47 % tracks and a Kaggle
-    LineFit of 1.07–1.11 rad, easier than the real 1.214: the real set is not flux-weighted.
+    ~300 m outside; for muons the impact disk times range plus detector length). The tracks among the triggered
+    events are through-going muons from far outside, the more the higher the energy, and starting tracks.
+    Weighting the channels by their volumes instead (a flux's composition, ``VOLUME_WEIGHTED``) makes the
+    Kaggle LineFit easier than the real 1.214 rad, so the real set is not flux-weighted (both mixes measured in
+    docs/icecube.md, issue 26's fourth session, "Composition").
   * Inelasticity y = u² (mean 1/3); ``TAU_VISIBLE_FRACTION`` 0.6 of a τ's energy stays visible.
   * Absorption in the Earth: a neutrino from below crosses a chord 2 R |cos zenith| at the Earth's mean
     density and survives with exp(-N_A σ ρ L), σ = σ_CC + σ_NC from the power-law fits of Gandhi et al.
@@ -62,7 +61,8 @@ Light yield and timing:
     g λ_eff (1/d + 1/L_att) (P1 approximation; Farrell, Patterson & Wilson, Med. Phys. 19 (1992) 879),
     which levels off near g λ_eff / L_att rather than vanishing after one scattering length; m = 10 keeps
     ~0.6 at 100 m and 0.3–0.5 at 250 m, at or below that value (issue 26; the first
-    calibration's m = 1 left cascades above 10 TeV with no recoverable direction, a bound of ~45°).
+    calibration's m = 1 left cascades above 10 TeV with no recoverable direction: docs/icecube.md, "Information
+    bound").
     Closer in, the scattered light remembers the Cherenkov cone itself, not only its mean (``cascade_memory``,
     issue 26, third session): after μ = d/λ_s scatterings with a Henyey–Greenstein phase function (moments g^l,
     g = ``G_ICE``) the l-th Legendre moment of the photons' angular distribution is the emitted one times
@@ -187,8 +187,8 @@ MEAN_Y = 1.0 / 3.0  # mean inelasticity (y = u^2 below)
 # still reaches the detector). That is what _sample_events does: each channel as often as its INTERACTION_P, its vertex
 # uniform in its own volume (VOLUME_WEIGHTED = False). The alternative, channels weighted by the volume they are seen
 # from (interactions uniform per unit volume, as a flux would give: muons ~4x the cascade cylinder at 1 TeV, ~18x at
-# 100 TeV), is kept as a switch; it makes 47 % of the triggered events tracks and the Kaggle LineFit 1.07-1.11 rad,
-# easier than the real 1.214 (docs/icecube.md), so the Kaggle set is not flux-weighted.
+# 100 TeV), is kept as a switch; it makes more of the triggered events tracks and the Kaggle LineFit easier than the
+# real 1.214 rad (measured in docs/icecube.md), so the Kaggle set is not flux-weighted.
 VOLUME_WEIGHTED = False
 # Absorption in the Earth: neutrinos from below (zenith > 90 deg) cross a chord of 2 R |cos zenith| at
 # the mean density of the Earth; total (CC + NC) nucleon cross-section, power-law fits above 10 TeV
