@@ -12,7 +12,6 @@ import secrets
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -38,17 +37,42 @@ def _ray(*args: str, timeout: float = 120, check: bool = True, env: dict[str, st
 
 
 @pytest.fixture(scope="module")
-def ray_temp_dir() -> Iterator[Path]:
-    """Where the head keeps every file it writes (logs, job logs, uploaded code, spilled objects).
+def gcs_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def ray_temp_dir(gcs_port: int) -> Iterator[Path]:
+    """Where the head keeps every file it writes (logs, job logs, uploaded code, spilled objects):
+    ``/tmp/neutrino-ray-<GCS port>``, the folder whose processes ``cluster/local-down.sh`` stops.
 
     Short, because Ray's socket paths under it must stay below the OS limit."""
-    path = Path(tempfile.mkdtemp(prefix="nr-ray-", dir="/tmp"))
+    path = Path(f"/tmp/neutrino-ray-{gcs_port}")
+    path.mkdir()
     yield path
     shutil.rmtree(path, ignore_errors=True)
 
 
+def _stop_head(gcs_port: int, temp_dir: Path) -> None:
+    """Stop this module's head and only it, with ``cluster/local-down.sh`` (the processes working in its
+    temp dir). Not `ray stop`: that kills every Ray on the machine, the other engineers' runs and the
+    scale benchmark's included (their raylets were SIGKILLed at the same instant, 13:56 and 17:16 UTC on
+    2026-12-07, docs/icecube.md)."""
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '')}", "RAY_GCS_PORT": str(gcs_port)}
+    down = subprocess.run(["bash", str(REPO / "cluster" / "local-down.sh")], env=env, capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert down.returncode == 0, down.stderr
+    for _ in range(20):  # processes signalled by local-down take a moment to exit: bounded wait
+        left = subprocess.run(["pgrep", "-f", f"{temp_dir}/"], capture_output=True, text=True).stdout.strip()
+        if not left:
+            return
+        time.sleep(1)
+    raise AssertionError(f"processes of the test head survived local-down: {left}")
+
+
 @pytest.fixture(scope="module")
-def ray_head(s3_server: str, tmp_path_factory: pytest.TempPathFactory, ray_temp_dir: Path) -> Iterator[str]:
+def ray_head(s3_server: str, tmp_path_factory: pytest.TempPathFactory, gcs_port: int, ray_temp_dir: Path
+             ) -> Iterator[str]:
     """A local Ray head on loopback with token authentication on; yields the job-submission address."""
     import ray
 
@@ -56,10 +80,10 @@ def ray_head(s3_server: str, tmp_path_factory: pytest.TempPathFactory, ray_temp_
     token.write_text(secrets.token_hex(32))
     os.environ.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)})
 
-    if ray.is_initialized():  # `ray stop` would take the in-process Ray down with it
+    if ray.is_initialized():  # one Ray per test process
         ray.shutdown()
     dash = free_port()
-    _ray("start", "--head", "--node-ip-address=127.0.0.1", f"--port={free_port()}", "--num-cpus=2",
+    _ray("start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs_port}", "--num-cpus=2",
          "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
          f"--ray-client-server-port={free_port()}", f"--temp-dir={ray_temp_dir}", "--disable-usage-stats",
          f"--dashboard-agent-listen-port={free_port()}",  # not 52365: another Ray on the machine may hold it
@@ -67,9 +91,9 @@ def ray_head(s3_server: str, tmp_path_factory: pytest.TempPathFactory, ray_temp_
     try:
         yield f"http://127.0.0.1:{dash}"
     finally:
-        _ray("stop", "--force", timeout=120, check=False)
         for var in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH"):
             os.environ.pop(var, None)
+        _stop_head(gcs_port, ray_temp_dir)
 
 
 def _submit(address: str, script: str, *args: str) -> subprocess.CompletedProcess[str]:

@@ -752,3 +752,54 @@ def test_compare_driver_memory_does_not_grow_with_the_events(tmp_path: Path) -> 
         args = f"{str(root)!r}, 'test', [{sub!r}, {sub!r}], ['a', 'b'], {str(root / 'cmp')!r}"
         peaks.append(_peak_mib(f"from neutrino_ray.icecube.compare import compare; compare({args})"))
     assert peaks[1] - peaks[0] < 150, f"compare driver peak {peaks[0]:.0f} → {peaks[1]:.0f} MiB for 1M → 5M events"
+
+
+
+_FAKE_PROCESS = """
+import json, subprocess, sys, time
+from pathlib import Path
+me = json.loads(sys.argv[1])  # {"name", "mib", "ready", "children": [the same, for each child]}
+Path("/proc/self/comm").write_text(me["name"])  # what /proc/PID/status says as Name, as Ray's setproctitle does
+held = bytearray(me["mib"] << 20)
+held[::4096] = b"x" * len(held[::4096])  # touched: resident
+children = [subprocess.Popen([sys.executable, __file__, json.dumps(c)]) for c in me.get("children", [])]
+Path(me["ready"]).write_text(me["name"])
+time.sleep(120)
+"""
+
+
+def test_the_ray_worker_peak_counts_only_this_process_s_ray(tmp_path: Path) -> None:
+    """The scale benchmark's "largest Ray worker" is the largest child of the raylet that its process started
+    (its agents left out), not any Ray worker on the machine: another job's worker (an orphan here) and the
+    raylet's dashboard agent are bigger and not counted. A fake driver stands for the benchmark's process (this
+    test process may have a real Ray of its own)."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from neutrino_ray.icecube.bench import _ray_workers_peak_rss_mib
+
+    fake = tmp_path / "fake.py"
+    fake.write_text(_FAKE_PROCESS)
+    ready = {n: tmp_path / f"ready-{n}" for n in ("driver", "raylet", "worker", "agent", "other")}
+
+    def proc(name: str, mib: int, key: str, *children: dict) -> dict:
+        return {"name": name, "mib": mib, "ready": str(ready[key]), "children": list(children)}
+
+    tree = proc("python", 0, "driver", proc("raylet", 0, "raylet", proc("ray::IDLE", 40, "worker"),
+                                               proc("ray::DashboardAgent", 150, "agent")))
+    driver = subprocess.Popen([sys.executable, str(fake), json.dumps(tree)], start_new_session=True)
+    orphan = f"{sys.executable} {fake} '{json.dumps(proc('ray::IDLE', 150, 'other'))}' >/dev/null 2>&1 & echo $!"
+    other = subprocess.run(["sh", "-c", orphan], capture_output=True, text=True, check=True)  # not ours: the sh exits
+    try:
+        deadline = time.monotonic() + 60
+        while not all(p.exists() for p in ready.values()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert all(p.exists() for p in ready.values())
+        assert 40 <= _ray_workers_peak_rss_mib(driver.pid) < 100
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        subprocess.run(["kill", other.stdout.strip()], check=False)

@@ -1,8 +1,11 @@
-"""The package's import graph has no circles, lazy (function-level) imports included."""
+"""The package's import graph has no circles, lazy (function-level) imports included; module sizes; and no
+code that stops every Ray on the machine."""
 
 from __future__ import annotations
 
 import ast
+import os
+import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "neutrino_ray"
@@ -93,3 +96,45 @@ def test_no_module_over_600_lines_except_the_simulators() -> None:
     over = {m: n for m, n in sizes.items() if n > MAX_MODULE_LINES and m not in SIMULATORS}
     assert not over, f"modules over {MAX_MODULE_LINES} lines: {over}"
 
+
+
+# `ray stop` (with or without --force) kills every Ray process on the machine, whoever started it: a test's
+# teardown took down the other engineers' runs and the 660-file scale benchmark's raylet (docs/icecube.md).
+# Stop a cluster of one's own with cluster/local-down.sh (the processes working in its temp dir).
+RAY_STOP = re.compile(r"""_ray\(\s*["']stop["']|["']ray["']\s*\)?\s*,\s*["']stop["']|["']ray\s+stop\b""")
+SHELL_RAY_STOP = re.compile(r"^[^#]*\bray\s+stop\b")
+
+
+def ray_stops(root: Path) -> list[str]:
+    """``file:line`` of each code line under ``root`` that runs `ray stop` (Python call shapes; shell lines
+    outside comments)."""
+    found = []
+    paths = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if not d.startswith(".") or d == ".ci"]  # not .venv, .git
+        paths += [Path(folder) / f for f in files]
+    for path in sorted(paths):
+        if path == Path(__file__):
+            continue
+        if path.suffix == ".py":
+            pattern = RAY_STOP
+        elif path.suffix == ".sh" or path.name in ("Makefile", "run"):
+            pattern = SHELL_RAY_STOP
+        else:
+            continue
+        for i, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+            if pattern.search(line):
+                found.append(f"{path.relative_to(root)}:{i}")
+    return found
+
+
+def test_ray_stop_finder_finds_the_shapes(tmp_path: Path) -> None:
+    (tmp_path / "t.py").write_text('x = 1\n        _ray("stop", "--force", timeout=120, check=False)\n'
+                                   'subprocess.run(["ray", "stop"])\nsubprocess.run(str(BIN / "ray"), "stop")\n'
+                                   'os.system("ray stop --force")\n# `ray stop` in a comment is fine\n')
+    (tmp_path / "s.sh").write_text("# ray stop in a comment\nray stop --force\n")
+    assert ray_stops(tmp_path) == ["s.sh:2", "t.py:2", "t.py:3", "t.py:4", "t.py:5"]
+
+
+def test_nothing_runs_ray_stop() -> None:
+    assert ray_stops(PACKAGE.parent) == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import resource
 import tempfile
 import time
@@ -61,20 +62,26 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _ray_workers_peak_rss_mib() -> float:
-    """Largest peak RSS (Linux VmHWM) among this machine's Ray worker processes."""
-    peak = 0.0
+RAY_AGENTS = ("ray::DashboardA", "ray::RuntimeEnv")  # the raylet's own helpers (Linux names: 15 characters)
+
+
+def _ray_workers_peak_rss_mib(parent: int | None = None) -> float:
+    """Largest peak RSS (Linux VmHWM) among the workers of the Ray that this process (or ``parent``) started:
+    the raylet's children, its agents left out. Not every Ray worker on the machine: on a machine shared with
+    other jobs that counted their workers too (another engineer's Ray Train workers). VmHWM also counts the
+    object store's shared pages that a worker has touched."""
+    procs: dict[int, tuple[int, str, int]] = {}  # pid → (parent pid, name, VmHWM in kB)
     for status in Path("/proc").glob("[0-9]*/status"):
         try:
-            text = status.read_text()
-            cmd = (status.parent / "cmdline").read_bytes()
+            fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
         except OSError:
             continue
-        if b"default_worker.py" in cmd or text.startswith("Name:\tray::"):
-            for line in text.splitlines():
-                if line.startswith("VmHWM:"):
-                    peak = max(peak, int(line.split()[1]) / 1024)
-    return peak
+        procs[int(status.parent.name)] = (int(fields.get("PPid", "0")), fields.get("Name", "").strip(),
+                                          int(fields.get("VmHWM", "0 kB").split()[0]))
+    driver = os.getpid() if parent is None else parent
+    raylets = {pid for pid, (ppid, name, _) in procs.items() if ppid == driver and name == "raylet"}
+    return max((hwm / 1024 for ppid, name, hwm in procs.values() if ppid in raylets and name not in RAY_AGENTS),
+               default=0.0)
 
 
 def bench(events: int, data: str, seed: int = 11) -> dict[str, float]:
