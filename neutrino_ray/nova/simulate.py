@@ -19,17 +19,13 @@ energy ≈ 3.8 GeV, 87–88 % ν_μ CC, ≤ 2 % ν_e, no ν_τ, DIS over half an
   (26 % of σ_tot at 2 GeV, 48 % at 3 GeV, 85 % at 10 GeV) to σ/E = 0.67 (the measured inclusive slope). Each
   mode's events follow φ(E) σ_k(E); the mode mix is the one asked for (:class:`Mix`, default the files': 88 %
   ν_μ CC, 1 % ν_e CC, 11 % NC; CC modes DIS 55 %, RES 28 %, QE 12 %, other 5 %), i.e. σ_k is scaled by a
-  constant c_k per mode. What one flux × these σ_k would give by itself is QE 9.6 %, RES 10.4 %, DIS 77 %,
-  MEC 2.5 %: the files have ~2.7 times more RES and 0.7 times the DIS (their generator's mode labels, or their
-  selection: not known), so c_RES = 2.7, c_DIS = 0.71. Where DIS events sit in energy follows: E_ν from the
-  one flux, the DIS share rising with E as σ_DIS/σ_tot (with the mix's c_k: 11 % of the events at 2 GeV are
-  DIS, 86 % at 30 GeV); 12 % of DIS events lie below 5 GeV, their median is ~35 GeV. That is forced by the
-  files' figures, not a mode-by-mode choice: with the mix above, QE/RES/MEC (45 % of CC) sit in the 2 GeV peak
-  (σ flat: their events follow the flux), so a median E_ν of 14–18 GeV and a median E_lepton of 3.3–4.3 GeV need
-  the K component's DIS events at tens of GeV (a scan over the K component's fraction 0.15–0.3, shape 1–3,
-  scale 6–15 GeV: every flux inside both bands has a DIS median of 32–35 GeV and 10–13 % of DIS below 5 GeV).
-  E_ν is cut to 0.5–80 GeV (the files' range). Result (default mix, the generator on 20,000 events, seed 11):
-  median E_ν 16.7 GeV, median E_lepton 4.0 GeV (goal 3.3–4.3 GeV).
+  constant c_k per mode. One flux × these σ_k alone gives far more DIS and less RES than the files' mix (their
+  generator's mode labels, or their selection: not known), so c_RES > 1 > c_DIS. Where DIS events sit in energy
+  follows: E_ν from the one flux, the DIS share rising with E as σ_DIS/σ_tot. With the files' mix, QE/RES/MEC
+  (45 % of CC; σ flat, so their events follow the flux) sit in the 2 GeV peak, and a median E_ν of 14–18 GeV
+  with a median E_lepton of 3.3–4.3 GeV needs the K component's DIS events at tens of GeV: a scan of the flux
+  found no flux in both bands that puts DIS much lower (the scan, the c_k and the resulting spectra: docs/nova.md,
+  "Issue 27", fifth session). E_ν is cut to 0.5–80 GeV (the files' range).
   Before issue 27 (σ_DIS ∝ E only, y ~ Beta(1, 1.25), 18.5 % K flux) the E_lepton median was 4.4–4.7 GeV:
   the Beta shape had too few high-y DIS events (P(y > 0.9) 5.6 % against 9 % from the quark-parton
   dσ/dy below). Why two components: a
