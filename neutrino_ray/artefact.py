@@ -13,11 +13,27 @@ import torch
 from torch import nn
 
 from neutrino_ray import storage
+from neutrino_ray.errors import InputError
 from neutrino_ray.plotting import png, pyplot
 
 MODEL_DIR = "model"  # the artefact under OUT/model/
 WEIGHTS, CONFIG, METRICS, CURVE = "model.pt", "config.json", "metrics.json", "learning_curve.png"
 FORMAT = "neutrino-ray torch model v1"
+
+
+def read_config(uri: str, task_name: str | tuple[str, ...]) -> dict[str, Any]:
+    """The ``config.json`` of the model artefact at ``uri``, for one of the task names: a one-line InputError
+    for a missing, unreadable or foreign one."""
+    cfg_uri = storage.join(uri, CONFIG)
+    config = storage.read_format_json(cfg_uri, FORMAT, "a model config")
+    if config is None:
+        raise InputError(f"{cfg_uri}: no trained model here (expected {CONFIG} and {WEIGHTS}, as written by "
+                         f"'train' at OUT/{MODEL_DIR})")
+    names = (task_name,) if isinstance(task_name, str) else task_name
+    if config.get("task") not in names:
+        raise InputError(f"{cfg_uri}: a model for task {config.get('task')!r}, expected one for "
+                         f"{' or '.join(map(repr, names))}")
+    return config
 
 
 class Described(Protocol):

@@ -31,8 +31,12 @@ COMMANDS = {"simulate": simulate, "nova": nova, "icecube": icecube, "km3net": km
             "bench": bench}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The CLI: one builder per command family (:data:`COMMANDS`)."""
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The CLI: one builder per command family (:data:`COMMANDS`). Given the command line ``argv``, only the
+    family it names is built in full; the others are listed by their ``HELP`` line, so that a command runs
+    no other family's code (and ``neutrino-ray --help`` still lists them all)."""
+    named = next((a for a in argv or () if not a.startswith("-")), None)
+    chosen = named if argv is not None and named in COMMANDS else None
     fmt = argparse.RawDescriptionHelpFormatter
     p = argparse.ArgumentParser(
         prog="neutrino-ray", epilog=ENV_HELP, formatter_class=fmt,
@@ -46,8 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     level.add_argument("-q", "--quiet", action="store_true",
                        help="errors and the final summary only (no progress lines)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in COMMANDS.values():
-        module.add(sub, fmt)
+    for name, module in COMMANDS.items():
+        if chosen in (None, name):
+            module.add(sub, fmt)
+        else:
+            sub.add_parser(name, help=module.HELP)
     _add_wait(p)
     return p
 
@@ -72,7 +79,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    args = build_parser(argv).parse_args(argv)
     logs.configure(logs.QUIET if args.quiet else logs.VERBOSE if args.verbose else logs.DEFAULT)
     for notice in getattr(args, "deprecated", []):
         log.warning("%s", notice)

@@ -32,15 +32,7 @@ from neutrino_ray.errors import InputError
 def load_artefact(uri: str, task_name: str | tuple[str, ...]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """(config, state_dict) of a model artefact for one of the task names; a clear error for a missing or
     foreign one."""
-    cfg_uri = storage.join(uri, artefact.CONFIG)
-    config = storage.read_format_json(cfg_uri, artefact.FORMAT, "a model config")
-    if config is None:
-        raise InputError(f"{cfg_uri}: no trained model here (expected {artefact.CONFIG} and {artefact.WEIGHTS}, as "
-                         f"written by 'train' at OUT/{artefact.MODEL_DIR})")
-    names = (task_name,) if isinstance(task_name, str) else task_name
-    if config.get("task") not in names:
-        raise InputError(f"{cfg_uri}: a model for task {config.get('task')!r}, expected one for "
-                         f"{' or '.join(map(repr, names))}")
+    config = artefact.read_config(uri, task_name)
     w_uri = storage.join(uri, artefact.WEIGHTS)
     try:
         state = torch.load(io.BytesIO(storage.read_bytes(w_uri)), map_location="cpu", weights_only=True)

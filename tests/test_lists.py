@@ -139,3 +139,26 @@ def test_nova_task_is_a_deprecated_alias_of_target(tmp_path, caplog) -> None:
     with caplog.at_level("WARNING", logger="neutrino_ray"):  # the warning comes before any work
         assert main(["nova", "train", str(tmp_path / "none"), "--task", "y", "--out", str(tmp_path / "o")]) == 2
     assert "--task is deprecated" in caplog.text and "use --target" in caplog.text
+
+
+def test_a_command_builds_only_its_own_family(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``build_parser(argv)`` runs only the named family's ``add`` (a command touches no other family's code);
+    the others keep their one-line help, and ``build_parser()`` (the full CLI, ``--help``) builds them all."""
+    from neutrino_ray import cli
+
+    built: list[str] = []
+    for name, module in cli.COMMANDS.items():
+        monkeypatch.setattr(module, "add", lambda sub, fmt, name=name, add=module.add: (built.append(name),
+                                                                                       add(sub, fmt)))
+    args = build_parser(["-q", "icecube", "predict", "d", "--out", "o"]).parse_args(
+        ["-q", "icecube", "predict", "d", "--out", "o"])
+    assert built == ["icecube"] and args.action == "predict" and args.wait == 0.0
+    sub = next(a for a in build_parser(["nova"])._actions if isinstance(a, argparse._SubParsersAction))
+    assert list(sub.choices) == list(cli.COMMANDS)
+    assert [c.help for c in sub._choices_actions] == [m.HELP for m in cli.COMMANDS.values()]
+    built.clear()
+    build_parser()
+    assert built == list(cli.COMMANDS)
+    built.clear()
+    build_parser(["--help"])
+    assert built == list(cli.COMMANDS)

@@ -4,7 +4,6 @@ settings (Adam, constant schedule, early stopping) and the notebooks' evaluation
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -165,17 +164,18 @@ def test_notebook_figures_by_hand() -> None:
 
 
 # ---------------------------------------------------------------- the difficulty ordering (slow)
-# Run time: the proxy budget through the one pipeline (``make nova-proxy``: 42,000 simulated events → 9,788
+# Run time: the proxy budget through the one pipeline (``make nova-proxy``: 42,000 simulated events → ~9,800
 # balanced training events x 5 epochs at ~26 CPU-ms per event pass ≈ 21 CPU-minutes, plus 20,000 test events
 # scored): measured 44 min wall on the shared 2-core machine at load average 15-54 on main's simulator, 42 min at
-# load average 15-63 on the cascade-and-walls simulator (ba6595c; docs/nova.md "Issue 27": DIS 0.712 < QE
-# 0.878, low E_lepton 0.661 < high 0.882 there), ≈ 25-30 min expected on 2 idle cores.
-@pytest.mark.slow
-def test_course_cnn_difficulty_ordering_on_the_simulation(tmp_path: Path) -> None:
-    """As on the real files: ν_μ CC DIS events are harder than QE events, low lepton energy harder than high;
-    the course CNN trained the course way (simulate → nova train → nova predict → nova evaluate)."""
+# load average 15-63 on the cascade-and-walls simulator (ba6595c), 25 min at load average 6-24 on the fifth
+# session's (a532f7f; docs/nova.md "Issue 27"), ≈ 25 min expected on 2 idle cores. Both tests below share one run.
+@pytest.fixture(scope="module")
+def course_proxy(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The course CNN trained the course way on the proxy budget (simulate → nova train → nova predict → nova
+    evaluate): the notebook figures of ``report.json``."""
     from neutrino_ray.cli import main
 
+    tmp_path = tmp_path_factory.mktemp("course-proxy")
     train, test = tmp_path / "train", tmp_path / "test"
     assert main(["-q", "simulate", "nova", str(train), "--files", "6", "--events-per-file", "7000", "--seed", "1"]) == 0
     assert main(["-q", "simulate", "nova", str(test), "--files", "1", "--events-per-file", "20000", "--seed", "2"]) == 0
@@ -186,7 +186,31 @@ def test_course_cnn_difficulty_ordering_on_the_simulation(tmp_path: Path) -> Non
                  "--out", str(tmp_path / "predict")]) == 0
     assert main(["-q", "nova", "evaluate", str(test), "--predictions",
                  str(tmp_path / "predict" / "predictions.parquet"), "--out", str(tmp_path / "evaluate")]) == 0
-    nb = json.loads((tmp_path / "evaluate" / "report.json").read_text())["notebook"]
+    notebook: dict = json.loads((tmp_path / "evaluate" / "report.json").read_text())["notebook"]
+    return notebook
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(5400)  # the shared run (the fixture) is timed with the first test that uses it
+def test_course_cnn_difficulty_ordering_on_the_simulation(course_proxy: dict) -> None:
+    """As on the real files: ν_μ CC DIS events are harder than QE events, low lepton energy harder than high
+    (by >= 8 points, issue 27's goal), QE in its band 0.85-0.93 (a532f7f's proxy: 0.868; low / high E_lepton
+    0.705 / 0.904)."""
+    nb = course_proxy
     assert nb["by_mode"]["DIS"]["accuracy"] < nb["by_mode"]["QE"]["accuracy"]
+    assert 0.85 <= nb["by_mode"]["QE"]["accuracy"] <= 0.93
     lep = nb["split"]["lepenergy"]
-    assert lep["low"] < lep["high"]
+    assert lep["high"] - lep["low"] >= 0.08
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(5400)
+@pytest.mark.xfail(strict=True, reason="a532f7f's proxy: balanced accuracy 0.876 (goal 0.77-0.84), DIS 0.778 "
+                                       "(0.60-0.72), DIS 9.0 points below QE (>= 15)")
+def test_course_cnn_as_hard_as_the_real_files(course_proxy: dict) -> None:
+    """Issue 27's targets for the course CNN on the real files, checked on the proxy budget (the target budget,
+    >= 30,000 balanced events to early stopping, is hours on this machine: docs/nova.md)."""
+    nb = course_proxy
+    assert 0.77 <= nb["balanced_accuracy"] <= 0.84
+    assert 0.60 <= nb["by_mode"]["DIS"]["accuracy"] <= 0.72
+    assert nb["by_mode"]["QE"]["accuracy"] - nb["by_mode"]["DIS"]["accuracy"] >= 0.15

@@ -55,7 +55,7 @@ def test_every_task_learns_a_few_steps(sim: Path, target: str) -> None:
     b = task.collate(table, torch.device("cpu"))
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     losses = []
-    for _ in range(25):
+    for _ in range(40):  # numu-cc on a532f7f's batch: 0.70 → 0.59 after 25 steps (a spike at step 2), 0.22 after 40
         loss = task.loss(model, b)
         opt.zero_grad()
         loss.backward()

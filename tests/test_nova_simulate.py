@@ -250,8 +250,11 @@ def test_energy_spectrum(default_events: tuple[np.ndarray, dict[str, np.ndarray]
     numu = i <= 3
     mode_e = [np.median(e[numu & (i % 4 == m)]) for m in range(4)]
     assert mode_e[2] > 5 * max(mode_e[0], mode_e[1], mode_e[3])  # σ_DIS ∝ E, σ_QE/RES/MEC flat: DIS is harder
-    # ... but σ_DIS's low-W part (the RES/DIS transition) puts some DIS events at a few GeV
-    assert 0.15 < (e[numu & (i % 4 == 2)] < 5.0).mean() < 0.3
+    # ... but σ_DIS rises from its W > 1.7 GeV threshold through the RES/DIS transition at a few GeV (Formaggio &
+    # Zeller's shape): some DIS events sit in the π-decay peak (12 % below 5 GeV on 200,000 generated events)
+    assert 0.07 < (e[numu & (i % 4 == 2)] < 5.0).mean() < 0.2
+    assert np.allclose(sim.cross_section(np.array([0, 1, 2]), np.array([20.0, 20.0, 3.0])), [0.45, 0.55, 1.03],
+                       atol=0.02)
     assert 1.5 < mode_e[0] < 4.0  # QE events sit in the π-decay peak
     y = 1.0 - lep / e
     dis, qe = numu & (i % 4 == 2), numu & (i % 4 == 0)
@@ -278,7 +281,10 @@ def test_track_length_follows_muon_energy() -> None:
     assert medians[0] < 0.6 * medians[2]
     active = maps.astype(np.int64).sum(axis=(1, 3)) >= 20
     last = maps.shape[2] - 1 - np.argmax(active[:, ::-1], axis=1)
-    assert (last[lep > 3.0] >= fmt.PLANES - 2).mean() > 0.95  # a >3 GeV muon (15 m range) leaves the window
+    # a >3 GeV muon (15 m range) leaves the window through its last plane, unless it leaves the detector through a
+    # side wall first: checked on vertices >= 90 cm from the walls (near them, 5.5 % of these muons exit sideways)
+    inner = (np.abs(f["vtxx"]) < 100.0) & (np.abs(f["vtxy"]) < 100.0)
+    assert (last[(lep > 3.0) & inner] >= fmt.PLANES - 2).mean() > 0.95
     assert (ext[lep > 3.0] <= fmt.PLANES).all()
 
 
@@ -328,8 +334,33 @@ def test_hadronic_cascade() -> None:
     assert 0.5 < visible < 1.0  # invisible share in the hadronic clouds; π0s fully visible
     em_share = c10["counts"][em].sum() * sim.GEV_PER_COUNT / (10.0 * n)
     assert 0.1 < em_share < 0.5  # the EM fraction of a 10 GeV hadronic shower (Wigmans: ~0.3-0.4)
-    t02, _ = _pion_showers(0.2, n)
-    assert len(t02["ev"]) == n  # below the cascade threshold: one track, nothing goes on
+    t02, c02 = _pion_showers(0.2, n)
+    assert not (c02["core"] == sim.EM_CORE_CM).any()  # below the cascade threshold: no π0 showers ...
+    assert len(t02["ev"]) < 1.3 * n  # ... one track, a few go on after a quasi-elastic scattering or a decay
+
+
+def test_pion_quasi_elastic_scattering_and_decay_in_flight() -> None:
+    """A charged pion's track goes on after a quasi-elastic π–nucleus scattering (kinked, a nucleon's energy
+    less), and a few pions decay in flight into a muon of 57-100 % of their energy (βγcτ: ~2 % at 1 GeV)."""
+    n = 20_000
+    rng = np.random.default_rng(3)
+    tracks, clouds, sec = (sim._Table("ev", "off", "dir", "length", "cpc"),
+                           sim._Table("ev", "off", "dir", "counts", "shape", "scale", "core", "halo", "halo_f"),
+                           sim._particles())
+    t = np.full(n, 1.0)
+    sim._hadron_tracks(rng, tracks, clouds, sec, np.arange(n), sim.PI_CH, t, np.zeros((n, 3)),
+                       np.tile([0.0, 0.0, 1.0], (n, 1)))
+    tr, s = tracks.get(), sec.get()
+    left = t - tr["length"][:n] * sim.MIP_GEV_PER_CM  # each pion's kinetic energy at its track's end
+    mu = tr["ev"][n:]  # the decay muons (added after the n pion tracks), by their pion
+    assert 0.01 < len(mu) / n < 0.03
+    e_mu, e_pi = tr["length"][n:] * sim.MIP_GEV_PER_CM + sim.M_MU, left[mu] + sim.M_PI
+    assert (e_mu > 0.57 * e_pi - 1e-6).all() and (e_mu < e_pi + 1e-6).all()
+    # quasi-elastic survivors carry all but a knocked-out nucleon's 0.03-0.25 GeV (the inelastic cascade's leading
+    # pions at most half): ~PION_QE_P of the pions that interact
+    pi = s["kind"] == sim.PI_CH
+    survivor = s["e"][pi] >= 0.5 * left[s["ev"][pi]] - 1e-9
+    assert 0.25 < survivor.sum() / n < 0.4
 
 
 def test_detector_walls_stop_deposits_and_noise() -> None:

@@ -11,13 +11,16 @@ from neutrino_ray.argtypes import positive_float as _positive_float
 from neutrino_ray.errors import InputError
 from neutrino_ray.settings import PRECISIONS
 
+# This family's line in `neutrino-ray --help` (the CLI lists it without building the family's parsers).
+HELP = "throughput benchmarks"
+
 
 def add(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
     """The ``bench`` command and its subcommands."""
     from neutrino_ray.icecube.architectures import ARCHITECTURES
     from neutrino_ray.nova.architectures import MODELS as NOVA_MODELS
 
-    b = sub.add_parser("bench", help="throughput benchmarks")
+    b = sub.add_parser("bench", help=HELP)
     b_sub = b.add_subparsers(dest="detector", required=True, metavar="DETECTOR")
     bi = b_sub.add_parser("icecube", formatter_class=fmt,
                           help="events/s for read, featurise, LineFit, the GNNs and transformers, end-to-end predict",

@@ -1,5 +1,5 @@
-"""What every subcommand module shares: the environment epilogue, the actor-pool options and the
-deprecated-alias action."""
+"""What every subcommand module shares: the environment epilogue, the DATA / --split / --out options, the
+actor-pool options and the deprecated-alias action."""
 
 from __future__ import annotations
 
@@ -48,3 +48,17 @@ def add_actor_args(p: argparse.ArgumentParser, batch_size: int) -> None:
     p.add_argument("--resource-wait-minutes", type=non_negative_float, default=15.0,
                    help="GPU actors: wait this long for the autoscaler to bring their GPUs; 0 refuses at once (15)")
 
+
+
+OUT_HELP = "output URI (a folder)"
+TRAIN_OUT_HELP = "output URI (a folder): checkpoints in OUT/train, model in OUT/model"
+
+
+def add_io(p: argparse.ArgumentParser, data_help: str, split: str | None = None, split_help: str = "split",
+           splits: tuple[str, ...] = ("train", "test"), out_help: str = OUT_HELP) -> None:
+    """The positional DATA, ``--split`` (when the command reads one split; ``split`` is its default) and the
+    required ``--out`` of a command that reads a dataset and publishes to OUT."""
+    p.add_argument("data", metavar="DATA", help=data_help)
+    if split is not None:
+        p.add_argument("--split", choices=list(splits), default=split, help=f"{split_help} ({split})")
+    p.add_argument("--out", required=True, help=out_help)

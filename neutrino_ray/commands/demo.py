@@ -9,11 +9,14 @@ from neutrino_ray.argtypes import positive as _positive
 from neutrino_ray.argtypes import positive_float as _positive_float
 from neutrino_ray.icecube.architectures import GNNS
 
+# This family's line in `neutrino-ray --help` (the CLI lists it without building the family's parsers).
+HELP = "simulate → LineFit → train a LineFit-seeded GNN → predict with uncertainties → compare"
+
 
 def add(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
     """The ``demo`` command (the README's first)."""
     d = sub.add_parser("demo", formatter_class=fmt,
-                       help="simulate → LineFit → train a LineFit-seeded GNN → predict with uncertainties → compare",
+                       help=HELP,
                        description="The main job on embedded defaults: simulate a small dataset, score it with the "
                                    "Kaggle LineFit, train a GNN briefly (Ray Train; by default 'refine', which "
                                    "refines each event's LineFit direction), calibrate its κ, score the test split "

@@ -9,15 +9,18 @@ from neutrino_ray import storage
 from neutrino_ray.argtypes import non_negative as _non_negative
 from neutrino_ray.argtypes import positive as _positive
 from neutrino_ray.argtypes import positive_float as _positive_float
-from neutrino_ray.commands.common import ENV_HELP, add_actor_args
+from neutrino_ray.commands.common import ENV_HELP, TRAIN_OUT_HELP, add_actor_args, add_io
 from neutrino_ray.settings import add_training_args, training_kwargs
+
+# This family's line in `neutrino-ray --help` (the CLI lists it without building the family's parsers).
+HELP = "IceCube reconstruction pipelines"
 
 
 def add(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
     """The ``icecube`` command and its subcommands."""
     from neutrino_ray.icecube.options import DEFAULT_BATCH_SIZE, STATS_EVENTS_PER_TASK
 
-    ic = sub.add_parser("icecube", help="IceCube reconstruction pipelines")
+    ic = sub.add_parser("icecube", help=HELP)
     ic_sub = ic.add_subparsers(dest="action", required=True, metavar="ACTION")
     _add_train(ic_sub, fmt)
     _add_predict(ic_sub, fmt)
@@ -52,11 +55,9 @@ def add(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
                            help="score predictions: report.json + plots",
                            description="Compare predictions with the split's truth (train meta, or "
                                        "test_truth.parquet) and publish report.json and PNG plots to OUT.")
-    ev.add_argument("data", metavar="DATA", help="Kaggle-layout dataset URI")
-    ev.add_argument("--split", choices=["train", "test"], default="test", help="split (test)")
+    add_io(ev, "Kaggle-layout dataset URI", split="test")
     ev.add_argument("--predictions", required=True,
                     help="submission URI: CSV or Parquet, or the OUT/predictions/ folder of --format parquet")
-    ev.add_argument("--out", required=True, help="output URI (a folder)")
 
     cm = ic_sub.add_parser("compare", formatter_class=fmt, epilog=ENV_HELP,
                            help="several reconstructions side by side: report.json, summary.md, overlaid plots",
@@ -65,13 +66,11 @@ def add(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
                                        "68 %% intervals, breakdowns by energy, pulse count, true zenith and "
                                        "topology, coverage of the uncertainties where given; publish "
                                        "report.json, summary.md and PNG plots to OUT.")
-    cm.add_argument("data", metavar="DATA", help="Kaggle-layout dataset URI (with truth for the split)")
-    cm.add_argument("--split", choices=["train", "test"], default="test", help="split (test)")
+    add_io(cm, "Kaggle-layout dataset URI (with truth for the split)", split="test")
     cm.add_argument("--predictions", nargs="+", required=True, metavar="URI",
                     help="predictions files, one per model (local or S3)")
     cm.add_argument("--labels", nargs="+", default=None, metavar="LABEL",
                     help="a label per predictions file (default: the name of the folder holding it)")
-    cm.add_argument("--out", required=True, help="output URI (a folder)")
 
     stt = ic_sub.add_parser("stats", formatter_class=fmt, epilog=ENV_HELP,
                             help="dataset profile: stats.json, summary.md + plots, beside the real data's figures",
@@ -82,9 +81,7 @@ def add(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
                                         "Plans per batch file: one Ray task per batch file reads only its own meta, "
                                         "truth and pulses; the partial profiles are merged exactly. Publishes "
                                         "OUT/stats.json, OUT/summary.md and PNG histograms, and prints the table.")
-    stt.add_argument("data", metavar="DATA", help="Kaggle-layout dataset URI")
-    stt.add_argument("--split", choices=["train", "test"], default="train", help="split to profile (train)")
-    stt.add_argument("--out", required=True, help="output URI (a folder)")
+    add_io(stt, "Kaggle-layout dataset URI", split="train", split_help="split to profile")
     stt.add_argument("--events-per-task", type=_positive, default=STATS_EVENTS_PER_TASK,
                      help=f"events read at once inside a batch file's task, cut at row groups "
                           f"({STATS_EVENTS_PER_TASK})")
@@ -100,9 +97,8 @@ def add(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
                                        "full truth. Publishes OUT/submission.csv, OUT/predictions.parquet (model "
                                        "'bound', null kappa) and OUT/bound_report.json (per pulse-count bin, per "
                                        "topology above 10 TeV, and the chi-square(2 dof) calibration check).")
-    bd.add_argument("data", metavar="DATA", help="simulated Kaggle-layout dataset URI (with test_truth.parquet)")
-    bd.add_argument("--split", choices=["test"], default="test", help="split (test: the one with full truth)")
-    bd.add_argument("--out", required=True, help="output URI (a folder)")
+    add_io(bd, "simulated Kaggle-layout dataset URI (with test_truth.parquet)", split="test", splits=("test",),
+           split_help="split, the one with full truth")
     bd.add_argument("--events-per-task", type=_positive, default=200,
                     help="events per Ray task (one read block each) (200)")
     bd.add_argument("--events", type=_positive, default=None,
@@ -125,8 +121,7 @@ def _add_train(ic_sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
                                        "go to OUT/train (re-running with the same OUT resumes); the final model is "
                                        "published to OUT/model (model.pt, config.json, metrics.json, "
                                        "learning_curve.png) for 'icecube predict --model OUT/model'.")
-    tr.add_argument("data", metavar="DATA", help="Kaggle-layout dataset URI (its train split and meta are used)")
-    tr.add_argument("--out", required=True, help="output URI (a folder): checkpoints in OUT/train, model in OUT/model")
+    add_io(tr, "Kaggle-layout dataset URI (its train split and meta are used)", out_help=TRAIN_OUT_HELP)
     tr.add_argument("--model", choices=list(ARCHITECTURES), default="small",
                     help="architecture: the DynEdge-class GNNs 'small' (~0.1M parameters, CPU-friendly) and "
                          "'dynedge' (GraphNeT's competition benchmark shape, 1.35M parameters), or the "
@@ -167,8 +162,7 @@ def _add_predict(ic_sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
                                        "trained model on an actor pool) and publish OUT/submission.csv "
                                        "(event_id,azimuth,zenith) or OUT/predictions/ and OUT/_SUCCESS.json. A "
                                        "killed run re-run with the same command reuses the parts it finished.")
-    pr.add_argument("data", metavar="DATA", help="Kaggle-layout dataset URI")
-    pr.add_argument("--split", choices=["train", "test"], default="test", help="split to score (test)")
+    add_io(pr, "Kaggle-layout dataset URI", split="test", split_help="split to score")
     pr.add_argument("--model", action="append", default=None, metavar="MODEL",
                     help="'linefit' (default: the Kaggle public baseline, a least-squares line through the "
                          "auxiliary = False pulses, all pulses when fewer than 2), 'linefit-all' (every pulse), "
@@ -183,7 +177,6 @@ def _add_predict(ic_sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
                     help="LineFit: fit its empirical uncertainty (vMF κ per pulse count) on the last N events of "
                          "DATA's train split, written to OUT/linefit_uncertainty.json; 0: none, kappa and "
                          "sigma_* null (20000)")
-    pr.add_argument("--out", required=True, help="output URI (a folder)")
     pr.add_argument("--format", choices=FORMATS, default=None,
                     help="csv: OUT/submission.csv (Kaggle format, sorted) and OUT/predictions.parquet; parquet: "
                          "OUT/predictions/part-NNNNN.parquet in event-id order, listed in OUT/_SUCCESS.json "

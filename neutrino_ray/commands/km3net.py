@@ -8,22 +8,24 @@ from typing import Any
 from neutrino_ray import storage
 from neutrino_ray.argtypes import non_negative as _non_negative
 from neutrino_ray.argtypes import positive as _positive
-from neutrino_ray.commands.common import ENV_HELP
+from neutrino_ray.commands.common import ENV_HELP, add_io
+
+# This family's line in `neutrino-ray --help` (the CLI lists it without building the family's parsers).
+HELP = "KM3NeT track/shower classification (scikit-learn on Ray)"
 
 
 def add(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
     """The ``km3net`` command and its subcommands."""
-    km = sub.add_parser("km3net", help="KM3NeT track/shower classification (scikit-learn on Ray)")
+    km = sub.add_parser("km3net", help=HELP)
     km_sub = km.add_subparsers(dest="action", required=True, metavar="ACTION")
     data_help = "feature data URI: a .h5/.parquet/.root file or a folder/prefix of them"
     kt = km_sub.add_parser("train", formatter_class=fmt, epilog=ENV_HELP, help="tune, refit and save a classifier",
                            description="Cross-validated hyperparameter search (each trial a Ray task), refit of the "
                                        "best pipeline, analysis of a held-out split, and the model saved to OUT "
                                        "(model.pkl, metadata.json, cv_results.json, analysis/).")
-    kt.add_argument("data", metavar="DATA", help=data_help)
+    add_io(kt, data_help, out_help="model output URI (a folder)")
     kt.add_argument("--model", required=True, choices=["linear-svc", "svc", "random-forest", "hist-gb"],
                     help="classifier")
-    kt.add_argument("--out", required=True, help="model output URI (a folder)")
     kt.add_argument("--workers", type=_positive, default=2, help="Ray tasks running trials at once (2)")
     kt.add_argument("--search", choices=["grid", "random"], default="grid",
                     help="grid: the model's small grid; random: --n-iter draws from a wider space (grid)")
@@ -39,16 +41,14 @@ def add(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
     kp = km_sub.add_parser("predict", formatter_class=fmt, epilog=ENV_HELP, help="score events → Parquet",
                            description="Per-event P(shower) and class for every event under DATA, written "
                                        "atomically to OUT/predictions.parquet.")
-    kp.add_argument("data", metavar="DATA", help=data_help)
+    add_io(kp, data_help)
     kp.add_argument("--model", required=True, help="trained model URI (the OUT of km3net train)")
-    kp.add_argument("--out", required=True, help="output URI (a folder)")
     kp.add_argument("--skip-bad", action="store_true", help="drop (and count) events with non-finite features")
     ke = km_sub.add_parser("evaluate", formatter_class=fmt, epilog=ENV_HELP, help="analysis plots + report.json",
                            description="Accuracy, ROC/AUC, confusion matrix, efficiency vs energy, feature "
                                        "importance, track-start density and likelihood plots on labelled DATA.")
-    ke.add_argument("data", metavar="DATA", help=data_help)
+    add_io(ke, data_help)
     ke.add_argument("--model", required=True, help="trained model URI")
-    ke.add_argument("--out", required=True, help="output URI (a folder)")
     ke.add_argument("--energy-cut", type=float, default=None, help="GeV: likelihood plots only above this true energy")
     ke.add_argument("--skip-bad", action="store_true", help="drop (and count) events with non-finite features")
 

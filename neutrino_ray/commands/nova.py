@@ -7,8 +7,11 @@ from typing import Any
 
 from neutrino_ray import storage
 from neutrino_ray.argtypes import positive as _positive
-from neutrino_ray.commands.common import ENV_HELP, Deprecated, add_actor_args
+from neutrino_ray.commands.common import ENV_HELP, TRAIN_OUT_HELP, Deprecated, add_actor_args, add_io
 from neutrino_ray.settings import add_training_args, training_kwargs
+
+# This family's line in `neutrino-ray --help` (the CLI lists it without building the family's parsers).
+HELP = "NOvA-style pixel-map CNNs (Ray Train) and analysis"
 
 
 def add(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
@@ -16,7 +19,7 @@ def add(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
     from neutrino_ray.nova.architectures import MODELS as NOVA_MODELS
     from neutrino_ray.nova.targets import TASKS
 
-    nova = sub.add_parser("nova", help="NOvA-style pixel-map CNNs (Ray Train) and analysis")
+    nova = sub.add_parser("nova", help=HELP)
     nova_sub = nova.add_subparsers(dest="action", required=True, metavar="ACTION")
     nova_data = "NOvA HDF5 data URI: a neutrino{i}.h5 file or a folder/prefix of them"
     nt = nova_sub.add_parser("train", formatter_class=fmt, epilog=ENV_HELP,
@@ -25,7 +28,7 @@ def add(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
                                          "under DATA, streamed through the Ray Data HDF5 reader. The last "
                                          "--val-events in-task events validate. Checkpoints go to OUT/train "
                                          "(re-running with the same OUT resumes); the model to OUT/model.")
-    nt.add_argument("data", metavar="DATA", help=nova_data)
+    add_io(nt, nova_data, out_help=TRAIN_OUT_HELP)
     target = nt.add_mutually_exclusive_group(required=True)
     target.add_argument("--target", choices=list(TASKS),
                         help="what to predict: numu-cc (binary), flavour (numu CC / nue CC / NC), mode (QE / RES / "
@@ -33,7 +36,6 @@ def add(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
                              "skipped)")
     target.add_argument("--task", choices=list(TASKS), dest="target", action=Deprecated, new="--target",
                         help=argparse.SUPPRESS)  # the old name, for one release
-    nt.add_argument("--out", required=True, help="output URI (a folder): checkpoints in OUT/train, model in OUT/model")
     nt.add_argument("--model", choices=list(NOVA_MODELS), default="small",
                     help="'small' dual-view CNN (CPU-friendly), 'medium' CNN, or 'baseline' (a linear model on image "
                          "summary features) (small)")
@@ -50,9 +52,8 @@ def add(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
                               description="Batch inference on a Ray Data actor pool (model loaded once per actor); "
                                           "publishes OUT/predictions.parquet (file, index, run, subrun, cycle, evt, "
                                           "subevt, visible_energy, prob_<class>..., predicted) atomically.")
-    np_.add_argument("data", metavar="DATA", help=nova_data)
+    add_io(np_, nova_data)
     np_.add_argument("--model", required=True, help="trained model URI (OUT/model of 'nova train')")
-    np_.add_argument("--out", required=True, help="output URI (a folder)")
     add_actor_args(np_, 256)
     np_.add_argument("--events-per-task", type=_positive, default=1_000, help="events per read slice (1000)")
     np_.add_argument("--skip-bad", action="store_true", help="skip (and count) unreadable or malformed files")
@@ -62,9 +63,8 @@ def add(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
                                          "(natural and balanced), ROC/AUC, accuracy vs threshold, confusion matrix, "
                                          "efficiency vs interaction type, final state and energies; resolution and "
                                          "bias for regressions.")
-    ne.add_argument("data", metavar="DATA", help=nova_data + " (the truth)")
+    add_io(ne, nova_data + " (the truth)")
     ne.add_argument("--predictions", required=True, help="predictions URI (OUT/predictions.parquet of 'nova predict')")
-    ne.add_argument("--out", required=True, help="output URI (a folder)")
     ne.add_argument("--threshold", type=float, default=0.5, help="numu-cc selection cut on prob_numu-CC (0.5)")
     ne.add_argument("--skip-bad", action="store_true", help="skip bad files (as predict did)")
 

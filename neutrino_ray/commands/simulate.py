@@ -9,10 +9,13 @@ from neutrino_ray.argtypes import non_negative as _non_negative
 from neutrino_ray.argtypes import positive as _positive
 from neutrino_ray.commands.common import ENV_HELP
 
+# This family's line in `neutrino-ray --help` (the CLI lists it without building the family's parsers).
+HELP = "write simulated datasets in the real formats"
+
 
 def add(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
     """The ``simulate`` command and its subcommands."""
-    sim = sub.add_parser("simulate", help="write simulated datasets in the real formats")
+    sim = sub.add_parser("simulate", help=HELP)
     sim_sub = sim.add_subparsers(dest="detector", required=True, metavar="DETECTOR")
     s = sim_sub.add_parser("icecube", formatter_class=fmt, epilog=ENV_HELP,
                            help="Kaggle 'Neutrinos in Deep Ice' layout",

@@ -33,6 +33,7 @@ from neutrino_ray.icecube.metrics import errors_against_truth
 from neutrino_ray.icecube.options import ScoringOptions
 from neutrino_ray.icecube.predict import run_inference
 from neutrino_ray.icecube.scoring import ENSEMBLE, check_models, ensemble_spec
+from neutrino_ray.icecube.train import TASK
 
 log = logging.getLogger("neutrino_ray")
 
@@ -44,7 +45,7 @@ def _held_out_events(members: tuple[str, ...], split: str, events: int | None) -
         return events
     slices = []
     for uri in members:
-        config = json.loads(storage.read_bytes(storage.join(uri, artefact.CONFIG)))
+        config = artefact.read_config(uri, TASK)
         n = int((config.get("data") or {}).get("val_events") or 0)
         if not n:
             raise InputError(f"{uri}: the model's config.json does not say which train events were held out; "

@@ -40,8 +40,8 @@ class MeanBootstrap:
     bootstrap requires). Each block's weights come from a generator seeded by ``(seed, block)``, so a pair's
     result is exactly a :class:`PairedBootstrap` of the same seed. The sums come from one matrix product per
     chunk, resamples × events times events × (keys · (models + 1) + 2 · pairs) indicator-and-error columns
-    (masking the weights key by key, model by model cost 97 of compare's 124 s on 2M events and two
-    models). Memory O(resamples · chunk + chunk · columns)."""
+    instead of masking the weights key by key and model by model (which dominated compare's time: measured
+    in docs/icecube.md, "compare made fast"). Memory O(resamples · chunk + chunk · columns)."""
 
     def __init__(self, n_models: int = 1, n: int = N_BOOTSTRAP):
         self.n, self.n_models = n, n_models

@@ -77,8 +77,8 @@ def summarise(errors: np.ndarray) -> dict[str, float]:
 
 # Poisson(1) by inversion of 16-bit uniforms: k = the number of thresholds 2^16 · P(X ≤ j), j = 0…8, that u
 # reaches (each probability within 2^-16 of the exact one), looked up in a 65,536-entry table: one gather
-# instead of numpy's Poisson sampler (~10× dearer, which dominated the bootstrap: 2M events × 200 resamples,
-# 33 s on 2 shared cores) or of nine comparisons (19 → 10 ms per 200 × 20,000 weights).
+# instead of numpy's Poisson sampler or nine comparisons per weight (both dearer; measured in docs/icecube.md,
+# "compare made fast").
 _POISSON1_THRESHOLDS = np.round(65536 * np.cumsum([np.exp(-1.0) / np.prod(np.arange(1, j + 1)) for j in range(9)]))
 _POISSON1_THRESHOLDS = _POISSON1_THRESHOLDS[_POISSON1_THRESHOLDS < 65536].astype(np.uint32)
 _POISSON1_TABLE = np.searchsorted(_POISSON1_THRESHOLDS, np.arange(65536), side="right").astype(np.uint8)
@@ -94,8 +94,8 @@ def poisson1_resample_sums(rng: np.random.Generator, n_resamples: int, x: np.nda
     """One chunk of events (the rows of ``x``, one column per quantity) under ``n_resamples`` Poisson(1)
     resamples drawn from ``rng``: Σ_i w_ri and Σ_i w_ri · x_ic per resample r (a matrix product, so any
     number of quantities, such as several models and bins, share one draw at the cost of one product).
-    The product is in float32 (2.4× faster than float64: 35 against 84 ms for 200 × 20,000 weights and 77
-    columns): the weights are small integers, exact in float32, so only x is rounded (relative 6e-8) and
+    The product is in float32 (faster than float64; measured in docs/icecube.md, "compare made fast"): the
+    weights are small integers, exact in float32, so only x is rounded (relative 6e-8) and
     the chunk's sums carry float32 round-off (≲ 1e-5 relative at 20,000 events, far inside the resampling
     noise of an interval); the chunks' sums are merged in float64."""
     w = poisson1_weights(rng, (n_resamples, len(x))).astype(np.float32)

@@ -16,22 +16,21 @@ Flux and interactions (the Kaggle data description publishes neither; assumption
   * ``E_MIN, E_MAX`` 100 GeV – 100 PeV: the range of the competition's simulation.
   * ``SPECTRAL_INDEX`` 1.8: dN/dE ~ E^-1.8 at generation. Assumed (IceCube's NuGen sets are generated on
     E^-1 … E^-2 and reweighted); the one energy knob, set so that the pulse-count quartiles, mean and
-    99th percentile land on the real ones. Issue 26 moved it from 1.7 to 1.75, where the bright tail lands on the
-    real one: 99th percentile 1,046 pulses (real ≈ 1,130; 1,366–1,540 at 1.7) and 1.09 % of events with
-    ≥ 1,000 pulses (real 1.1 %; 1.4–1.7 % at 1.7), 10,000 events, seed 2024. 1.8 drops the mean below 120 and 1.9
-    the quartiles below their bands, while the 200–999-pulse share stays above the real 4.7 % at every index
-    (6.5 % at 1.75, 5.9 % at 1.8): the spectrum alone cannot make the middle bin (docs/icecube.md). Its third
-    session set 1.8 together with the waveform-splitting law below (``PULSE_POWER``), which fills the bright tail.
+    99th percentile land on the real ones (and the ≥ 1,000-pulse share on the real 1.1 %); the spectrum alone
+    cannot make the 200–999-pulse share, so issue 26's third session set 1.8 together with the waveform-splitting
+    law below (``PULSE_POWER``), which fills the bright tail. The scan over indices, with its figures, is in
+    docs/icecube.md (issue 26, "Pulse-count shares").
   * ``INTERACTION_P``: equal neutrino flavours at Earth (ν_e : ν_μ : ν_τ = 1 : 1 : 1, as generated for
     all-flavour sets) with σ_NC/σ_CC ≈ 0.43 at TeV energies, i.e. CC 70 %, NC 30 %. ν_μ CC and the
     17.4 % (``TAU_TO_MU``, PDG) of ν_τ CC whose τ decays to a muon make tracks; everything else is a
     cascade. Composition (issue 26, fourth session): the Kaggle files carry no weights, so they are an unweighted
     NuGen-like generation sample, each channel as often as its share with its vertex uniform in its own injection
     volume (a cylinder for cascades, ``CASCADE_RADIUS`` 900 m × 1,600 m, large enough for PeV cascades seen from
-    ~300 m outside; for muons the impact disk times range plus detector length). About 41 % of the triggered events
-    are tracks: through-going muons from far outside, the more the higher the energy, and starting tracks. Weighting
-    the channels by their volumes instead (a flux's composition, ``VOLUME_WEIGHTED``) gives 47 % tracks and a Kaggle
-    LineFit of 1.07–1.11 rad, easier than the real 1.214: the real set is not flux-weighted.
+    ~300 m outside; for muons the impact disk times range plus detector length). The tracks among the triggered
+    events are through-going muons from far outside, the more the higher the energy, and starting tracks.
+    Weighting the channels by their volumes instead (a flux's composition, ``VOLUME_WEIGHTED``) makes the
+    Kaggle LineFit easier than the real 1.214 rad, so the real set is not flux-weighted (both mixes measured in
+    docs/icecube.md, issue 26's fourth session, "Composition").
   * Inelasticity y = u² (mean 1/3); ``TAU_VISIBLE_FRACTION`` 0.6 of a τ's energy stays visible.
   * Absorption in the Earth: a neutrino from below crosses a chord 2 R |cos zenith| at the Earth's mean
     density and survives with exp(-N_A σ ρ L), σ = σ_CC + σ_NC from the power-law fits of Gandhi et al.
@@ -62,7 +61,8 @@ Light yield and timing:
     g λ_eff (1/d + 1/L_att) (P1 approximation; Farrell, Patterson & Wilson, Med. Phys. 19 (1992) 879),
     which levels off near g λ_eff / L_att rather than vanishing after one scattering length; m = 10 keeps
     ~0.6 at 100 m and 0.3–0.5 at 250 m, at or below that value (issue 26; the first
-    calibration's m = 1 left cascades above 10 TeV with no recoverable direction, a bound of ~45°).
+    calibration's m = 1 left cascades above 10 TeV with no recoverable direction: docs/icecube.md, "Information
+    bound").
     Closer in, the scattered light remembers the Cherenkov cone itself, not only its mean (``cascade_memory``,
     issue 26, third session): after μ = d/λ_s scatterings with a Henyey–Greenstein phase function (moments g^l,
     g = ``G_ICE``) the l-th Legendre moment of the photons' angular distribution is the emitted one times
@@ -97,17 +97,29 @@ Light yield and timing:
 
 PMT and DAQ:
   * Charge: the SPE template, a Gaussian at 1 pe (σ 0.3) plus a 20 % low-charge exponential
-    (arXiv:2002.00997); the 0.25 pe discriminator; charges quantised to 0.025 pe as in the Kaggle files.
-    Waveform unfolding (IceCube's pulse extraction fits the digitised waveform with single-pe templates, arXiv:
-    1612.05093 sec. 6; ATWD 3.3 ns over the first 427 ns, fADC 25 ns samples over 6.4 µs) resolves a DOM's photons
-    into pulses: n pe from one source make the fewer of min(n, ⌈1.1 n^0.78⌉) (``PULSE_SPLIT``, ``PULSE_POWER``, the
-    third session's law, calibrated on the pulse-count shares) and the time slots they occupy, K (1 − (1 − 1/K)^n) for
-    K = 1 + mean Pandel delay / ``PULSE_RESOLUTION`` (3.3 ns, the ATWD's sampling; ``pulse_slots``): photons that
-    arrive within one sample merge (the fADC's 25 ns put the charge q3 below its band, 1.40 pe). Next to a bright
-    source the light comes within tens of ns and unfolds into a few large pulses (the real files' largest pulse is
-    2,762 pe, their mean 3.909 pe with a standard deviation of 16.3); far away, spread over microseconds, nearly
-    every photon is its own pulse. The mean pulse charge: 1.6–1.7 pe before the slots (issue 26, third session),
-    2.3–2.9 pe with them on 10,000 events (docs/icecube.md). Pulses share a DOM's charge equally, with SPE smearing.
+    (arXiv:2002.00997); the 0.25 pe discriminator.
+  * Waveform unfolding. IceCube's pulse extraction, wavedeform, fits the digitised waveform with single-pe
+    templates by non-negative least squares (arXiv:1612.05093 sec. 6; IceTray's ``wavedeform``: basis functions every
+    quarter sample, over the ATWD's 3.3 ns samples for the first 427 ns of a launch and the fADC's 25 ns samples over
+    6.4 µs). n pe from one source make the fewer of min(n, ⌈1.1 n^0.78⌉) (``PULSE_SPLIT``, ``PULSE_POWER``, the third
+    session's law, calibrated on the pulse-count shares) and the time slots they occupy, K (1 − (1 − 1/K)^n) with
+    K = 1 + the mean Pandel delay in resolution cells (``pulse_slots``): photons within one sample merge, one
+    ``ATWD_RESOLUTION`` = 3.3 ns within the ATWD's window (``ATWD_WINDOW``, 427 ns), one ``FADC_RESOLUTION`` = 25 ns
+    after it (issue 26, fifth session: before it, 3.3 ns throughout). Next to a bright source the light comes within
+    tens of ns and unfolds into a few large pulses (the real files' largest pulse is 2,762 pe, their mean 3.909 pe
+    with a standard deviation of 16.3); far away, spread over microseconds, nearly every photon is its own pulse.
+    Pulses share a DOM's charge equally, with SPE smearing. The SPE templates' full widths at half maximum (13.2 ns
+    ATWD, 64.4 ns fADC) as the resolution instead were measured and not adopted (docs/icecube.md, fifth session).
+  * SLC charge stamps (issue 26, fifth session): a launch without local coincidence sends no waveform, only the
+    fADC's largest sample and its two neighbours out of its first 16 (arXiv:1612.05093 sec. 6.3): one pulse holding
+    the charge of its first ``SLC_STAMP`` = 75 ns; the photons later in that launch's ``SLC_LAUNCH`` = 6.45 µs are not
+    recorded (``_slc_stamps``).
+  * Charges in the Kaggle files are SuperDST-encoded (IceTray's ``I3SuperDST``, the compressed pulse format that the
+    pole filter sends north): floor(q / 0.05 pe) decoded at the bin centre, 0.05 k + 0.025 pe, so every charge is an
+    odd multiple of 0.025 pe, as the real quartiles 0.775 / 1.075 / 1.775 pe are (``_quantise_charge``).
+  * Not modelled: PMT saturation. The brightest simulated pulses reach 10^4–10^5 pe where a real PMT's anode current
+    saturates (IceCube's simulation applies the Waldenmeier–Feusels law per photo-electron; the real files' largest
+    pulse in 200,000 events is 2,762 pe); the mean pulse charge leans on them (docs/icecube.md, fifth session).
   * Noise: 560 Hz per DOM (arXiv:1612.05093), uniform over the readout; a noise hit within ±1 µs of a
     neighbour's hit passes HLC like any other.
   * HLC (auxiliary = False): another DOM within ``HLC_SPAN`` = 2 positions on the same string hit within
@@ -175,8 +187,8 @@ MEAN_Y = 1.0 / 3.0  # mean inelasticity (y = u^2 below)
 # still reaches the detector). That is what _sample_events does: each channel as often as its INTERACTION_P, its vertex
 # uniform in its own volume (VOLUME_WEIGHTED = False). The alternative, channels weighted by the volume they are seen
 # from (interactions uniform per unit volume, as a flux would give: muons ~4x the cascade cylinder at 1 TeV, ~18x at
-# 100 TeV), is kept as a switch; it makes 47 % of the triggered events tracks and the Kaggle LineFit 1.07-1.11 rad,
-# easier than the real 1.214 (docs/icecube.md), so the Kaggle set is not flux-weighted.
+# 100 TeV), is kept as a switch; it makes more of the triggered events tracks and the Kaggle LineFit easier than the
+# real 1.214 rad (measured in docs/icecube.md), so the Kaggle set is not flux-weighted.
 VOLUME_WEIGHTED = False
 # Absorption in the Earth: neutrinos from below (zenith > 90 deg) cross a chord of 2 R |cos zenith| at
 # the mean density of the Earth; total (CC + NC) nucleon cross-section, power-law fits above 10 TeV
@@ -283,8 +295,15 @@ HQE_EFFICIENCY = 1.35  # DeepCore high-quantum-efficiency DOMs (strings 79-86, D
 MU_PRUNE = 0.01  # pe
 REACH_ATT_LEN = 40.0  # m
 TRACK_LINE_FACTOR = 2.0 * np.sqrt(REACH_ATT_LEN) / (0.5 * np.sqrt(np.pi) * SIN_TC**2)  # m^0.5 (~33)
-PULSE_SPLIT, PULSE_POWER = 1.1, 0.78  # a DOM with n pe yields min(n, ceil(PULSE_SPLIT n^PULSE_POWER)) pulses
-PULSE_RESOLUTION = 3.3  # ns: the ATWD's sampling; unfolding resolves photo-electrons this far apart (pulse_slots)
+# Waveform unfolding (pulse_slots): photo-electrons within one sample make one unfolded pulse: the ATWD's 3.3 ns over
+# the first 427 ns of a launch, the fADC's 25 ns after it (arXiv:1612.05093 sec. 6).
+PULSE_SPLIT, PULSE_POWER = 1.1, 0.78  # a DOM with n pe yields at most min(n, ceil(PULSE_SPLIT n^PULSE_POWER)) pulses
+ATWD_RESOLUTION = 3.3  # ns
+FADC_RESOLUTION = 25.0  # ns
+ATWD_WINDOW = 427.0  # ns
+# SLC launches: one charge stamp (3 fADC samples around the largest of the first 16), the launch lasting 6.45 us.
+SLC_STAMP = 75  # ns
+SLC_LAUNCH = 6450  # ns
 
 # Charge of one photo-electron after pulse extraction (IceCube's SPE template, arXiv:2002.00997: a
 # Gaussian at 1 pe plus a low-charge exponential), the 0.25 pe discriminator, and the 0.025 pe steps of
@@ -295,7 +314,7 @@ SPE_THRESHOLD = 0.25  # pe
 SPE_MEAN = (1 - SPE_EXP_FRACTION) * SPE_GAUSS_MEAN + SPE_EXP_FRACTION * SPE_EXP_SCALE
 SPE_SIGMA = float(np.sqrt((1 - SPE_EXP_FRACTION) * (SPE_GAUSS_SIGMA**2 + SPE_GAUSS_MEAN**2)
                           + SPE_EXP_FRACTION * 2 * SPE_EXP_SCALE**2 - SPE_MEAN**2))
-CHARGE_QUANTUM = 0.025  # pe
+CHARGE_QUANTUM = 0.025  # pe: SuperDST stores floor(q / 0.05) and decodes at the bin centre (_quantise_charge)
 # Late light: PMT afterpulses (R7081: ~6 % per photo-electron, in groups near 0.6, 2 and 8 us;
 # arXiv:1612.05093 sec. 3.2). A bright DOM and its neighbours pulse again microseconds later, in HLC.
 AFTERPULSE_PROB = 0.06  # afterpulses per photo-electron
@@ -850,8 +869,10 @@ def _expected_split_pulses(mu: np.ndarray) -> np.ndarray:
 
 
 def pulse_slots(shape: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """Resolvable pulse slots of one light source at one DOM: 1 + its mean Pandel delay / PULSE_RESOLUTION."""
-    return 1.0 + np.asarray(shape) * np.asarray(scale) / PULSE_RESOLUTION
+    """Resolvable pulse slots of one light source at one DOM: 1 + its mean Pandel delay D in resolution cells,
+    ATWD_RESOLUTION over the ATWD's window (ATWD_WINDOW) and FADC_RESOLUTION after it."""
+    d = np.asarray(shape) * np.asarray(scale)
+    return 1.0 + np.minimum(d, ATWD_WINDOW) / ATWD_RESOLUTION + np.maximum(d - ATWD_WINDOW, 0.0) / FADC_RESOLUTION
 
 
 def pulses_of(rng: np.random.Generator, n_pe: np.ndarray, slots: np.ndarray) -> np.ndarray:
@@ -871,9 +892,9 @@ def expected_pulses(mu: np.ndarray, shape: np.ndarray, scale: np.ndarray) -> np.
     the single-photo-electron ones, mu e^{-mu/K}, fall below the discriminator with probability SPE_LOSS). The
     minimum of the two means stands in for the mean of the minimum (an approximation of the bound's likelihood)."""
     k = pulse_slots(shape, scale)
-    x = np.maximum(mu, 0.0) / k
-    slots = k * -np.expm1(-x) - SPE_LOSS * np.maximum(mu, 0.0) * np.exp(-x)
-    return np.minimum(_expected_split_pulses(mu), slots)
+    m = np.maximum(mu, 0.0)
+    x = m / k
+    return np.minimum(_expected_split_pulses(mu), k * -np.expm1(-x) - SPE_LOSS * m * np.exp(-x))
 
 
 def arrival_pdf(delay: np.ndarray, shape: np.ndarray, scale: np.ndarray) -> np.ndarray:
@@ -1037,13 +1058,41 @@ def _simulate_chunk(rng: np.random.Generator, n_candidates: int) -> tuple[Events
     t_out = t_int + shift[e]
     # Local coincidence once more, now only with what is read out (what a reader can verify).
     hlc = local_coincidence(e, sensor, t_out)
+    e, sensor, t_out, q, hlc, is_noise = _slc_stamps(e, sensor, t_out, q, hlc, is_noise)
     # Vertex time in the output frame (the simulation frame was shifted by -frame0, then by shift).
     ev = replace(ev, vertex_time=ev.vertex_time - frame0[trig] + shift)
     return ev, {"event": e, "sensor": sensor, "time": t_out, "charge": q, "hlc": hlc, "is_noise": is_noise}
 
 
+def _slc_stamps(e: np.ndarray, sensor: np.ndarray, t: np.ndarray, q: np.ndarray, hlc: np.ndarray,
+                is_noise: np.ndarray) -> tuple[np.ndarray, ...]:
+    """SLC readout: a DOM launch without local coincidence sends one charge stamp, not its waveform. Per DOM, the
+    first auxiliary pulse opens a launch of SLC_LAUNCH ns (a later one after it opens the next); the launch's pulses
+    within SLC_STAMP ns of its start become one pulse at its start holding their charge, its later pulses are dropped.
+    Returns the six arrays without the dropped pulses (HLC pulses untouched)."""
+    key = (e.astype(np.int64) * N_SENSORS + sensor) * TIME_SPAN + t
+    aux = np.flatnonzero(~hlc)
+    a = aux[np.argsort(key[aux], kind="stable")]
+    ta = t[a]
+    dom = e[a].astype(np.int64) * N_SENSORS + sensor[a]
+    idx = np.arange(len(a))
+    first = np.r_[True, dom[1:] != dom[:-1]] if len(a) else np.zeros(0, bool)
+    t_first = ta[np.maximum.accumulate(np.where(first, idx, 0))]
+    launch = (ta - t_first) // SLC_LAUNCH  # launches of a DOM follow each other (one 6.45 us readout each)
+    head = first | (launch != np.r_[-1, launch[:-1]])
+    start = np.maximum.accumulate(np.where(head, idx, 0))
+    in_stamp = ta - ta[start] < SLC_STAMP
+    stamp_charge = np.bincount(start[in_stamp], weights=q[a][in_stamp], minlength=len(a))
+    keep = np.ones(len(e), bool)
+    keep[a[~head]] = False
+    q = q.copy()
+    q[a[head]] = stamp_charge[head]
+    return e[keep], sensor[keep], t[keep], q[keep], hlc[keep], is_noise[keep]
+
+
 def _quantise_charge(q: np.ndarray) -> np.ndarray:
-    return np.maximum(np.round(q / CHARGE_QUANTUM), 1) * CHARGE_QUANTUM
+    """SuperDST's charge code: floor(q / 0.05 pe), decoded at the bin centre (IceTray I3SuperDST, format v1)."""
+    return (2.0 * np.floor(np.maximum(q, 0.0) / (2 * CHARGE_QUANTUM)) + 1.0) * CHARGE_QUANTUM
 
 
 def _chunk_tables(ev: Events, hits: dict[str, np.ndarray], event_ids: np.ndarray

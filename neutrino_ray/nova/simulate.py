@@ -9,21 +9,23 @@ Physics model (our choices, each with its reason; the targets are the real cours
 median E_ν ≈ 16 GeV (the analysts split the sample in halves there), highest E_ν ≈ 80 GeV, median lepton
 energy ≈ 3.8 GeV, 87–88 % ν_μ CC, ≤ 2 % ν_e, no ν_τ, DIS over half and QE ~12 % of CC events):
 
-* Event spectrum = flux × cross section, per interaction kind. The flux φ(E) has two parts: the
-  off-axis π-decay peak (log-normal, median 2 GeV, σ_ln 0.35: the NOvA narrow band) and, with
-  :data:`FLUX_K_FRACTION` = 24 % of the flux, the K-decay component (Gamma(3, 12.5 GeV)): kaons are
-  heavier, so their neutrinos are far less suppressed off axis and reach tens of GeV. σ_QE, σ_RES and
-  σ_MEC are flat above their thresholds (σ ∝ 1 - exp(-E/E_rise)); σ_DIS has two parts: the deep-inelastic
-  one ∝ E, and a low-W one (1.7 < W ≲ 2.5 GeV, the shallow-inelastic RES/DIS transition) that saturates
-  above a few GeV like the resonances (:data:`DIS_LOW_W_FRACTION` = 15 % of the DIS events). So QE, RES and
-  "other" events sit mostly in the 2 GeV peak (median ~2.2 GeV), DIS events mostly in the K component
-  (median ~35 GeV) but 21 % of them below 5 GeV, where W > 1.7 GeV forces a high y (a short muon beside
-  a hadronic shower of half the energy or more). The mode mix stays the one asked for (:class:`Mix`,
-  default the files': 88 % ν_μ CC, 1 % ν_e CC, 11 % NC; CC modes DIS 55 %, RES 28 %, QE 12 %, other 5 %):
-  each event's class is drawn first, its energy from its kind's spectrum. E_ν is cut to 0.5–80 GeV (the
-  files' range). Result (default mix, the generator's kinematics on 200,000 events, issue 27): median E_ν
-  15.9 GeV (50.1 % ≤ 16 GeV, 49.0 % ≤ 14, 51.4 % ≤ 18), median E_lepton 3.6 GeV (50.5 % ≤ 3.8 GeV;
-  49.0 % ≤ 3.3, 51.5 % ≤ 4.3; goal 3.3–4.3 GeV).
+* Event spectrum = one flux × cross sections. The flux φ(E) has two parts: the off-axis π-decay peak
+  (log-normal, median 2 GeV, σ_ln 0.35: the NOvA narrow band) and, with :data:`FLUX_K_FRACTION` = 16 % of the
+  flux, the K-decay component (Gamma(2.5, 13 GeV)): kaons are heavier, so their neutrinos are far less
+  suppressed off axis and reach tens of GeV. The cross sections σ_k(E) (:func:`cross_section`) follow the
+  ν_μ CC shapes of Formaggio & Zeller, Rev. Mod. Phys. 84 (2012) 1307, Fig. 9 (issue 27, replacing flat
+  σ_QE/RES/MEC with a σ_DIS ∝ E part and a 15 % "low-W" knob): σ_QE and σ_RES rise to plateaus (0.45 and
+  0.55 × 10^-38 cm² per nucleon), σ_DIS rises from the W > 1.7 GeV threshold through the RES/DIS transition
+  (26 % of σ_tot at 2 GeV, 48 % at 3 GeV, 85 % at 10 GeV) to σ/E = 0.67 (the measured inclusive slope). Each
+  mode's events follow φ(E) σ_k(E); the mode mix is the one asked for (:class:`Mix`, default the files': 88 %
+  ν_μ CC, 1 % ν_e CC, 11 % NC; CC modes DIS 55 %, RES 28 %, QE 12 %, other 5 %), i.e. σ_k is scaled by a
+  constant c_k per mode. One flux × these σ_k alone gives far more DIS and less RES than the files' mix (their
+  generator's mode labels, or their selection: not known), so c_RES > 1 > c_DIS. Where DIS events sit in energy
+  follows: E_ν from the one flux, the DIS share rising with E as σ_DIS/σ_tot. With the files' mix, QE/RES/MEC
+  (45 % of CC; σ flat, so their events follow the flux) sit in the 2 GeV peak, and a median E_ν of 14–18 GeV
+  with a median E_lepton of 3.3–4.3 GeV needs the K component's DIS events at tens of GeV: a scan of the flux
+  found no flux in both bands that puts DIS much lower (the scan, the c_k and the resulting spectra: docs/nova.md,
+  "Issue 27", fifth session). E_ν is cut to 0.5–80 GeV (the files' range).
   Before issue 27 (σ_DIS ∝ E only, y ~ Beta(1, 1.25), 18.5 % K flux) the E_lepton median was 4.4–4.7 GeV:
   the Beta shape had too few high-y DIS events (P(y > 0.9) 5.6 % against 9 % from the quark-parton
   dσ/dy below). Why two components: a
@@ -54,7 +56,12 @@ energy ≈ 3.8 GeV, 87–88 % ν_μ CC, ≤ 2 % ν_e, no ν_τ, DIS over half an
   at 2 GeV, 40 % at 30 GeV; Wigmans' 1 - (E/1 GeV)^-0.18: 34 % at 10 GeV), visible 76 % (was one track, one
   cloud, 61 %); its deposits' 95 % depth 6.1 m (was 4.1; the PDG's t_max + 2.5 λ_att with λ = λ_π 1.1 m:
   5.0 m). Long pion tracks that mimic muons come out of the many energetic pions of NC DIS events and their
-  leading hadrons, not from a stretched λ; the π0 showers and crossing tracks of a DIS event's cascade hide
+  leading hadrons, not from a stretched λ, and (issue 27, fifth session) from two processes of the pion itself:
+  quasi-elastic π–nucleus scattering (:data:`PION_QE_P` = 35 % of its reactions: the pion knocks out one
+  nucleon and goes on, kinked, so its track does not end at its first reaction; Ashery et al. 1981) and
+  π → μ ν decay in flight (βγcτ, cτ = 7.8 m: ~2 % of 1 GeV pions decay before they interact, and the muon,
+  57–100 % of the pion's energy, goes on without interacting: a real muon in an NC event);
+  the π0 showers and crossing tracks of a DIS event's cascade hide
   its muon near the vertex. π0 → γγ, each photon converts after an exponential gap (9/7 X0) into
   an EM shower: NC π0 mimics ν_e CC. Hadronic showers carry 60 % of their energy visibly (neutrons,
   binding, quenching).
@@ -162,6 +169,21 @@ LEADING_CHARGED_P = 2.0 / 3.0
 PI0_SHARE = 1.0 / 3.0
 CASCADE_PT_GEV = 0.35  # typical transverse momentum of a produced hadron
 CASCADE_GENERATIONS = 3
+# Quasi-elastic π–nucleus scattering (:func:`_hadron_tracks`): of a charged pion's reactions in the detector's
+# nuclei (the λ above is the reaction length), PION_QE_P are quasi-elastic: the pion knocks out one nucleon
+# (kinetic energy ~ U(PION_QE_NUCLEON_GEV)) and goes on, turned by p_T ~ PION_QE_PT_GEV (the Fermi momentum):
+# still a track, kinked. The share: π±–¹²C channels, Ashery et al., Phys. Rev. C 23 (1981) 2173 (quasi-elastic
+# ≈ 40 % of the reaction cross section at 125–315 MeV) and the quasi-free peak that persists at GeV energies
+# (GENIE's hA model keeps a π-survival channel of ~30 % there); our choice, 0.35.
+PION_QE_P = 0.35
+# π± → μ ν decay in flight (:func:`_hadron_tracks`): cτ = 7.80 m (PDG), so a pion of momentum p decays after an
+# exponential length of mean (p / m_π) cτ (55 m at 1 GeV/c, 18 m at 0.3): ~2-5 % of pions decay before they
+# interact, and the decay muon (57-100 % of the pion's energy) goes on without interacting: in an NC event, a
+# real muon from the hadronic system, the classic background of ν_μ CC selections.
+PION_CTAU_CM = 780.45
+PION_QE_MIN_GEV = 0.15  # a slower pion is absorbed or ranges out in the knock-out instead
+PION_QE_NUCLEON_GEV = (0.03, 0.25)
+PION_QE_PT_GEV = 0.2
 MIN_TRACK_CM = 10.0  # a track prong needs this length
 MIN_SHOWER_GEV = 0.05  # a shower prong needs this energy
 TAU_DECAY_P = (0.174, 0.178, 0.648)  # τ → μ, e, hadrons
@@ -169,17 +191,21 @@ TAU_DECAY_P = (0.174, 0.178, 0.648)  # τ → μ, e, hadrons
 # ----------------------------------------------------------------------------------------------
 # Generator
 # Event spectrum = flux × cross section (see the module docstring): the flux has an off-axis π-decay peak
-# (log-normal) and a broad K-decay component (Gamma); σ is flat above a threshold for QE, MEC and RES and ∝ E
-# for DIS, so each mode's events have their own spectrum and the mode mix stays the one asked for.
+# (log-normal) and a broad K-decay component (Gamma); the cross sections σ_k(E) below; each mode's events follow
+# φ(E) σ_k(E), the mode mix is the one asked for (the files' mix: see the module docstring).
 FLUX_PI_MEDIAN, FLUX_PI_SIGMA = 2.0, 0.35  # GeV, the π-decay peak
-FLUX_K_SHAPE, FLUX_K_SCALE = 3.0, 12.5  # GeV, the K-decay component: Gamma(shape, scale), mean 37.5 GeV
-FLUX_K_FRACTION = 0.24  # of the flux (not of the events: σ ∝ E makes the K component dominate DIS)
-SIGMA_RISE_GEV = {0: 0.3, 1: 0.7, 2: 2.0, 3: 0.5}  # σ(E) ∝ 1 - exp(-E / E_rise), by kind QE, RES, DIS, MEC
-# σ_DIS = a low-W part (shallow inelastic, 1.7 < W ≲ 2.5 GeV: the RES/DIS transition) that saturates above a few
-# GeV like the resonances, plus the deep-inelastic part ∝ E. DIS_LOW_W_FRACTION of the DIS events come from the
-# low-W part (its flux-averaged share of σ_DIS events); its threshold rise is W > 1.7 GeV's: ν >~ 1.1 GeV.
-DIS_LOW_W_FRACTION = 0.15
-DIS_LOW_W_RISE_GEV = 1.5
+FLUX_K_SHAPE, FLUX_K_SCALE = 2.5, 13.0  # GeV, the K-decay component: Gamma(shape, scale), mean 32.5 GeV
+FLUX_K_FRACTION = 0.16  # of the flux (not of the events: σ_DIS ∝ E makes the K component dominate DIS)
+# ν_μ CC cross sections per nucleon of an isoscalar target, in 10^-38 cm², after the shapes of Formaggio & Zeller,
+# Rev. Mod. Phys. 84 (2012) 1307, Fig. 9 (σ/E of QE, RES, DIS and their sum): σ_k(E) = SIGMA_PLATEAU[k]
+# (1 - exp(-(E - E_th)/E_rise)) for QE, RES and MEC (flat above a few GeV: σ_QE ≈ 0.45, σ_RES ≈ 0.55; MEC ~ a
+# quarter of QE, the 2p2h models' share); σ_DIS(E) = SIGMA_DIS_SLOPE E (1 - exp(-(E - 1.2 GeV)/2.5 GeV)): zero
+# below the W > 1.7 GeV threshold (ν ≳ 1.1 GeV), 28 % of σ_tot at 2 GeV, half at 3 GeV (the RES/DIS transition
+# at a few GeV), 85 % at 10 GeV, → σ/E = 0.67 (the measured inclusive σ_CC/E ≈ 0.68, PDG) at high E.
+SIGMA_PLATEAU = {0: 0.45, 1: 0.55, 3: 0.12}  # QE, RES, MEC
+SIGMA_THRESHOLD_GEV = {0: 0.0, 1: 0.28, 2: 1.2, 3: 0.0}  # by kind QE, RES, DIS, MEC
+SIGMA_RISE_GEV = {0: 0.3, 1: 0.8, 2: 2.5, 3: 0.5}
+SIGMA_DIS_SLOPE = 0.67
 E_MIN, E_MAX = 0.5, 80.0
 TAU_THRESHOLD = 3.5
 OTHER_E = (0.1, 1.5)  # GeV, "other" (low-energy junk)
@@ -319,19 +345,21 @@ def _point_indices(shape: tuple[int, ...], event: np.ndarray, plane: np.ndarray,
 
     ``walls`` (N, 4): each event's detector side walls in its window's cell coordinates (x low, x high, y low,
     y high); a point outside them is outside the detector and deposits nothing, in either view."""
-    _, _, n_planes, n_cells = shape
+    n_events, _, n_planes, n_cells = shape
     in_p = (plane >= 0) & (plane < n_planes)
     ok0 = in_p & (cell_x >= 0) & (cell_x < n_cells)
     ok1 = in_p & (cell_y >= 0) & (cell_y < n_cells)
-    if walls is not None:
-        wl = walls[event]
+    if walls is not None:  # compared in the points' own precision (int64 walls would promote float32 to float64)
+        wl = walls.astype(cell_x.dtype)[event]
         inside = (cell_x >= wl[:, 0]) & (cell_x < wl[:, 1]) & (cell_y >= wl[:, 2]) & (cell_y < wl[:, 3])
         ok0 &= inside
         ok1 &= inside
-    # pixel = floor(coordinate): truncation, where it matters (coordinates >= 0)
-    base = event.astype(np.int64) * (2 * n_planes * n_cells) + plane.astype(np.int64) * n_cells
-    idx = np.concatenate([(base + cell_x.astype(np.int64))[ok0],
-                          (base + n_planes * n_cells + cell_y.astype(np.int64))[ok1]])
+    # pixel = floor(coordinate): truncation, where it matters (coordinates >= 0); int32 where the images allow
+    it = np.dtype(np.int32 if n_events * 2 * n_planes * n_cells < 2**31 else np.int64)
+    base: np.ndarray = (event.astype(it) * np.asarray(2 * n_planes * n_cells, it)
+                        + plane.astype(it) * np.asarray(n_cells, it))
+    idx = np.concatenate([(base + cell_x.astype(it))[ok0],
+                          (base + np.asarray(n_planes * n_cells, it) + cell_y.astype(it))[ok1]])
     return idx, np.concatenate([w[ok0], w[ok1]])
 
 
@@ -519,7 +547,11 @@ def _hadron_tracks(rng: np.random.Generator, tracks: _Table, clouds: _Table, sec
         full = PROTON_RANGE_A * (1000.0 * t) ** PROTON_RANGE_P
         lam = PROTON_LAMBDA_CM
     length = np.minimum(full, rng.exponential(lam, len(t)))
-    if hadron == PI_CH:
+    decays = np.zeros(len(t), bool)
+    if hadron == PI_CH:  # π → μ ν in flight, before the pion interacts or stops: βγcτ
+        decay_at = rng.exponential(PION_CTAU_CM * np.sqrt(t * (t + 2 * M_PI)) / M_PI)
+        decays = decay_at < length
+        length = np.where(decays, decay_at, length)
         left = t - length * MIP_GEV_PER_CM
         cpc = np.full(len(t), MIP_COUNTS_PER_CM)
     else:
@@ -528,6 +560,29 @@ def _hadron_tracks(rng: np.random.Generator, tracks: _Table, clouds: _Table, sec
     left = np.maximum(left, 0.0)
     tracks.add(ev=ev, off=off, dir=d, length=length, cpc=cpc)
     end = off + length[:, None] * d
+    if hadron == PI_CH:
+        # the decay muon: E_μ = γ (E* + β p* cos θ*), cos θ* uniform (a spin-0 two-body decay); it goes on as a muon
+        e_pi = np.maximum(left[decays], 0.0) + M_PI
+        gamma, beta = e_pi / M_PI, np.sqrt(np.maximum(1.0 - (M_PI / e_pi) ** 2, 0.0))
+        e_star = (M_PI**2 + M_MU**2) / (2 * M_PI)
+        p_star = (M_PI**2 - M_MU**2) / (2 * M_PI)
+        e_mu = gamma * (e_star + beta * p_star * rng.uniform(-1.0, 1.0, len(e_pi)))
+        p_mu = np.sqrt(np.maximum(e_mu**2 - M_MU**2, 1e-6))
+        tracks.add(ev=ev[decays], off=end[decays], dir=_perturb(rng, d[decays], np.clip(p_star / p_mu, 0.0, 1.0)),
+                   length=np.maximum(e_mu - M_MU, 0.0) / MIP_GEV_PER_CM, cpc=MIP_COUNTS_PER_CM)
+        left = np.where(decays, 0.0, left)
+        # quasi-elastic π–nucleus scattering: the pion survives, kinked, less a knocked-out nucleon
+        qe = ~decays & (length < full) & (left > PION_QE_MIN_GEV) & (rng.random(len(t)) < PION_QE_P)
+        t_n = np.minimum(rng.uniform(*PION_QE_NUCLEON_GEV, int(qe.sum())), 0.5 * left[qe])
+        e_pi = left[qe] - t_n
+        secondaries.add(ev=ev[qe], kind=PI_CH, e=e_pi, off=end[qe],
+                        dir=_perturb(rng, d[qe], np.clip(PION_QE_PT_GEV / np.maximum(e_pi, 0.05), 0.02, 1.0)))
+        proton = rng.random(len(t_n)) < 0.5
+        secondaries.add(ev=ev[qe][proton], kind=PROTON, e=t_n[proton], off=end[qe][proton],
+                        dir=_perturb(rng, d[qe][proton], 0.8))
+        _had_cloud(clouds, ev[qe][~proton], end[qe][~proton], d[qe][~proton], HADRON_VISIBLE * 0.3 * t_n[~proton],
+                   compact=True)
+        left = np.where(qe, 0.0, left)
     cascade = left > CASCADE_MIN_GEV
     e_lead = np.where(cascade, rng.uniform(*LEADING_Z, len(t)) * left, 0.0)
     charged = cascade & (rng.random(len(t)) < LEADING_CHARGED_P)
@@ -616,20 +671,32 @@ def _flux_energies(rng: np.random.Generator, n: int, linear: bool) -> np.ndarray
     return np.where(pi, np.exp(mu + FLUX_PI_SIGMA * rng.standard_normal(n)), rng.gamma(k, FLUX_K_SCALE, n))
 
 
+def cross_section(kind: np.ndarray, e: np.ndarray) -> np.ndarray:
+    """σ_k(E) per nucleon (10^-38 cm², ν_μ CC) of hadronic-system kinds ``kind`` at energies ``e`` (GeV): the
+    Formaggio & Zeller shapes above (NC kinds use the CC shapes: only the shape matters here)."""
+    kind, e = np.asarray(kind), np.asarray(e, np.float64)
+    th = np.select([kind == k for k in range(4)], [SIGMA_THRESHOLD_GEV[k] for k in range(4)])
+    rise = np.select([kind == k for k in range(4)], [SIGMA_RISE_GEV[k] for k in range(4)])
+    scale = np.where(kind == DIS, SIGMA_DIS_SLOPE * e, np.select(
+        [kind == QE, kind == RES], [SIGMA_PLATEAU[QE], SIGMA_PLATEAU[RES]], SIGMA_PLATEAU[MEC]))
+    return scale * np.maximum(1.0 - np.exp(-(e - th) / rise), 0.0)
+
+
 def _energies(rng: np.random.Generator, kind: np.ndarray, lo: float = E_MIN) -> np.ndarray:
-    """Event energies (GeV) for hadronic-system kinds ``kind``: flux × σ_kind(E), E in [max(lo, E_MIN), E_MAX]."""
+    """Event energies (GeV) for hadronic-system kinds ``kind``: φ(E) σ_kind(E), E in [max(lo, E_MIN), E_MAX].
+
+    Rejection sampling: candidates from φ (QE, RES, MEC: σ flat at high E) or φ · E (DIS), accepted with
+    σ_kind(E) over its plateau (slope)."""
     e = np.zeros(len(kind))
     todo = np.arange(len(kind))
     lo = max(lo, E_MIN)
-    low_w = (kind == DIS) & (rng.random(len(kind)) < DIS_LOW_W_FRACTION)  # σ_DIS's saturating low-W part
-    while len(todo):  # rejection sampling: the threshold factor and the energy range
+    while len(todo):
         k = kind[todo]
-        deep = (k == DIS) & ~low_w[todo]
-        cand = np.where(deep, _flux_energies(rng, len(todo), True), _flux_energies(rng, len(todo), False))
-        rise = np.select([k == QE, k == RES, deep, k == DIS],
-                         [SIGMA_RISE_GEV[0], SIGMA_RISE_GEV[1], SIGMA_RISE_GEV[2], DIS_LOW_W_RISE_GEV],
-                         SIGMA_RISE_GEV[3])
-        ok = (cand >= lo) & (cand <= E_MAX) & (rng.random(len(todo)) < 1.0 - np.exp(-cand / rise))
+        dis = k == DIS
+        cand = np.where(dis, _flux_energies(rng, len(todo), True), _flux_energies(rng, len(todo), False))
+        top = np.where(dis, SIGMA_DIS_SLOPE * cand, np.select(
+            [k == QE, k == RES], [SIGMA_PLATEAU[QE], SIGMA_PLATEAU[RES]], SIGMA_PLATEAU[MEC]))
+        ok = (cand >= lo) & (cand <= E_MAX) & (rng.random(len(todo)) * top < cross_section(k, cand))
         e[todo[ok]] = cand[ok]
         todo = todo[~ok]
     return e
