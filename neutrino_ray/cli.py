@@ -35,8 +35,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The CLI: one builder per command family (:data:`COMMANDS`). Given the command line ``argv``, only the
     family it names is built in full; the others are listed by their ``HELP`` line, so that a command runs
     no other family's code (and ``neutrino-ray --help`` still lists them all)."""
-    named = next((a for a in argv or () if not a.startswith("-")), None)
-    chosen = named if argv is not None and named in COMMANDS else None
+    chosen = next((a for a in argv or () if not a.startswith("-")), None)  # None: build every family
     fmt = argparse.RawDescriptionHelpFormatter
     p = argparse.ArgumentParser(
         prog="neutrino-ray", epilog=ENV_HELP, formatter_class=fmt,
@@ -51,7 +50,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
                        help="errors and the final summary only (no progress lines)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module in COMMANDS.items():
-        if chosen in (None, name):
+        if chosen not in COMMANDS or chosen == name:  # an unknown name: argparse names the choices
             module.add(sub, fmt)
         else:
             sub.add_parser(name, help=module.HELP)

@@ -97,7 +97,6 @@ def test_no_module_over_600_lines_except_the_simulators() -> None:
     assert not over, f"modules over {MAX_MODULE_LINES} lines: {over}"
 
 
-
 # `ray stop` (with or without --force) kills every Ray process on the machine, whoever started it: a test's
 # teardown took down the other engineers' runs and the 660-file scale benchmark's raylet (docs/icecube.md).
 # Stop a cluster of one's own with cluster/local-down.sh (the processes working in its temp dir).

@@ -671,15 +671,19 @@ def _flux_energies(rng: np.random.Generator, n: int, linear: bool) -> np.ndarray
     return np.where(pi, np.exp(mu + FLUX_PI_SIGMA * rng.standard_normal(n)), rng.gamma(k, FLUX_K_SCALE, n))
 
 
+def _sigma_ceiling(kind: np.ndarray, e: np.ndarray) -> np.ndarray:
+    """What σ_k(E) rises to: the plateau of QE, RES and MEC, the slope × E of DIS (:func:`cross_section`)."""
+    return np.where(kind == DIS, SIGMA_DIS_SLOPE * e, np.select(
+        [kind == QE, kind == RES], [SIGMA_PLATEAU[QE], SIGMA_PLATEAU[RES]], SIGMA_PLATEAU[MEC]))
+
+
 def cross_section(kind: np.ndarray, e: np.ndarray) -> np.ndarray:
     """σ_k(E) per nucleon (10^-38 cm², ν_μ CC) of hadronic-system kinds ``kind`` at energies ``e`` (GeV): the
     Formaggio & Zeller shapes above (NC kinds use the CC shapes: only the shape matters here)."""
     kind, e = np.asarray(kind), np.asarray(e, np.float64)
     th = np.select([kind == k for k in range(4)], [SIGMA_THRESHOLD_GEV[k] for k in range(4)])
     rise = np.select([kind == k for k in range(4)], [SIGMA_RISE_GEV[k] for k in range(4)])
-    scale = np.where(kind == DIS, SIGMA_DIS_SLOPE * e, np.select(
-        [kind == QE, kind == RES], [SIGMA_PLATEAU[QE], SIGMA_PLATEAU[RES]], SIGMA_PLATEAU[MEC]))
-    return scale * np.maximum(1.0 - np.exp(-(e - th) / rise), 0.0)
+    return _sigma_ceiling(kind, e) * np.maximum(1.0 - np.exp(-(e - th) / rise), 0.0)
 
 
 def _energies(rng: np.random.Generator, kind: np.ndarray, lo: float = E_MIN) -> np.ndarray:
@@ -694,9 +698,7 @@ def _energies(rng: np.random.Generator, kind: np.ndarray, lo: float = E_MIN) -> 
         k = kind[todo]
         dis = k == DIS
         cand = np.where(dis, _flux_energies(rng, len(todo), True), _flux_energies(rng, len(todo), False))
-        top = np.where(dis, SIGMA_DIS_SLOPE * cand, np.select(
-            [k == QE, k == RES], [SIGMA_PLATEAU[QE], SIGMA_PLATEAU[RES]], SIGMA_PLATEAU[MEC]))
-        ok = (cand >= lo) & (cand <= E_MAX) & (rng.random(len(todo)) * top < cross_section(k, cand))
+        ok = (cand >= lo) & (cand <= E_MAX) & (rng.random(len(todo)) * _sigma_ceiling(k, cand) < cross_section(k, cand))
         e[todo[ok]] = cand[ok]
         todo = todo[~ok]
     return e
