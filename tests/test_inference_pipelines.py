@@ -80,7 +80,9 @@ def test_split_pipeline_reuses_finished_parts_and_rescoring_the_rest(trained: tu
     assert not any(third.column("reused").to_pylist())
 
 
-@pytest.mark.parametrize("how", ["fused", "split"])
+# One check (parts.check_parts) for both pipelines; the split case (~20 s) runs in the slow suite, for the
+# default suite's budget.
+@pytest.mark.parametrize("how", ["fused", pytest.param("split", marks=pytest.mark.slow)])
 def test_a_part_doubled_is_caught_by_the_exactly_once_check_in_both_pipelines(trained: tuple[Path, Path],
                                                                                tmp_path: Path, how: str) -> None:
     """A slice that reaches the pipeline twice (its part written, and summarised, twice) fails the exactly-once
