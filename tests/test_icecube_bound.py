@@ -44,7 +44,9 @@ def _slow_lnl(truth: bd.EventTruth, sensor: np.ndarray, time: np.ndarray, charge
         sig_r = sim.expected_pulses(mu_r, light.pandel_shape[rows], light.pandel_scale[rows])
         ap_r = sim.AFTERPULSE_PROB * (1.0 - sim.SPE_LOSS) * mu_r
         k = float(charge[at].sum()) / sim.SPE_MEAN
-        lam = (1.0 + sim.AFTERPULSE_PROB) * float(mu_r.sum()) + nu
+        sat = sim.mean_saturation(np.zeros(len(rows), np.int64), light.sensor[rows], light.t_direct[rows],
+                                  light.pandel_shape[rows], light.pandel_scale[rows], mu_r)
+        lam = float((mu_r * sat).sum()) + sim.AFTERPULSE_PROB * float(mu_r.sum()) + nu
         full, noise_only = k * math.log(lam) - lam, k * math.log(nu) - nu
         expected = nu + float(sig_r.sum() + ap_r.sum())
         for i in at:

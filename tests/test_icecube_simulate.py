@@ -4,6 +4,7 @@ figures of the real Kaggle data."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections import defaultdict
 
@@ -274,6 +275,33 @@ def test_afterpulses_follow_the_pmt():
     np.testing.assert_allclose(np.bincount(groups, minlength=3) / len(delay), sim.AFTERPULSE_GROUP_P, atol=0.01)
     for g, centre in enumerate(sim.AFTERPULSE_DELAYS):
         assert np.median(delay[groups == g]) == pytest.approx(centre, rel=0.03)
+
+
+def test_pmt_saturation_follows_icecubes_law():
+    """IceCube's anode-current law (I3PMT::SaturatedVoltage, Abbasi et al. 2010): linear at a few mA, observed
+    current rising to a plateau near 130-140 mA; a DOM's charge from light within ~10 ns tops out at a few hundred pe;
+    sources at one DOM saturate together; dim DOMs are untouched."""
+    a, b, c = 48.965, 129.74, 1.0709e-3
+    for i in (1.0, 30.0, 100.0, 1000.0):
+        hand = 1.0 / (1.0 + c * i * math.log1p((i / a) ** 3) / math.log1p(math.sqrt(i / b)))
+        assert sim.saturation_ratio(np.array([i]))[0] == pytest.approx(hand, rel=1e-12)
+    i = np.geomspace(0.1, 1e5, 200)
+    seen = i * sim.saturation_ratio(i)
+    assert np.all(np.diff(seen) > 0) and seen.max() < 140.0 and sim.saturation_ratio(np.array([2.0]))[0] > 0.9999
+    assert sim.MA_PER_PE_PER_NS == pytest.approx(1.602, rel=1e-3)  # gain 1e7
+
+    def sat(pe, shape, t_direct=(0.0, 0.0), sensor=(7, 7)):
+        n = len(pe)
+        return sim.mean_saturation(np.zeros(n, np.int64), np.array(sensor[:n]), np.array(t_direct[:n]),
+                                   np.array(shape, float), np.full(n, 30.0), np.array(pe, float))
+
+    assert sat([10.0], [1e-3])[0] == 1.0  # cannot reach SATURATION_MIN_MA
+    burst = 1e6 * sat([1e6], [1e-3])[0]  # 1e6 pe within the ~7 ns of jitter: ~80 pe/ns at most
+    assert 100.0 < burst < 140.0 / sim.MA_PER_PE_PER_NS * 2 * sim.TIME_SMEAR * 1.1
+    alone = sat([3e3], [2.0])[0]
+    together = sat([3e3, 3e3], [2.0, 2.0])
+    apart = sat([3e3, 3e3], [2.0, 2.0], sensor=(7, 8))
+    assert together[0] < alone == pytest.approx(apart[0])
 
 
 # ---------------------------------------------------------------------------------------------

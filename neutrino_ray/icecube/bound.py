@@ -15,9 +15,11 @@ Likelihood of one event for a trial direction u (per DOM d; all 5,160 DOMs enter
   ln L(u) = sum_d [ k_d ln lambda_d(u) - lambda_d(u) ]                        (amplitude)
           + sum_d [ sum_{pulses i at d} ln rho_d(t_i; u) - n_d ln Lambda_d(u) ]  (times, given the count)
 
-* k_d = (summed charge at d) / SPE_MEAN, the observed photo-electrons; lambda_d = (1 + AFTERPULSE_PROB) mu_d
-  + nu, mu_d the expected photo-electrons of all the event's light sources (muon track, cascade) at d,
-  nu the noise pulses expected in the event's readout span.
+* k_d = (summed charge at d) / SPE_MEAN, the observed photo-electrons; lambda_d = sum_s S_s mu_s
+  + AFTERPULSE_PROB mu_d + nu, mu_s the expected photo-electrons of each of the event's light sources (muon
+  track, cascade) at d, mu_d their sum, S_s their mean PMT saturation ratio
+  (:func:`~neutrino_ray.icecube.simulate.mean_saturation`, the function the simulator scales its pulses by, here at
+  the expected rather than the drawn photo-electrons), nu the noise pulses expected in the event's readout span.
 * rho_d(t) = sum_sources [ m_s f_s(t - t_direct,s) + a_s g(t - t_direct,s) ] + noise rate, with m_s the expected
   signal pulses (the simulator's waveform-splitting and discriminator rules), f_s the Pandel arrival-time
   density smeared by the PMT jitter and 1 ns rounding, a_s the expected afterpulses and g their delay
@@ -29,7 +31,8 @@ Likelihood of one event for a trial direction u (per DOM d; all 5,160 DOMs enter
 Effects included: depth-dependent ice (attenuation, scattering, absorption along each path), the
 Cherenkov geometry of tracks and cascades, the track's existence interval (starting, stopping,
 through-going), the cascade's angular memory, DeepCore's quantum efficiency, Pandel delays, PMT jitter,
-time rounding, waveform splitting into pulses, the discriminator, afterpulses, DOM noise.
+time rounding, waveform splitting into pulses, the discriminator, PMT saturation (the anode-current law at the
+expected photo-electrons), afterpulses, DOM noise.
 Effects left out (each makes the bound pessimistic, i.e. the simulation looks harder than it is): charge
 fluctuations beyond Poisson and the exact SPE charge template (a Poisson in k_d stands in for them),
 charge quantisation, the HLC flag and the SMT8 trigger condition (selection), the readout window's
@@ -166,14 +169,17 @@ class Likelihood:
         ap_r = sim.AFTERPULSE_PROB * (1.0 - sim.SPE_LOSS) * mu_r
         key = light.event.astype(np.int64) * N_SENSORS + light.sensor
         ukey, grp = np.unique(key, return_inverse=True)
+        sat_r = sim.mean_saturation(light.event, light.sensor, light.t_direct, light.pandel_shape,
+                                    light.pandel_scale, mu_r)
         mu = np.bincount(grp, weights=mu_r, minlength=len(ukey))
+        mu_seen = np.bincount(grp, weights=mu_r * sat_r, minlength=len(ukey))
         pulses = np.bincount(grp, weights=sig_r + ap_r, minlength=len(ukey))
         trial, dom = ukey // N_SENSORS, ukey % N_SENSORS
         di = self.dom_index[dom]
         hit = di >= 0
         k = np.where(hit, self.k[np.maximum(di, 0)], 0.0)
         n = np.where(hit, self.n_at[np.maximum(di, 0)], 0)
-        lam = (1.0 + sim.AFTERPULSE_PROB) * mu + self.nu
+        lam = mu_seen + sim.AFTERPULSE_PROB * mu + self.nu
         term = k * np.log(lam / self.nu) - (lam - self.nu) - n * np.log1p(pulses / self.nu)
         lnl = np.bincount(trial, weights=term, minlength=m)
         # Times: every (source row, pulse at its DOM) pair.

@@ -117,9 +117,18 @@ PMT and DAQ:
   * Charges in the Kaggle files are SuperDST-encoded (IceTray's ``I3SuperDST``, the compressed pulse format that the
     pole filter sends north): floor(q / 0.05 pe) decoded at the bin centre, 0.05 k + 0.025 pe, so every charge is an
     odd multiple of 0.025 pe, as the real quartiles 0.775 / 1.075 / 1.775 pe are (``_quantise_charge``).
-  * Not modelled: PMT saturation. The brightest simulated pulses reach 10^4–10^5 pe where a real PMT's anode current
-    saturates (IceCube's simulation applies the Waldenmeier–Feusels law per photo-electron; the real files' largest
-    pulse in 200,000 events is 2,762 pe); the mean pulse charge leans on them (docs/icecube.md, fifth session).
+  * PMT saturation (issue 26, sixth session): the anode current of IceCube's R7081 saturates; IceTray's
+    pmt-simulator (``I3PMT::SaturatedVoltage``, current-based constants of ``I3PMTConstants.h`` measured by C. Wendt;
+    the parameterisation of Abbasi et al., "Calibration and characterization of the IceCube photomultiplier tube",
+    NIM A 618 (2010) 139, arXiv:1002.2442) scales the ideal current I by 1 / (1 + C I ln(1 + (I/A)^3) /
+    ln(1 + sqrt(I/B))), A = 48.965 mA, B = 129.74 mA, C = 1.0709e-3 /mA (``SATURATION_*``; a 2009 flasher fit gave
+    74.91, 123.25, 1.038e-3). At the gain of 1e7, 1 pe/ns is 1.602 mA; the observed current levels off at 130–140 mA
+    (~80 pe/ns). The current at a DOM is every light source's photo-electrons times its arrival density (Pandel
+    delay smeared by the PMT jitter, ``arrival_pdf``); a source's pulses are scaled by that current's ratio averaged
+    over quantiles of its own delay (``mean_saturation``: the unfolded pulses share a source's charge equally, so
+    their saturation is the source's mean). The likelihood of the bound applies the same function to the expected
+    photo-electrons. Before it the brightest pulses reached 10^4–10^5 pe; the real files' largest pulse in 200,000
+    events is 2,762 pe.
   * Noise: 560 Hz per DOM (arXiv:1612.05093), uniform over the readout; a noise hit within ±1 µs of a
     neighbour's hit passes HLC like any other.
   * HLC (auxiliary = False): another DOM within ``HLC_SPAN`` = 2 positions on the same string hit within
@@ -129,9 +138,9 @@ PMT and DAQ:
   * Geometry: the IceCube-86 DOM positions (``geometry.icecube86``).
 
 The generative model's expectations (section 2b: ``events_along``, ``expected_light``, ``expected_pulses``,
-``arrival_pdf``, ``afterpulse_pdf``) are public: the information bound (:mod:`neutrino_ray.icecube.bound`)
-evaluates the very functions the simulator draws from; its what-if measurements of the cascade memory and
-displacement are in docs/icecube.md ("Information bound").
+``arrival_pdf``, ``afterpulse_pdf``, ``mean_saturation``) are public: the information bound
+(:mod:`neutrino_ray.icecube.bound`) evaluates the very functions the simulator draws from; its what-if
+measurements of the cascade memory and displacement are in docs/icecube.md ("Information bound").
 
 Everything is numpy and vectorised over a chunk of candidate events; the only Python loop is over
 chunks. ``simulate_batch`` is pure (no I/O, no Ray) and deterministic for a given seed.
@@ -320,6 +329,15 @@ CHARGE_QUANTUM = 0.025  # pe: SuperDST stores floor(q / 0.05) and decodes at the
 AFTERPULSE_PROB = 0.06  # afterpulses per photo-electron
 AFTERPULSE_DELAYS = np.array([600.0, 2000.0, 8000.0])  # ns, group centres (relative width 15 %)
 AFTERPULSE_GROUP_P = np.array([0.25, 0.5, 0.25])
+# PMT saturation (IceTray's pmt-simulator, I3PMT::SaturatedVoltage with the current-based constants of
+# I3PMTConstants.h, measured by C. Wendt; the parameterisation of Abbasi et al., NIM A 618 (2010) 139,
+# arXiv:1002.2442): the anode current I (mA) comes out as I / (1 + C I ln(1 + (I/A)^3) / ln(1 + sqrt(I/B))).
+# At the in-ice gain of 1e7 one photo-electron per ns is 1.602 mA. The observed current levels off near 130-140 mA.
+SATURATION_A, SATURATION_B, SATURATION_C = 48.965, 129.74, 1.0709e-3  # mA, mA, 1/mA
+PMT_GAIN = 1.0e7
+MA_PER_PE_PER_NS = PMT_GAIN * 1.602176634e-19 / 1.0e-9 * 1.0e3  # mA for 1 pe/ns
+SATURATION_MIN_MA = 5.0  # below this peak current the ratio is above 0.99997: DOMs that cannot reach it are skipped
+SATURATION_NODES = 8  # quantile nodes per light source for the expected (mean) saturation of the likelihood
 
 # ----------------------------------------------------------------------------------------------
 # DAQ
@@ -920,6 +938,65 @@ def afterpulse_pdf(delay: np.ndarray) -> np.ndarray:
     return out
 
 
+def saturation_ratio(current_ma: np.ndarray) -> np.ndarray:
+    """Observed over ideal anode current of a PMT at this ideal current (mA): IceCube's saturation law
+    (SATURATION_A/B/C; I3PMT::SaturatedVoltage, Abbasi et al. 2010)."""
+    i = np.maximum(np.asarray(current_ma, dtype=np.float64), 0.0)
+    den = np.log1p(np.sqrt(i / SATURATION_B))
+    x = SATURATION_C * i * np.log1p((i / SATURATION_A) ** 3) / np.where(den > 0, den, 1.0)
+    return 1.0 / (1.0 + x)
+
+
+def _bright_groups(event: np.ndarray, sensor: np.ndarray, pe: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rows at DOMs whose light could reach SATURATION_MIN_MA, their DOM group): a DOM's photo-electron current
+    never exceeds its photo-electrons times the arrival density's peak, 1 / (2 TIME_SMEAR) per ns."""
+    key = event.astype(np.int64) * N_SENSORS + sensor
+    _, grp = np.unique(key, return_inverse=True)
+    total = np.bincount(grp, weights=pe)
+    peak_ma = total[grp] * MA_PER_PE_PER_NS / (2.0 * TIME_SMEAR)
+    rows = np.flatnonzero(peak_ma >= SATURATION_MIN_MA)
+    return rows, grp[rows]
+
+
+def _current_at(times: np.ndarray, at_group: np.ndarray, rows: np.ndarray, group: np.ndarray, pe: np.ndarray,
+                t_direct: np.ndarray, shape: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Photo-electron current (pe/ns) at a DOM at each time: the sum over the light sources (``rows``, with their DOM
+    ``group``) at that DOM (``at_group``) of their photo-electrons times their arrival density there."""
+    order = np.argsort(group, kind="stable")
+    rows, group = rows[order], group[order]
+    n_groups = int(max(group.max(initial=-1), at_group.max(initial=-1))) + 1
+    count = np.bincount(group, minlength=n_groups)
+    start = np.r_[0, np.cumsum(count)[:-1]]
+    cnt = count[at_group]
+    i = np.repeat(np.arange(len(times)), cnt)
+    r = rows[np.repeat(start[at_group] - np.r_[0, np.cumsum(cnt)[:-1]], cnt) + np.arange(int(cnt.sum()))]
+    dens = pe[r] * arrival_pdf(times[i] - t_direct[r], shape[r], scale[r])
+    return np.bincount(i, weights=dens, minlength=len(times))
+
+
+def mean_saturation(event: np.ndarray, sensor: np.ndarray, t_direct: np.ndarray, shape: np.ndarray,
+                    scale: np.ndarray, pe: np.ndarray) -> np.ndarray:
+    """Per light source at a DOM (one row each: event, sensor, direct time, Pandel shape and scale, ``pe``
+    photo-electrons): the mean saturation ratio of its photo-electrons. The DOM's anode current at time t is the sum
+    over its sources of pe times the arrival density (the Pandel delay smeared by the PMT jitter, ``arrival_pdf``);
+    each source's ratio is that current's ratio averaged over SATURATION_NODES quantiles of its own delay. The
+    simulator scales a source's pulses by it at the drawn photo-electrons; the likelihood scales the expected
+    photo-electrons by it at their mean (:mod:`neutrino_ray.icecube.bound`)."""
+    from scipy.special import gammaincinv
+
+    out = np.ones(len(pe))
+    rows, group = _bright_groups(event, sensor, pe)
+    if not len(rows):
+        return out
+    q = (np.arange(SATURATION_NODES) + 0.5) / SATURATION_NODES
+    delay = gammaincinv(np.maximum(shape[rows], 1e-3)[:, None], q[None, :]) * scale[rows][:, None]
+    times = (t_direct[rows][:, None] + delay).ravel()
+    at = np.repeat(group, SATURATION_NODES)
+    current = _current_at(times, at, rows, group, pe, t_direct, shape, scale)
+    out[rows] = saturation_ratio(MA_PER_PE_PER_NS * current).reshape(len(rows), SATURATION_NODES).mean(axis=1)
+    return out
+
+
 def _spe_charges(rng: np.random.Generator, n: int) -> np.ndarray:
     """Single photo-electron charges from the SPE template (before the discriminator)."""
     gauss = rng.normal(SPE_GAUSS_MEAN, SPE_GAUSS_SIGMA, n)
@@ -949,13 +1026,17 @@ def _signal_pulses(rng: np.random.Generator, ev: Events, det: _Detector
     hit = np.flatnonzero(n_pe)
     n_pe = n_pe[hit]
     n_pulse = pulses_of(rng, n_pe, pulse_slots(light.pandel_shape[hit], light.pandel_scale[hit])).astype(np.int64)
-    p = np.repeat(hit, n_pulse)
+    pos = np.repeat(np.arange(len(hit)), n_pulse)
+    p = hit[pos]
     delay = rng.gamma(light.pandel_shape[p], light.pandel_scale[p])
     jitter = np.clip(rng.normal(0.0, PMT_JITTER, len(p)), -PMT_JITTER_MAX, PMT_JITTER_MAX)
     time = light.t_direct[p] + delay + jitter
     share = np.repeat(n_pe / n_pulse, n_pulse)
     charge = np.where(share > 1, rng.normal(share * SPE_MEAN, np.sqrt(share) * SPE_SIGMA),
                       _spe_charges(rng, len(p)))
+    sat = mean_saturation(light.event[hit], light.sensor[hit], light.t_direct[hit], light.pandel_shape[hit],
+                          light.pandel_scale[hit], n_pe.astype(np.float64))
+    charge = charge * sat[pos]
     k, t_ap = _afterpulses(rng, n_pe, light.t_direct[hit])
     p = np.r_[p, hit[k]]
     time = np.r_[time, t_ap]
