@@ -41,11 +41,11 @@ def _slow_lnl(truth: bd.EventTruth, sensor: np.ndarray, time: np.ndarray, charge
         if not len(rows) and not len(at):
             continue  # neither lit nor hit: the noise-only value exactly
         mu_r = light.expected_pe[rows]
-        sig_r = sim.expected_pulses(mu_r, light.pandel_shape[rows], light.pandel_scale[rows])
-        ap_r = sim.AFTERPULSE_PROB * (1.0 - sim.SPE_LOSS) * mu_r
-        k = float(charge[at].sum()) / sim.SPE_MEAN
         sat = sim.mean_saturation(np.zeros(len(rows), np.int64), light.sensor[rows], light.t_direct[rows],
                                   light.pandel_shape[rows], light.pandel_scale[rows], mu_r)
+        sig_r = sim.expected_pulses(mu_r, light.pandel_shape[rows], light.pandel_scale[rows], seen=mu_r * sat)
+        ap_r = sim.AFTERPULSE_PROB * (1.0 - sim.SPE_LOSS) * mu_r
+        k = float(charge[at].sum()) / sim.SPE_MEAN
         lam = float((mu_r * sat).sum()) + sim.AFTERPULSE_PROB * float(mu_r.sum()) + nu
         full, noise_only = k * math.log(lam) - lam, k * math.log(nu) - nu
         expected = nu + float(sig_r.sum() + ap_r.sum())

@@ -165,14 +165,14 @@ class Likelihood:
                               np.full(m, tr.cascade_energy), u)
         light = sim.expected_light(ev)
         mu_r = light.expected_pe
-        sig_r = sim.expected_pulses(mu_r, light.pandel_shape, light.pandel_scale)
         ap_r = sim.AFTERPULSE_PROB * (1.0 - sim.SPE_LOSS) * mu_r
         key = light.event.astype(np.int64) * N_SENSORS + light.sensor
         ukey, grp = np.unique(key, return_inverse=True)
         sat_r = sim.mean_saturation(light.event, light.sensor, light.t_direct, light.pandel_shape,
-                                    light.pandel_scale, mu_r)
+                                    light.pandel_scale, mu_r, dom=grp)
         mu = np.bincount(grp, weights=mu_r, minlength=len(ukey))
         mu_seen = np.bincount(grp, weights=mu_r * sat_r, minlength=len(ukey))
+        sig_r = sim.expected_pulses(mu_r, light.pandel_shape, light.pandel_scale, seen=mu_r * sat_r)
         pulses = np.bincount(grp, weights=sig_r + ap_r, minlength=len(ukey))
         trial, dom = ukey // N_SENSORS, ukey % N_SENSORS
         di = self.dom_index[dom]

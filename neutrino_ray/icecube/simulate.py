@@ -893,26 +893,33 @@ def pulse_slots(shape: np.ndarray, scale: np.ndarray) -> np.ndarray:
     return 1.0 + np.minimum(d, ATWD_WINDOW) / ATWD_RESOLUTION + np.maximum(d - ATWD_WINDOW, 0.0) / FADC_RESOLUTION
 
 
-def pulses_of(rng: np.random.Generator, n_pe: np.ndarray, slots: np.ndarray) -> np.ndarray:
+def pulses_of(rng: np.random.Generator, n_pe: np.ndarray, slots: np.ndarray, seen: np.ndarray | None = None
+              ) -> np.ndarray:
     """Pulses that waveform unfolding makes of n photo-electrons at one DOM from one source: the fewer of the
     splitting law (split_pulses) and the occupied time slots, K (1 - (1 - 1/K)^n) on average for K = ``slots``
-    (stochastically rounded; at least 1)."""
+    (stochastically rounded; at least 1). The splitting law counts the photo-electrons the waveform shows,
+    ``seen`` (after PMT saturation; default n_pe): unfolding sees the saturated waveform; the slots count the photons'
+    arrival times."""
     n = np.asarray(n_pe, dtype=np.float64)
     k = np.maximum(slots, 1.0 + 1e-9)
     occupied = k * -np.expm1(n * np.log1p(-1.0 / k))
-    return np.maximum(np.minimum(split_pulses(n), np.floor(occupied + rng.random(len(n)))), np.minimum(n, 1.0))
+    split = split_pulses(n if seen is None else np.asarray(seen, dtype=np.float64))
+    return np.maximum(np.minimum(split, np.floor(occupied + rng.random(len(n)))), np.minimum(n, 1.0))
 
 
-def expected_pulses(mu: np.ndarray, shape: np.ndarray, scale: np.ndarray) -> np.ndarray:
+def expected_pulses(mu: np.ndarray, shape: np.ndarray, scale: np.ndarray, seen: np.ndarray | None = None
+                    ) -> np.ndarray:
     """Expected signal pulses above the discriminator of a DOM that expects ``mu`` photo-electrons from one source
     with these Pandel parameters: the fewer of the splitting law's (its exact Poisson mean with the discriminator
     losses) and the occupied slots', K (1 - e^{-mu/K}) for K = pulse_slots(shape, scale) (each slot Poisson(mu/K);
     the single-photo-electron ones, mu e^{-mu/K}, fall below the discriminator with probability SPE_LOSS). The
-    minimum of the two means stands in for the mean of the minimum (an approximation of the bound's likelihood)."""
+    minimum of the two means stands in for the mean of the minimum (an approximation of the bound's likelihood).
+    The splitting law's mean is taken at ``seen``, the saturated photo-electrons (default mu; see pulses_of)."""
     k = pulse_slots(shape, scale)
     m = np.maximum(mu, 0.0)
     x = m / k
-    return np.minimum(_expected_split_pulses(mu), k * -np.expm1(-x) - SPE_LOSS * m * np.exp(-x))
+    split = _expected_split_pulses(mu if seen is None else seen)
+    return np.minimum(split, k * -np.expm1(-x) - SPE_LOSS * m * np.exp(-x))
 
 
 def arrival_pdf(delay: np.ndarray, shape: np.ndarray, scale: np.ndarray) -> np.ndarray:
@@ -947,11 +954,14 @@ def saturation_ratio(current_ma: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + x)
 
 
-def _bright_groups(event: np.ndarray, sensor: np.ndarray, pe: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _bright_groups(event: np.ndarray, sensor: np.ndarray, pe: np.ndarray, dom: np.ndarray | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
     """(rows at DOMs whose light could reach SATURATION_MIN_MA, their DOM group): a DOM's photo-electron current
-    never exceeds its photo-electrons times the arrival density's peak, 1 / (2 TIME_SMEAR) per ns."""
-    key = event.astype(np.int64) * N_SENSORS + sensor
-    _, grp = np.unique(key, return_inverse=True)
+    never exceeds its photo-electrons times the arrival density's peak, 1 / (2 TIME_SMEAR) per ns. ``dom``: the rows'
+    (event, sensor) group ids 0..n-1 if already known."""
+    if dom is None:
+        _, dom = np.unique(event.astype(np.int64) * N_SENSORS + sensor, return_inverse=True)
+    grp = dom
     total = np.bincount(grp, weights=pe)
     peak_ma = total[grp] * MA_PER_PE_PER_NS / (2.0 * TIME_SMEAR)
     rows = np.flatnonzero(peak_ma >= SATURATION_MIN_MA)
@@ -975,17 +985,17 @@ def _current_at(times: np.ndarray, at_group: np.ndarray, rows: np.ndarray, group
 
 
 def mean_saturation(event: np.ndarray, sensor: np.ndarray, t_direct: np.ndarray, shape: np.ndarray,
-                    scale: np.ndarray, pe: np.ndarray) -> np.ndarray:
+                    scale: np.ndarray, pe: np.ndarray, dom: np.ndarray | None = None) -> np.ndarray:
     """Per light source at a DOM (one row each: event, sensor, direct time, Pandel shape and scale, ``pe``
     photo-electrons): the mean saturation ratio of its photo-electrons. The DOM's anode current at time t is the sum
     over its sources of pe times the arrival density (the Pandel delay smeared by the PMT jitter, ``arrival_pdf``);
     each source's ratio is that current's ratio averaged over SATURATION_NODES quantiles of its own delay. The
     simulator scales a source's pulses by it at the drawn photo-electrons; the likelihood scales the expected
-    photo-electrons by it at their mean (:mod:`neutrino_ray.icecube.bound`)."""
+    photo-electrons by it at their mean (:mod:`neutrino_ray.icecube.bound`). ``dom``: see _bright_groups."""
     from scipy.special import gammaincinv
 
     out = np.ones(len(pe))
-    rows, group = _bright_groups(event, sensor, pe)
+    rows, group = _bright_groups(event, sensor, pe, dom)
     if not len(rows):
         return out
     q = (np.arange(SATURATION_NODES) + 0.5) / SATURATION_NODES
@@ -1025,7 +1035,10 @@ def _signal_pulses(rng: np.random.Generator, ev: Events, det: _Detector
     n_pe = rng.poisson(light.expected_pe)
     hit = np.flatnonzero(n_pe)
     n_pe = n_pe[hit]
-    n_pulse = pulses_of(rng, n_pe, pulse_slots(light.pandel_shape[hit], light.pandel_scale[hit])).astype(np.int64)
+    sat = mean_saturation(light.event[hit], light.sensor[hit], light.t_direct[hit], light.pandel_shape[hit],
+                          light.pandel_scale[hit], n_pe.astype(np.float64))
+    slots = pulse_slots(light.pandel_shape[hit], light.pandel_scale[hit])
+    n_pulse = pulses_of(rng, n_pe, slots, seen=n_pe * sat).astype(np.int64)
     pos = np.repeat(np.arange(len(hit)), n_pulse)
     p = hit[pos]
     delay = rng.gamma(light.pandel_shape[p], light.pandel_scale[p])
@@ -1033,10 +1046,7 @@ def _signal_pulses(rng: np.random.Generator, ev: Events, det: _Detector
     time = light.t_direct[p] + delay + jitter
     share = np.repeat(n_pe / n_pulse, n_pulse)
     charge = np.where(share > 1, rng.normal(share * SPE_MEAN, np.sqrt(share) * SPE_SIGMA),
-                      _spe_charges(rng, len(p)))
-    sat = mean_saturation(light.event[hit], light.sensor[hit], light.t_direct[hit], light.pandel_shape[hit],
-                          light.pandel_scale[hit], n_pe.astype(np.float64))
-    charge = charge * sat[pos]
+                      _spe_charges(rng, len(p))) * sat[pos]
     k, t_ap = _afterpulses(rng, n_pe, light.t_direct[hit])
     p = np.r_[p, hit[k]]
     time = np.r_[time, t_ap]
