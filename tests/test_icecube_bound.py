@@ -173,8 +173,10 @@ def test_bound_cascade_median_above_10tev(above_10tev):
 # end to end on Ray (c776cb8, load 12-17) -> 2.5-4.5 h; 1.7 events/s in two processes at load 30-55 (7ad29bd,
 # 1,000 events in 590 s) -> 6.5 h; about 7 events/s per process on an idle core -> ~50 min on two; at ad53759
 # (issue 26, fourth session) 6.3 events per CPU-second in the fits (3,000 events: 475 s of CPU, 49 min wall in two
-# processes at load 15-53) -> ~53 min of CPU on each of two idle cores. Plus ~1 min of simulation. See
-# docs/icecube.md ("Information bound", "Issue 26, fourth session").
+# processes at load 15-53) -> ~53 min of CPU on each of two idle cores. Plus ~1 min of simulation. At 75bc727 (PMT
+# saturation, issue 26's sixth session) the same 40,000 events through the CLI took 200 s to simulate and score with
+# LineFit at load 18-30; the bound's share of the two cores was ~0.35 of one at load 25-30 (~5-6 h at that load). See
+# docs/icecube.md ("Information bound", "Issue 26, fourth session", "Issue 26, sixth session").
 _MISSED_1K = "missed on the last 3,000 of 10,000 test events at 51e3b59 (docs/icecube.md, 'Issue 26, fifth session'): "
 
 
