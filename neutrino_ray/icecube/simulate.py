@@ -108,8 +108,10 @@ PMT and DAQ:
     after it (issue 26, fifth session: before it, 3.3 ns throughout). Next to a bright source the light comes within
     tens of ns and unfolds into a few large pulses (the real files' largest pulse is 2,762 pe, their mean 3.909 pe
     with a standard deviation of 16.3); far away, spread over microseconds, nearly every photon is its own pulse.
-    Pulses share a DOM's charge equally, with SPE smearing. The SPE templates' full widths at half maximum (13.2 ns
-    ATWD, 64.4 ns fADC) as the resolution instead were measured and not adopted (docs/icecube.md, fifth session).
+    Pulses share a DOM's charge equally, with SPE smearing; the splitting law counts the photo-electrons left after PMT
+    saturation (below: unfolding sees the saturated waveform), the slots the photons' arrival times. The SPE
+    templates' full widths at half maximum (13.2 ns ATWD, 64.4 ns fADC) as the resolution instead were measured and
+    not adopted (docs/icecube.md, fifth session).
   * SLC charge stamps (issue 26, fifth session): a launch without local coincidence sends no waveform, only the
     fADC's largest sample and its two neighbours out of its first 16 (arXiv:1612.05093 sec. 6.3): one pulse holding
     the charge of its first ``SLC_STAMP`` = 75 ns; the photons later in that launch's ``SLC_LAUNCH`` = 6.45 µs are not
