@@ -78,9 +78,18 @@ energy ≈ 3.8 GeV, 87–88 % ν_μ CC, ≤ 2 % ν_e, no ν_τ, DIS over half an
   track or shower point beyond a side wall (|x| or |y| > 190 cm) deposits nothing, in either view, and a
   pixel there has no channel (no noise hit). A muon at an angle then leaves through the wall after a short
   visible track, as in the real, partly contained slices (before, tracks went on through air to the
-  window's edge). Not modelled: the detector's front and back (the muon catcher). What stays hard: ν_μ CC
-  events whose muon is short (low E_lepton, or leaving through a wall) or hidden in the hadronic shower of a
-  high-y DIS event, and NC DIS events with a long pion track or a long hadronic shower.
+  window's edge). The front and back (issue 27, sixth session, :func:`_muon_catcher`): the Near Detector is
+  :data:`ACTIVE_PLANES` = 192 fully active planes (12.7 m), then the muon catcher, 22 scintillator planes between
+  10 cm steel plates, then nothing. Vertices lie up to 11.5 m deep, and the window reaches 80-95 planes past the
+  vertex, so for ~35 % of events (vertex beyond ~6.5 m) the window's far end lies in the catcher or behind the
+  detector: there hadronic and EM showers stop in the first steel plate (0.6 λ, 5.7 X0), a muon goes on plane by
+  plane through the catcher (its planes 11.6 cm apart in z, 72 MeV lost in each: a compressed, then ending track),
+  and no pixel reads out behind the catcher. Reason: a DIS event's muon is told from an NC event's shower by where
+  it goes on alone past the shower's end; near the back the detector ends first, and a ν_μ CC muon is cut to the
+  length of a pion track (before, every muon went on to the window's last plane). Not modelled: the catcher's
+  shorter vertical planes. What stays hard: ν_μ CC events whose muon is short (low E_lepton, or leaving through a
+  wall or the back) or hidden in the hadronic shower of a high-y DIS event, and NC DIS events with a long pion
+  track or a long hadronic shower.
 * ν_τ CC (E > 3.5 GeV): hadronic system plus the τ decay (μ, e or hadrons). ν-on-e: one forward
   electron shower. Cosmics: a steep, through-going muon entering through the top (``nuenergy`` 0,
   ``lepenergy`` the muon energy). "other": a few low-energy neutron-like blobs (``lepenergy`` 0).
@@ -104,7 +113,12 @@ energy ≈ 3.8 GeV, 87–88 % ν_μ CC, ≤ 2 % ν_e, no ν_τ, DIS over half an
   coordinates), leaving gaps in tracks and showers. Not done: a per-channel gain map beyond the 8 % spread.
 * Pile-up (issue 27): :data:`OVERLAY_P` = 3 % of the neutrino slices carry a steep through-going muon (a rock
   muon or cosmic in the slice's time window) that is not theirs: an NC event can then show a long track, and
-  the network cannot call every event with a long track ν_μ CC.
+  the network cannot call every event with a long track ν_μ CC. And beam pile-up (issue 27, sixth session):
+  :data:`BEAM_OVERLAY_P` = 8 % of the neutrino slices carry a forward-going muon of another interaction of the
+  same spill that the slicer merged into them (the Near Detector sees several interactions and rock muons per
+  10 µs spill; the estimate is at the constant): half rock muons through the window's front, half a muon that
+  starts anywhere in the window. Mostly forward, unlike the steep overlays, so near an NC event's vertex it looks
+  like that event's own muon.
 
 Pixel mapping (detector coordinates in cm: x, y ∈ ±190, z from 0 at the front, beam along +z):
 detector plane index ``z / PLANE_PITCH_CM``, detector cell indices ``(x + 190) / CELL_PITCH_CM`` and
