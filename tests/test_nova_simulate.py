@@ -306,7 +306,9 @@ def test_track_extent_separates_but_overlaps(numu_nc_events: tuple[np.ndarray, d
     i = f["interaction"]
     ext = _extent(maps)
     numu, nc = ext[i <= 3], ext[i == fmt.NC]
-    assert numu.mean() > 2 * nc.mean()
+    # separated: ν_μ CC events are longer on average (70 against 36 planes at 48ca96d; the factor was > 2 before the
+    # detector's back and beam pile-up, issue 27, which make the classes overlap more, as the real files do)
+    assert numu.mean() > 1.6 * nc.mean()
     median = np.median(numu)
     assert median > 50
     assert (nc >= median).mean() > 0.02  # NC with a muon-like pion track
