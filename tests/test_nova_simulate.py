@@ -282,8 +282,10 @@ def test_track_length_follows_muon_energy() -> None:
     active = maps.astype(np.int64).sum(axis=(1, 3)) >= 20
     last = maps.shape[2] - 1 - np.argmax(active[:, ::-1], axis=1)
     # a >3 GeV muon (15 m range) leaves the window through its last plane, unless it leaves the detector through a
-    # side wall first: checked on vertices >= 90 cm from the walls (near them, 5.5 % of these muons exit sideways)
-    inner = (np.abs(f["vtxx"]) < 100.0) & (np.abs(f["vtxy"]) < 100.0)
+    # side wall first or the window reaches past the muon catcher: checked on vertices >= 90 cm from the walls
+    # (near them, 5.5 % of these muons exit sideways) whose window ends in the detector
+    inner = ((np.abs(f["vtxx"]) < 100.0) & (np.abs(f["vtxy"]) < 100.0)
+             & (f["vtxz"] < (sim.ACTIVE_PLANES + sim.MC_PLANES - fmt.PLANES) * sim.PLANE_PITCH_CM))
     assert (last[(lep > 3.0) & inner] >= fmt.PLANES - 2).mean() > 0.95
     assert (ext[lep > 3.0] <= fmt.PLANES).all()
 
@@ -304,7 +306,9 @@ def test_track_extent_separates_but_overlaps(numu_nc_events: tuple[np.ndarray, d
     i = f["interaction"]
     ext = _extent(maps)
     numu, nc = ext[i <= 3], ext[i == fmt.NC]
-    assert numu.mean() > 2 * nc.mean()
+    # separated: ν_μ CC events are longer on average (70 against 36 planes at 48ca96d; the factor was > 2 before the
+    # detector's back and beam pile-up, issue 27, which make the classes overlap more, as the real files do)
+    assert numu.mean() > 1.6 * nc.mean()
     median = np.median(numu)
     assert median > 50
     assert (nc >= median).mean() > 0.02  # NC with a muon-like pion track
@@ -379,6 +383,49 @@ def test_detector_walls_stop_deposits_and_noise() -> None:
     origin = np.array([[0, sim.DET_CELLS - 50, 0]])  # window cell 50 of view 0 is the detector's first cell out
     flat = np.arange(2 * fmt.PLANES * fmt.CELLS).reshape(shape)[0, 0, 7, 45:55]
     assert sim._dead(flat, shape, origin)[5:].all()
+
+
+def test_muon_catcher_at_the_back() -> None:
+    """Behind the 192 active planes (issue 27): a hadron's track ends; a muon goes on through the muon catcher, one
+    map plane per MC_PITCH_CM of z, a MIP's counts per plane, for as many planes as its energy crosses (72 MeV
+    each) and at most the catcher's 22; nothing reads out behind it."""
+    z_vtx = (sim.ACTIVE_PLANES - 30) * sim.PLANE_PITCH_CM  # the vertex 30 planes before the back
+    left = 0.5  # GeV that muon 2 has left at the back: 0.5 / 0.072 -> 7 catcher planes
+    t = {"ev": np.arange(3), "off": np.zeros((3, 3)), "dir": np.tile([0.0, 0.0, 1.0], (3, 1)),
+         "length": np.array([5000.0, 5000.0, 30 * sim.PLANE_PITCH_CM + left / sim.MIP_GEV_PER_CM]),
+         "cpc": np.full(3, sim.MIP_COUNTS_PER_CM), "mu": np.array([True, False, True])}
+    out = sim._muon_catcher(t, np.full(3, z_vtx))
+    shape = (3, 2, fmt.PLANES, fmt.CELLS)
+    origin_p = sim.ACTIVE_PLANES - 30 - 10  # the vertex at the front of window plane 10
+    walls = np.tile([-1000, 1000, -1000, 1000, -origin_p, sim.ACTIVE_PLANES + sim.MC_PLANES - origin_p], (3, 1))
+    idx, w = sim._track_deposits(shape, out["ev"], 10.0 + out["off"][:, 2] / sim.PLANE_PITCH_CM,
+                                 40.5 + out["off"][:, 0] / sim.CELL_PITCH_CM,
+                                 40.5 + out["off"][:, 1] / sim.CELL_PITCH_CM,
+                                 out["dir"], out["length"], out["cpc"], walls)
+    images = np.zeros(shape, np.float32)
+    sim._deposit(images, idx, w)
+    planes = [np.flatnonzero(images[e, 0].sum(axis=1)) for e in range(3)]
+    assert planes[0].min() == 10 and planes[0].max() == 10 + 30 + sim.MC_PLANES - 1  # through the catcher
+    assert planes[1].max() == 10 + 30 - 1  # a hadron stops at the steel
+    assert planes[2].max() == 10 + 30 + int(np.ceil(left / sim.MC_GEV_PER_PLANE)) - 1  # ranges out in the catcher
+    per_plane = images[0, 0].sum(axis=1)
+    np.testing.assert_allclose(per_plane[[20, 45]], 0.5 * sim.MIP_COUNTS_PER_CM * sim.PLANE_PITCH_CM, rtol=1e-3)
+    # no channel before the detector's first plane or behind the catcher: no noise hit there either
+    flat = np.arange(2 * fmt.PLANES * fmt.CELLS).reshape(shape[1:])[0, :, 40]
+    dead = sim._dead(flat, shape, np.array([[origin_p, 0, 0]]))
+    assert dead[sim.ACTIVE_PLANES + sim.MC_PLANES - origin_p:].all()
+    assert sim._dead(flat, shape, np.array([[-5, 0, 0]]))[:5].all()
+
+
+def test_beam_pileup_puts_forward_muons_in_slices(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Beam pile-up (issue 27): with BEAM_OVERLAY_P = 1 every NC slice carries a forward muon of another
+    interaction, half of them rock muons through the window's front, before the vertex (window planes >= 5)."""
+    def before_vertex(p: float) -> float:
+        monkeypatch.setattr(sim, "BEAM_OVERLAY_P", p)
+        maps, _ = sim.simulate_events(seed=31, n=600, mix=sim.Mix.parse("nc=1"))
+        return float((np.count_nonzero(maps[:, :, :4].sum(axis=(1, 3)) >= 20, axis=1) >= 3).mean())
+    assert before_vertex(0.0) < 0.05
+    assert before_vertex(1.0) > 0.3
 
 
 def test_nue_showers_denser_than_numu() -> None:

@@ -78,9 +78,18 @@ energy ≈ 3.8 GeV, 87–88 % ν_μ CC, ≤ 2 % ν_e, no ν_τ, DIS over half an
   track or shower point beyond a side wall (|x| or |y| > 190 cm) deposits nothing, in either view, and a
   pixel there has no channel (no noise hit). A muon at an angle then leaves through the wall after a short
   visible track, as in the real, partly contained slices (before, tracks went on through air to the
-  window's edge). Not modelled: the detector's front and back (the muon catcher). What stays hard: ν_μ CC
-  events whose muon is short (low E_lepton, or leaving through a wall) or hidden in the hadronic shower of a
-  high-y DIS event, and NC DIS events with a long pion track or a long hadronic shower.
+  window's edge). The front and back (issue 27, sixth session, :func:`_muon_catcher`): the Near Detector is
+  :data:`ACTIVE_PLANES` = 192 fully active planes (12.7 m), then the muon catcher, 22 scintillator planes between
+  10 cm steel plates, then nothing. Vertices lie up to 11.5 m deep, and the window reaches 80-95 planes past the
+  vertex, so for ~35 % of events (vertex beyond ~6.5 m) the window's far end lies in the catcher or behind the
+  detector: there hadronic and EM showers stop in the first steel plate (0.6 λ, 5.7 X0), a muon goes on plane by
+  plane through the catcher (its planes 11.6 cm apart in z, 72 MeV lost in each: a compressed, then ending track),
+  and no pixel reads out behind the catcher. Reason: a DIS event's muon is told from an NC event's shower by where
+  it goes on alone past the shower's end; near the back the detector ends first, and a ν_μ CC muon is cut to the
+  length of a pion track (before, every muon went on to the window's last plane). Not modelled: the catcher's
+  shorter vertical planes. What stays hard: ν_μ CC events whose muon is short (low E_lepton, or leaving through a
+  wall or the back) or hidden in the hadronic shower of a high-y DIS event, and NC DIS events with a long pion
+  track or a long hadronic shower.
 * ν_τ CC (E > 3.5 GeV): hadronic system plus the τ decay (μ, e or hadrons). ν-on-e: one forward
   electron shower. Cosmics: a steep, through-going muon entering through the top (``nuenergy`` 0,
   ``lepenergy`` the muon energy). "other": a few low-energy neutron-like blobs (``lepenergy`` 0).
@@ -104,7 +113,12 @@ energy ≈ 3.8 GeV, 87–88 % ν_μ CC, ≤ 2 % ν_e, no ν_τ, DIS over half an
   coordinates), leaving gaps in tracks and showers. Not done: a per-channel gain map beyond the 8 % spread.
 * Pile-up (issue 27): :data:`OVERLAY_P` = 3 % of the neutrino slices carry a steep through-going muon (a rock
   muon or cosmic in the slice's time window) that is not theirs: an NC event can then show a long track, and
-  the network cannot call every event with a long track ν_μ CC.
+  the network cannot call every event with a long track ν_μ CC. And beam pile-up (issue 27, sixth session):
+  :data:`BEAM_OVERLAY_P` = 8 % of the neutrino slices carry a forward-going muon of another interaction of the
+  same spill that the slicer merged into them (the Near Detector sees several interactions and rock muons per
+  10 µs spill; the estimate is at the constant): half rock muons through the window's front, half a muon that
+  starts anywhere in the window. Mostly forward, unlike the steep overlays, so near an NC event's vertex it looks
+  like that event's own muon.
 
 Pixel mapping (detector coordinates in cm: x, y ∈ ±190, z from 0 at the front, beam along +z):
 detector plane index ``z / PLANE_PITCH_CM``, detector cell indices ``(x + 190) / CELL_PITCH_CM`` and
@@ -134,6 +148,14 @@ DET_HALF_WIDTH_CM = 190.0  # active |x|, |y| (the Near Detector is ~3.8 m wide)
 DET_CELLS = int(2 * DET_HALF_WIDTH_CM / CELL_PITCH_CM)  # cells per detector plane (97): the side walls
 VERTEX_HALF_WIDTH_CM = 160.0  # generated vertices: |x|, |y| < 160 cm
 VERTEX_Z_CM = (30.0, 1150.0)  # and 30 cm < z < 1150 cm
+# The detector's front and back (issue 27, sixth session; NOvA Near Detector): ACTIVE_PLANES fully active planes
+# (12.7 m) from z = 0, then the muon catcher: MC_PLANES scintillator planes, two after each 10 cm steel plate, so
+# one of its planes spans MC_PITCH_CM of z and a muon crossing one loses MC_GEV_PER_PLANE (5 cm of steel at
+# 11.7 MeV/cm, PDG's muon dE/dx in iron, plus the plane's 13 MeV); no detector before plane 0 or after the catcher.
+ACTIVE_PLANES = 192
+MC_PLANES = 22
+MC_PITCH_CM = 11.6
+MC_GEV_PER_PLANE = 0.072
 VERTEX_PLANE = (5, 20)  # the vertex lies in window plane 5..20
 VERTEX_CELL, VERTEX_CELL_JITTER = 40, 4.0  # ... and around cell 40 of both views
 MIP_GEV_PER_CM = 0.002  # minimum-ionising dE/dx (range 5 m/GeV)
@@ -247,6 +269,18 @@ DEAD_MAP_SHAPE = (2, 512, 128)  # (view, detector plane, detector cell), indices
 # Pile-up: a rock muon or cosmic crossing the window in the slice's time window (the slicer separates most in
 # time, not all): this share of neutrino slices carries a steep through-going muon track that is not theirs.
 OVERLAY_P = 0.03
+# Beam pile-up (issue 27, sixth session): NOvA's Near Detector sees several neutrino interactions in the detector
+# and more rock muons (from interactions in the rock upstream) in every 10 µs spill; the slicer clusters hits in
+# space and time, and where another interaction's activity overlaps a slice in both it is merged into it (the
+# files' truth is the slice's main interaction). Our estimate of the share of slices with such a forward-going
+# muon inside their window: slices ~0.3 µs long among ~10-20 activities per spill overlap another in time for
+# ~15 %, within the window's part of the detector for about half of those: BEAM_OVERLAY_P = 8 %; half are rock
+# muons (through-going from the window's front, ROCK_SPREAD_RAD around the beam), half the muon of another
+# interaction in the detector (starting anywhere in the window, E_μ ~ U(PILEUP_MUON_GEV), its hadrons outside
+# the window or in another slice).
+BEAM_OVERLAY_P = 0.08
+ROCK_SPREAD_RAD = 0.2
+PILEUP_MUON_GEV = (0.5, 5.0)
 MIN_SLICE_HITS = 10  # an event needs this many hit pixels (both views) to be a slice in the files
 MAX_REDRAWS = 50  # ... redrawn at most this often (then kept as it is)
 CHUNK = 512  # events rendered at a time (bounds the temporary memory)
@@ -343,8 +377,9 @@ def _point_indices(shape: tuple[int, ...], event: np.ndarray, plane: np.ndarray,
                    cell_y: np.ndarray, w: np.ndarray, walls: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Flat indices into (N, 2, P, C) images and weights of points seen in view 0 (plane, x) and 1 (plane, y).
 
-    ``walls`` (N, 4): each event's detector side walls in its window's cell coordinates (x low, x high, y low,
-    y high); a point outside them is outside the detector and deposits nothing, in either view."""
+    ``walls`` (N, 4) or (N, 6): each event's detector side walls in its window's cell coordinates (x low, x high,
+    y low, y high) and optionally its front and back in window planes (low, high); a point outside them is outside
+    the detector and deposits nothing, in either view."""
     n_events, _, n_planes, n_cells = shape
     in_p = (plane >= 0) & (plane < n_planes)
     ok0 = in_p & (cell_x >= 0) & (cell_x < n_cells)
@@ -352,6 +387,8 @@ def _point_indices(shape: tuple[int, ...], event: np.ndarray, plane: np.ndarray,
     if walls is not None:  # compared in the points' own precision (int64 walls would promote float32 to float64)
         wl = walls.astype(cell_x.dtype)[event]
         inside = (cell_x >= wl[:, 0]) & (cell_x < wl[:, 1]) & (cell_y >= wl[:, 2]) & (cell_y < wl[:, 3])
+        if walls.shape[1] > 4:
+            inside &= (plane >= wl[:, 4]) & (plane < wl[:, 5])
         ok0 &= inside
         ok1 &= inside
     # pixel = floor(coordinate): truncation, where it matters (coordinates >= 0); int32 where the images allow
@@ -558,7 +595,7 @@ def _hadron_tracks(rng: np.random.Generator, tracks: _Table, clouds: _Table, sec
         left = ((full - length) / PROTON_RANGE_A) ** (1.0 / PROTON_RANGE_P) / 1000.0
         cpc = PROTON_QUENCH * np.divide(t - left, length, out=np.zeros_like(t), where=length > 0) / GEV_PER_COUNT
     left = np.maximum(left, 0.0)
-    tracks.add(ev=ev, off=off, dir=d, length=length, cpc=cpc)
+    tracks.add(ev=ev, off=off, dir=d, length=length, cpc=cpc, mu=False)
     end = off + length[:, None] * d
     if hadron == PI_CH:
         # the decay muon: E_μ = γ (E* + β p* cos θ*), cos θ* uniform (a spin-0 two-body decay); it goes on as a muon
@@ -569,7 +606,7 @@ def _hadron_tracks(rng: np.random.Generator, tracks: _Table, clouds: _Table, sec
         e_mu = gamma * (e_star + beta * p_star * rng.uniform(-1.0, 1.0, len(e_pi)))
         p_mu = np.sqrt(np.maximum(e_mu**2 - M_MU**2, 1e-6))
         tracks.add(ev=ev[decays], off=end[decays], dir=_perturb(rng, d[decays], np.clip(p_star / p_mu, 0.0, 1.0)),
-                   length=np.maximum(e_mu - M_MU, 0.0) / MIP_GEV_PER_CM, cpc=MIP_COUNTS_PER_CM)
+                   length=np.maximum(e_mu - M_MU, 0.0) / MIP_GEV_PER_CM, cpc=MIP_COUNTS_PER_CM, mu=True)
         left = np.where(decays, 0.0, left)
         # quasi-elastic π–nucleus scattering: the pion survives, kinked, less a knocked-out nucleon
         qe = ~decays & (length < full) & (left > PION_QE_MIN_GEV) & (rng.random(len(t)) < PION_QE_P)
@@ -607,7 +644,7 @@ def _hadron_tracks(rng: np.random.Generator, tracks: _Table, clouds: _Table, sec
 def _to_deposits(rng: np.random.Generator, p: dict[str, np.ndarray], n: int
                  ) -> tuple[_Table, _Table, np.ndarray, np.ndarray]:
     """Tracks and clouds (offsets in cm from the vertex) of the particles, and visible track / shower prongs."""
-    tracks = _Table("ev", "off", "dir", "length", "cpc")
+    tracks = _Table("ev", "off", "dir", "length", "cpc", "mu")  # mu: a muon (goes on through the muon catcher)
     clouds = _Table("ev", "off", "dir", "counts", "shape", "scale", "core", "halo", "halo_f")
     is_track = np.zeros(len(p["ev"]), bool)
     n_showers = np.zeros(len(p["ev"]), np.int64)
@@ -615,7 +652,7 @@ def _to_deposits(rng: np.random.Generator, p: dict[str, np.ndarray], n: int
 
     m = kind == MUON
     length = np.maximum(e[m] - M_MU, 0.0) / MIP_GEV_PER_CM
-    tracks.add(ev=p["ev"][m], off=p["off"][m], dir=p["dir"][m], length=length, cpc=MIP_COUNTS_PER_CM)
+    tracks.add(ev=p["ev"][m], off=p["off"][m], dir=p["dir"][m], length=length, cpc=MIP_COUNTS_PER_CM, mu=True)
     is_track[m] = length >= MIN_TRACK_CM
 
     sec = _particles()  # the cascade's secondaries (see _hadron_tracks): not prongs of the event's truth
@@ -652,6 +689,32 @@ def _to_deposits(rng: np.random.Generator, p: dict[str, np.ndarray], n: int
 
     n_tracks = np.bincount(p["ev"], is_track, minlength=n).astype(np.int64)
     return tracks, clouds, n_tracks, np.bincount(p["ev"], n_showers, minlength=n).astype(np.int64)
+
+
+def _muon_catcher(t: dict[str, np.ndarray], vtx_z: np.ndarray) -> dict[str, np.ndarray]:
+    """Tracks (``t``: offsets in cm from their event's vertex, at detector z ``vtx_z``) at the back of the fully
+    active detector (:data:`ACTIVE_PLANES`): every track ends there (a hadron stops or showers in the first steel
+    plate, 0.6 λ and 5.7 X0), and a muon goes on through the muon catcher for as many planes as its energy crosses
+    (:data:`MC_GEV_PER_PLANE` each), at most :data:`MC_PLANES`. The map's planes are detector planes, so there a
+    plane spans MC_PITCH_CM of z instead of PLANE_PITCH_CM: the catcher's part is a new track in coordinates whose
+    z is compressed by PLANE_PITCH_CM / MC_PITCH_CM (the renderer stays linear), depositing a MIP's counts per
+    plane crossed. A track that starts beyond the active detector (in the steel) is dropped."""
+    z_end = ACTIVE_PLANES * PLANE_PITCH_CM
+    z0 = vtx_z[t["ev"]] + t["off"][:, 2]
+    d = t["dir"]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t_cross = np.where(d[:, 2] > 0, (z_end - z0) / d[:, 2], np.inf)
+    t_cross = np.where(z0 > z_end, 0.0, t_cross)
+    on = t["mu"].astype(bool) & (t["length"] > t_cross) & (z0 <= z_end)  # muons that reach the catcher
+    e_left = (t["length"][on] - t_cross[on]) * MIP_GEV_PER_CM
+    z_travel = np.minimum(e_left / MC_GEV_PER_PLANE, MC_PLANES) * MC_PITCH_CM
+    k = PLANE_PITCH_CM / MC_PITCH_CM
+    v = d[on] * np.array([1.0, 1.0, k])
+    norm = np.linalg.norm(v, axis=1)
+    out = dict(t, length=np.minimum(t["length"], t_cross))
+    extra = {"ev": t["ev"][on], "off": t["off"][on] + t_cross[on, None] * d[on], "dir": v / norm[:, None],
+             "length": z_travel / d[on, 2] * norm, "cpc": MIP_COUNTS_PER_CM * k / norm, "mu": t["mu"][on]}
+    return {key: np.concatenate([out[key], extra[key]]) for key in out}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -895,7 +958,7 @@ def _chunk(rng: np.random.Generator, classes: np.ndarray) -> tuple[np.ndarray, d
     cos_z = rng.random(k) ** (1.0 / 3.0)
     sin_z, az = np.sqrt(1.0 - cos_z**2), rng.uniform(0.0, 2 * np.pi, k)
     cdir = np.column_stack([sin_z * np.cos(az), -cos_z, sin_z * np.sin(az)])
-    tracks.add(ev=ids[cosmic], off=zero[cosmic], dir=cdir, length=5000.0, cpc=MIP_COUNTS_PER_CM)
+    tracks.add(ev=ids[cosmic], off=zero[cosmic], dir=cdir, length=5000.0, cpc=MIP_COUNTS_PER_CM, mu=True)
     n_tracks[cosmic] = 1
     e_mu = 1.0 / (1.0 / COSMIC_E[0] - rng.random(k) * (1.0 / COSMIC_E[0] - 1.0 / COSMIC_E[1]))  # E^-2
     e_lep[cosmic] = e_mu
@@ -924,16 +987,29 @@ def _chunk(rng: np.random.Generator, classes: np.ndarray) -> tuple[np.ndarray, d
                              (fmt.CELLS - 1e-3 - vy[ov]) * CELL_PITCH_CM,
                              (rng.uniform(0, fmt.PLANES, k) - vp[ov]) * PLANE_PITCH_CM])
     tracks.add(ev=ids[ov], off=start, dir=np.column_stack([sin_z * np.cos(az), -cos_z, sin_z * np.sin(az)]),
-               length=5000.0, cpc=MIP_COUNTS_PER_CM)
+               length=5000.0, cpc=MIP_COUNTS_PER_CM, mu=True)
+    # beam pile-up (BEAM_OVERLAY_P): a rock muon through the window's front, or another interaction's muon in it
+    ov = ~cosmic & (rng.random(n) < BEAM_OVERLAY_P)
+    k = int(ov.sum())
+    rock = rng.random(k) < 0.5
+    start = np.column_stack([(rng.uniform(0, fmt.CELLS, k) - vx[ov]) * CELL_PITCH_CM,
+                             (rng.uniform(0, fmt.CELLS, k) - vy[ov]) * CELL_PITCH_CM,
+                             (np.where(rock, 0.0, rng.uniform(0, fmt.PLANES, k)) - vp[ov]) * PLANE_PITCH_CM])
+    tracks.add(ev=ids[ov], off=start, dir=_perturb(rng, beam[ov], ROCK_SPREAD_RAD), cpc=MIP_COUNTS_PER_CM, mu=True,
+               length=np.where(rock, 5000.0, rng.uniform(*PILEUP_MUON_GEV, k) / MIP_GEV_PER_CM))
 
     shape = (n, fmt.VIEWS, fmt.PLANES, fmt.CELLS)
     origin = np.column_stack([np.floor(det_p) - win_p, np.floor(det_x) - win_x, np.floor(det_y) - win_y]).astype(
         np.int64)
-    walls = np.column_stack([-origin[:, 1], DET_CELLS - origin[:, 1], -origin[:, 2], DET_CELLS - origin[:, 2]])
-    t, c = tracks.get(), clouds.get()
+    walls = np.column_stack([-origin[:, 1], DET_CELLS - origin[:, 1], -origin[:, 2], DET_CELLS - origin[:, 2],
+                             -origin[:, 0], ACTIVE_PLANES - origin[:, 0]])
+    t = _muon_catcher(tracks.get(), vtx[:, 2])
+    c = clouds.get()
+    track_walls = walls.copy()
+    track_walls[:, 5] += MC_PLANES
     ti, tw = _track_deposits(shape, t["ev"], vp[t["ev"]] + t["off"][:, 2] / PLANE_PITCH_CM,
                              vx[t["ev"]] + t["off"][:, 0] / CELL_PITCH_CM, vy[t["ev"]] + t["off"][:, 1] / CELL_PITCH_CM,
-                             t["dir"], t["length"], t["cpc"], walls)
+                             t["dir"], t["length"], t["cpc"], track_walls)
     ci, cw = _cloud_deposits(shape, rng, c["ev"], vp[c["ev"]] + c["off"][:, 2] / PLANE_PITCH_CM,
                              vx[c["ev"]] + c["off"][:, 0] / CELL_PITCH_CM, vy[c["ev"]] + c["off"][:, 1] / CELL_PITCH_CM,
                              c["dir"], c["counts"], c["shape"], c["scale"], c["core"], c["halo"], c["halo_f"], walls)
@@ -981,14 +1057,16 @@ def _light_yield(images: np.ndarray, origin: np.ndarray, fallback: np.ndarray) -
 
 def _dead(flat_idx: np.ndarray, shape: tuple[int, ...], origin: np.ndarray) -> np.ndarray:
     """Whether the pixels at these flat indices of (N, 2, P, C) images sit on dead detector channels, or on
-    none (beyond the detector's side walls: no cell, so no noise hit either)."""
+    none (beyond the detector's side walls, before its first plane or after the muon catcher: no cell, so no noise
+    hit either)."""
     _, views, planes, cells = shape
     rest, cell = np.divmod(flat_idx, cells)
     rest, plane = np.divmod(rest, planes)
     event, view = np.divmod(rest, views)
-    det_plane = (origin[event, 0] + plane) % DEAD_MAP_SHAPE[1]
+    det_plane = origin[event, 0] + plane
     det_cell = origin[event, 1 + view] + cell
-    return DEAD_CHANNELS[view, det_plane, det_cell % DEAD_MAP_SHAPE[2]] | (det_cell < 0) | (det_cell >= DET_CELLS)
+    return (DEAD_CHANNELS[view, det_plane % DEAD_MAP_SHAPE[1], det_cell % DEAD_MAP_SHAPE[2]] | (det_cell < 0)
+            | (det_cell >= DET_CELLS) | (det_plane < 0) | (det_plane >= ACTIVE_PLANES + MC_PLANES))
 
 
 def _readout(rng: np.random.Generator, images: np.ndarray, origin: np.ndarray, fallback: np.ndarray) -> np.ndarray:
