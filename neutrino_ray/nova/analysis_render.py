@@ -205,7 +205,7 @@ def efficiency_markdown(report: dict[str, Any]) -> str:
              "the threshold for a binary task, the arg-max class otherwise); report.json holds the same numbers "
              "with 68 % intervals."]
     for c, e in report["efficiency"].items():
-        lines += [""] + [f"## {c}", "", "| mode (CC events) | events | selected | fraction |", "|---|---:|---:|---:|"]
+        lines += ["", f"## {c}", "", "| mode (CC events) | events | selected | fraction |", "|---|---:|---:|---:|"]
         lines += [f"| {r['name']} | {r['n']} | {r['k']} | {_pm(r)} |" for r in e["by_mode"]]
         lines += _efficiency_lines(c, e)
     return "\n".join(lines) + "\n"
