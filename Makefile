@@ -45,6 +45,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/neutrino-ray bench icecube --events 200000
+	$(BIN)/neutrino-ray bench nova
 
 # The course CNN's difficulty on the simulation (issue 27, docs/nova.md "Issue 27"), through the one pipeline:
 # simulate a training set at the real files' mix and a held-out test file, train the course CNN with the

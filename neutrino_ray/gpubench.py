@@ -252,7 +252,7 @@ def _write_report(out: str, name: str, report: dict[str, Any]) -> str:
     return uri
 
 
-def _random_nova_model(out: str, size: str) -> str:
+def random_nova_model(out: str, size: str) -> str:
     """A NOvA model artefact (ν_μ CC) with freshly initialised weights: throughput does not depend on them."""
     from neutrino_ray import storage
     from neutrino_ray.nova.train import NovaTask
@@ -329,7 +329,7 @@ def bench_gpu_inference(out: str, device: str = "cuda", icecube_events: int = IN
         print(f"simulated {ic_n:,} IceCube and {nova_n:,} NOvA events in {sim_s:.0f} s on "
               f"{runtime.cpu_count()} CPUs; scoring on {gpu or 'CPU'} with random weights (throughput only: "
               "the weights do not change the work)", flush=True)
-        ic_uri, nova_uri = random_model(tmp, icecube_model), _random_nova_model(tmp, nova_model)
+        ic_uri, nova_uri = random_model(tmp, icecube_model), random_nova_model(tmp, nova_model)
 
         def icecube() -> tuple[int, dict[str, Any], tuple[float, float]]:
             scoring = ScoringOptions(model=ic_uri, pipeline="split", actors=1, cpus_per_actor=cpus_per_actor,

@@ -21,6 +21,7 @@ from neutrino_ray.errors import InputError
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 OPTIMIZERS = ("adamw", "adam")
 SCHEDULES = ("warmup-cosine", "constant")
+KEEPS = ("last", "best")  # which weights training publishes
 DATA_TASK_CPUS = 0.25  # Ray Data decode tasks beside the training workers: light, and never starved of CPUs
 
 
@@ -73,6 +74,9 @@ class Settings:
                                           "(%(default)s)", choices=SCHEDULES)
     patience: int | None = flag(None, "early stopping: end after this many epochs without a lower validation "
                                       "loss (off)", type=positive)
+    keep: str = flag("last", "weights to publish: the last, or the best checkpoint's (lowest validation loss, "
+                             "the one early stopping counts from; Keras' restore_best_weights) (%(default)s)",
+                     choices=KEEPS)
     weight_decay: float = 1e-5
     warmup_steps: int = 100
     warmup_fraction: float = 0.03
@@ -95,6 +99,8 @@ class Settings:
             raise InputError(f"unknown optimizer {self.optimizer!r}: expected one of {', '.join(OPTIMIZERS)}")
         if self.schedule not in SCHEDULES:
             raise InputError(f"unknown schedule {self.schedule!r}: expected one of {', '.join(SCHEDULES)}")
+        if self.keep not in KEEPS:
+            raise InputError(f"unknown keep {self.keep!r}: expected one of {', '.join(KEEPS)}")
         if self.patience is not None and self.patience < 1:
             raise InputError(f"patience must be >= 1 epoch, got {self.patience}")
 

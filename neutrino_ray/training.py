@@ -25,7 +25,9 @@ held-out events only until its share of the budget (``VALIDATION_SHARE``) is spe
 covered are recorded with its metrics (``val_events``).
 
 When training ends, the latest checkpoint becomes the model artefact at ``OUT/model/`` (published
-atomically): ``model.pt`` (weights), ``config.json`` (the task's config, parameter count, training
+atomically; with ``keep="best"`` its weights are those of the checkpoint with the lowest validation loss,
+which every checkpoint carries beside its latest ones, as Keras' ``restore_best_weights``): ``model.pt``
+(weights), ``config.json`` (the task's config, parameter count, training
 summary), ``metrics.json`` (the history) and ``learning_curve.png`` (its files and format:
 :mod:`neutrino_ray.artefact`).
 """
@@ -133,14 +135,20 @@ def make_optimizer(params: Any, s: Settings) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
 
 
+def best_entry(history: list[dict[str, Any]]) -> int | None:
+    """The index of the history entry with the lowest ``val_loss`` (the first of equal losses: Keras' min_delta
+    0), or None when none has a finite one. Early stopping counts from it; ``--keep best`` publishes it."""
+    finite = [i for i, h in enumerate(history) if math.isfinite(h.get("val_loss", math.nan))]
+    return min(finite, key=lambda i: history[i]["val_loss"]) if finite else None
+
+
 def early_stop(history: list[dict[str, Any]], patience: int | None, epoch: int) -> bool:
     """True when ``patience`` epochs have ended since the entry with the lowest ``val_loss`` (Keras'
     EarlyStopping on val_loss, min_delta 0). Off when patience is None."""
-    losses = [(h["val_loss"], h["epoch"]) for h in history if math.isfinite(h.get("val_loss", math.nan))]
-    if patience is None or not losses:
+    best = best_entry(history)
+    if patience is None or best is None:
         return False
-    best_epoch = min(losses, key=lambda t: t[0])[1]  # the first of equal losses
-    return epoch - best_epoch >= patience
+    return epoch - history[best]["epoch"] >= patience
 
 
 LOG_SECONDS = float(os.environ.get(progress.INTERVAL_ENV, "30"))  # a status line at least this often
@@ -327,6 +335,7 @@ def worker_loop(cfg: dict[str, Any]) -> None:
     model = task.build_model()
     ema = copy.deepcopy(model) if s.ema_decay else None
     p, opt_state, scaler_state = TrainingState(), None, None
+    best: dict[str, torch.Tensor] | None = None  # with --keep best: the weights of the lowest-val_loss checkpoint
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
@@ -334,7 +343,7 @@ def worker_loop(cfg: dict[str, Any]) -> None:
         model.load_state_dict(saved["model"])
         if ema is not None:
             ema.load_state_dict(saved.get("ema") or saved["model"])
-        opt_state, scaler_state = saved["optimizer"], saved.get("scaler")
+        opt_state, scaler_state, best = saved["optimizer"], saved.get("scaler"), saved.get("best")
         p = TrainingState(**saved["progress"])
         p.restarts += 1
         if rank == 0:
@@ -380,6 +389,7 @@ def worker_loop(cfg: dict[str, Any]) -> None:
 
     def save_point(train_loss: float, events_per_second: float) -> None:
         """Validate, record, and report a checkpoint (every worker reports; rank 0 writes the files)."""
+        nonlocal best
         start = tick()
         deadline = start + VALIDATION_SHARE * budget if budget else None
         val = _validate(ema if ema is not None else core, task, val_shard, s, device, precision, deadline)
@@ -388,6 +398,9 @@ def worker_loop(cfg: dict[str, Any]) -> None:
                  "train_loss": train_loss, "train_events_per_second": round(events_per_second, 1),
                  "lr": opt.param_groups[0]["lr"], **val}
         p.history.append(entry)
+        if s.keep == "best" and best_entry(p.history) == len(p.history) - 1:
+            kept = ema if ema is not None else core  # the weights validation just scored
+            best = {k: v.detach().to("cpu", copy=True) for k, v in kept.state_dict().items()}
         if rank == 0:
             _say("checkpoint: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                                             for k, v in entry.items()))
@@ -396,6 +409,7 @@ def worker_loop(cfg: dict[str, Any]) -> None:
             if rank == 0:
                 torch.save({"model": _host(core.state_dict()), "optimizer": _host(opt.state_dict()),
                             "progress": asdict(p), "ema": None if ema is None else _host(ema.state_dict()),
+                            "best": best,
                             "scaler": scaler.state_dict(),
                             "scheduler": {"kind": s.schedule, "total_steps": total_steps,
                                           "warmup_steps": s.warmup_steps,
@@ -546,9 +560,15 @@ def publish(task: Task, s: Settings, saved: dict[str, Any], command: list[str] |
             started: float, cpus_per_worker: float, data_summary: dict[str, Any] | None = None) -> TrainResult:
     """The final checkpoint → ``OUT/model/`` (weights, config, metrics, learning curve), atomically."""
     model = task.build_model()
-    model.load_state_dict(saved.get("ema") or saved["model"])  # the EMA weights when training kept them
     p = TrainingState(**saved["progress"])
     last = p.history[-1] if p.history else {}
+    published, kept = last, "last"
+    best = best_entry(p.history)
+    if s.keep == "best" and saved.get("best") is not None and best is not None:
+        model.load_state_dict(saved["best"])
+        published, kept = p.history[best], "best"
+    else:
+        model.load_state_dict(saved.get("ema") or saved["model"])  # the EMA weights when training kept them
     config = {
         **artefact.artefact_config(task, model),
         "training": {"epochs": p.epoch, "steps": p.step, "events": p.events, "minutes": round(p.seconds / 60, 2),
@@ -556,7 +576,10 @@ def publish(task: Task, s: Settings, saved: dict[str, Any], command: list[str] |
                      "restarts": p.restarts, "workers": s.workers, "cpus_per_worker": cpus_per_worker,
                      "gpus_per_worker": s.gpus_per_worker, "precision": p.precision or "fp32",
                      "first_step_at": p.first_step_at, "settings": asdict(s),
-                     "final_validation": {k: v for k, v in last.items() if k.startswith("val_")}},
+                     "final_validation": {k: v for k, v in last.items() if k.startswith("val_")},
+                     # which checkpoint's weights were published (--keep), and their validation
+                     "published": {"keep": kept, "epoch": published.get("epoch"), "step": published.get("step")},
+                     "published_validation": {k: v for k, v in published.items() if k.startswith("val_")}},
     }
     if data_summary is not None:
         config["data"] = data_summary
@@ -569,5 +592,5 @@ def publish(task: Task, s: Settings, saved: dict[str, Any], command: list[str] |
         manifest = out.commit(kind="train", task=task.name, events=p.events, epochs=p.epoch,
                               events_per_second=config["training"]["events_per_second"],
                               precision=config["training"]["precision"],
-                              n_parameters=config["n_parameters"], **config["training"]["final_validation"])
+                              n_parameters=config["n_parameters"], **config["training"]["published_validation"])
     return TrainResult(manifest, p.history, config)

@@ -11,6 +11,7 @@ import pyarrow as pa
 import pytest
 
 from neutrino_ray.nova import analysis, targets
+from neutrino_ray.nova import analysis_render as render
 from neutrino_ray.nova import format as fmt
 
 ALPHA = (1 - analysis.CL) / 2
@@ -158,6 +159,11 @@ def test_numu_cc_by_hand():
                           "efficiency_vs_nuenergy.png", "efficiency_vs_lepenergy.png",
                           "efficiency_vs_visible_energy.png", "efficiency_by_interaction.png"}
     assert "**ROC AUC**: 0.7500" in md and "**accuracy** (natural test set): 0.5000" in md
+    # efficiency.md: by mode, by final state and against energy (bins matched by their edges)
+    tables = render.efficiency_markdown(report)
+    assert "| RES | 1 | 0 | 0.000 ± 0.000 |" in tables and "| numu-CC 1trk 1shw | 1 | 0 | 0.000 ± 0.000 |" in tables
+    assert "| 0–0.5 | – | 1.000 ± 0.000 (1) | – |" in tables and "| 3–4 | 0.000 ± 0.000 (1) | – | – |" in tables
+    assert render.EFFICIENCY_TABLES in md
 
 
 def test_numu_cc_threshold_moves_selection():

@@ -116,9 +116,12 @@ def test_train_predict_evaluate_cli(sim: Path, tmp_path: Path) -> None:
     """The scaffold (Ray Train) end to end for one task, then actor-pool scoring and the analysis."""
     out = tmp_path / "run"
     assert main(["-q", "nova", "train", str(sim), "--target", "numu-cc", "--out", str(out), "--epochs", "2",
-                 "--val-events", "100", "--batch-size", "32", "--balance", "weights"]) == 0
+                 "--val-events", "100", "--batch-size", "32", "--balance", "weights", "--keep", "best"]) == 0
     config = json.loads((out / "model" / "config.json").read_text())
     assert config["task"] == "nova-numu-cc" and config["data"]["balance"] == "weights"
+    history = json.loads((out / "model" / "metrics.json").read_text())
+    best = min(history, key=lambda h: h["val_loss"])  # --keep best: the weights of the lowest validation loss
+    assert config["training"]["published"] == {"keep": "best", "epoch": best["epoch"], "step": best["step"]}
     assert config["data"]["train_events"] == 1100 and config["training"]["epochs"] == 2
     assert main(["-q", "nova", "predict", str(sim), "--model", str(out / "model"), "--out", str(tmp_path / "pred"),
                  "--events-per-task", "150", "--actors", "2"]) == 0

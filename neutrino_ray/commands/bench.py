@@ -1,4 +1,4 @@
-"""``neutrino-ray bench DETECTOR``: the throughput benchmarks (IceCube stages and scale, one GPU)."""
+"""``neutrino-ray bench DETECTOR``: the throughput benchmarks (IceCube stages and scale, NOvA, one GPU)."""
 
 from __future__ import annotations
 
@@ -47,6 +47,18 @@ def add(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
     bi.add_argument("--scale-analysis", nargs="?", const="evaluate,compare", default="", metavar="COMMANDS",
                     help="for --scale: also run these comma-separated analysis commands (evaluate, compare) on the "
                          "predictions, each in a fresh driver process (evaluate,compare without a value)")
+    bn = b_sub.add_parser("nova", formatter_class=fmt,
+                          help="the NOvA simulator's events per CPU-second, and nova predict end to end",
+                          description="The simulator's events per CPU-second on one core (median of REPEATS runs), "
+                                      "then 'nova predict' of N simulated events (simulated once into DATA, reused) "
+                                      "with each model, random weights: events/s end to end, with the load average.")
+    bn.add_argument("--events", type=_positive, default=20_000, help="events to score with nova predict (20000)")
+    bn.add_argument("--sim-events", type=_positive, default=4_000, help="events per simulator run (4000)")
+    bn.add_argument("--repeats", type=_positive, default=3, help="simulator runs; the median is reported (3)")
+    bn.add_argument("--data", default="bench-data/nova", help="dataset folder, reused if it matches "
+                                                               "(bench-data/nova)")
+    bn.add_argument("--models", default="small", help="models to score with, comma-separated (" +
+                    ", ".join(NOVA_MODELS) + ") (small)")
     bg = b_sub.add_parser("gpu", formatter_class=fmt,
                           help="one GPU: training (dynedge, transformer-base, NOvA medium) and inference "
                                "(icecube predict --pipeline split with transformer-base, nova predict with medium): "
@@ -94,6 +106,15 @@ def run(args: argparse.Namespace, command: list[str]) -> int:
         if args.half in ("both", "inference"):
             bench_gpu_inference(args.out, args.device, args.icecube_events, args.nova_events, args.icecube_model,
                                 args.nova_model, args.cpus_per_actor)
+    elif args.detector == "nova":
+        from neutrino_ray.nova.architectures import MODELS as NOVA_MODELS
+        from neutrino_ray.nova.bench import bench_nova
+
+        models = [m.strip() for m in args.models.split(",") if m.strip()]
+        unknown = sorted(set(models) - set(NOVA_MODELS))
+        if unknown or not models:
+            raise InputError(f"--models {args.models}: expected some of {', '.join(NOVA_MODELS)}")
+        bench_nova(args.events, args.sim_events, args.repeats, args.data, models)
     else:
         from neutrino_ray.icecube.architectures import ARCHITECTURES
         from neutrino_ray.icecube.bench import bench, bench_gnn, bench_scale, scale_analysis_commands

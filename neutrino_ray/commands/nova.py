@@ -78,9 +78,12 @@ def run(args: argparse.Namespace, command: list[str]) -> int:
                          events_per_task=args.events_per_task, skip_bad=args.skip_bad, command=command,
                          **training_kwargs(args))
         t = res.config["training"]
-        val = ", ".join(f"{k} {v:.4f}" for k, v in t["final_validation"].items() if isinstance(v, float))
+        pub = t["published"]
+        val = ", ".join(f"{k} {v:.4f}" for k, v in t["published_validation"].items() if isinstance(v, float))
+        which = f" (the best checkpoint's weights: epoch {pub['epoch']}, step {pub['step']})" \
+            if pub["keep"] == "best" else ""
         print(f"trained {args.model} for {args.target} ({res.config['n_parameters']:,} parameters) on {t['events']} "
-              f"events in {t['minutes']:.1f} min; {val} → {storage.join(args.out, 'model')}")
+              f"events in {t['minutes']:.1f} min; {val}{which} → {storage.join(args.out, 'model')}")
     elif args.action == "predict":
         from neutrino_ray.nova.predict import PREDICTIONS, Scoring
         from neutrino_ray.nova.predict import predict as nova_predict

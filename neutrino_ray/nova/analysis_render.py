@@ -6,6 +6,7 @@ Split from :mod:`.analysis` by job (issue 29: no module over 600 lines): :mod:`.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -187,9 +188,45 @@ def classification_markdown(report: dict[str, Any], plots: list[str]) -> str:
         rows += [(r, "background") for r in report["background_acceptance"]["by_interaction"]]
     for r, c in sorted(rows, key=lambda rc: rc[0]["code"]):
         lines.append(f"| {r['name']} | {c} | {r['n']} | {r['k']} | {_pm(r)} |")
-    lines += ["", f"As the course notebooks measured it: {notebook_line(report['notebook'])}."]
+    lines += ["", f"As the course notebooks measured it: {notebook_line(report['notebook'])}.",
+              "", f"Efficiency tables by final state and against energy: {EFFICIENCY_TABLES}."]
     lines += ["", "Plots: " + ", ".join(plots), ""]
     return "\n".join(lines)
+
+
+EFFICIENCY_TABLES = "efficiency.md"  # beside summary.md (which stays a one-screen digest)
+
+
+def efficiency_markdown(report: dict[str, Any]) -> str:
+    """A classification report's efficiency tables in markdown (``efficiency.md``): for each class (for
+    ``numu-cc`` the signal), by interaction mode on CC events, by final state, and against each energy variable."""
+    lines = [f"# NOvA evaluation: {report['task']}: efficiency tables", "",
+             "The fraction (± binomial error) of each class's true events that are classified as that class (at "
+             "the threshold for a binary task, the arg-max class otherwise); report.json holds the same numbers "
+             "with 68 % intervals."]
+    for c, e in report["efficiency"].items():
+        lines += ["", f"## {c}", "", "| mode (CC events) | events | selected | fraction |", "|---|---:|---:|---:|"]
+        lines += [f"| {r['name']} | {r['n']} | {r['k']} | {_pm(r)} |" for r in e["by_mode"]]
+        lines += _efficiency_lines(c, e)
+    return "\n".join(lines) + "\n"
+
+
+def _efficiency_lines(c: str, e: dict[str, Any]) -> list[str]:
+    """A class's efficiency by final state, and against each energy variable in its bins (fraction ± binomial
+    error, with the events in the bin)."""
+    lines = ["", f"Efficiency of {c} by final state:", "", "| final state | events | selected | fraction |",
+             "|---|---:|---:|---:|"]
+    lines += [f"| {r['name']} | {r['n']} | {r['k']} | {_pm(r)} |" for r in e["by_finalstate"]]
+    names = [v for v in ENERGY_VARIABLES if f"vs_{v}" in e]
+    lines += ["", f"Efficiency of {c} against energy (fraction ± error (events) per bin):", "",
+              "| bin (GeV) | " + " | ".join(ENERGY_VARIABLES[v] for v in names) + " |",
+              "|---|" + "---:|" * len(names)]
+    by_bin = {v: {tuple(r["bin"]): r for r in e[f"vs_{v}"]} for v in names}  # a table lists its non-empty bins
+    for lo, hi in sorted({b for rows in by_bin.values() for b in rows}, key=lambda b: b[0]):
+        cells = [by_bin[v].get((lo, hi)) for v in names]
+        lines.append(f"| {lo:g}–{'' if hi is None or math.isinf(hi) else format(hi, 'g')} | "
+                     + " | ".join(f"{_pm(r)} ({r['n']})" if r else "–" for r in cells) + " |")
+    return lines
 
 
 def regression_plots(task: str, report: dict[str, Any], true: np.ndarray, reco: np.ndarray,

@@ -1,7 +1,8 @@
 """The NOvA model names and CNN shapes (no torch: the CLI reads them; :mod:`neutrino_ray.nova.models` builds them).
 
-The model names are derived from :data:`SIZES` (the dual-view CNN's named shapes) plus the two models with
-no shape table: the linear baseline on image summary features and the course notebooks' CNN.
+The model names are derived from :data:`SIZES` (the dual-view CNN's named shapes) plus the three models with
+no shape table: the linear baseline on image summary features, the course notebooks' CNN and the CVN-style
+residual network.
 """
 
 from __future__ import annotations
@@ -34,4 +35,5 @@ SIZES = {
 }
 BASELINE = "baseline"
 COURSE_CNN = "course-cnn"
-MODELS = (BASELINE, *SIZES, COURSE_CNN)
+CVN_NAME = "cvn"
+MODELS = (BASELINE, *SIZES, COURSE_CNN, CVN_NAME)

@@ -18,6 +18,7 @@ import pyarrow as pa
 from neutrino_ray import storage
 from neutrino_ray.errors import InputError
 from neutrino_ray.nova import analysis, data, targets
+from neutrino_ray.nova import analysis_render as render
 from neutrino_ray.nova.predict import TASK_METADATA
 from neutrino_ray.nova.train import TASK_PREFIX
 
@@ -78,7 +79,8 @@ def join_truth(preds: pa.Table, scan: data.Scan, where: str) -> pa.Table:
 
 def evaluate(data_uri: str, predictions_uri: str, out: str, threshold: float = 0.5, skip_bad: bool = False,
              seed: int = 0, command: list[str] | None = None) -> dict[str, Any]:
-    """Analyse one task's predictions against DATA's truth; publish report.json, summary.md and plots."""
+    """Analyse one task's predictions against DATA's truth; publish report.json, summary.md, plots and, for a
+    classification task, efficiency.md."""
     started = time.time()
     if not 0 < threshold < 1:
         raise InputError(f"--threshold must be between 0 and 1, got {threshold}")
@@ -94,6 +96,8 @@ def evaluate(data_uri: str, predictions_uri: str, out: str, threshold: float = 0
     with storage.Output(out, command=command, inputs=[data_uri, predictions_uri], started=started) as output:
         output.write(REPORT, json.dumps(report, indent=2, allow_nan=False).encode())
         output.write(SUMMARY, markdown.encode())
+        if "efficiency" in report:  # classification tasks
+            output.write(render.EFFICIENCY_TABLES, render.efficiency_markdown(report).encode())
         for name, png in pngs.items():
             output.write(name, png)
         output.commit(kind="nova-evaluate", task=task, events=len(events), rows={REPORT: len(events)},

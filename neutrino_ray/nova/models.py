@@ -1,5 +1,5 @@
-"""Models for NOvA pixel maps: a dual-view CNN, the course notebooks' CNN, and a linear baseline on image
-summary features.
+"""Models for NOvA pixel maps: a dual-view CNN, the course notebooks' CNN, a CVN-style residual network, and a
+linear baseline on image summary features.
 
 Both take the raw pixel maps, a uint8 tensor (N, 2, 100, 80) = (view, plane, cell), and return
 (N, n_out): class logits, or one regression value.
@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from neutrino_ray.nova import format as fmt
-from neutrino_ray.nova.architectures import BASELINE, COURSE_CNN, SIZES, CNNConfig
+from neutrino_ray.nova.architectures import BASELINE, COURSE_CNN, CVN_NAME, SIZES, CNNConfig
 from neutrino_ray.nova.architectures import MODELS as MODELS  # re-exported: the names live in architectures.py
 
 MAX_COUNT = 255.0
@@ -170,6 +170,87 @@ class CourseCNN(nn.Module):
         return self.head(h.reshape(n, fmt.VIEWS, c // fmt.VIEWS, -1).flatten(1))
 
 
+# ----------------------------------------------------------------------------------------------
+# A CVN-style residual network, sized for CPUs
+@dataclass(frozen=True)
+class CVNConfig:
+    """The CVN-style network's sizes (per view until the fusion; see :class:`CVN`)."""
+
+    stem: int = 16  # 5x5 stride-2 convolution
+    widths: tuple[int, ...] = (32, 64)  # one stage each: a 3x3 stride-2 convolution, then residual blocks
+    blocks: int = 1  # residual blocks per stage
+    fused: int = 96  # after the views are joined: a 1x1 convolution to this width, then residual blocks
+    fused_blocks: int = 1
+    hidden: int = 128
+    dropout: float = 0.3
+
+
+CVN_SIZES = CVNConfig()
+
+
+class ResBlock(nn.Module):
+    """He et al.'s basic residual block (arXiv:1512.03385): x + BN(conv(ReLU(BN(conv(x))))), then ReLU;
+    3x3 convolutions in ``groups`` independent channel blocks (groups=2: one per view)."""
+
+    def __init__(self, c: int, groups: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(c, c, 3, padding=1, groups=groups, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True),
+            nn.Conv2d(c, c, 3, padding=1, groups=groups, bias=False), nn.BatchNorm2d(c))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x + self.body(x))
+
+
+class CVN(nn.Module):
+    """A CPU-sized network in the manner of NOvA's CVN: one residual tower per view, fused afterwards.
+
+    Source: Aurisano et al., "A Convolutional Neural Network Neutrino Event Classifier", JINST 11 (2016)
+    P09001, arXiv:1604.01444, Fig. 4: each view goes through its own stack (a 7x7 stride-2 convolution, pooling,
+    1x1 and 3x3 convolutions, two inception modules), the two stacks' feature maps are concatenated, one more
+    inception module sees both views, then average pooling and the softmax. CVN runs on GPUs (~2.5 M
+    inception parameters per tower at 80x100); here the towers are residual blocks (He et al., arXiv:1512.03385,
+    the successor of GoogLeNet's modules that later NOvA networks used) at widths a single CPU core trains in
+    minutes. Shape (per view, both views as one grouped convolution, ``groups=2``, as :class:`DualViewCNN`):
+
+    - stem: 5x5 stride-2 convolution, 16 filters, BN, ReLU: 100x80 -> 50x40;
+    - stage 1: 3x3 stride-2 convolution to 32 filters (BN, ReLU), one residual block: 25x20;
+    - stage 2: 3x3 stride-2 convolution to 64 filters (BN, ReLU), one residual block: 13x10;
+    - fusion: the two views' 64 maps concatenated (2 x 64 channels), a 1x1 convolution to 96 (BN, ReLU) and one
+      residual block over both views (CVN's joint inception module);
+    - head: per channel the mean over the cells at each of the 13 plane positions (where along the beam the
+      vertex and the track end are) and the maximum over the map: 96 x 14 = 1,344 features, dense 128, ReLU,
+      dropout 0.3, the output layer. 330,000 parameters for 2 outputs.
+
+    Inputs on a log scale (:func:`scale_pixels`), as :class:`DualViewCNN`: tracks (10-30 counts) and showers
+    (up to 255) both in view. Assumed, not from the paper: the residual blocks, the widths, the stem's 5x5
+    kernel (CVN: 7x7 on 80x100 maps), and the pooled head (CVN: average pooling of the joint maps).
+    """
+
+    def __init__(self, n_out: int, cfg: CVNConfig = CVN_SIZES):
+        super().__init__()
+        v = fmt.VIEWS
+        towers: list[nn.Module] = [_conv(1, cfg.stem, 5, 2)]
+        c_in = cfg.stem
+        for width in cfg.widths:
+            towers.append(_conv(c_in, width, 3, 2))
+            towers += [ResBlock(v * width, groups=v) for _ in range(cfg.blocks)]
+            c_in = width
+        self.towers = nn.Sequential(*towers)  # (N, 2 * width, planes, cells): views in channel blocks 0 and 1
+        self.fusion = nn.Sequential(
+            nn.Conv2d(v * c_in, cfg.fused, 1, bias=False), nn.BatchNorm2d(cfg.fused), nn.ReLU(inplace=True),
+            *(ResBlock(cfg.fused, groups=1) for _ in range(cfg.fused_blocks)))
+        planes = fmt.PLANES
+        for _ in range(1 + len(cfg.widths)):  # each stride-2 convolution halves the planes (rounding up)
+            planes = (planes + 1) // 2
+        self.head = nn.Sequential(nn.Linear(cfg.fused * (planes + 1), cfg.hidden), nn.ReLU(inplace=True),
+                                  nn.Dropout(cfg.dropout), nn.Linear(cfg.hidden, n_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fusion(self.towers(scale_pixels(x)))  # (N, fused, 13, 10)
+        return self.head(torch.cat([h.mean(dim=3).flatten(1), h.amax(dim=(2, 3))], dim=1))
+
+
 SUMMARY_FEATURES = tuple(
     f"{name}_{v}" for v in ("xz", "yz")
     for name in ("log_counts", "log_hits", "log_max", "width", "cell_rms", "mean_plane", "track_planes"))
@@ -228,11 +309,13 @@ class SummaryLinear(nn.Module):
 
 
 def build(model: str, n_out: int, sizes: dict[str, Any] | None = None) -> nn.Module:
-    """The named model ('baseline', 'course-cnn', or a CNN size; ``sizes`` overrides a CNN's layer sizes)."""
+    """The named model ('baseline', 'course-cnn', 'cvn', or a CNN size; ``sizes`` overrides a CNN's layer sizes)."""
     if model == BASELINE:
         return SummaryLinear(n_out)
     if model == COURSE_CNN:
         return CourseCNN(n_out)
+    if model == CVN_NAME:
+        return CVN(n_out)
     cfg = CNNConfig.from_dict(sizes) if sizes else SIZES[model]
     return DualViewCNN(cfg, n_out)
 

@@ -70,7 +70,7 @@ class NovaTask:
         return len(self.classes) or 1
 
     def model_sizes(self) -> dict[str, Any] | None:
-        if self.model in ("baseline", models.COURSE_CNN):
+        if self.model not in models.SIZES:  # the models with one fixed shape
             return None
         return self.sizes or models.SIZES[self.model].to_dict()
 
