@@ -18,7 +18,7 @@ def test_simulator_rate_is_a_median_of_cpu_time_runs() -> None:
     assert r["goal"] == 1_000 and r["load"].startswith("load average")
 
 
-@pytest.mark.slow  # starts Ray and scores through the actor pool (~15 s)
+@pytest.mark.slow  # starts Ray twice, simulates and scores through the actor pool (78 s at load ~7)
 @pytest.mark.integration
 def test_bench_nova_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = ["bench", "nova", "--events", "300", "--sim-events", "50", "--repeats", "1", "--data", str(tmp_path / "d")]
