@@ -149,12 +149,6 @@ def test_job_submit_simulate_predict_on_s3(ray_head: str, linefit_jobs: LinefitJ
     report = evaluate(data, "test", f"{out}/submission.csv", f"{bucket}/eval")
     assert 0.5 < report["mean_angular_error"] < 1.40  # LineFit; a random direction scores pi/2 = 1.571
     assert storage.exists(f"{bucket}/eval/report.json") and storage.exists(f"{bucket}/eval/error_histogram.png")
-    prof = _submit(ray_head, "icecube_stats.py", data, "--split", "test", "--out", f"{bucket}/stats")
-    assert prof.returncode == 0, prof.stdout[-3000:] + prof.stderr[-3000:]
-    with storage.open_input(f"{bucket}/stats/stats.json") as f:
-        st = json.load(f)
-    assert st["events"] == 800 and st["batch_files"] == 2
-    assert st["linefit"]["mean_angular_error"]["linefit"] == pytest.approx(report["mean_angular_error"], rel=1e-9)
 
     # Bad input through the same path: the job fails with the file named, and nothing is published
     # (in a copy of the split, so the module's data stays valid for the tests after this one).
@@ -166,6 +160,20 @@ def test_job_submit_simulate_predict_on_s3(ray_head: str, linefit_jobs: LinefitJ
     assert bad.returncode != 0
     assert "batch_3.parquet" in bad.stdout + bad.stderr
     assert not storage.exists(f"{bucket}/bad/submission.csv")
+
+
+@pytest.mark.slow  # ~20 s (one job); out of the default suite for its budget: `icecube stats` runs in the default
+# suite through the CLI on S3 (tests/test_icecube_stats.py), and jobs/icecube_stats.py is the same thin entrypoint
+def test_job_submit_stats_on_s3(ray_head: str, linefit_jobs: LinefitJobs) -> None:
+    bucket = linefit_jobs.bucket
+    data = f"{bucket}/icecube"
+    report = evaluate(data, "test", f"{bucket}/linefit/submission.csv", f"{bucket}/eval-stats")
+    prof = _submit(ray_head, "icecube_stats.py", data, "--split", "test", "--out", f"{bucket}/stats")
+    assert prof.returncode == 0, prof.stdout[-3000:] + prof.stderr[-3000:]
+    with storage.open_input(f"{bucket}/stats/stats.json") as f:
+        st = json.load(f)
+    assert st["events"] == 800 and st["batch_files"] == 2
+    assert st["linefit"]["mean_angular_error"]["linefit"] == pytest.approx(report["mean_angular_error"], rel=1e-9)
 
 
 @pytest.mark.slow  # 41 s: the IceCube job-submit tests cover the entrypoints; test_km3net_pipeline covers KM3NeT
