@@ -19,8 +19,9 @@ energy ≈ 3.8 GeV, 87–88 % ν_μ CC, ≤ 2 % ν_e, no ν_τ, DIS over half an
   (26 % of σ_tot at 2 GeV, 48 % at 3 GeV, 85 % at 10 GeV) to σ/E = 0.67 (the measured inclusive slope). What the
   files label DIS (GENIE's DIS) also holds the low-W inelastic continuum (issue 27, seventh session, :data:`LOW_W`):
   the non-resonant events below GENIE's W_cut = 1.7 GeV, mostly N π π, whose σ saturates like the resonances'
-  (plateau 0.3 × 10^-38 cm², from 0.6 GeV) instead of growing ∝ E: ~5 % of the DIS-labelled events, nearly all in
-  the π-decay peak, with the few soft pions of W = 1.22–1.7 GeV (kinematics below). Each
+  (plateau 0.3 × 10^-38 cm², from 0.6 GeV) instead of growing ∝ E: ~5 % of the DIS-labelled events, most of them in
+  the π-decay peak, with the few soft pions of W = 1.22–1.7 GeV (0–3, ~1 on average: the softest draws join the
+  nuclear blob; kinematics below). Each
   mode's events follow φ(E) σ_k(E); the mode mix is the one asked for (:class:`Mix`, default the files': 88 %
   ν_μ CC, 1 % ν_e CC, 11 % NC; CC modes DIS 55 %, RES 28 %, QE 12 %, other 5 %), i.e. σ_k is scaled by a
   constant c_k per mode. One flux × these σ_k alone gives far more DIS and less RES than the files' mix (their
@@ -52,7 +53,7 @@ energy ≈ 3.8 GeV, 87–88 % ν_μ CC, ≤ 2 % ν_e, no ν_τ, DIS over half an
 * Hadrons: QE a proton (or an invisible neutron); MEC two nucleons; RES a nucleon and a π± or π0;
   DIS a nucleon and 1 + Poisson(0.4 + 1.3 ln W²) pions (the ln W² growth of the measured ν p
   multiplicities, as in GENIE's AGKY model; up to ~6 at 40 GeV; at most (W - M_N)/m_π of them, which binds
-  for low-W DIS: one to three), 1/3 of them π0, plus a compact nuclear
+  only at low W: 2 at W = 1.22 GeV), 1/3 of them π0, plus a compact nuclear
   "blob". Charged pions and protons are straight tracks that either stop (range) or end after an
   exponential length, the inelastic interaction length in ~1 g/cm³ of CH2 + PVC (λ_π = 1.1 m, λ_p =
   0.8 m). The interaction starts a hadronic cascade (issue 27, :func:`_hadron_tracks`): a leading hadron
