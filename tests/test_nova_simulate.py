@@ -251,8 +251,7 @@ def test_energy_spectrum(default_events: tuple[np.ndarray, dict[str, np.ndarray]
     mode_e = [np.median(e[numu & (i % 4 == m)]) for m in range(4)]
     assert mode_e[2] > 5 * max(mode_e[0], mode_e[1], mode_e[3])  # σ_DIS ∝ E, σ_QE/RES/MEC flat: DIS is harder
     # ... but σ_DIS rises from its W > 1.7 GeV threshold through the RES/DIS transition at a few GeV (Formaggio &
-    # Zeller's shape) and the low-W continuum saturates: some DIS events sit in the π-decay peak (14 % below 5 GeV on
-    # 200,000 generated events; 11 % before the low-W continuum)
+    # Zeller's shape): some DIS events sit in the π-decay peak (12 % below 5 GeV on 200,000 generated events)
     assert 0.07 < (e[numu & (i % 4 == 2)] < 5.0).mean() < 0.2
     assert np.allclose(sim.cross_section(np.array([0, 1, 2]), np.array([20.0, 20.0, 3.0])), [0.45, 0.55, 1.03],
                        atol=0.02)
@@ -342,32 +341,6 @@ def test_hadronic_cascade() -> None:
     t02, c02 = _pion_showers(0.2, n)
     assert not (c02["core"] == sim.EM_CORE_CM).any()  # below the cascade threshold: no π0 showers ...
     assert len(t02["ev"]) < 1.3 * n  # ... one track, a few go on after a quasi-elastic scattering or a decay
-
-
-def test_low_w_dis_continuum() -> None:
-    """The DIS label holds GENIE's low-W continuum (issue 27, seventh session): its σ saturates like the
-    resonances' (a fixed W range) instead of growing ∝ E, so its events sit in the π-decay peak; their W lies
-    between the N π π threshold and W_cut = 1.7 GeV, with few pions (at most what W allows)."""
-    e = np.array([0.55, 3.0, 10.0, 40.0])
-    low, high = sim.cross_section(np.full(4, sim.LOW_W), e), sim.cross_section(np.full(4, sim.DIS), e)
-    assert low[0] == 0.0 and 0.5 * sim.SIGMA_LOW_W < low[1] < low[2]
-    np.testing.assert_allclose(low[2:], sim.SIGMA_LOW_W, rtol=1e-3)  # flat
-    assert high[3] > 3 * high[2]  # the W > 1.7 GeV part: ∝ E
-    assert 0.02 < sim.low_w_share() < 0.15  # of the DIS-labelled events, with the files' flux
-    rng = np.random.default_rng(7)
-    n = 4_000
-    energy = rng.uniform(1.0, 40.0, n)
-    kind = np.full(n, sim.LOW_W)
-    y, q2 = sim._kinematics(rng, kind, energy, np.full(n, sim.M_MU))
-    w = np.sqrt(sim.M_N**2 + 2 * sim.M_N * y * energy - q2)
-    assert (w > sim.W_LOW_W[0] - 1e-6).all() and (w < sim.W_LOW_W[1] + 1e-6).all()
-    assert np.median(y[energy > 20]) < 0.1  # ν of a low-W system: the muon takes nearly all at high E
-    parts = sim._particles()
-    sim._hadrons(rng, parts, np.arange(n), y * energy, q2, np.tile([0.0, 0.0, 1.0], (n, 1)), np.full(n, sim.DIS),
-                 np.zeros(n, bool))
-    p = parts.get()
-    pions = np.bincount(p["ev"][(p["kind"] == sim.PI_CH) | (p["kind"] == sim.PI0)], minlength=n)
-    assert (pions <= (w - sim.M_N) // sim.M_PI).all() and 0.8 < pions.mean() < 2.5  # at most (W - M_N) / m_π
 
 
 def test_pion_quasi_elastic_scattering_and_decay_in_flight() -> None:

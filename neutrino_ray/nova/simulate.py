@@ -10,18 +10,13 @@ median E_ν ≈ 16 GeV (the analysts split the sample in halves there), highest 
 energy ≈ 3.8 GeV, 87–88 % ν_μ CC, ≤ 2 % ν_e, no ν_τ, DIS over half and QE ~12 % of CC events):
 
 * Event spectrum = one flux × cross sections. The flux φ(E) has two parts: the off-axis π-decay peak
-  (log-normal, median 2 GeV, σ_ln 0.35: the NOvA narrow band) and, with :data:`FLUX_K_FRACTION` = 18 % of the
+  (log-normal, median 2 GeV, σ_ln 0.35: the NOvA narrow band) and, with :data:`FLUX_K_FRACTION` = 16 % of the
   flux, the K-decay component (Gamma(2.5, 13 GeV)): kaons are heavier, so their neutrinos are far less
   suppressed off axis and reach tens of GeV. The cross sections σ_k(E) (:func:`cross_section`) follow the
   ν_μ CC shapes of Formaggio & Zeller, Rev. Mod. Phys. 84 (2012) 1307, Fig. 9 (issue 27, replacing flat
   σ_QE/RES/MEC with a σ_DIS ∝ E part and a 15 % "low-W" knob): σ_QE and σ_RES rise to plateaus (0.45 and
   0.55 × 10^-38 cm² per nucleon), σ_DIS rises from the W > 1.7 GeV threshold through the RES/DIS transition
-  (26 % of σ_tot at 2 GeV, 48 % at 3 GeV, 85 % at 10 GeV) to σ/E = 0.67 (the measured inclusive slope). What the
-  files label DIS (GENIE's DIS) also holds the low-W inelastic continuum (issue 27, seventh session, :data:`LOW_W`):
-  the non-resonant events below GENIE's W_cut = 1.7 GeV, mostly N π π, whose σ saturates like the resonances'
-  (plateau 0.3 × 10^-38 cm², from 0.6 GeV) instead of growing ∝ E: ~5 % of the DIS-labelled events, most of them in
-  the π-decay peak, with the few soft pions of W = 1.22–1.7 GeV (0–3, ~1 on average: the softest draws join the
-  nuclear blob; kinematics below). Each
+  (26 % of σ_tot at 2 GeV, 48 % at 3 GeV, 85 % at 10 GeV) to σ/E = 0.67 (the measured inclusive slope). Each
   mode's events follow φ(E) σ_k(E); the mode mix is the one asked for (:class:`Mix`, default the files': 88 %
   ν_μ CC, 1 % ν_e CC, 11 % NC; CC modes DIS 55 %, RES 28 %, QE 12 %, other 5 %), i.e. σ_k is scaled by a
   constant c_k per mode. One flux × these σ_k alone gives far more DIS and less RES than the files' mix (their
@@ -44,16 +39,14 @@ energy ≈ 3.8 GeV, 87–88 % ν_μ CC, ≤ 2 % ν_e, no ν_τ, DIS over half an
   ν/E falls as 1/E and QE/MEC leptons carry nearly all the energy (mean y 0.10, MEC 0.17). RES: W from a
   Breit–Wigner Δ(1232) (1.08–1.6 GeV), M_A = 1.1 GeV, ν = (W² - M² + Q²)/2M (mean y 0.26). DIS: dσ/dy ∝ q +
   q̄ (1 - y)², q̄/q = 0.2 (:func:`_dis_y`: flat from the quarks, (1 - y)² from the antiquarks), x ~ Beta(0.9,
-  2.4), Q² = 2MExy, W > 1.7 GeV (mean y ≈ 0.5); low-W DIS as RES with W ~ U(1.22, 1.7 GeV) (M_N + 2 m_π to
-  W_cut). Draws outside the physical range (ν > E - m_lep, |cos θ| > 1) are
+  2.4), Q² = 2MExy, W > 1.7 GeV (mean y ≈ 0.5). Draws outside the physical range (ν > E - m_lep, |cos θ| > 1) are
   redrawn. The lepton angle follows from Q² = 2E(E_l - p_l cos θ) - m_l²; the hadronic system recoils against it.
   ``lepenergy = (1 - y) nuenergy`` is the charged lepton (CC) or the outgoing, invisible neutrino (NC),
   so the course target ``lepenergy / nuenergy`` is 1 - y and the hadronic system carries
   ``(1 - lepenergy/nuenergy) · E``.
 * Hadrons: QE a proton (or an invisible neutron); MEC two nucleons; RES a nucleon and a π± or π0;
   DIS a nucleon and 1 + Poisson(0.4 + 1.3 ln W²) pions (the ln W² growth of the measured ν p
-  multiplicities, as in GENIE's AGKY model; up to ~6 at 40 GeV; at most (W - M_N)/m_π of them, which binds
-  only at low W: 2 at W = 1.22 GeV), 1/3 of them π0, plus a compact nuclear
+  multiplicities, as in GENIE's AGKY model; up to ~6 at 40 GeV), 1/3 of them π0, plus a compact nuclear
   "blob". Charged pions and protons are straight tracks that either stop (range) or end after an
   exponential length, the inelastic interaction length in ~1 g/cm³ of CH2 + PVC (λ_π = 1.1 m, λ_p =
   0.8 m). The interaction starts a hadronic cascade (issue 27, :func:`_hadron_tracks`): a leading hadron
@@ -140,8 +133,6 @@ P0 + p and y cell Y0 + c. :func:`render_track` works in these continuous pixel c
 
 from __future__ import annotations
 
-import functools
-import math
 from dataclasses import asdict, dataclass
 from typing import ClassVar
 
@@ -226,9 +217,7 @@ TAU_DECAY_P = (0.174, 0.178, 0.648)  # τ → μ, e, hadrons
 # φ(E) σ_k(E), the mode mix is the one asked for (the files' mix: see the module docstring).
 FLUX_PI_MEDIAN, FLUX_PI_SIGMA = 2.0, 0.35  # GeV, the π-decay peak
 FLUX_K_SHAPE, FLUX_K_SCALE = 2.5, 13.0  # GeV, the K-decay component: Gamma(shape, scale), mean 32.5 GeV
-# of the flux (not of the events: σ_DIS ∝ E makes the K component dominate DIS); 16 % until the low-W continuum
-# (below) moved ~5 % of the DIS-labelled events into the π-decay peak: 18 % keeps the E_ν median in its band
-FLUX_K_FRACTION = 0.18
+FLUX_K_FRACTION = 0.16  # of the flux (not of the events: σ_DIS ∝ E makes the K component dominate DIS)
 # ν_μ CC cross sections per nucleon of an isoscalar target, in 10^-38 cm², after the shapes of Formaggio & Zeller,
 # Rev. Mod. Phys. 84 (2012) 1307, Fig. 9 (σ/E of QE, RES, DIS and their sum): σ_k(E) = SIGMA_PLATEAU[k]
 # (1 - exp(-(E - E_th)/E_rise)) for QE, RES and MEC (flat above a few GeV: σ_QE ≈ 0.45, σ_RES ≈ 0.55; MEC ~ a
@@ -239,20 +228,6 @@ SIGMA_PLATEAU = {0: 0.45, 1: 0.55, 3: 0.12}  # QE, RES, MEC
 SIGMA_THRESHOLD_GEV = {0: 0.0, 1: 0.28, 2: 1.2, 3: 0.0}  # by kind QE, RES, DIS, MEC
 SIGMA_RISE_GEV = {0: 0.3, 1: 0.8, 2: 2.5, 3: 0.5}
 SIGMA_DIS_SLOPE = 0.67
-# The low-W inelastic continuum (issue 27, seventh session): what GENIE, the files' generator, labels DIS includes the
-# non-resonant inelastic events below its W_cut = 1.7 GeV: its Bodek-Yang DIS model is used down to the N π threshold
-# there, scaled by the hadronic-multiplicity factors R_m of the transition region (R_2 ≈ 0.1-0.3 for N π, R_3 = 1 for
-# N π π: the two-pion states dominate) and hadronised with the KNO-based AGKY model (Andreopoulos et al., "The GENIE
-# Neutrino Monte Carlo Generator: Physics and User Manual", arXiv:1510.05494, the DIS and transition-region sections;
-# Yang et al., Eur. Phys. J. C 63 (2009) 1). Our kind LOW_W, labelled DIS: W ~ U(W_LOW_W), from the N π π threshold
-# to W_cut, Q² from the resonances' dipole, σ = SIGMA_LOW_W (1 - exp(-(E - E_th)/E_rise)): a fixed W range, so,
-# like the resonances', its σ saturates (flat at high E) instead of growing ∝ E like the W > 1.7 GeV part above.
-# The plateau: our estimate of the two-pion (and non-resonant one-pion) production below W = 1.7 GeV, ~0.3 × 10^-38
-# cm² per nucleon (ν_μ CC multi-pion data at a few GeV, ANL/BNL: ~0.1 per N π π channel; Formaggio & Zeller,
-# section "multi-pion production").
-LOW_W = 4  # hadronic-system kind (not a mode: its events are labelled DIS)
-SIGMA_LOW_W, SIGMA_LOW_W_THRESHOLD_GEV, SIGMA_LOW_W_RISE_GEV = 0.3, 0.6, 1.0
-W_LOW_W = (1.22, 1.7)  # GeV: M_N + 2 m_π to GENIE's W_cut
 E_MIN, E_MAX = 0.5, 80.0
 TAU_THRESHOLD = 3.5
 OTHER_E = (0.1, 1.5)  # GeV, "other" (low-energy junk)
@@ -760,47 +735,24 @@ def _flux_energies(rng: np.random.Generator, n: int, linear: bool) -> np.ndarray
 
 
 def _sigma_ceiling(kind: np.ndarray, e: np.ndarray) -> np.ndarray:
-    """What σ_k(E) rises to: the plateau of QE, RES, MEC and LOW_W, the slope × E of DIS (:func:`cross_section`)."""
+    """What σ_k(E) rises to: the plateau of QE, RES and MEC, the slope × E of DIS (:func:`cross_section`)."""
     return np.where(kind == DIS, SIGMA_DIS_SLOPE * e, np.select(
-        [kind == QE, kind == RES, kind == LOW_W], [SIGMA_PLATEAU[QE], SIGMA_PLATEAU[RES], SIGMA_LOW_W],
-        SIGMA_PLATEAU[MEC]))
+        [kind == QE, kind == RES], [SIGMA_PLATEAU[QE], SIGMA_PLATEAU[RES]], SIGMA_PLATEAU[MEC]))
 
 
 def cross_section(kind: np.ndarray, e: np.ndarray) -> np.ndarray:
     """σ_k(E) per nucleon (10^-38 cm², ν_μ CC) of hadronic-system kinds ``kind`` at energies ``e`` (GeV): the
-    Formaggio & Zeller shapes above, DIS its W > 1.7 GeV part, LOW_W the low-W continuum (the files' DIS label is
-    the sum of the two; NC kinds use the CC shapes: only the shape matters here)."""
+    Formaggio & Zeller shapes above (NC kinds use the CC shapes: only the shape matters here)."""
     kind, e = np.asarray(kind), np.asarray(e, np.float64)
-    thresholds = {**SIGMA_THRESHOLD_GEV, LOW_W: SIGMA_LOW_W_THRESHOLD_GEV}
-    rises = {**SIGMA_RISE_GEV, LOW_W: SIGMA_LOW_W_RISE_GEV}
-    th = np.select([kind == k for k in thresholds], list(thresholds.values()))
-    rise = np.select([kind == k for k in rises], list(rises.values()), 1.0)
+    th = np.select([kind == k for k in range(4)], [SIGMA_THRESHOLD_GEV[k] for k in range(4)])
+    rise = np.select([kind == k for k in range(4)], [SIGMA_RISE_GEV[k] for k in range(4)])
     return _sigma_ceiling(kind, e) * np.maximum(1.0 - np.exp(-(e - th) / rise), 0.0)
-
-
-def _flux_density(e: np.ndarray) -> np.ndarray:
-    """φ(E), normalised over all E (the two parts of :func:`_flux_energies`)."""
-    mu, s = np.log(FLUX_PI_MEDIAN), FLUX_PI_SIGMA
-    pi = np.exp(-((np.log(e) - mu) ** 2) / (2 * s * s)) / (e * s * np.sqrt(2 * np.pi))
-    k = np.exp((FLUX_K_SHAPE - 1.0) * np.log(e) - e / FLUX_K_SCALE - math.lgamma(FLUX_K_SHAPE)
-               - FLUX_K_SHAPE * np.log(FLUX_K_SCALE))
-    return (1.0 - FLUX_K_FRACTION) * pi + FLUX_K_FRACTION * k
-
-
-@functools.cache
-def low_w_share() -> float:
-    """The share of DIS-labelled events from the low-W continuum: ∫ φ σ_LOW_W / ∫ φ (σ_LOW_W + σ_DIS) over
-    E_MIN..E_MAX (a 0.01 GeV grid)."""
-    e = np.arange(E_MIN, E_MAX, 0.01) + 0.005
-    phi = _flux_density(e)
-    low = float((phi * cross_section(np.full(len(e), LOW_W), e)).sum())
-    return low / (low + float((phi * cross_section(np.full(len(e), DIS), e)).sum()))
 
 
 def _energies(rng: np.random.Generator, kind: np.ndarray, lo: float = E_MIN) -> np.ndarray:
     """Event energies (GeV) for hadronic-system kinds ``kind``: φ(E) σ_kind(E), E in [max(lo, E_MIN), E_MAX].
 
-    Rejection sampling: candidates from φ (QE, RES, MEC, LOW_W: σ flat at high E) or φ · E (DIS), accepted with
+    Rejection sampling: candidates from φ (QE, RES, MEC: σ flat at high E) or φ · E (DIS), accepted with
     σ_kind(E) over its plateau (slope)."""
     e = np.zeros(len(kind))
     todo = np.arange(len(kind))
@@ -830,8 +782,7 @@ def _dipole_q2(rng: np.random.Generator, m_a: np.ndarray | float, n: int) -> np.
 def _kinematics(rng: np.random.Generator, kind: np.ndarray, energy: np.ndarray, m_lep: np.ndarray
                 ) -> tuple[np.ndarray, np.ndarray]:
     """(y, Q²) per event. QE: ν = Q²/2M; MEC: ν = Q²/2M + a 2p2h excess; RES: ν = (W² - M² + Q²)/2M with W a
-    Breit–Wigner Δ; LOW_W: the same with W ~ U(W_LOW_W); DIS: y from dσ/dy, x ~ Beta, W above the resonances,
-    Q² = 2MExy. Draws outside the kinematic
+    Breit–Wigner Δ; DIS: y ~ Beta, x ~ Beta, W above the resonances, Q² = 2MExy. Draws outside the kinematic
     range (ν > E - m_lep, or a lepton angle beyond 180°) are redrawn (after 20 tries: clipped)."""
     n = len(energy)
     y, q2 = np.zeros(n), np.zeros(n)
@@ -839,14 +790,13 @@ def _kinematics(rng: np.random.Generator, kind: np.ndarray, energy: np.ndarray, 
     for attempt in range(21):
         k, e = kind[todo], energy[todo]
         t = len(todo)
-        m_a = np.select([(k == RES) | (k == LOW_W)], [M_A_GEV[RES]], M_A_GEV[QE])
+        m_a = np.select([k == RES], [M_A_GEV[RES]], M_A_GEV[QE])
         q2_ff = _dipole_q2(rng, m_a, t)
-        w = np.where(k == LOW_W, rng.uniform(*W_LOW_W, t),
-                     np.clip(M_DELTA + 0.5 * GAMMA_DELTA * np.tan(np.pi * (rng.random(t) - 0.5)), *W_RES))
+        w = np.clip(M_DELTA + 0.5 * GAMMA_DELTA * np.tan(np.pi * (rng.random(t) - 0.5)), *W_RES)
         nu_res = (w**2 - M_N**2 + q2_ff) / (2 * M_N)
         x = rng.beta(*X_DIS_BETA, t)
         y_dis = _dis_y(rng, t)
-        nu = np.select([k == QE, k == MEC, (k == RES) | (k == LOW_W)],
+        nu = np.select([k == QE, k == MEC, k == RES],
                        [q2_ff / (2 * M_N), q2_ff / (2 * M_N) + rng.uniform(*MEC_EXTRA_NU, t), nu_res], y_dis * e)
         qq = np.where(k == DIS, 2 * M_N * e * x * y_dis, q2_ff)
         e_l = e - nu
@@ -899,9 +849,7 @@ def _hadrons(rng: np.random.Generator, out: _Table, ev: np.ndarray, nu: np.ndarr
 
     m = kind == DIS
     w2 = np.maximum(M_N**2 + 2 * M_N * nu[m] - q2[m], 1.2)
-    # at most as many pions as W's energy above the nucleon allows (binds at low W: N π π below W = 1.36 GeV)
-    n_mesons = np.minimum(1 + rng.poisson(np.clip(N_PI_A + N_PI_B * np.log(w2), 0.2, N_PI_MAX)),
-                          np.maximum((np.sqrt(w2) - M_N) // M_PI, 1).astype(np.int64))
+    n_mesons = 1 + rng.poisson(np.clip(N_PI_A + N_PI_B * np.log(w2), 0.2, N_PI_MAX))
     mev = np.repeat(np.flatnonzero(m), n_mesons)  # positions into ev of each meson
     s_meson = rng.gamma(0.5, size=len(mev))
     s_nucleon, s_blob = rng.gamma(0.4, size=int(m.sum())), rng.gamma(0.5, size=int(m.sum()))
@@ -949,18 +897,14 @@ def _chunk(rng: np.random.Generator, classes: np.ndarray) -> tuple[np.ndarray, d
     tau = family == F_NUTAU
     other = family == F_OTHER
     nu_on_e = family == F_NU_ON_E
-    # DIS-labelled ν_μ, ν_e CC and NC events from the low-W continuum (LOW_W): their own σ(E) and kinematics,
-    # hadronised as DIS (:func:`_hadrons` reads their W from ν and Q²)
-    kin_kind = np.where((had_kind == DIS) & ((family == F_NUMU) | (family == F_NUE) | (family == F_NC))
-                        & (rng.random(n) < low_w_share()), LOW_W, had_kind)
-    spectrum_kind = np.where(tau | nu_on_e, DIS, kin_kind)  # ν-e elastic: σ ∝ E like DIS
+    spectrum_kind = np.where(tau | nu_on_e, DIS, had_kind)  # ν-e elastic: σ ∝ E like DIS
     energy = np.zeros(n)
     energy[~tau] = _energies(rng, spectrum_kind[~tau])
     energy[tau] = _energies(rng, spectrum_kind[tau], TAU_THRESHOLD)
     energy[other] = rng.uniform(*OTHER_E, int(other.sum()))
 
     m_lep = np.select([family == F_NUMU, family == F_NUE, tau], [M_MU, M_E, M_TAU], 0.0)
-    y, q2 = _kinematics(rng, kin_kind, energy, m_lep)
+    y, q2 = _kinematics(rng, had_kind, energy, m_lep)
     e_lep = (1.0 - y) * energy
     nu = y * energy
     beam = np.tile([0.0, 0.0, 1.0], (n, 1))
