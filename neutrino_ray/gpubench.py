@@ -340,7 +340,8 @@ def bench_gpu_inference(out: str, device: str = "cuda", icecube_events: int = IN
 
         def nova() -> tuple[int, dict[str, Any], None]:
             scoring = novapredict.Scoring(model=nova_uri, actors=1, cpus_per_actor=cpus_per_actor,
-                                          gpus_per_actor=gpus, resource_wait_minutes=1.0)
+                                          gpus_per_actor=gpus, resource_wait_minutes=1.0,
+                                          batch_size=BATCH["nova-medium"])  # the GPU's batch, not the CPU default
             m = novapredict.predict(nova_data, f"{tmp}/nova-out", scoring)
             return m["events"], m, None
 

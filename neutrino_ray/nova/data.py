@@ -203,9 +203,12 @@ def read_slice(s: Slice, images: bool = True) -> pa.Table:
                 if s.stop > n:
                     raise DataError(f"{s.uri}: rows {s.start}..{s.stop - 1} requested but the file now holds {n} "
                                     f"events (changed since planning?)")
-                take = s.rows - s.start
-                fields = {k: v[take] for k, v in _read_fields(h[fmt.GROUP], slice(s.start, s.stop)).items()}
-                pixels = np.asarray(h[fmt.IMAGE][s.start:s.stop])[take] if images else None
+                fields = _read_fields(h[fmt.GROUP], slice(s.start, s.stop))
+                pixels = np.asarray(h[fmt.IMAGE][s.start:s.stop]) if images else None
+                if not np.array_equal(s.rows, np.arange(s.start, s.stop)):  # selected rows (all rows: no copy)
+                    take = s.rows - s.start
+                    fields = {k: v[take] for k, v in fields.items()}
+                    pixels = pixels[take] if pixels is not None else None
         except DataError:
             raise
         except (OSError, KeyError, ValueError) as e:

@@ -1,6 +1,7 @@
 """Batch scoring of NOvA pixel maps with a trained model: HDF5 slices → actor pool → one atomic Parquet file.
 
-Each actor loads the model once (on a GPU with ``gpus_per_actor``), then reads its slices itself
+Each actor loads the model once (on a GPU with ``gpus_per_actor``; batch normalisation folded into the
+convolutions, :func:`neutrino_ray.inference.fold_batchnorm`), then reads its slices itself
 (so pixels never cross the object store), scores them in mini-batches and writes each slice's scores as a
 part (:mod:`neutrino_ray.parts`: a killed run re-run with the same command reuses the parts it finished);
 only the parts' summaries come back. The driver checks from them that every planned event is scored exactly
@@ -38,7 +39,10 @@ log = logging.getLogger("neutrino_ray")
 PREDICTIONS = "predictions.parquet"
 KEY_FIELDS = ("run", "subrun", "cycle", "evt", "subevt")
 TASK_METADATA = b"neutrino_ray.task"
-DEFAULT_BATCH_SIZE = 256
+# Events per forward pass: on CPUs, 128 events' activations (the first convolution's output is 128 x 16 x 50 x 40
+# floats, 16 MB) stay in the caches where 256 events' do not; docs/nova.md ("Throughput in `neutrino-ray bench
+# nova`") has the measurement. A GPU scorer may want more: --batch-size.
+DEFAULT_BATCH_SIZE = 128
 DEFAULT_EVENTS_PER_TASK = 1_000
 PARTS_FORMAT = "neutrino-ray nova parts v1"
 KEY = "key"  # a part's sort key: the file's position in the scan << 32 | the event's row in it (not published)
@@ -77,7 +81,7 @@ class NovaScorer(inference.Scorer):
                  file_numbers: dict[str, int], precision: str = "auto"):
         super().__init__(use_gpu, threads, precision)
         self.task, self.model, _ = load_task_and_model(model_uri)
-        self.model.to(self.device)
+        self.model = inference.fold_batchnorm(self.model).to(self.device)
         self.batch_size, self.parts, self.file_numbers = batch_size, parts, file_numbers
 
     def __call__(self, batch: pa.Table) -> pa.Table:

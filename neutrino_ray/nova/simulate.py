@@ -373,24 +373,44 @@ def _deposit(images: np.ndarray, idx: np.ndarray, w: np.ndarray) -> None:
         np.add.at(flat, idx, w.astype(flat.dtype, copy=False))
 
 
+def _deposited(shape: tuple[int, ...], idx: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """New float32 images of ``shape`` holding the deposits: ``_deposit`` into zeros, without the zeros (with many
+    points, the float64 sums cast straight to float32: no second image-sized buffer and pass)."""
+    size = int(np.prod(shape))
+    if len(idx) > size // 16:
+        return np.bincount(idx, w, minlength=size).astype(np.float32).reshape(shape)
+    images = np.zeros(shape, np.float32)
+    _deposit(images, idx, w)
+    return images
+
+
 def _point_indices(shape: tuple[int, ...], event: np.ndarray, plane: np.ndarray, cell_x: np.ndarray,
                    cell_y: np.ndarray, w: np.ndarray, walls: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Flat indices into (N, 2, P, C) images and weights of points seen in view 0 (plane, x) and 1 (plane, y).
 
     ``walls`` (N, 4) or (N, 6): each event's detector side walls in its window's cell coordinates (x low, x high,
     y low, y high) and optionally its front and back in window planes (low, high); a point outside them is outside
-    the detector and deposits nothing, in either view."""
+    the detector and deposits nothing, in either view.
+
+    Per point, the work is a few comparisons against its event's bounds: the window's planes and the walls folded
+    into one (low, high) pair per event (``p >= 0 and p >= wall`` is ``p >= max(0, wall)``), each gathered from a
+    one-row-per-event table as a 1-D array (a wide (points, 6) gather and its strided columns cost more than the
+    rest of the function)."""
     n_events, _, n_planes, n_cells = shape
-    in_p = (plane >= 0) & (plane < n_planes)
-    ok0 = in_p & (cell_x >= 0) & (cell_x < n_cells)
-    ok1 = in_p & (cell_y >= 0) & (cell_y < n_cells)
-    if walls is not None:  # compared in the points' own precision (int64 walls would promote float32 to float64)
-        wl = walls.astype(cell_x.dtype)[event]
-        inside = (cell_x >= wl[:, 0]) & (cell_x < wl[:, 1]) & (cell_y >= wl[:, 2]) & (cell_y < wl[:, 3])
-        if walls.shape[1] > 4:
-            inside &= (plane >= wl[:, 4]) & (plane < wl[:, 5])
-        ok0 &= inside
-        ok1 &= inside
+    dt = cell_x.dtype  # compared in the points' own precision (int64 walls would promote float32 to float64)
+    if walls is None:
+        in_p = (plane >= 0) & (plane < n_planes)
+        ok0 = in_p & (cell_x >= 0) & (cell_x < n_cells)
+        ok1 = in_p & (cell_y >= 0) & (cell_y < n_cells)
+    else:
+        wl = walls.astype(dt)
+        p_lo = np.maximum(wl[:, 4], 0) if wl.shape[1] > 4 else np.zeros(len(wl), dt)
+        p_hi = np.minimum(wl[:, 5], n_planes) if wl.shape[1] > 4 else np.full(len(wl), n_planes, dt)
+        x_lo, x_hi, y_lo, y_hi = (np.ascontiguousarray(wl[:, j]) for j in range(4))
+        inside = ((plane >= p_lo[event]) & (plane < p_hi[event]) & (cell_x >= x_lo[event]) & (cell_x < x_hi[event])
+                  & (cell_y >= y_lo[event]) & (cell_y < y_hi[event]))
+        ok0 = inside & (cell_x >= 0) & (cell_x < n_cells)
+        ok1 = inside & (cell_y >= 0) & (cell_y < n_cells)
     # pixel = floor(coordinate): truncation, where it matters (coordinates >= 0); int32 where the images allow
     it = np.dtype(np.int32 if n_events * 2 * n_planes * n_cells < 2**31 else np.int64)
     base: np.ndarray = (event.astype(it) * np.asarray(2 * n_planes * n_cells, it)
@@ -480,19 +500,30 @@ def _cloud_deposits(shape: tuple[int, ...], rng: np.random.Generator, event: np.
                     halo_fraction: np.ndarray, walls: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Showers as random point clouds: depth ~ Gamma(shape, scale) along the axis, Gaussian core + halo across."""
     k = np.clip(np.ceil(counts / COUNTS_PER_POINT), 3, MAX_POINTS).astype(np.int64)
-    c = np.repeat(np.arange(len(k)), k)
+    n = int(k.sum())
     f32 = np.float32  # per-point work in single precision (positions to ~1e-5 cm; the simulator's speed goal)
-    depth = rng.standard_gamma(np.asarray(depth_shape, f32)[c], dtype=f32) * np.asarray(depth_scale_cm, f32)[c]
-    sigma = np.where(rng.random(len(c), dtype=f32) < np.asarray(halo_fraction, f32)[c], np.asarray(halo_cm, f32)[c],
-                     np.asarray(core_cm, f32)[c])
-    a, b = rng.standard_normal((2, len(c)), dtype=f32) * sigma
+
+    def per_point(x: np.ndarray | float, dtype: type = f32) -> np.ndarray:
+        """A per-cloud value for each of the cloud's points: np.repeat, a copy (faster than a gather by cloud)."""
+        return np.repeat(np.asarray(x, dtype), k)
+
+    depth = rng.standard_gamma(per_point(depth_shape), dtype=f32)
+    depth *= per_point(depth_scale_cm)
+    sigma = np.where(rng.random(n, dtype=f32) < per_point(halo_fraction), per_point(halo_cm), per_point(core_cm))
+    a, b = rng.standard_normal((2, n), dtype=f32) * sigma
     u, v = _orthonormal(direction)
     scale = np.array([CELL_PITCH_CM, CELL_PITCH_CM, PLANE_PITCH_CM])  # cm → pixels, per axis (x, y, z)
-    d_px, u_px, v_px = ((m / scale).astype(f32)[c] for m in (direction, u, v))
-    start = np.column_stack([cell0_x, cell0_y, plane0]).astype(f32)[c]
-    pos = start + depth[:, None] * d_px + a[:, None] * u_px + b[:, None] * v_px  # pixels: (cell x, cell y, plane)
-    w = (0.5 * counts / k)[c]
-    return _point_indices(shape, event[c], pos[:, 2], pos[:, 0], pos[:, 1], w, walls)
+    d_px, u_px, v_px = ((m / scale).astype(f32) for m in (direction, u, v))
+    start = np.column_stack([cell0_x, cell0_y, plane0]).astype(f32)
+    pos = []  # pixels, axis by axis (cell x, cell y, plane): start + depth d + a u + b v, in that order
+    for i in range(3):
+        p = depth * per_point(d_px[:, i])
+        p += per_point(start[:, i])
+        p += a * per_point(u_px[:, i])
+        p += b * per_point(v_px[:, i])
+        pos.append(p)
+    w = np.repeat(0.5 * counts / k, k)
+    return _point_indices(shape, np.repeat(event, k), pos[2], pos[0], pos[1], w, walls)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1013,8 +1044,7 @@ def _chunk(rng: np.random.Generator, classes: np.ndarray) -> tuple[np.ndarray, d
     ci, cw = _cloud_deposits(shape, rng, c["ev"], vp[c["ev"]] + c["off"][:, 2] / PLANE_PITCH_CM,
                              vx[c["ev"]] + c["off"][:, 0] / CELL_PITCH_CM, vy[c["ev"]] + c["off"][:, 1] / CELL_PITCH_CM,
                              c["dir"], c["counts"], c["shape"], c["scale"], c["core"], c["halo"], c["halo_f"], walls)
-    images = np.zeros(shape, np.float32)
-    _deposit(images, np.concatenate([ti, ci]), np.concatenate([tw, cw]))
+    images = _deposited(shape, np.concatenate([ti, ci]), np.concatenate([tw, cw]))
     maps = _readout(rng, images, origin, np.column_stack([vx, vy]).astype(np.float32))
 
     prongs = n_tracks + n_showers
