@@ -39,11 +39,20 @@ charge quantisation, the HLC flag and the SMT8 trigger condition (selection), th
 truncation of late light, and the muon's kinematic angle to the neutrino (one direction is fitted for
 every source; the truth compared against is the neutrino's).
 
-Search: a Fibonacci sphere of GRID_POINTS directions (equal-area, HEALPix-like spacing of ~sqrt(4 pi / N)),
-plus the directions from the vertex to the SEED_DOMS brightest hit DOMs (a muon from a vertex kilometres
-outside the detector lights it only for directions within a narrow cone), then a pattern search from the
-REFINE_STARTS best grid points (six neighbours on a ring, step halved when none is better) down to
-STEP_MIN; all trial directions of a step are evaluated in one vectorised call.
+Search: a Fibonacci sphere of directions (equal-area, HEALPix-like spacing of ~sqrt(4 pi / N)), then a pattern
+search from the REFINE_STARTS best of them (six neighbours on a ring, step halved when none is better) down to
+STEP_MIN, or until ln L varies by less than FLAT_LNL over the ring (below FLAT_STEP: further steps could gain no
+more than about that); all trial directions of a step are evaluated in one vectorised call.
+* Tracks: GRID_POINTS directions plus those from the vertex to the SEED_DOMS brightest hit DOMs (a muon from a
+  vertex kilometres outside the detector lights it only for directions within a narrow cone). Their likelihood
+  is a narrow ridge along which the search creeps, and the two starts (often neighbouring seeds) end at
+  different points of it: both are searched to the end.
+* Cascades: CASCADE_GRID_POINTS directions and no seeds (their light reaches the DOMs around the vertex for
+  every direction, so the brightest DOMs say little about it); their likelihood is broad and single-peaked at
+  the grid's scale, and a start that comes within a step of a better one is dropped (the two would climb the
+  same peak).
+Costs and the check that the search finds the maximum as well as a finer one: docs/icecube.md ("Information
+bound", speed).
 
 Calibration check: where the model is right and the search finds the maximum, -2 Delta ln L between the
 fitted and the true direction follows chi-square with 2 degrees of freedom (68 % below 2.28, 90 % below
@@ -63,7 +72,7 @@ import numpy as np
 import pyarrow as pa
 import ray
 
-from neutrino_ray import runtime, storage
+from neutrino_ray import progress, runtime, storage
 from neutrino_ray.errors import InputError
 from neutrino_ray.icecube import data as icdata
 from neutrino_ray.icecube import pipeline, predict
@@ -79,12 +88,14 @@ MODEL = "bound"
 REPORT = "bound_report.json"
 TRUTH_COLUMNS = ("event_id", "azimuth", "zenith", "energy", "topology", "interaction", "vertex_x", "vertex_y",
                  "vertex_z", "vertex_time", "cascade_energy")
-GRID_POINTS = 192  # coarse grid: mean spacing ~14.6 deg
+GRID_POINTS = 96  # tracks' coarse grid: mean spacing ~20.7 deg
+CASCADE_GRID_POINTS = 48  # cascades' coarse grid: ~29 deg (their likelihood is broad and single-peaked at that scale)
 REFINE_STARTS = 2  # local refinements from the best grid points
-SEED_DOMS = 48  # grid extended by the directions from the vertex to the brightest hit DOMs
+SEED_DOMS = 48  # tracks' grid extended by the directions from the vertex to the brightest hit DOMs
 STEP0 = np.deg2rad(6.0)  # first refinement step
-STEP_MIN = np.deg2rad(0.05)  # refinement stops below this step
-MAX_ITERATIONS = 60
+STEP_MIN = np.deg2rad(0.005)  # refinement stops below this step ...
+FLAT_LNL, FLAT_STEP = 0.01, np.deg2rad(1.0)  # ... or, below FLAT_STEP, once ln L varies by < FLAT_LNL over the ring
+MAX_ITERATIONS = 200
 CHI2_2DOF_68, CHI2_2DOF_90 = 2.2788, 4.6052  # chi-square quantiles, 2 degrees of freedom
 DEFAULT_EVENTS_PER_TASK = 200
 PAIR_BUDGET = 1_000_000  # (trial direction, pulse) pairs evaluated at once
@@ -167,7 +178,7 @@ class Likelihood:
         mu_r = light.expected_pe
         ap_r = sim.AFTERPULSE_PROB * (1.0 - sim.SPE_LOSS) * mu_r
         key = light.event.astype(np.int64) * N_SENSORS + light.sensor
-        ukey, grp = np.unique(key, return_inverse=True)
+        ukey, grp = _unique_inverse(key, m * N_SENSORS)
         sat_r = sim.mean_saturation(light.event, light.sensor, light.t_direct, light.pandel_shape,
                                     light.pandel_scale, mu_r, dom=grp)
         mu = np.bincount(grp, weights=mu_r, minlength=len(ukey))
@@ -193,10 +204,21 @@ class Likelihood:
             dens = (sig_r[r] * sim.arrival_pdf(dt, light.pandel_shape[r], light.pandel_scale[r])
                     + ap_r[r] * sim.afterpulse_pdf(dt))
             tp = light.event[r].astype(np.int64) * len(self.time) + p
-            utp, inv = np.unique(tp, return_inverse=True)
-            per = np.bincount(inv, weights=dens, minlength=len(utp))
-            lnl += np.bincount(utp // len(self.time), weights=np.log1p(per / sim.NOISE_PULSE_RATE), minlength=m)
+            per = np.bincount(tp, weights=dens, minlength=m * len(self.time))
+            utp = np.flatnonzero(np.bincount(tp, minlength=m * len(self.time)))
+            lnl += np.bincount(utp // len(self.time), weights=np.log1p(per[utp] / sim.NOISE_PULSE_RATE), minlength=m)
         return lnl
+
+
+def _unique_inverse(key: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(key, return_inverse=True)`` for non-negative integer keys below ``size``, by a dense table
+    instead of a sort (the same arrays)."""
+    present = np.zeros(size, bool)
+    present[key] = True
+    ukey = np.flatnonzero(present)
+    index = np.zeros(size, np.int64)
+    index[ukey] = np.arange(len(ukey))
+    return ukey, index[key]
 
 
 def _ring(centre: np.ndarray, step: np.ndarray, offset: float) -> np.ndarray:
@@ -214,13 +236,20 @@ def _ring(centre: np.ndarray, step: np.ndarray, offset: float) -> np.ndarray:
 
 
 def fit_direction(like: Likelihood, grid: np.ndarray | None = None) -> tuple[np.ndarray, float]:
-    """(best direction of travel, its ln L): coarse grid, then pattern searches from the best grid points."""
-    grid = np.concatenate([fibonacci_sphere(GRID_POINTS) if grid is None else grid, like.seeds()])
+    """(best direction of travel, its ln L): coarse grid, then pattern searches from the best grid points (see the
+    module docstring: tracks and cascades are searched differently)."""
+    track = bool(like.truth.is_track)
+    if grid is None:
+        grid = fibonacci_sphere(GRID_POINTS if track else CASCADE_GRID_POINTS)
+    if track:
+        grid = np.concatenate([grid, like.seeds()])
     lg = like(grid)
     best = np.argsort(-lg)[:REFINE_STARTS]
     cur, cur_l = grid[best], lg[best]
     step = np.full(len(cur), STEP0)
     for it in range(MAX_ITERATIONS):
+        if not track:
+            _merge(cur, cur_l, step)
         active = np.flatnonzero(step >= STEP_MIN)
         if not len(active):
             break
@@ -232,8 +261,20 @@ def fit_direction(like: Likelihood, grid: np.ndarray | None = None) -> tuple[np.
         cur[moved] = trial.reshape(len(active), 6, 3)[np.flatnonzero(better), j[better]]
         cur_l[moved] = lt[np.flatnonzero(better), j[better]]
         step[active[~better]] *= 0.5
+        # converged: no better neighbour and ln L flat to FLAT_LNL over the ring
+        flat = ~better & (lt.min(axis=1) > cur_l[active] - FLAT_LNL) & (step[active] < FLAT_STEP)
+        step[active[flat]] = 0.0
     i = int(np.argmax(cur_l))
     return cur[i], float(cur_l[i])
+
+
+def _merge(cur: np.ndarray, cur_l: np.ndarray, step: np.ndarray) -> None:
+    """Stop (step 0) every search start that lies within its or a better start's step of a better start."""
+    for a in range(len(cur)):
+        for b in range(len(cur)):
+            if (a != b and step[a] > 0 and step[b] > 0 and cur_l[a] >= cur_l[b]
+                    and np.arccos(np.clip(cur[a] @ cur[b], -1.0, 1.0)) < max(step[a], step[b])):
+                step[b] = 0.0
 
 
 def truth_of(row: dict[str, Any]) -> EventTruth:
@@ -349,6 +390,23 @@ def summarise(result: pa.Table) -> dict[str, Any]:
     return rep
 
 
+def _so_far(rep: dict[str, Any]) -> str:
+    """The figures of a partial report in one line (the progress line's tail: a long run can be quoted on the
+    events fitted so far)."""
+    def mean(r: dict[str, Any]) -> str:
+        return "-" if r["mean_rad"] is None else f"{r['mean_rad']:.3f}"
+
+    def median(r: dict[str, Any]) -> str:
+        return "-" if r["median_deg"] is None else f"{r['median_deg']:.3f}"
+
+    bins = " / ".join(mean(rep["pulse_bins"][label]) for _, _, label in PULSE_BINS)
+    hi = rep["above_10TeV"]
+    c = rep["chi2_check"]["cascade"]
+    return (f" [so far: mean {mean(rep['all'])} rad; pulse bins {bins} rad; >10 TeV medians tracks "
+            f"{median(hi['track'])} deg ({hi['track']['events']}), cascades {median(hi['cascade'])} deg "
+            f"({hi['cascade']['events']}); cascades' chi2 68/90 % {c['fraction_below_68']}/{c['fraction_below_90']}]")
+
+
 def bound(data: str, split: str, out: str, events_per_task: int = DEFAULT_EVENTS_PER_TASK,
           events: int | None = None, command: list[str] | None = None) -> dict[str, Any]:
     """Fit every event of a simulated split (or its last ``events`` in file order) and publish, atomically,
@@ -361,7 +419,12 @@ def bound(data: str, split: str, out: str, events_per_task: int = DEFAULT_EVENTS
     ds = ray.data.from_arrow(split_plan.tables()).map_batches(
         partial(bound_block, data=data, split=split, n_sensors=len(geometry)),
         batch_format="pyarrow", batch_size=1, zero_copy_batch=True)
-    blocks = list(ds.iter_batches(batch_format="pyarrow", batch_size=None))
+    blocks: list[pa.Table] = []
+    with progress.Progress("bound", split_plan.events, tick=True) as line:
+        for block in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+            blocks.append(block)
+            line.extra = _so_far(summarise(pa.concat_tables(blocks)))
+            line.update(len(block))
     if not blocks:
         raise icdata.DataError(f"{data}: split {split!r} produced no fits")
     result = pa.concat_tables(blocks).sort_by("event_id")

@@ -930,12 +930,23 @@ def arrival_pdf(delay: np.ndarray, shape: np.ndarray, scale: np.ndarray) -> np.n
     approximated by a box of the same variance (half-width TIME_SMEAR)."""
     from scipy.special import gammainc, gammaincc
 
+    delay, shape, scale = np.broadcast_arrays(delay, shape, scale)
+    out_shape = delay.shape
+    delay, shape, scale = np.ravel(delay), np.ravel(shape), np.ravel(scale)
     a = np.maximum(shape, 1e-3)
     hi = np.maximum(delay + TIME_SMEAR, 0.0) / scale
     lo = np.maximum(delay - TIME_SMEAR, 0.0) / scale
     tail = delay > a * scale  # upper tail: differences of the complement keep their precision
-    p = np.where(tail, gammaincc(a, lo) - gammaincc(a, hi), gammainc(a, hi) - gammainc(a, lo))
-    return np.maximum(p, 0.0) / (2.0 * TIME_SMEAR)
+    # Each branch only where it is used (the incomplete gamma functions are most of the bound's time), and
+    # P(a, 0) = 0 exactly: the lower branch needs P(a, lo) only where lo > 0, and nothing where hi = 0.
+    p = np.zeros(len(delay))
+    up = np.flatnonzero(tail)
+    p[up] = gammaincc(a[up], lo[up]) - gammaincc(a[up], hi[up])
+    low = np.flatnonzero(~tail & (hi > 0.0))
+    p[low] = gammainc(a[low], hi[low])
+    inner = low[lo[low] > 0.0]
+    p[inner] -= gammainc(a[inner], lo[inner])
+    return (np.maximum(p, 0.0) / (2.0 * TIME_SMEAR)).reshape(out_shape)
 
 
 def afterpulse_pdf(delay: np.ndarray) -> np.ndarray:
