@@ -16,7 +16,8 @@ from neutrino_ray import gpubench
 from neutrino_ray.cli import main
 
 
-@pytest.mark.integration
+@pytest.mark.slow  # 28-40 s: out of the default suite for its budget (CI 954 s at 707324a); the rules it walks
+@pytest.mark.integration  # through are unit-tested below, and tests/test_inference_pipelines.py runs both pipelines
 def test_inference_half_on_cpu_actors_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     t0 = time.perf_counter()
     assert main(["-q", "bench", "gpu", "--half", "inference", "--device", "cpu", "--out", str(tmp_path),
