@@ -16,6 +16,7 @@ HELP = "NOvA-style pixel-map CNNs (Ray Train) and analysis"
 
 def add(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
     """The ``nova`` command and its subcommands."""
+    from neutrino_ray.nova.architectures import DEFAULT_BATCH_SIZE
     from neutrino_ray.nova.architectures import MODELS as NOVA_MODELS
     from neutrino_ray.nova.targets import TASKS
 
@@ -54,7 +55,7 @@ def add(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
                                           "subevt, visible_energy, prob_<class>..., predicted) atomically.")
     add_io(np_, nova_data)
     np_.add_argument("--model", required=True, help="trained model URI (OUT/model of 'nova train')")
-    add_actor_args(np_, 128)  # = nova.predict.DEFAULT_BATCH_SIZE (that module imports torch)
+    add_actor_args(np_, DEFAULT_BATCH_SIZE)
     np_.add_argument("--events-per-task", type=_positive, default=1_000, help="events per read slice (1000)")
     np_.add_argument("--skip-bad", action="store_true", help="skip (and count) unreadable or malformed files")
     ne = nova_sub.add_parser("evaluate", formatter_class=fmt, epilog=ENV_HELP,

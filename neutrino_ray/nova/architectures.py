@@ -10,6 +10,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+# Events per forward pass: on CPUs, 128 events' activations (the first convolution's output is 128 x 16 x 50 x 40
+# floats, 16 MB) stay in the caches where 256 events' do not; docs/nova.md ("Throughput in `neutrino-ray bench
+# nova`") has the measurement. A GPU scorer may want more: --batch-size.
+DEFAULT_BATCH_SIZE = 128
+
 
 @dataclass(frozen=True)
 class CNNConfig:

@@ -29,6 +29,7 @@ from torch import nn
 
 from neutrino_ray import devices, inference, progress, runtime, storage
 from neutrino_ray.nova import data
+from neutrino_ray.nova.architectures import DEFAULT_BATCH_SIZE
 from neutrino_ray.nova.artefact import load_task_and_model
 from neutrino_ray.nova.simulate import GEV_PER_COUNT
 from neutrino_ray.nova.train import NovaTask
@@ -39,10 +40,6 @@ log = logging.getLogger("neutrino_ray")
 PREDICTIONS = "predictions.parquet"
 KEY_FIELDS = ("run", "subrun", "cycle", "evt", "subevt")
 TASK_METADATA = b"neutrino_ray.task"
-# Events per forward pass: on CPUs, 128 events' activations (the first convolution's output is 128 x 16 x 50 x 40
-# floats, 16 MB) stay in the caches where 256 events' do not; docs/nova.md ("Throughput in `neutrino-ray bench
-# nova`") has the measurement. A GPU scorer may want more: --batch-size.
-DEFAULT_BATCH_SIZE = 128
 DEFAULT_EVENTS_PER_TASK = 1_000
 PARTS_FORMAT = "neutrino-ray nova parts v1"
 KEY = "key"  # a part's sort key: the file's position in the scan << 32 | the event's row in it (not published)
